@@ -1,0 +1,243 @@
+"""The sans-IO core: which RPC each operation calls, with which arguments, and how its
+answer becomes a typed result. Every store (psycopg or PostgREST, sync or async) sends
+an :class:`RpcCall` and hands the rows back; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from ducto.errors import InvalidInputError
+from ducto.models import CreditMetadata, from_row
+
+#: Largest amount of credits in one operation: 2^53 - 1, exact in every JSON client.
+MAX_AMOUNT = 2**53 - 1
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class RpcCall:
+    """One call of a ledger function: its name, named arguments and how to retry it.
+
+    ``retry_safe`` is true when sending the call twice cannot have two effects (it is
+    read-only, carries an idempotency key, or is idempotent by nature).
+    """
+
+    function: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    read_only: bool = False
+    retry_safe: bool = False
+    returns_set: bool = False
+
+
+def _amount(value: object, name: str, minimum: int = 1) -> int:
+    # bool is an int in Python, and a float would be silently truncated by a driver
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(
+            f"{name} must be a whole number of credits (int), got {type(value).__name__}",
+            code="DC001",
+        )
+    if not minimum <= value <= MAX_AMOUNT:
+        raise InvalidInputError(
+            f"{name} must be a whole number of credits from {minimum} to {MAX_AMOUNT}, got {value}",
+            code="DC001",
+        )
+    return value
+
+
+def _text(value: object, name: str, code: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(f"{name} must be a non-empty string, got {value!r}", code=code)
+    return value
+
+
+def _metadata(value: CreditMetadata | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(
+            f"metadata must be a mapping, got {type(value).__name__}", code="DC003"
+        )
+    try:
+        # round-trip so the database receives plain JSON; NaN is not JSON
+        plain: dict[str, Any] = json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}", code="DC003") from exc
+    return plain
+
+
+def _key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError("idempotency_key must be a string", code="DC004")
+    return value
+
+
+def add_credits(
+    user_id: str,
+    amount: int,
+    tx_type: str,
+    metadata: CreditMetadata | None,
+    expires_at: datetime | None,
+    *,
+    category: str = "paid",
+    priority: int = 50,
+    idempotency_key: str | None = None,
+) -> RpcCall:
+    """``credit_add_credits``: add a grant."""
+    if expires_at is not None and (
+        not isinstance(expires_at, datetime) or expires_at.tzinfo is None
+    ):
+        raise InvalidInputError("expires_at must be a timezone-aware datetime", code="DC005")
+    return RpcCall(
+        "credit_add_credits",
+        {
+            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_amount": _amount(amount, "amount"),
+            "p_tx_type": tx_type,
+            "p_category": category,
+            "p_priority": priority,
+            "p_expires_at": expires_at,
+            "p_metadata": _metadata(metadata),
+            "p_idempotency_key": _key(idempotency_key),
+        },
+        retry_safe=idempotency_key is not None,
+    )
+
+
+def deduct_credits(
+    user_id: str,
+    amount: int,
+    min_balance: int,
+    metadata: CreditMetadata | None,
+    idempotency_key: str | None,
+) -> RpcCall:
+    """``credit_deduct_credits``: admit, hold and capture an amount in one step."""
+    return RpcCall(
+        "credit_deduct_credits",
+        {
+            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_amount": _amount(amount, "amount"),
+            "p_min_balance": _amount(min_balance, "min_balance", 0),
+            "p_metadata": _metadata(metadata),
+            "p_idempotency_key": _key(idempotency_key),
+        },
+        retry_safe=idempotency_key is not None,
+    )
+
+
+def reserve_credits(
+    user_id: str,
+    amount: int,
+    operation_type: str,
+    min_balance: int,
+    metadata: CreditMetadata | None,
+    *,
+    timeout_seconds: int = 900,
+    idempotency_key: str | None = None,
+) -> RpcCall:
+    """``credit_reserve_credits``: hold credits for an operation."""
+    return RpcCall(
+        "credit_reserve_credits",
+        {
+            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_amount": _amount(amount, "amount"),
+            "p_operation_type": operation_type,
+            "p_min_balance": _amount(min_balance, "min_balance", 0),
+            "p_timeout_seconds": timeout_seconds,
+            "p_metadata": _metadata(metadata),
+            "p_idempotency_key": _key(idempotency_key),
+        },
+        retry_safe=idempotency_key is not None,
+    )
+
+
+def settle_reservation(
+    reservation_id: str, actual_amount: int, metadata: CreditMetadata | None
+) -> RpcCall:
+    """``credit_settle_reservation``: charge the actual amount of a hold."""
+    return RpcCall(
+        "credit_settle_reservation",
+        {
+            "p_reservation_id": _text(reservation_id, "reservation_id", "DC031"),
+            "p_actual_amount": _amount(actual_amount, "actual_amount", 0),
+            "p_metadata": _metadata(metadata),
+        },
+        # settling twice with the same amount is a replay
+        retry_safe=True,
+    )
+
+
+def release_reservation(reservation_id: str) -> RpcCall:
+    """``credit_release_reservation``: let a hold go."""
+    return RpcCall(
+        "credit_release_reservation",
+        {"p_reservation_id": _text(reservation_id, "reservation_id", "DC031")},
+        retry_safe=True,
+    )
+
+
+def refund_transaction(
+    transaction_id: str,
+    amount: int | None,
+    reason: str | None,
+    metadata: CreditMetadata | None,
+    idempotency_key: str | None = None,
+) -> RpcCall:
+    """``credit_refund_transaction``: refund a charge fully (amount None) or partly."""
+    return RpcCall(
+        "credit_refund_transaction",
+        {
+            "p_transaction_id": _text(transaction_id, "transaction_id", "DC030"),
+            "p_amount": None if amount is None else _amount(amount, "amount"),
+            "p_reason": reason,
+            "p_metadata": _metadata(metadata),
+            "p_idempotency_key": _key(idempotency_key),
+        },
+        retry_safe=idempotency_key is not None,
+    )
+
+
+def get_balance(user_id: str) -> RpcCall:
+    """``credit_get_balance``: balance, held and available credits."""
+    return RpcCall(
+        "credit_get_balance",
+        {"p_user_id": _text(user_id, "user_id", "DC002")},
+        read_only=True,
+        retry_safe=True,
+    )
+
+
+def sweep_expired(dry_run: bool) -> RpcCall:
+    """``credit_sweep_expired``: expire what is left of expired grants and holds."""
+    # a sweep repeated finds nothing more to expire
+    return RpcCall("credit_sweep_expired", {"p_dry_run": bool(dry_run)}, retry_safe=True)
+
+
+def verify_ledger() -> RpcCall:
+    """``credit_verify_ledger``: every broken invariant, one row each."""
+    return RpcCall("credit_verify_ledger", read_only=True, retry_safe=True, returns_set=True)
+
+
+def one(cls: type[_T], rows: Sequence[Mapping[str, Any]]) -> _T:
+    """The single result row of a call, as ``cls``."""
+    (row,) = rows
+    return from_row(cls, row)
+
+
+def many(cls: type[_T], rows: Sequence[Mapping[str, Any]]) -> list[_T]:
+    """Every result row of a set-returning call, as ``cls``."""
+    return [from_row(cls, row) for row in rows]
+
+
+def json_default(value: object) -> Any:
+    """Encode the argument types JSON lacks (datetimes) for PostgREST."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot send {type(value).__name__} as JSON")

@@ -1,0 +1,124 @@
+"""Exceptions raised by ducto, one per error the ledger can report.
+
+Hierarchy::
+
+    DuctoError                        any error from ducto (code, message, detail, hint)
+    ├── InvalidInputError             an argument was refused before anything was written
+    ├── InsufficientCreditsError      the account cannot pay, or would go below its floor
+    ├── IdempotencyConflictError      an idempotency key was reused with other parameters
+    ├── NotFoundError                 a transaction or reservation does not exist
+    ├── ReservationStateError         a reservation is released, or settled otherwise
+    ├── RefundError                   a refund exceeds what is refundable, or is not allowed
+    ├── PermissionDeniedError         the caller's role may not do this
+    ├── PricingNotLoadedError         a usage deduction was asked for before pricing
+    ├── SchemaError                   the database's ledger schema is missing or outdated
+    └── StoreError                    the store failed in a way ducto did not expect
+
+Every error the database raises carries a SQLSTATE; :func:`error_from_sqlstate` maps it
+to the class above, for the psycopg store and the PostgREST store alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+
+class DuctoError(Exception):
+    """Base class of every ducto error; carries the database's code, detail and hint."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.detail = detail
+        self.hint = hint
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """The JSON ``detail`` of a ledger error as a dict (empty when there is none)."""
+        if not self.detail:
+            return {}
+        try:
+            parsed = json.loads(self.detail)
+        except ValueError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+
+
+class InvalidInputError(DuctoError, ValueError):
+    """Raised when an argument is refused (amount, user id, metadata, key, expiry...)."""
+
+
+class InsufficientCreditsError(DuctoError):
+    """Raised when a user does not have enough credits for an operation."""
+
+
+class IdempotencyConflictError(DuctoError):
+    """Raised when an idempotency key is reused for a different operation or parameters."""
+
+
+class NotFoundError(DuctoError, LookupError):
+    """Raised when a transaction or reservation does not exist."""
+
+
+class ReservationStateError(DuctoError):
+    """Raised when a reservation cannot be settled or released in its current state."""
+
+
+class RefundError(DuctoError):
+    """Raised when a refund exceeds what is refundable or the transaction is not refundable."""
+
+
+class PermissionDeniedError(DuctoError, PermissionError):
+    """Raised when the caller's role may not call a function or read a row."""
+
+
+class PricingNotLoadedError(DuctoError):
+    """Raised when deduct() is called before pricing is loaded."""
+
+
+class SchemaError(DuctoError):
+    """Raised when the ledger schema is missing or older than this client needs."""
+
+
+class StoreError(DuctoError):
+    """Raised when the store fails in a way ducto does not expect (the code says how)."""
+
+
+#: SQLSTATE -> exception class. The DC codes are ducto's own (docs/ledger.md).
+SQLSTATE_ERRORS: Mapping[str, type[DuctoError]] = {
+    "DC001": InvalidInputError,
+    "DC002": InvalidInputError,
+    "DC003": InvalidInputError,
+    "DC004": InvalidInputError,
+    "DC005": InvalidInputError,
+    "DC006": InvalidInputError,
+    "DC010": InsufficientCreditsError,
+    "DC020": IdempotencyConflictError,
+    "DC030": NotFoundError,
+    "DC031": NotFoundError,
+    "DC040": ReservationStateError,
+    "DC041": ReservationStateError,
+    "DC050": RefundError,
+    "DC051": RefundError,
+    "42501": PermissionDeniedError,
+    "42883": SchemaError,
+    "PGRST202": SchemaError,
+}
+
+
+def error_from_sqlstate(
+    code: str | None, message: str, detail: str | None = None, hint: str | None = None
+) -> DuctoError:
+    """Build the ducto exception for a database error code (StoreError when unknown)."""
+    cls = SQLSTATE_ERRORS.get(code or "", StoreError)
+    return cls(message, code=code, detail=detail or None, hint=hint or None)

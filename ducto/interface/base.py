@@ -1,0 +1,23 @@
+"""The store protocols: what :class:`~ducto.manager.CreditManager` needs of an adapter."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ducto._rpc import RpcCall
+
+
+class CreditStore(Protocol):
+    """Sends one RPC call and returns its result rows (one mapping per row)."""
+
+    def call(self, call: RpcCall) -> list[dict[str, Any]]:
+        """Run ``call`` in one transaction; raise a :class:`~ducto.errors.DuctoError`."""
+        ...
+
+
+class AsyncCreditStore(Protocol):
+    """The async flavour of :class:`CreditStore`."""
+
+    async def call(self, call: RpcCall) -> list[dict[str, Any]]:
+        """Run ``call`` in one transaction; raise a :class:`~ducto.errors.DuctoError`."""
+        ...

@@ -1,0 +1,169 @@
+"""Stores over psycopg 3: a backend next to its database calls the functions directly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from ducto._rpc import RpcCall
+from ducto.errors import DuctoError, StoreError, error_from_sqlstate
+
+
+def _query(call: RpcCall) -> tuple[sql.Composed, dict[str, Any]]:
+    """``select * from public.<fn>(name => %(name)s, ...)`` and its parameters."""
+    arguments = sql.SQL(", ").join(
+        sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder(name))
+        for name in call.args
+    )
+    query = sql.SQL("select * from public.{}({})").format(sql.Identifier(call.function), arguments)
+    params = {
+        name: Jsonb(value) if isinstance(value, dict | list) else value
+        for name, value in call.args.items()
+    }
+    return query, params
+
+
+def _error(exc: psycopg.Error) -> DuctoError:
+    """The ducto exception for a psycopg error (StoreError when it has no SQLSTATE)."""
+    diag = exc.diag
+    if exc.sqlstate is None:
+        return StoreError(str(exc) or type(exc).__name__)
+    return error_from_sqlstate(
+        exc.sqlstate,
+        diag.message_primary or str(exc),
+        diag.message_detail,
+        diag.message_hint,
+    )
+
+
+def _retryable(exc: psycopg.Error, call: RpcCall, attempt: int, attempts: int) -> bool:
+    # only a lost connection, only when a second send cannot have a second effect
+    return isinstance(exc, psycopg.OperationalError) and call.retry_safe and attempt + 1 < attempts
+
+
+class PostgresStore:
+    """Calls ducto's functions over a psycopg connection pool.
+
+    Pass a DSN (the store owns its pool), an existing ``ConnectionPool``, or a
+    ``Connection``: with a connection, every call runs inside the caller's current
+    transaction and commits or rolls back with it (the store never commits it).
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool: ConnectionPool | None = None,
+        connection: psycopg.Connection[Any] | None = None,
+        max_size: int = 10,
+        attempts: int = 2,
+    ) -> None:
+        if sum(x is not None for x in (dsn, pool, connection)) != 1:
+            raise ValueError("pass exactly one of dsn, pool or connection")
+        self._connection = connection
+        self._owns_pool = dsn is not None
+        self._pool = pool
+        if dsn is not None:
+            self._pool = ConnectionPool(dsn, min_size=1, max_size=max_size, open=True)
+        self._attempts = attempts
+
+    def call(self, call: RpcCall) -> list[dict[str, Any]]:
+        """Run ``call``: in the bound connection, or in a pooled one (retried when safe)."""
+        if self._connection is not None:
+            return self._execute(self._connection, call)
+        assert self._pool is not None
+        for attempt in range(self._attempts):
+            try:
+                with self._pool.connection() as conn:
+                    return self._execute_raw(conn, call)
+            except psycopg.Error as exc:
+                if not _retryable(exc, call, attempt, self._attempts):
+                    raise _error(exc) from exc
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def transaction(self) -> Iterator[PostgresStore]:
+        """A store bound to one pooled connection, in one transaction, for several calls."""
+        assert self._pool is not None, "a store bound to a connection has no pool"
+        with self._pool.connection() as conn:
+            yield PostgresStore(connection=conn)
+
+    def close(self) -> None:
+        """Close the pool if the store created it."""
+        if self._owns_pool and self._pool is not None:
+            self._pool.close()
+
+    def _execute(self, conn: psycopg.Connection[Any], call: RpcCall) -> list[dict[str, Any]]:
+        try:
+            return self._execute_raw(conn, call)
+        except psycopg.Error as exc:
+            raise _error(exc) from exc
+
+    @staticmethod
+    def _execute_raw(conn: psycopg.Connection[Any], call: RpcCall) -> list[dict[str, Any]]:
+        query, params = _query(call)
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+
+
+class AsyncPostgresStore:
+    """The async flavour of :class:`PostgresStore`, over psycopg's async pool."""
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool: AsyncConnectionPool | None = None,
+        connection: psycopg.AsyncConnection[Any] | None = None,
+        max_size: int = 10,
+        attempts: int = 2,
+    ) -> None:
+        if sum(x is not None for x in (dsn, pool, connection)) != 1:
+            raise ValueError("pass exactly one of dsn, pool or connection")
+        self._connection = connection
+        self._owns_pool = dsn is not None
+        self._pool = pool
+        if dsn is not None:
+            self._pool = AsyncConnectionPool(dsn, min_size=1, max_size=max_size, open=False)
+        self._attempts = attempts
+
+    async def call(self, call: RpcCall) -> list[dict[str, Any]]:
+        """Run ``call``: in the bound connection, or in a pooled one (retried when safe)."""
+        if self._connection is not None:
+            try:
+                return await self._execute_raw(self._connection, call)
+            except psycopg.Error as exc:
+                raise _error(exc) from exc
+        assert self._pool is not None
+        if self._owns_pool:
+            await self._pool.open()
+        for attempt in range(self._attempts):
+            try:
+                async with self._pool.connection() as conn:
+                    return await self._execute_raw(conn, call)
+            except psycopg.Error as exc:
+                if not _retryable(exc, call, attempt, self._attempts):
+                    raise _error(exc) from exc
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        """Close the pool if the store created it."""
+        if self._owns_pool and self._pool is not None:
+            await self._pool.close()
+
+    @staticmethod
+    async def _execute_raw(
+        conn: psycopg.AsyncConnection[Any], call: RpcCall
+    ) -> list[dict[str, Any]]:
+        query, params = _query(call)
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query, params)
+            return await cur.fetchall()

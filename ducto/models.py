@@ -1,0 +1,150 @@
+"""Typed, immutable results of ledger operations, mirroring the SQL result types.
+
+Each class matches one ``credit_*_result`` type of the migrations field by field and is
+built from a row (psycopg) or a JSON object (PostgREST) by :func:`from_row`.
+"""
+
+from __future__ import annotations
+
+import types
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any, TypeAlias, TypeVar, Union, get_args, get_origin, get_type_hints
+
+#: Extra data attached to a journal row or a reservation: a JSON object (string keys,
+#: JSON-serialisable values), at most 16 KiB as JSON.
+CreditMetadata: TypeAlias = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AddCreditsResult:
+    """Credits added as a new grant (``credit_add_credits``)."""
+
+    transaction_id: str
+    grant_id: str
+    user_id: str
+    amount: int
+    tx_type: str
+    category: str
+    priority: int
+    expires_at: datetime | None
+    balance_after: int
+    created_at: datetime
+    is_replay: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    """A hold on credits (``credit_reserve_credits``)."""
+
+    reservation_id: str
+    user_id: str
+    amount: int
+    operation_type: str
+    expires_at: datetime
+    available_after: int
+    created_at: datetime
+    is_replay: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeductionResult:
+    """Credits charged by a deduction or a settled reservation.
+
+    ``overage`` is how much a settled amount exceeded its hold; ``transaction_id`` is None
+    only for a reservation settled with 0 credits.
+    """
+
+    transaction_id: str | None
+    reservation_id: str | None
+    user_id: str
+    amount: int
+    overage: int
+    balance_after: int
+    available_after: int
+    created_at: datetime
+    is_replay: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseResult:
+    """A hold let go (``credit_release_reservation``)."""
+
+    reservation_id: str
+    user_id: str
+    amount: int
+    status: str
+    available_after: int
+    is_replay: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    """A refund of a usage, fixed-job or capture transaction."""
+
+    transaction_id: str
+    refunded_transaction_id: str
+    user_id: str
+    amount: int
+    total_refunded: int
+    refundable_remaining: int
+    balance_after: int
+    created_at: datetime
+    is_replay: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceResult:
+    """A user's balance, the credits held by active reservations, and what is available."""
+
+    user_id: str
+    balance: int
+    held: int
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """What a sweep expired (or would expire, with ``dry_run``)."""
+
+    dry_run: bool
+    accounts: int
+    expired_grants: int
+    expired_amount: int
+    expired_holds: int
+    expired_hold_amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerIssue:
+    """One broken ledger invariant reported by ``verify_ledger()``."""
+
+    account_id: int | None
+    user_id: str | None
+    check_name: str
+    expected: str
+    actual: str
+
+
+_T = TypeVar("_T")
+
+
+def from_row(cls: type[_T], row: Mapping[str, Any]) -> _T:
+    """Build a result dataclass from a database row or a PostgREST JSON object."""
+    hints = get_type_hints(cls)
+    values = {f.name: _convert(hints[f.name], row[f.name]) for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    if get_origin(hint) in (Union, types.UnionType):
+        (hint,) = (arg for arg in get_args(hint) if arg is not type(None))
+    if hint is datetime and isinstance(value, str):
+        return datetime.fromisoformat(value)
+    if hint is str and isinstance(value, uuid.UUID):
+        return str(value)
+    return value

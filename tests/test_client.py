@@ -1,0 +1,219 @@
+"""The Python client against the real stack: CreditManager over every store flavour.
+
+Each test runs four times: PostgresStore and HttpxSupabaseStore (through the gateway and
+PostgREST), sync and async. The async managers are driven through one event loop per
+test so that they are exercised exactly as an application would await them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import psycopg
+import pytest
+
+from ducto import (
+    AsyncCreditManager,
+    CreditManager,
+    DuctoError,
+    IdempotencyConflictError,
+    InsufficientCreditsError,
+    InvalidInputError,
+    NotFoundError,
+    RefundError,
+    ReservationStateError,
+)
+from ducto.interface import (
+    AsyncHttpxSupabaseStore,
+    AsyncPostgresStore,
+    HttpxSupabaseStore,
+    PostgresStore,
+)
+
+FLAVOURS = ["postgres", "postgres-async", "http", "http-async"]
+
+
+class _Awaited:
+    """A sync view of an async manager: each method call runs to completion on one loop."""
+
+    def __init__(self, manager: AsyncCreditManager, runner: asyncio.Runner) -> None:
+        self._manager = manager
+        self._runner = runner
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._manager, name)
+        return lambda *args, **kwargs: self._runner.run(method(*args, **kwargs))
+
+
+@pytest.fixture(params=FLAVOURS)
+def manager(
+    request: pytest.FixtureRequest, database_url: str, supabase_url: str, service_role_key: str
+) -> Iterator[CreditManager]:
+    """A CreditManager (or a sync view of an AsyncCreditManager) over one store flavour."""
+    flavour: str = request.param
+    if flavour == "postgres":
+        store = PostgresStore(database_url, max_size=2)
+        yield CreditManager(store)
+        store.close()
+    elif flavour == "http":
+        http = HttpxSupabaseStore(supabase_url, service_role_key)
+        yield CreditManager(http)
+        http.close()
+    else:
+        with asyncio.Runner() as runner:
+            if flavour == "postgres-async":
+                astore: AsyncPostgresStore | AsyncHttpxSupabaseStore = AsyncPostgresStore(
+                    database_url, max_size=2
+                )
+            else:
+                astore = AsyncHttpxSupabaseStore(supabase_url, service_role_key)
+            yield cast(CreditManager, _Awaited(AsyncCreditManager(astore), runner))
+            runner.run(astore.close())
+
+
+def new_user() -> str:
+    return f"client-{uuid.uuid4()}"
+
+
+def test_lifecycle(manager: CreditManager) -> None:
+    user = new_user()
+    added = manager.add_credits(user, 100, tx_type="purchase", metadata={"order": "o-1"})
+    assert (added.amount, added.balance_after, added.tx_type, added.is_replay) == (
+        100,
+        100,
+        "purchase",
+        False,
+    )
+    promo = manager.add_credits(
+        user,
+        20,
+        tx_type="promotion",
+        expires_at=datetime.now(UTC) + timedelta(days=1),
+        category="promotional",
+        priority=10,
+    )
+    assert promo.expires_at is not None and promo.balance_after == 120
+
+    hold = manager.reserve_credits(user, 30)
+    assert hold.available_after == 90
+    assert manager.get_balance(user).held == 30
+
+    settled = manager.settle_reservation(hold.reservation_id, 45, metadata={"model": "m"})
+    assert (settled.amount, settled.overage, settled.balance_after) == (45, 15, 75)
+    assert settled.available_after == 75
+
+    refund = manager.refund_credits(settled.transaction_id or "", 5, reason="slow answer")
+    assert (refund.amount, refund.total_refunded, refund.refundable_remaining) == (5, 5, 40)
+    assert refund.balance_after == 80
+
+    released = manager.release_reservation(manager.reserve_credits(user, 10).reservation_id)
+    assert (released.status, released.amount, released.available_after) == ("released", 10, 80)
+
+    balance = manager.get_balance(user)
+    assert (balance.balance, balance.held, balance.available) == (80, 0, 80)
+    assert manager.sweep_expired_credits(dry_run=True).dry_run is True
+    assert manager.verify_ledger() == []
+
+
+def test_replay_returns_the_first_result(manager: CreditManager) -> None:
+    user = new_user()
+    first = manager.add_credits(user, 10, idempotency_key="grant-1")
+    again = manager.add_credits(user, 10, idempotency_key="grant-1")
+    assert again.transaction_id == first.transaction_id and again.is_replay
+    assert manager.get_balance(user).balance == 10
+    with pytest.raises(IdempotencyConflictError) as info:
+        manager.add_credits(user, 11, idempotency_key="grant-1")
+    assert info.value.code == "DC020"
+
+
+def _raises(expected: type[DuctoError], code: str, action: Callable[[], object]) -> DuctoError:
+    with pytest.raises(expected) as info:
+        action()
+    assert info.value.code == code, info.value
+    return info.value
+
+
+def test_every_ledger_error_maps_to_its_exception(manager: CreditManager) -> None:
+    user = new_user()
+    granted = manager.add_credits(user, 10)
+    _raises(InvalidInputError, "DC002", lambda: manager.get_balance("a\x01b"))
+    _raises(
+        InvalidInputError,
+        "DC003",
+        lambda: manager.add_credits(user, 1, metadata={"x": "y" * 20000}),
+    )
+    _raises(
+        InvalidInputError, "DC004", lambda: manager.add_credits(user, 1, idempotency_key="k" * 256)
+    )
+    _raises(
+        InvalidInputError,
+        "DC005",
+        lambda: manager.add_credits(user, 1, expires_at=datetime.now(UTC) - timedelta(seconds=1)),
+    )
+    _raises(InvalidInputError, "DC006", lambda: manager.add_credits(user, 1, tx_type="gift"))
+    short = _raises(
+        InsufficientCreditsError, "DC010", lambda: manager.reserve_credits(user, 6, min_balance=5)
+    )
+    assert short.details == {"user_id": user, "available": 10, "needed": 6, "min_balance": 5}
+    _raises(NotFoundError, "DC030", lambda: manager.refund_credits(str(uuid.uuid4())))
+    _raises(NotFoundError, "DC031", lambda: manager.release_reservation(str(uuid.uuid4())))
+    _raises(RefundError, "DC051", lambda: manager.refund_credits(granted.transaction_id))
+
+    hold = manager.reserve_credits(user, 2, min_balance=0)
+    manager.release_reservation(hold.reservation_id)
+    _raises(
+        ReservationStateError, "DC040", lambda: manager.settle_reservation(hold.reservation_id, 1)
+    )
+    hold = manager.reserve_credits(user, 2, min_balance=0)
+    used = manager.settle_reservation(hold.reservation_id, 2)
+    _raises(
+        ReservationStateError, "DC041", lambda: manager.settle_reservation(hold.reservation_id, 3)
+    )
+    _raises(RefundError, "DC050", lambda: manager.refund_credits(used.transaction_id or "", 3))
+    assert manager.get_balance(user).balance == 8
+
+
+def test_invalid_arguments_fail_before_any_call(manager: CreditManager) -> None:
+    user = new_user()
+    for amount in (0, -1, 2**53, cast(int, 1.5), cast(int, True)):
+        with pytest.raises(InvalidInputError) as info:
+            manager.add_credits(user, amount)
+        assert info.value.code == "DC001"
+    _raises(InvalidInputError, "DC002", lambda: manager.add_credits(" ", 1))
+    _raises(
+        InvalidInputError,
+        "DC003",
+        lambda: manager.add_credits(user, 1, metadata={"x": float("nan")}),
+    )
+    _raises(
+        InvalidInputError, "DC003", lambda: manager.add_credits(user, 1, metadata={"x": object()})
+    )
+    _raises(
+        InvalidInputError,
+        "DC005",
+        lambda: manager.add_credits(user, 1, expires_at=datetime(2100, 1, 1)),
+    )
+    assert manager.get_balance(user).balance == 0
+
+
+@pytest.mark.parametrize("commit", [True, False])
+def test_a_debit_follows_the_callers_transaction(database_url: str, commit: bool) -> None:
+    user = new_user()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        CreditManager(PostgresStore(connection=conn)).add_credits(user, 10)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("create temporary table app_orders (id int)")
+        manager = CreditManager(PostgresStore(connection=conn))
+        manager.reserve_credits(user, 4, min_balance=0)
+        conn.execute("insert into app_orders values (1)")
+        if commit:
+            conn.commit()
+        else:
+            conn.rollback()
+    with psycopg.connect(database_url) as conn:
+        held = CreditManager(PostgresStore(connection=conn)).get_balance(user).held
+    assert held == (4 if commit else 0)
