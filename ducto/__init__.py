@@ -23,6 +23,7 @@ from ducto.models import (
     RefundResult,
     ReleaseResult,
     ReserveResult,
+    SetupResult,
     SweepResult,
 )
 
@@ -49,6 +50,7 @@ __all__ = [
     "ReservationStateError",
     "ReserveResult",
     "SchemaError",
+    "SetupResult",
     "StoreError",
     "SweepResult",
     "__version__",

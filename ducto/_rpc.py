@@ -24,7 +24,8 @@ _T = TypeVar("_T")
 class RpcCall:
     """One call of a ledger function: its name, named arguments and how to retry it.
 
-    ``retry_safe`` is true when sending the call twice cannot have two effects (it is
+    A scalar result comes back as one row ``{"value": ...}``. ``retry_safe`` is true when
+    sending the call twice cannot have two effects (it is
     read-only, carries an idempotency key, or is idempotent by nature).
     """
 
@@ -33,6 +34,7 @@ class RpcCall:
     read_only: bool = False
     retry_safe: bool = False
     returns_set: bool = False
+    returns_scalar: bool = False
 
 
 def _amount(value: object, name: str, minimum: int = 1) -> int:
@@ -223,6 +225,11 @@ def sweep_expired(dry_run: bool) -> RpcCall:
 def verify_ledger() -> RpcCall:
     """``credit_verify_ledger``: every broken invariant, one row each."""
     return RpcCall("credit_verify_ledger", read_only=True, retry_safe=True, returns_set=True)
+
+
+def schema_version() -> RpcCall:
+    """``credit_schema_version``: the version of ducto's schema in the database."""
+    return RpcCall("credit_schema_version", read_only=True, retry_safe=True, returns_scalar=True)
 
 
 def one(cls: type[_T], rows: Sequence[Mapping[str, Any]]) -> _T:

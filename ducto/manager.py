@@ -23,6 +23,7 @@ from ducto.models import (
     RefundResult,
     ReleaseResult,
     ReserveResult,
+    SetupResult,
     SweepResult,
 )
 
@@ -47,6 +48,10 @@ class CreditManager:
 
     def __init__(self, store: CreditStore) -> None:
         self.store = store
+
+    def setup(self) -> SetupResult:
+        """Run bundled SQL migrations through the store (see the store's ``setup``)."""
+        return self.store.setup()
 
     def add_credits(
         self,
@@ -149,6 +154,10 @@ class AsyncCreditManager:
 
     def __init__(self, store: AsyncCreditStore) -> None:
         self.store = store
+
+    async def setup(self) -> SetupResult:
+        """Run bundled SQL migrations through the store (see the store's ``setup``)."""
+        return await self.store.setup()
 
     async def add_credits(
         self,

@@ -128,6 +128,15 @@ class LedgerIssue:
     actual: str
 
 
+@dataclass(frozen=True, slots=True)
+class SetupResult:
+    """What ``setup()`` did: the migration versions it applied and those already there."""
+
+    applied: tuple[str, ...]
+    already_applied: tuple[str, ...]
+    schema_version: str
+
+
 _T = TypeVar("_T")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ducto._rpc import RpcCall
+from ducto.models import SetupResult
 
 
 class CreditStore(Protocol):
@@ -14,10 +15,18 @@ class CreditStore(Protocol):
         """Run ``call`` in one transaction; raise a :class:`~ducto.errors.DuctoError`."""
         ...
 
+    def setup(self) -> SetupResult:
+        """Install or check ducto's schema (see the store's own documentation)."""
+        ...
+
 
 class AsyncCreditStore(Protocol):
     """The async flavour of :class:`CreditStore`."""
 
     async def call(self, call: RpcCall) -> list[dict[str, Any]]:
         """Run ``call`` in one transaction; raise a :class:`~ducto.errors.DuctoError`."""
+        ...
+
+    async def setup(self) -> SetupResult:
+        """Install or check ducto's schema (see the store's own documentation)."""
         ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,8 +13,10 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from ducto import _migrations
 from ducto._rpc import RpcCall
 from ducto.errors import DuctoError, StoreError, error_from_sqlstate
+from ducto.models import SetupResult
 
 
 def _query(call: RpcCall) -> tuple[sql.Composed, dict[str, Any]]:
@@ -22,7 +25,11 @@ def _query(call: RpcCall) -> tuple[sql.Composed, dict[str, Any]]:
         sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder(name))
         for name in call.args
     )
-    query = sql.SQL("select * from public.{}({})").format(sql.Identifier(call.function), arguments)
+    # a scalar comes back as one row {"value": ...}, as the PostgREST store gives it
+    shape = (
+        "select public.{}({}) as value" if call.returns_scalar else "select * from public.{}({})"
+    )
+    query = sql.SQL(shape).format(sql.Identifier(call.function), arguments)
     params = {
         name: Jsonb(value) if isinstance(value, dict | list) else value
         for name, value in call.args.items()
@@ -88,6 +95,21 @@ class PostgresStore:
                     raise _error(exc) from exc
         raise AssertionError("unreachable")
 
+    def setup(self) -> SetupResult:
+        """Apply the bundled migrations that the database lacks, one transaction each.
+
+        Holds a session advisory lock meanwhile, so concurrent setups apply each migration
+        once; skips versions recorded by an earlier setup() or by ``supabase db push``;
+        makes PostgREST reload its schema cache afterwards.
+        """
+        if self._pool is None:
+            raise StoreError("setup() needs a store with a pool, not a bound connection")
+        try:
+            with self._pool.connection() as conn:
+                return _setup(conn)
+        except psycopg.Error as exc:
+            raise _error(exc) from exc
+
     @contextmanager
     def transaction(self) -> Iterator[PostgresStore]:
         """A store bound to one pooled connection, in one transaction, for several calls."""
@@ -112,6 +134,36 @@ class PostgresStore:
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(query, params)
             return cur.fetchall()
+
+
+def _setup(conn: psycopg.Connection[Any]) -> SetupResult:
+    conn.commit()
+    conn.execute("select pg_advisory_lock(%s)", [_migrations.SETUP_LOCK_KEY])
+    conn.commit()  # the session lock outlives the transaction
+    try:
+        conn.execute(_migrations.PREPARE_RECORD)
+        done = {row[0] for row in conn.execute(_migrations.APPLIED_BY_DUCTO)}
+        has_cli_history = conn.execute(_migrations.HAS_CLI_HISTORY).fetchone()
+        if has_cli_history and has_cli_history[0]:
+            done |= {row[0] for row in conn.execute(_migrations.APPLIED_BY_CLI)}
+        conn.commit()
+        applied, already = [], []
+        for migration in _migrations.bundled():
+            if migration.version in done:
+                already.append(migration.version)
+                continue
+            with conn.transaction():
+                conn.execute(migration.sql.encode())
+                conn.execute(_migrations.RECORD, (migration.version, migration.name))
+            applied.append(migration.version)
+        version = conn.execute("select public.credit_schema_version()").fetchone()
+        conn.execute(_migrations.RELOAD_POSTGREST)
+        conn.commit()
+    finally:
+        conn.rollback()
+        conn.execute("select pg_advisory_unlock(%s)", [_migrations.SETUP_LOCK_KEY])
+        conn.commit()
+    return SetupResult(tuple(applied), tuple(already), str(version[0]) if version else "")
 
 
 class AsyncPostgresStore:
@@ -153,6 +205,17 @@ class AsyncPostgresStore:
                 if not _retryable(exc, call, attempt, self._attempts):
                     raise _error(exc) from exc
         raise AssertionError("unreachable")
+
+    async def setup(self) -> SetupResult:
+        """:meth:`PostgresStore.setup`, run in a worker thread on its own connection."""
+        conninfo = self._pool.conninfo if self._pool is not None else None
+        if not isinstance(conninfo, str):
+            raise StoreError("setup() needs a store made from a DSN or a pool with a DSN")
+        store = PostgresStore(conninfo, max_size=1)
+        try:
+            return await asyncio.to_thread(store.setup)
+        finally:
+            store.close()
 
     async def close(self) -> None:
         """Close the pool if the store created it."""

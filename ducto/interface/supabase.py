@@ -14,8 +14,10 @@ from typing import Any
 
 import httpx
 
+from ducto import _migrations, _rpc
 from ducto._rpc import RpcCall, json_default
-from ducto.errors import DuctoError, StoreError, error_from_sqlstate
+from ducto.errors import DuctoError, SchemaError, StoreError, error_from_sqlstate
+from ducto.models import SetupResult
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
@@ -44,7 +46,7 @@ def _rows(response: httpx.Response) -> list[dict[str, Any]]:
             return [body]
         if isinstance(body, list):
             return body
-        raise StoreError(f"unexpected answer from PostgREST: {response.text[:200]!r}")
+        return [{"value": body}]  # a scalar function
     raise _error(response, body)
 
 
@@ -100,6 +102,18 @@ class HttpxSupabaseStore:
             return _rows(response)
         raise AssertionError("unreachable")
 
+    def setup(self) -> SetupResult:
+        """Check that the schema is installed and current; DDL cannot go through PostgREST.
+
+        Raises:
+            SchemaError: naming the command that installs or upgrades the schema.
+        """
+        try:
+            rows = self.call(_rpc.schema_version())
+        except SchemaError:
+            return _migrations.check_installed(None)
+        return _migrations.check_installed(str(rows[0]["value"]))
+
     def close(self) -> None:
         """Close the HTTP client if the store created it."""
         if self._owns_client:
@@ -139,6 +153,14 @@ class AsyncHttpxSupabaseStore:
                 continue
             return _rows(response)
         raise AssertionError("unreachable")
+
+    async def setup(self) -> SetupResult:
+        """:meth:`HttpxSupabaseStore.setup`: check that the schema is installed and current."""
+        try:
+            rows = await self.call(_rpc.schema_version())
+        except SchemaError:
+            return _migrations.check_installed(None)
+        return _migrations.check_installed(str(rows[0]["value"]))
 
     async def close(self) -> None:
         """Close the HTTP client if the store created it."""
