@@ -596,16 +596,27 @@ begin
     -- last) is forgiven before grants are refilled. Net of earlier refunds of the same
     -- transaction, so each grant gets back at most what it paid.
     for v_source in
-        select d.grant_id, sum(d.amount)::bigint as net
-        from public.credit_grant_draws as d
-        where d.transaction_id = p_original_id
-            or d.transaction_id in (
-                select t.id from public.credit_transactions as t
-                where t.refund_of = p_original_id
-            )
-        group by d.grant_id
-        having sum(d.amount) > 0
-        order by min(d.id) desc
+        with refunds as (
+            select t.id from public.credit_transactions as t
+            where t.refund_of = p_original_id
+        ),
+
+        movements as (
+            select d.id, d.grant_id, d.amount
+            from public.credit_grant_draws as d
+            where d.transaction_id = p_original_id or d.transaction_id in (select id from refunds)
+            union all
+            -- debt that earlier refunds gave back as new grants is restored debt too
+            select null, null, -g.amount
+            from public.credit_grants as g
+            where g.transaction_id in (select id from refunds)
+        )
+
+        select m.grant_id, sum(m.amount)::bigint as net
+        from movements as m
+        group by m.grant_id
+        having sum(m.amount) > 0
+        order by min(m.id) desc
     loop
         exit when v_left = 0;
         v_take := least(v_source.net, v_left);

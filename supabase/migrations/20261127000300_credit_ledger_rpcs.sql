@@ -62,14 +62,6 @@ begin
             jsonb_build_object('argument', 'priority')
         );
     end if;
-    if p_expires_at is not null and (p_expires_at <= v_now or p_expires_at = 'infinity') then
-        perform credit_private.fail(
-            'DC005',
-            format('expires_at must be a finite time after now (%s), got %s; use null for'
-                || ' credits that never expire', v_now, p_expires_at),
-            jsonb_build_object('argument', 'expires_at', 'now', v_now, 'value', p_expires_at)
-        );
-    end if;
 
     v_request := jsonb_build_object(
         'amount', v_amount, 'tx_type', p_tx_type, 'category', p_category,
@@ -84,6 +76,15 @@ begin
         v_result := jsonb_populate_record(null::public.credit_add_result, v_replay);
         v_result.is_replay := true;
         return v_result;
+    end if;
+    -- after the replay lookup: a replay returns the original even once its expiry has passed
+    if p_expires_at is not null and (p_expires_at <= v_now or p_expires_at = 'infinity') then
+        perform credit_private.fail(
+            'DC005',
+            format('expires_at must be a finite time after now (%s), got %s; use null for'
+                || ' credits that never expire', v_now, p_expires_at),
+            jsonb_build_object('argument', 'expires_at', 'now', v_now, 'value', p_expires_at)
+        );
     end if;
 
     perform credit_private.expire_grants(v_account.id, v_now);
@@ -338,6 +339,7 @@ begin
     end if;
 
     -- active or timed out: either way the hold stops counting
+    perform credit_private.expire_grants(v_reservation.account_id, v_now);
     update public.credit_reservations
     set status = 'released', resolved_at = v_now
     where id = p_reservation_id;
@@ -669,6 +671,25 @@ as $$
     where t.type in ('usage', 'fixed_job', 'capture', 'expiry')
     group by t.id
     having -t.amount <> coalesce(sum(d.amount), 0)
+
+    union all
+    select t.account_id, t.user_id,
+        'refunds of ' || t.id || ' gave back at most what it drew from each source',
+        '>= 0', sum(m.amount)::text
+    from public.credit_transactions as t
+    inner join (
+        select coalesce(r.refund_of, r.id) as original, d.grant_id, d.amount
+        from public.credit_grant_draws as d
+        inner join public.credit_transactions as r on d.transaction_id = r.id
+        where r.type in ('usage', 'fixed_job', 'capture', 'refund')
+        union all
+        select r.refund_of, null, -g.amount
+        from public.credit_grants as g
+        inner join public.credit_transactions as r on g.transaction_id = r.id
+        where r.type = 'refund'
+    ) as m on t.id = m.original
+    group by t.id, m.grant_id
+    having sum(m.amount) < 0
 
     union all
     select o.account_id, o.user_id, 'refunds of ' || o.id || ' <= charged',

@@ -1,0 +1,296 @@
+-- Privileges, read from the catalog: the exact allowlist of (object, grantee, privilege)
+-- on every ducto function, table, sequence and view, and on the schema credit_private.
+--
+-- "ducto objects" are found, not listed: every function, table, view and sequence in
+-- public whose name starts with credit_, and everything in the schema credit_private.
+-- So a new object created without explicit grants makes this file fail:
+--   * under Supabase's legacy default privileges it is granted to anon, authenticated and
+--     service_role, which the allowlist does not contain;
+--   * under revoked defaults (or in credit_private, which has no default privileges) its
+--     ACL is NULL, which means PUBLIC may execute a function; aclexplode(acldefault(...))
+--     turns that into a PUBLIC row, which the allowlist does not contain either;
+--   * a new public function that revokes everything and grants nothing fails the check
+--     that service_role may execute every public credit_ function.
+-- The owner's own privileges are left out (the migration owner is not an API role).
+begin;
+select plan(25);
+
+-- the object names below are printed as in this search path
+set local search_path to public, extensions;
+
+-- every ducto function, with its ACL (NULL ACL = the default one, PUBLIC included)
+create temp view ducto_function as
+select
+    p.oid,
+    n.nspname,
+    p.proname,
+    format('%s.%s(%s)', n.nspname, p.proname, oidvectortypes(p.proargtypes)) as object,
+    p.prosecdef,
+    p.proconfig,
+    p.proowner,
+    coalesce(p.proacl, acldefault('f', p.proowner)) as acl
+from pg_proc as p
+join pg_namespace as n on n.oid = p.pronamespace
+where (n.nspname = 'public' and p.proname like 'credit\_%') or n.nspname = 'credit_private';
+
+-- every ducto table, view, materialized view, foreign table and sequence
+create temp view ducto_relation as
+select
+    c.oid,
+    n.nspname,
+    c.relname,
+    c.relkind,
+    format('%s.%s', n.nspname, c.relname) as object,
+    c.relrowsecurity,
+    c.reloptions,
+    c.relowner,
+    coalesce(
+        c.relacl, acldefault((case when c.relkind = 'S' then 's' else 'r' end)::"char", c.relowner)
+    ) as acl
+from pg_class as c
+join pg_namespace as n on n.oid = c.relnamespace
+where
+    c.relkind in ('r', 'p', 'v', 'm', 'f', 'S')
+    and ((n.nspname = 'public' and c.relname like 'credit\_%') or n.nspname = 'credit_private');
+
+-- (object, grantee, privilege) for everyone but the owner; grantee 0 is PUBLIC
+create temp view ducto_acl as
+select
+    format('%s | %s | %s',
+        f.object,
+        case when a.grantee = 0 then 'PUBLIC' else pg_get_userbyid(a.grantee) end,
+        a.privilege_type) as acl_row,
+    f.object,
+    a.grantee,
+    a.privilege_type
+from ducto_function as f, aclexplode(f.acl) as a
+where a.grantee <> f.proowner
+union all
+select
+    format('%s | %s | %s',
+        r.object,
+        case when a.grantee = 0 then 'PUBLIC' else pg_get_userbyid(a.grantee) end,
+        a.privilege_type),
+    r.object,
+    a.grantee,
+    a.privilege_type
+from ducto_relation as r, aclexplode(r.acl) as a
+where a.grantee <> r.relowner;
+
+select cmp_ok(
+    (select count(*) from ducto_function where nspname = 'public'), '>=', 9::bigint,
+    '(The filter finds the public credit_ functions.)'
+);
+select cmp_ok(
+    (select count(*) from ducto_relation where relkind = 'r'), '>=', 6::bigint,
+    '(The filter finds the credit_ tables.)'
+);
+
+-- ---------------------------------------------------------------- the allowlist
+
+select set_eq(
+    $$select acl_row from ducto_acl where object like '%(%'$$,
+    array[
+        'credit_private.clock() | authenticated | EXECUTE',
+        'credit_private.clock() | service_role | EXECUTE',
+        'credit_private.check_user_id(text) | authenticated | EXECUTE',
+        'credit_private.check_user_id(text) | service_role | EXECUTE',
+        'credit_private.fail(text, text, jsonb, text) | authenticated | EXECUTE',
+        'credit_private.fail(text, text, jsonb, text) | service_role | EXECUTE',
+        'public.credit_add_credits(text, numeric, text, text, integer, timestamp with time zone,'
+        || ' jsonb, text) | service_role | EXECUTE',
+        'public.credit_deduct_credits(text, numeric, numeric, jsonb, text) | service_role | EXECUTE',
+        'public.credit_reserve_credits(text, numeric, text, numeric, integer, jsonb, text)'
+        || ' | service_role | EXECUTE',
+        'public.credit_settle_reservation(uuid, numeric, jsonb) | service_role | EXECUTE',
+        'public.credit_release_reservation(uuid) | service_role | EXECUTE',
+        'public.credit_refund_transaction(uuid, numeric, text, jsonb, text)'
+        || ' | service_role | EXECUTE',
+        'public.credit_get_balance(text) | authenticated | EXECUTE',
+        'public.credit_get_balance(text) | service_role | EXECUTE',
+        'public.credit_sweep_expired(boolean) | service_role | EXECUTE',
+        'public.credit_verify_ledger() | service_role | EXECUTE',
+        'public.credit_schema_version() | service_role | EXECUTE'
+    ],
+    'Function privileges are exactly the allowlist: service_role executes every RPC;'
+    || ' authenticated only credit_get_balance; both the three credit_private helpers the'
+    || ' read RPCs call as the caller (clock, check_user_id, fail); nothing else.'
+);
+select set_eq(
+    $$select acl_row from ducto_acl where object not like '%(%'$$,
+    array[
+        'public.credit_accounts | authenticated | SELECT',
+        'public.credit_accounts | service_role | SELECT',
+        'public.credit_transactions | authenticated | SELECT',
+        'public.credit_transactions | service_role | SELECT',
+        'public.credit_grants | authenticated | SELECT',
+        'public.credit_grants | service_role | SELECT',
+        'public.credit_reservations | authenticated | SELECT',
+        'public.credit_reservations | service_role | SELECT',
+        'public.credit_grant_draws | service_role | SELECT',
+        'public.credit_idempotency_keys | service_role | SELECT'
+    ],
+    'Table and sequence privileges are exactly the allowlist: SELECT only; authenticated on'
+    || ' the four user tables, service_role on all six; nothing on the sequences.'
+);
+select set_eq(
+    $$select format('%s | %s', case when a.grantee = 0 then 'PUBLIC'
+                                    else pg_get_userbyid(a.grantee) end, a.privilege_type)
+      from pg_namespace as n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) as a
+      where n.nspname = 'credit_private' and a.grantee <> n.nspowner$$,
+    array['authenticated | USAGE', 'service_role | USAGE'],
+    'The schema credit_private is usable by authenticated and service_role only (for the'
+    || ' helpers of the read RPCs), not by anon or PUBLIC.'
+);
+select is_empty(
+    $$select format('%s.%s | %s', r.object, a.attname, c.item)
+      from ducto_relation as r
+      join pg_attribute as a on a.attrelid = r.oid
+      cross join lateral unnest(a.attacl) as c (item)
+      where a.attacl is not null$$,
+    'No column of a ducto table has column-level privileges.'
+);
+
+-- ---------------------------------------------------------------- PUBLIC and anon
+
+select is_empty(
+    $$select acl_row from ducto_acl where grantee = 0$$,
+    'PUBLIC has no privilege on any ducto function, table or sequence (no NULL ACL either).'
+);
+select is_empty(
+    $$select object from ducto_function where has_function_privilege('anon', oid, 'EXECUTE')$$,
+    'anon can execute no ducto function, by any path (PUBLIC, membership, direct grant).'
+);
+select is_empty(
+    $$select object from ducto_relation
+      where relkind <> 'S'
+        and has_table_privilege(
+            'anon', oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER'
+        )$$,
+    'anon has no privilege on any ducto table or view.'
+);
+select is_empty(
+    $$select object from ducto_relation
+      where case when relkind = 'S'
+                 then has_sequence_privilege('anon', oid, 'USAGE, SELECT, UPDATE') end$$,
+    'anon has no privilege on any ducto sequence.'
+);
+select ok(
+    not has_schema_privilege('anon', 'credit_private', 'USAGE'),
+    'anon has no USAGE on the schema credit_private.'
+);
+select ok(
+    not has_schema_privilege('anon', 'credit_private', 'CREATE')
+    and not has_schema_privilege('authenticated', 'credit_private', 'CREATE')
+    and not has_schema_privilege('service_role', 'credit_private', 'CREATE'),
+    'No API role can create objects in credit_private.'
+);
+
+-- ---------------------------------------------------------------- authenticated
+
+select set_eq(
+    $$select object from ducto_function
+      where has_function_privilege('authenticated', oid, 'EXECUTE')$$,
+    array['public.credit_get_balance(text)', 'credit_private.clock()',
+          'credit_private.check_user_id(text)', 'credit_private.fail(text, text, jsonb, text)'],
+    'authenticated can execute credit_get_balance and the three helpers it calls, nothing else.'
+);
+select set_eq(
+    $$select object from ducto_relation where has_table_privilege('authenticated', oid, 'SELECT')$$,
+    array['public.credit_accounts', 'public.credit_transactions', 'public.credit_grants',
+          'public.credit_reservations'],
+    'authenticated can SELECT exactly the four user tables.'
+);
+select is_empty(
+    $$select object from ducto_relation
+      where (relkind <> 'S'
+             and has_table_privilege(
+                 'authenticated', oid, 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER'
+             ))
+         or case when relkind = 'S'
+                 then has_sequence_privilege('authenticated', oid, 'USAGE, SELECT, UPDATE') end$$,
+    'authenticated cannot write any ducto table or use any ducto sequence.'
+);
+
+-- ---------------------------------------------------------------- service_role
+
+select is_empty(
+    $$select object from ducto_function
+      where nspname = 'public' and not has_function_privilege('service_role', oid, 'EXECUTE')$$,
+    'service_role can execute every public credit_ function (a new one without a grant fails).'
+);
+select set_eq(
+    $$select object from ducto_function
+      where nspname = 'credit_private' and has_function_privilege('service_role', oid, 'EXECUTE')$$,
+    array['credit_private.clock()', 'credit_private.check_user_id(text)',
+          'credit_private.fail(text, text, jsonb, text)'],
+    'In credit_private, service_role can execute only the three helpers the read RPCs call.'
+);
+select is_empty(
+    $$select object from ducto_relation
+      where relkind in ('r', 'p') and not has_table_privilege('service_role', oid, 'SELECT')$$,
+    'service_role can SELECT every ducto table.'
+);
+select is_empty(
+    $$select object from ducto_relation
+      where (relkind <> 'S'
+             and has_table_privilege(
+                 'service_role', oid, 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER'
+             ))
+         or case when relkind = 'S'
+                 then has_sequence_privilege('service_role', oid, 'USAGE, SELECT, UPDATE') end$$,
+    'service_role has no INSERT, UPDATE, DELETE or TRUNCATE on any ducto table, nor any'
+    || ' sequence: the ledger is written only through the RPCs.'
+);
+
+-- ---------------------------------------------------------------- row-level security
+
+select is_empty(
+    $$select object from ducto_relation where relkind in ('r', 'p') and not relrowsecurity$$,
+    'Every ducto table has row-level security enabled.'
+);
+select is_empty(
+    $$select object from ducto_relation
+      where relkind = 'v'
+        and not coalesce('security_invoker=true' = any(reloptions), false)$$,
+    'Every ducto view (if any) is security_invoker, so RLS applies to its readers.'
+);
+
+-- ---------------------------------------------------------------- SECURITY DEFINER
+
+select set_eq(
+    $$select object from ducto_function where prosecdef$$,
+    array[
+        'public.credit_add_credits(text, numeric, text, text, integer, timestamp with time zone,'
+        || ' jsonb, text)',
+        'public.credit_deduct_credits(text, numeric, numeric, jsonb, text)',
+        'public.credit_reserve_credits(text, numeric, text, numeric, integer, jsonb, text)',
+        'public.credit_settle_reservation(uuid, numeric, jsonb)',
+        'public.credit_release_reservation(uuid)',
+        'public.credit_refund_transaction(uuid, numeric, text, jsonb, text)',
+        'public.credit_sweep_expired(boolean)'
+    ],
+    'Exactly the seven write RPCs are SECURITY DEFINER; the reads and every credit_private'
+    || ' helper run as the caller.'
+);
+select is_empty(
+    $$select object from ducto_function
+      where prosecdef
+        and not exists (select from unnest(proconfig) as c where c like 'search\_path=%')$$,
+    'Every SECURITY DEFINER ducto function pins search_path (splinter 0011).'
+);
+select is_empty(
+    $$select object from ducto_function
+      where not ('search_path=""' = any(coalesce(proconfig, '{}')))$$,
+    'Every ducto function sets search_path to the empty string.'
+);
+select is_empty(
+    $$select format('%s | %s', object, r.rolname) from ducto_function
+      cross join (values ('anon'), ('authenticated')) as r (rolname)
+      where prosecdef and has_function_privilege(r.rolname, oid, 'EXECUTE')$$,
+    'No SECURITY DEFINER ducto function is executable by anon or authenticated'
+    || ' (splinter 0028/0029).'
+);
+
+select * from finish();
+rollback;
