@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import types
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, TypeAlias, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -142,18 +142,27 @@ _T = TypeVar("_T")
 
 def from_row(cls: type[_T], row: Mapping[str, Any]) -> _T:
     """Build a result dataclass from a database row or a PostgREST JSON object."""
-    hints = get_type_hints(cls)
-    values = {f.name: _convert(hints[f.name], row[f.name]) for f in fields(cls)}  # type: ignore[arg-type]
-    return cls(**values)
+    converters = _CONVERTERS.get(cls)
+    if converters is None:
+        hints = get_type_hints(cls)
+        converters = tuple((f.name, _converter(hints[f.name])) for f in fields(cls))  # type: ignore[arg-type]
+        _CONVERTERS[cls] = converters
+    return cls(**{name: convert(row[name]) for name, convert in converters})
 
 
-def _convert(hint: Any, value: Any) -> Any:
-    if value is None:
-        return None
+#: Per result class, each field with the function that turns a row value into its type.
+_CONVERTERS: dict[type[Any], tuple[tuple[str, Callable[[Any], Any]], ...]] = {}
+
+
+def _converter(hint: Any) -> Callable[[Any], Any]:
     if get_origin(hint) in (Union, types.UnionType):
         (hint,) = (arg for arg in get_args(hint) if arg is not type(None))
-    if hint is datetime and isinstance(value, str):
-        return datetime.fromisoformat(value)
-    if hint is str and isinstance(value, uuid.UUID):
-        return str(value)
+    if hint is datetime:  # PostgREST sends ISO 8601 text, psycopg a datetime
+        return lambda v: datetime.fromisoformat(v) if isinstance(v, str) else v
+    if hint is str:  # psycopg returns uuid columns as UUID
+        return lambda v: str(v) if isinstance(v, uuid.UUID) else v
+    return _same
+
+
+def _same(value: Any) -> Any:
     return value

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -18,23 +19,29 @@ from ducto._rpc import RpcCall
 from ducto.errors import DuctoError, StoreError, error_from_sqlstate
 from ducto.models import SetupResult
 
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
-def _query(call: RpcCall) -> tuple[sql.Composed, dict[str, Any]]:
-    """``select * from public.<fn>(name => %(name)s, ...)`` and its parameters."""
-    arguments = sql.SQL(", ").join(
-        sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder(name))
-        for name in call.args
-    )
-    # a scalar comes back as one row {"value": ...}, as the PostgREST store gives it
-    shape = (
-        "select public.{}({}) as value" if call.returns_scalar else "select * from public.{}({})"
-    )
-    query = sql.SQL(shape).format(sql.Identifier(call.function), arguments)
+
+@functools.lru_cache(maxsize=256)
+def _query_text(function: str, names: tuple[str, ...], scalar: bool) -> str:
+    """``select * from public.<fn>(name => %(name)s, ...)``, built once per call shape.
+
+    Function and argument names come from ducto's own call builders, never from input.
+    """
+    assert all(_IDENTIFIER.match(name) for name in (function, *names))
+    arguments = ", ".join(f"{name} => %({name})s" for name in names)
+    if scalar:  # one row {"value": ...}, as the PostgREST store gives it
+        return f"select public.{function}({arguments}) as value"
+    return f"select * from public.{function}({arguments})"
+
+
+def _query(call: RpcCall) -> tuple[str, dict[str, Any]]:
+    """The SQL text and parameters of ``call``."""
     params = {
         name: Jsonb(value) if isinstance(value, dict | list) else value
         for name, value in call.args.items()
     }
-    return query, params
+    return _query_text(call.function, tuple(call.args), call.returns_scalar), params
 
 
 def _error(exc: psycopg.Error) -> DuctoError:
@@ -78,7 +85,11 @@ class PostgresStore:
         self._owns_pool = dsn is not None
         self._pool = pool
         if dsn is not None:
-            self._pool = ConnectionPool(dsn, min_size=1, max_size=max_size, open=True)
+            # each RPC is one statement and its own transaction: autocommit saves the
+            # BEGIN/COMMIT round trips
+            self._pool = ConnectionPool(
+                dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=True
+            )
         self._attempts = attempts
 
     def call(self, call: RpcCall) -> list[dict[str, Any]]:
@@ -184,7 +195,9 @@ class AsyncPostgresStore:
         self._owns_pool = dsn is not None
         self._pool = pool
         if dsn is not None:
-            self._pool = AsyncConnectionPool(dsn, min_size=1, max_size=max_size, open=False)
+            self._pool = AsyncConnectionPool(
+                dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False
+            )
         self._attempts = attempts
 
     async def call(self, call: RpcCall) -> list[dict[str, Any]]:

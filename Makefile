@@ -1,0 +1,57 @@
+# ducto: `make test` is the one test command (CI runs it through .ci/run).
+#
+#   make install     what the tests need: Debian packages (only when missing),
+#                    .venv (pip install -e '.[dev]'), node_modules (npm ci)
+#   make test        install, then scripts/run-tests
+#   make stack-up    start the local stack; prints its exports
+#   make stack-down  stop it and delete its data
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV := .venv
+APT_PACKAGES := postgresql-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl \
+	postgresql-15-plpgsql-check nginx-light
+# Used by scripts/local-stack; present on most machines, installed if not.
+APT_TOOLS := curl openssl
+
+.PHONY: install apt test stack-up stack-down
+
+install: apt $(VENV)/.installed node_modules/.installed
+
+# apt only when a package is missing: `apt-get update` once, then install.
+apt:
+	@missing=""; \
+	for pkg in $(APT_PACKAGES) $(APT_TOOLS); do \
+		dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q 'install ok installed' \
+			|| missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "apt: installing$$missing"; \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+		$$sudo apt-get update; \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y \
+			$(APT_PACKAGES) $(APT_TOOLS); \
+	fi
+
+# Re-run when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Re-run when the lock file changes.
+node_modules/.installed: package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+test: install
+	scripts/run-tests
+
+stack-up: install
+	@scripts/local-stack up
+
+stack-down:
+	@scripts/local-stack down

@@ -1,0 +1,103 @@
+"""The cost of the Python client over the bare driver, in the same run on the same stack.
+
+For each store, one loop calls an RPC through ``CreditManager`` and another sends the very
+same RPC with the bare driver (psycopg on one connection; httpx on one client), in
+alternating rounds; the script prints the median time per call of each and their ratio.
+Target: the manager costs less than 10% over the bare driver.
+
+Run against a running stack (``eval "$(scripts/local-stack up)"``):
+
+    .venv/bin/python bench/client_overhead.py [calls per round, default 2000]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+
+import httpx
+import psycopg
+
+from ducto import CreditManager
+from ducto.interface import HttpxSupabaseStore, PostgresStore
+
+ROUNDS = 5
+
+
+def per_call(loop: Callable[[int], None], calls: int) -> float:
+    start = time.perf_counter()
+    loop(calls)
+    return (time.perf_counter() - start) / calls
+
+
+def compare(name: str, manager_loop: Callable[[int], None], bare_loop: Callable[[int], None]) -> None:
+    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    manager_loop(50)  # warm up connections and plans
+    bare_loop(50)
+    managed, bare = [], []
+    for _ in range(ROUNDS):
+        managed.append(per_call(manager_loop, calls))
+        bare.append(per_call(bare_loop, calls))
+    m, b = statistics.median(managed), statistics.median(bare)
+    print(f"{name:<34} manager {m * 1e6:8.1f} us  bare {b * 1e6:8.1f} us  ratio {m / b:5.3f}")
+
+
+def main() -> None:
+    database_url = os.environ["DATABASE_URL"]
+    url, key = os.environ["SUPABASE_URL"], os.environ["SUPABASE_SERVICE_ROLE_KEY"]
+    user = f"bench-{uuid.uuid4()}"
+
+    store = PostgresStore(database_url, max_size=1)
+    manager = CreditManager(store)
+    manager.add_credits(user, 10**12)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+
+        def bare_pg_balance(n: int) -> None:
+            for _ in range(n):
+                conn.execute("select * from public.credit_get_balance(p_user_id => %s)", [user])
+
+        def bare_pg_hold(n: int) -> None:
+            for _ in range(n):
+                conn.execute(
+                    "select * from public.credit_reserve_credits(p_user_id => %s, p_amount => %s,"
+                    " p_min_balance => %s)",
+                    [user, 1, 5],
+                ).fetchall()
+
+        compare(
+            "postgres: get_balance",
+            lambda n: [manager.get_balance(user) for _ in range(n)] and None,
+            bare_pg_balance,
+        )
+        compare(
+            "postgres: reserve_credits",
+            lambda n: [manager.reserve_credits(user, 1) for _ in range(n)] and None,
+            bare_pg_hold,
+        )
+    store.close()
+
+    http_store = HttpxSupabaseStore(url, key)
+    http_manager = CreditManager(http_store)
+    headers = {"apikey": key, "Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=url, headers=headers) as client:
+
+        def bare_http_balance(n: int) -> None:
+            body = json.dumps({"p_user_id": user})
+            for _ in range(n):
+                client.post("/rest/v1/rpc/credit_get_balance", content=body).json()
+
+        compare(
+            "http: get_balance",
+            lambda n: [http_manager.get_balance(user) for _ in range(n)] and None,
+            bare_http_balance,
+        )
+    http_store.close()
+
+
+if __name__ == "__main__":
+    main()

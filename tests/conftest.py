@@ -1,0 +1,114 @@
+"""Fixtures for tests against the local Supabase-like stack.
+
+The stack's settings come from the environment, as printed by
+``scripts/local-stack up`` (``make test`` sets them)::
+
+    eval "$(scripts/local-stack up)"
+    .venv/bin/python -m pytest tests
+
+A test that asks for one of these fixtures fails with a clear message when the
+variable is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import jwt
+import pytest
+
+
+def stack_env(name: str) -> str:
+    """The value of one of the stack's environment variables, or fail the test."""
+    value = os.environ.get(name, "")
+    if not value:
+        pytest.fail(
+            f"{name} is not set. Run the tests with `make test`, or start the stack first: "
+            '`eval "$(scripts/local-stack up)"`.',
+            pytrace=False,
+        )
+    return value
+
+
+def make_user_token(
+    sub: str,
+    *,
+    expires_in: int = 3600,
+    secret: str | None = None,
+    alg: str = "HS256",
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """A Supabase-style user access token: ``role`` and ``aud`` ``authenticated``.
+
+    Signed with the stack's secret unless ``secret`` is given (a forged
+    signature). ``expires_in`` may be negative (an expired token; PostgREST
+    allows 30 s of clock skew). ``alg="none"`` makes an unsigned token.
+    ``extra`` claims are added last and may override the defaults.
+    """
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sub": sub,
+        "role": "authenticated",
+        "aud": "authenticated",
+        "iat": now,
+        "exp": now + expires_in,
+    }
+    if extra:
+        claims.update(extra)
+    if alg == "none":
+        return jwt.encode(claims, None, algorithm="none")
+    key = secret if secret is not None else stack_env("SUPABASE_JWT_SECRET")
+    return jwt.encode(claims, key, algorithm=alg)
+
+
+class MakeUserToken(Protocol):
+    """The type of the ``make_user_token`` fixture (see :func:`make_user_token`)."""
+
+    def __call__(
+        self,
+        sub: str,
+        *,
+        expires_in: int = ...,
+        secret: str | None = ...,
+        alg: str = ...,
+        extra: Mapping[str, Any] | None = ...,
+    ) -> str: ...
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """The superuser URL of the stack's database (``DATABASE_URL``)."""
+    return stack_env("DATABASE_URL")
+
+
+@pytest.fixture(scope="session")
+def supabase_url() -> str:
+    """The gateway, Supabase's URL layout (``SUPABASE_URL``, e.g. ``.../rest/v1/``)."""
+    return stack_env("SUPABASE_URL").rstrip("/")
+
+
+@pytest.fixture(scope="session")
+def anon_key() -> str:
+    """The legacy-style anon key (``SUPABASE_ANON_KEY``)."""
+    return stack_env("SUPABASE_ANON_KEY")
+
+
+@pytest.fixture(scope="session")
+def service_role_key() -> str:
+    """The legacy-style service-role key (``SUPABASE_SERVICE_ROLE_KEY``)."""
+    return stack_env("SUPABASE_SERVICE_ROLE_KEY")
+
+
+@pytest.fixture(scope="session")
+def jwt_secret() -> str:
+    """The stack's HS256 secret (``SUPABASE_JWT_SECRET``)."""
+    return stack_env("SUPABASE_JWT_SECRET")
+
+
+@pytest.fixture(name="make_user_token", scope="session")
+def make_user_token_fixture(jwt_secret: str) -> MakeUserToken:
+    """:func:`make_user_token`, after checking that the stack's secret is set."""
+    return make_user_token

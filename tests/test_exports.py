@@ -1,0 +1,62 @@
+"""The public names of the package: adding or removing one is a deliberate change."""
+
+from __future__ import annotations
+
+import ducto
+import ducto.interface
+import ducto.manager
+from ducto.interface.supabase import HttpxSupabaseStore
+
+
+def test_package_exports() -> None:
+    assert ducto.__all__ == [
+        "AddCreditsResult",
+        "AsyncCreditManager",
+        "BalanceResult",
+        "CreditManager",
+        "CreditMetadata",
+        "DeductionResult",
+        "DuctoError",
+        "IdempotencyConflictError",
+        "InsufficientCreditsError",
+        "InvalidInputError",
+        "LedgerIssue",
+        "NotFoundError",
+        "PermissionDeniedError",
+        "PricingNotLoadedError",
+        "RefundError",
+        "RefundResult",
+        "ReleaseResult",
+        "ReservationStateError",
+        "ReserveResult",
+        "SchemaError",
+        "SetupResult",
+        "StoreError",
+        "SweepResult",
+        "__version__",
+    ]
+    assert ducto.interface.__all__ == [
+        "AsyncCreditStore",
+        "AsyncHttpxSupabaseStore",
+        "AsyncPostgresStore",
+        "CreditStore",
+        "HttpxSupabaseStore",
+        "PostgresStore",
+    ]
+
+
+def test_reference_paths() -> None:
+    # the module paths the API reference names
+    assert ducto.manager.CreditManager is ducto.CreditManager
+    assert ducto.manager.InsufficientCreditsError is ducto.InsufficientCreditsError
+    assert ducto.manager.PricingNotLoadedError is ducto.PricingNotLoadedError
+    assert HttpxSupabaseStore is ducto.interface.HttpxSupabaseStore
+    assert issubclass(ducto.InsufficientCreditsError, Exception)
+
+
+def test_every_public_name_is_documented() -> None:
+    for module in (ducto, ducto.interface):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if callable(obj) and not name.startswith("_"):
+                assert obj.__doc__, f"{module.__name__}.{name} has no docstring"

@@ -1,0 +1,89 @@
+"""A reply lost after the ledger committed: a retry with the same idempotency key never
+charges twice, through psycopg and through PostgREST."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from faultproxy import FaultProxy
+
+from ducto import CreditManager, StoreError
+from ducto.interface import HttpxSupabaseStore, PostgresStore
+
+
+@pytest.fixture
+def db_proxy(database_url: str) -> Iterator[tuple[FaultProxy, str]]:
+    """A proxy in front of the database, and a DSN that goes through it."""
+    parts = urlsplit(database_url)
+    assert parts.hostname and parts.port
+    with FaultProxy(parts.hostname, parts.port) as proxy:
+        netloc = parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
+        yield proxy, urlunsplit(parts._replace(netloc=netloc))
+
+
+def journal_rows(database_url: str, user_id: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "select count(*) from public.credit_transactions where user_id = %s", [user_id]
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_postgres_store_retries_a_keyed_call_whose_reply_was_lost(
+    database_url: str, db_proxy: tuple[FaultProxy, str]
+) -> None:
+    proxy, dsn = db_proxy
+    user, key = f"fault-{uuid.uuid4()}", f"topup-{uuid.uuid4()}"
+    store = PostgresStore(dsn, max_size=1)
+    try:
+        proxy.lose_reply_after(key.encode(), key.encode())
+        result = CreditManager(store).add_credits(user, 10, idempotency_key=key)
+    finally:
+        store.close()
+    assert proxy.dropped == 1
+    # the first attempt committed; the retry found it and changed nothing
+    assert result.is_replay
+    assert journal_rows(database_url, user) == 1
+
+
+def test_postgres_store_does_not_retry_a_call_without_a_key(
+    database_url: str, db_proxy: tuple[FaultProxy, str]
+) -> None:
+    proxy, dsn = db_proxy
+    user = f"fault-{uuid.uuid4()}"
+    store = PostgresStore(dsn, max_size=1)
+    try:
+        proxy.lose_reply_after(user.encode(), user.encode())
+        with pytest.raises(StoreError):
+            CreditManager(store).add_credits(user, 10)
+    finally:
+        store.close()
+    # the outcome is unknown to the caller, so it is reported, never guessed twice
+    assert journal_rows(database_url, user) == 1
+
+
+def test_http_store_retries_a_keyed_call_whose_reply_was_lost(
+    database_url: str, supabase_url: str, service_role_key: str
+) -> None:
+    gateway = urlsplit(supabase_url)
+    assert gateway.hostname and gateway.port
+    user, key = f"fault-{uuid.uuid4()}", f"hold-{uuid.uuid4()}"
+    direct = HttpxSupabaseStore(supabase_url, service_role_key)
+    CreditManager(direct).add_credits(user, 50)
+    direct.close()
+    with FaultProxy(gateway.hostname, gateway.port) as proxy:
+        store = HttpxSupabaseStore(f"http://127.0.0.1:{proxy.port}", service_role_key)
+        try:
+            proxy.lose_reply_after(key.encode(), key.encode())
+            hold = CreditManager(store).reserve_credits(user, 20, idempotency_key=key)
+            balance = CreditManager(store).get_balance(user)
+        finally:
+            store.close()
+    assert proxy.dropped == 1
+    assert hold.is_replay
+    assert (balance.held, balance.available) == (20, 30)

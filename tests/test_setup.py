@@ -1,0 +1,168 @@
+"""setup(): the bundled migrations applied by the Python client, alongside `supabase db push`.
+
+Each test gets its own database in the stack's cluster (``scripts/local-stack db-create``),
+with only the Supabase compatibility bootstrap, unless it says otherwise.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from ducto import CreditManager, SchemaError, SetupResult
+from ducto._migrations import bundled, check_installed, latest_version
+from ducto.interface import HttpxSupabaseStore, PostgresStore
+
+ROOT = Path(__file__).resolve().parent.parent
+VERSIONS = tuple(m.version for m in bundled())
+
+
+def run(args: list[str], cwd: Path = ROOT) -> str:
+    result = subprocess.run(
+        args, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def new_database(database_url: str) -> Iterator[Callable[..., str]]:
+    """Makes fresh databases (``migrated=True``: pushed by the CLI); drops them afterwards."""
+    made: list[str] = []
+
+    def make(*, migrated: bool = False) -> str:
+        name = f"ducto_setup_{uuid.uuid4().hex[:10]}"
+        made.append(name)
+        flags = [] if migrated else ["--no-migrations"]
+        return run(["scripts/local-stack", "db-create", name, *flags]).strip()
+
+    yield make
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for name in made:
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
+
+
+def setup(url: str) -> SetupResult:
+    store = PostgresStore(url, max_size=1)
+    try:
+        return CreditManager(store).setup()
+    finally:
+        store.close()
+
+
+def scalar(url: str, query: str) -> object:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(query).fetchone()
+    return None if row is None else row[0]
+
+
+def test_setup_applies_every_migration_once(new_database: Callable[..., str]) -> None:
+    url = new_database()
+    first = setup(url)
+    assert first == SetupResult(VERSIONS, (), latest_version())
+    assert setup(url) == SetupResult((), VERSIONS, latest_version())
+    store = PostgresStore(url, max_size=1)
+    manager = CreditManager(store)
+    assert manager.add_credits("setup-user", 7).balance_after == 7
+    assert manager.verify_ledger() == []
+    store.close()
+    # its own record, never the CLI's history
+    assert scalar(url, "select count(*) from credit_private.schema_migrations") == len(VERSIONS)
+    assert scalar(url, "select to_regclass('supabase_migrations.schema_migrations')") is None
+
+
+def test_concurrent_setups_apply_each_migration_once(new_database: Callable[..., str]) -> None:
+    url = new_database()
+    results: list[SetupResult] = []
+    start = threading.Barrier(4)
+
+    def worker() -> None:
+        start.wait()
+        results.append(setup(url))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(len(r.applied) for r in results) == [0, 0, 0, len(VERSIONS)]
+    assert scalar(url, "select count(*) from credit_private.schema_migrations") == len(VERSIONS)
+
+
+def test_setup_after_db_push_is_a_no_op(new_database: Callable[..., str]) -> None:
+    url = new_database(migrated=True)
+    assert setup(url) == SetupResult((), VERSIONS, latest_version())
+
+
+def test_db_push_of_the_projects_own_migrations_works_after_setup(
+    new_database: Callable[..., str], tmp_path: Path
+) -> None:
+    url = new_database()
+    setup(url)
+    project = tmp_path / "app"
+    (project / "supabase" / "migrations").mkdir(parents=True)
+    shutil.copy(ROOT / "supabase" / "config.toml", project / "supabase" / "config.toml")
+    (project / "supabase" / "migrations" / "20270101000000_orders.sql").write_text(
+        "create table public.orders (id bigint primary key);\n"
+    )
+    run(
+        [str(ROOT / "node_modules" / ".bin" / "supabase"), "db", "push", "--db-url", url, "--yes"],
+        cwd=project,
+    )
+    assert scalar(url, "select to_regclass('public.orders')::text") == "orders"
+
+
+def test_setup_from_a_built_wheel_in_a_clean_virtualenv(
+    new_database: Callable[..., str], tmp_path: Path
+) -> None:
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)])
+    (wheel,) = tmp_path.glob("ducto-*.whl")
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", str(venv)])
+    run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)])
+    url = new_database()
+    script = (
+        "import ducto, sys\n"
+        "from ducto import CreditManager\n"
+        "from ducto.interface import PostgresStore\n"
+        "assert ducto.__file__.startswith(sys.prefix), ducto.__file__\n"
+        f"print(CreditManager(PostgresStore({url!r})).setup().applied)\n"
+    )
+    out = run(
+        [
+            str(
+                venv / "bin" / "python",
+            ),
+            "-c",
+            script,
+        ],
+        cwd=tmp_path,
+    )
+    assert out.strip() == str(VERSIONS)
+
+
+def test_http_setup_checks_the_installed_version(supabase_url: str, service_role_key: str) -> None:
+    store = HttpxSupabaseStore(supabase_url, service_role_key)
+    try:
+        assert CreditManager(store).setup() == SetupResult((), (), latest_version())
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("installed", [None, "20200101000000"])
+def test_http_setup_names_the_command_when_the_schema_is_missing_or_old(
+    installed: str | None,
+) -> None:
+    with pytest.raises(SchemaError, match="supabase db push"):
+        check_installed(installed)
