@@ -24,9 +24,11 @@ from ducto import (
     InsufficientCreditsError,
     InvalidInputError,
     NotFoundError,
+    PermissionDeniedError,
     RefundError,
     ReservationStateError,
 )
+from ducto._migrations import latest_version
 from ducto.interface import (
     AsyncHttpxSupabaseStore,
     AsyncPostgresStore,
@@ -217,3 +219,26 @@ def test_a_debit_follows_the_callers_transaction(database_url: str, commit: bool
     with psycopg.connect(database_url) as conn:
         held = CreditManager(PostgresStore(connection=conn)).get_balance(user).held
     assert held == (4 if commit else 0)
+
+
+def test_setup_on_the_pushed_stack_changes_nothing(manager: CreditManager) -> None:
+    result = manager.setup()
+    assert result.applied == ()
+    assert result.schema_version == latest_version()
+
+
+def test_a_refused_role_maps_to_permission_denied(
+    database_url: str, supabase_url: str, anon_key: str
+) -> None:
+    http = HttpxSupabaseStore(supabase_url, anon_key)
+    try:
+        with pytest.raises(PermissionDeniedError) as info:
+            CreditManager(http).add_credits(new_user(), 1)
+        assert info.value.code == "42501"
+    finally:
+        http.close()
+    with psycopg.connect(database_url) as conn:
+        conn.execute("set role anon")
+        with pytest.raises(PermissionDeniedError) as info:
+            CreditManager(PostgresStore(connection=conn)).add_credits(new_user(), 1)
+        assert info.value.code == "42501"
