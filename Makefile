@@ -5,6 +5,7 @@
 #   make test        install, then scripts/run-tests
 #   make stack-up    start the local stack; prints its exports
 #   make stack-down  stop it and delete its data
+#   make bench       the deduct benchmark against pgbench's TPC-B-like (not a test)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -17,7 +18,7 @@ APT_PACKAGES := postgresql-15 postgresql-15-pgtap libtap-parser-sourcehandler-pg
 # Used by scripts/local-stack; present on most machines, installed if not.
 APT_TOOLS := curl openssl
 
-.PHONY: install apt test stack-up stack-down
+.PHONY: install apt test stack-up stack-down bench
 
 install: apt $(VENV)/.installed node_modules/.installed
 
@@ -55,3 +56,8 @@ stack-up: install
 
 stack-down:
 	@scripts/local-stack down
+
+# Not a test, never part of `make test`: bench/run says how to tune it (BENCH_SECONDS,
+# BENCH_CLIENTS, BENCH_REPEATS, or DATABASE_URL for a running server).
+bench: install
+	bench/run

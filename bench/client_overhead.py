@@ -35,7 +35,9 @@ def per_call(loop: Callable[[int], None], calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def compare(name: str, manager_loop: Callable[[int], None], bare_loop: Callable[[int], None]) -> None:
+def compare(
+    name: str, manager_loop: Callable[[int], None], bare_loop: Callable[[int], None]
+) -> None:
     calls = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     manager_loop(50)  # warm up connections and plans
     bare_loop(50)

@@ -12,14 +12,17 @@
 
 create function credit_private.clock()
 returns timestamptz
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
+begin
     -- The one clock of the ledger. Tests move time with set_config('ducto.now', ...);
     -- PostgREST clients cannot set it, and a trusted caller moving its own clock only
-    -- changes what it sees as expired.
-    select coalesce(nullif(current_setting('ducto.now', true), '')::timestamptz, now());
+    -- changes what it sees as expired. (plpgsql, not sql: a sql function with SET is
+    -- planned again on every call.)
+    return coalesce(nullif(current_setting('ducto.now', true), '')::timestamptz, now());
+end;
 $$;
 
 -- ---------------------------------------------------------------- errors
@@ -190,56 +193,62 @@ $$;
 
 create function credit_private.lock_account_by_id(p_account_id bigint)
 returns public.credit_accounts
-language sql
+language plpgsql
 volatile
 set search_path = ''
 as $$
-    select * from public.credit_accounts where id = p_account_id for update;
+declare
+    v_account public.credit_accounts;
+begin
+    select * into v_account from public.credit_accounts where id = p_account_id for update;
+    return v_account;
+end;
 $$;
 
 create function credit_private.available(p_account_id bigint, p_now timestamptz)
-returns bigint
-language sql
-stable
-set search_path = ''
-as $$
-    -- balance minus active holds; the balance is already net of expired grants because
-    -- every write expires them first (credit_private.expire_grants)
-    select a.balance - coalesce((
-        select sum(r.amount)
-        from public.credit_reservations as r
-        where r.account_id = a.id and r.status = 'active' and r.expires_at > p_now
-    ), 0)::bigint
-    from public.credit_accounts as a
-    where a.id = p_account_id;
-$$;
-
-create function credit_private.admit(
-    p_account public.credit_accounts, p_user_id text, p_amount bigint, p_min_balance bigint,
-    p_now timestamptz
-)
 returns bigint
 language plpgsql
 stable
 set search_path = ''
 as $$
-declare
-    v_available bigint := coalesce(credit_private.available(p_account.id, p_now), 0);
 begin
-    if v_available - p_amount < p_min_balance then
+    -- balance minus active holds; the balance is already net of expired grants because
+    -- every write expires them first (credit_private.expire_grants)
+    return (
+        select a.balance - coalesce((
+            select sum(r.amount)
+            from public.credit_reservations as r
+            where r.account_id = a.id and r.status = 'active' and r.expires_at > p_now
+        ), 0)::bigint
+        from public.credit_accounts as a
+        where a.id = p_account_id
+    );
+end;
+$$;
+
+create function credit_private.admit(
+    p_user_id text, p_available bigint, p_amount bigint, p_min_balance bigint
+)
+returns bigint
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+    if p_available - p_amount < p_min_balance then
         perform credit_private.fail(
             'DC010',
             format('insufficient credits for user %s: available %s, needed %s with min_balance %s',
-                quote_literal(p_user_id), v_available, p_amount, p_min_balance),
+                quote_literal(p_user_id), p_available, p_amount, p_min_balance),
             jsonb_build_object(
                 'user_id', p_user_id,
-                'available', v_available,
+                'available', p_available,
                 'needed', p_amount,
                 'min_balance', p_min_balance
             )
         );
     end if;
-    return v_available;
+    return p_available;
 end;
 $$;
 
@@ -254,32 +263,32 @@ create function credit_private.append_transaction(
     p_idempotency_key text default null,
     p_grant_id uuid default null,
     p_reservation_id uuid default null,
-    p_refund_of uuid default null,
-    out transaction_id uuid,
-    out balance_after bigint
+    p_refund_of uuid default null
 )
+returns public.credit_transactions
 language plpgsql
 volatile
 set search_path = ''
 as $$
 declare
-    v_seq bigint;
-    v_user_id text;
+    v_row public.credit_transactions;
 begin
     -- the balance and the journal change in the same statement pair, under the account lock
     update public.credit_accounts
     set balance = balance + p_amount, version = version + 1, updated_at = p_now
     where id = p_account_id
-    returning balance, version, user_id into balance_after, v_seq, v_user_id;
+    returning balance, version, user_id into v_row.balance_after, v_row.seq, v_row.user_id;
 
-    transaction_id := gen_random_uuid();
     insert into public.credit_transactions (
         id, account_id, seq, user_id, type, amount, balance_after, grant_id,
         reservation_id, refund_of, idempotency_key, metadata, created_at
     ) values (
-        transaction_id, p_account_id, v_seq, v_user_id, p_type, p_amount, balance_after,
-        p_grant_id, p_reservation_id, p_refund_of, p_idempotency_key, p_metadata, p_now
-    );
+        gen_random_uuid(), p_account_id, v_row.seq, v_row.user_id, p_type, p_amount,
+        v_row.balance_after, p_grant_id, p_reservation_id, p_refund_of, p_idempotency_key,
+        p_metadata, p_now
+    )
+    returning * into v_row;
+    return v_row;
 end;
 $$;
 
@@ -296,8 +305,31 @@ as $$
 declare
     v_drawn bigint;
     v_debt bigint;
+    v_grant_id uuid;
 begin
-    -- take p_amount from unexpired grants in burn-down order, in one statement
+    -- Most debits fit in the first grant in burn-down order: take it there directly.
+    update public.credit_grants as g
+    set remaining = g.remaining - p_amount
+    where
+        g.id = (
+            select f.id
+            from public.credit_grants as f
+            where
+                f.account_id = p_account_id
+                and f.remaining > 0
+                and (f.expires_at is null or f.expires_at > p_now)
+            order by f.priority, f.expires_at nulls last, f.created_at, f.id
+            limit 1
+        )
+        and g.remaining >= p_amount
+    returning g.id into v_grant_id;
+    if v_grant_id is not null then
+        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
+        values (p_transaction_id, v_grant_id, p_amount);
+        return 0::bigint;
+    end if;
+
+    -- Otherwise take p_amount across grants in burn-down order, in one statement.
     with ordered as (
         select
             g.id,
@@ -409,10 +441,9 @@ begin
         where g.account_id = p_account_id and g.remaining > 0 and g.expires_at <= p_now
         order by g.expires_at, g.id
     loop
-        select t.transaction_id into v_transaction_id
-        from credit_private.append_transaction(
+        v_transaction_id := (credit_private.append_transaction(
             p_account_id, 'expiry', -v_grant.remaining, p_now, p_grant_id => v_grant.id
-        ) as t;
+        )).id;
         insert into public.credit_grant_draws (transaction_id, grant_id, amount)
         values (v_transaction_id, v_grant.id, v_grant.remaining);
         update public.credit_grants set remaining = 0 where id = v_grant.id;
@@ -472,15 +503,18 @@ create function credit_private.remember(
     p_now timestamptz
 )
 returns void
-language sql
+language plpgsql
 volatile
 set search_path = ''
 as $$
+begin
+    if p_key is null then
+        return;
+    end if;
     insert into public.credit_idempotency_keys (
         account_id, idempotency_key, operation, request, result, created_at
-    )
-    select p_account_id, p_key, p_operation, p_request, p_result, p_now
-    where p_key is not null;
+    ) values (p_account_id, p_key, p_operation, p_request, p_result, p_now);
+end;
 $$;
 
 -- ---------------------------------------------------------------- debit
@@ -503,38 +537,50 @@ declare
     v_now timestamptz := credit_private.clock();
     v_account public.credit_accounts;
     v_replay jsonb;
-    v_transaction_id uuid;
-    v_balance_after bigint;
+    v_available bigint;
+    v_transaction public.credit_transactions;
     v_result public.credit_deduct_result;
 begin
-    -- admit -> hold -> capture in one step: a one-call deduct never leaves a hold behind
+    -- admit -> hold -> capture in one step: a one-call deduct never leaves a hold behind.
+    -- The hot path of the ledger: no work for a key that was not given, no expiry loop
+    -- unless a grant has expired.
     v_account := credit_private.lock_account(p_user_id, false);
-    v_replay := credit_private.find_replay(
-        v_account.id, p_idempotency_key, p_type, p_request
-    );
-    if v_replay is not null then
-        v_result := jsonb_populate_record(null::public.credit_deduct_result, v_replay);
-        v_result.is_replay := true;
-        return v_result;
+    if p_idempotency_key is not null then
+        v_replay := credit_private.find_replay(
+            v_account.id, p_idempotency_key, p_type, p_request
+        );
+        if v_replay is not null then
+            v_result := jsonb_populate_record(null::public.credit_deduct_result, v_replay);
+            v_result.is_replay := true;
+            return v_result;
+        end if;
     end if;
-    if v_account.id is not null then
+    if exists (
+        select from public.credit_grants as g
+        where g.account_id = v_account.id and g.remaining > 0 and g.expires_at <= v_now
+    ) then
         perform credit_private.expire_grants(v_account.id, v_now);
     end if;
-    perform credit_private.admit(v_account, p_user_id, p_amount, p_min_balance, v_now);
+    -- assignments, not PERFORM: a call in an assignment skips the executor
+    v_available := credit_private.admit(
+        p_user_id, coalesce(credit_private.available(v_account.id, v_now), 0), p_amount,
+        p_min_balance
+    );
 
-    select t.transaction_id, t.balance_after into v_transaction_id, v_balance_after
-    from credit_private.append_transaction(
+    v_transaction := credit_private.append_transaction(
         v_account.id, p_type, -p_amount, v_now, p_metadata, p_idempotency_key
-    ) as t;
-    perform credit_private.draw(v_account.id, v_transaction_id, p_amount, v_now);
+    );
+    perform credit_private.draw(v_account.id, v_transaction.id, p_amount, v_now);
 
     v_result := row(
-        v_transaction_id, null::uuid, p_user_id, p_amount, 0::bigint, v_balance_after,
-        credit_private.available(v_account.id, v_now), v_now, false
+        v_transaction.id, null::uuid, p_user_id, p_amount, 0::bigint, v_transaction.balance_after,
+        v_available - p_amount, v_now, false
     );
-    perform credit_private.remember(
-        v_account.id, p_idempotency_key, p_type, p_request, to_jsonb(v_result), v_now
-    );
+    if p_idempotency_key is not null then
+        perform credit_private.remember(
+            v_account.id, p_idempotency_key, p_type, p_request, to_jsonb(v_result), v_now
+        );
+    end if;
     return v_result;
 end;
 $$;

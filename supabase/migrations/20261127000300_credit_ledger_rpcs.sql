@@ -88,11 +88,10 @@ begin
     end if;
 
     perform credit_private.expire_grants(v_account.id, v_now);
-    select t.transaction_id into v_transaction_id
-    from credit_private.append_transaction(
+    v_transaction_id := (credit_private.append_transaction(
         v_account.id, p_tx_type, v_amount, v_now, v_metadata, p_idempotency_key,
         p_grant_id => v_grant_id
-    ) as t;
+    )).id;
     perform credit_private.create_grant(
         v_account.id, v_transaction_id, v_grant_id, p_category, p_priority, v_amount,
         p_expires_at, v_now
@@ -131,14 +130,15 @@ declare
     v_amount bigint := credit_private.whole(p_amount, 'amount', 1);
     v_min_balance bigint := credit_private.whole(p_min_balance, 'min_balance', 0);
     v_metadata jsonb := credit_private.check_metadata(p_metadata);
+    v_user_id text := credit_private.check_user_id(p_user_id);
+    v_key text := credit_private.check_key(p_idempotency_key);
 begin
-    perform credit_private.check_user_id(p_user_id);
-    perform credit_private.check_key(p_idempotency_key);
     return credit_private.deduct(
-        p_user_id, 'usage', v_amount, v_min_balance, v_metadata, p_idempotency_key,
-        jsonb_build_object(
+        v_user_id, 'usage', v_amount, v_min_balance, v_metadata, v_key,
+        -- what a replay must match; only needed with a key
+        case when v_key is not null then jsonb_build_object(
             'amount', v_amount, 'min_balance', v_min_balance, 'metadata', v_metadata
-        )
+        ) end
     );
 end;
 $$;
@@ -204,7 +204,10 @@ begin
     if v_account.id is not null then
         perform credit_private.expire_grants(v_account.id, v_now);
     end if;
-    v_available := credit_private.admit(v_account, p_user_id, v_amount, v_min_balance, v_now);
+    v_available := credit_private.admit(
+        p_user_id, coalesce(credit_private.available(v_account.id, v_now), 0), v_amount,
+        v_min_balance
+    );
 
     v_result := row(
         gen_random_uuid(), p_user_id, v_amount, p_operation_type,
@@ -277,12 +280,11 @@ begin
     -- active, or timed out: the usage happened, so it is charged in full, overage included
     perform credit_private.expire_grants(v_reservation.account_id, v_now);
     if v_actual > 0 then
-        select t.transaction_id into v_transaction_id
-        from credit_private.append_transaction(
+        v_transaction_id := (credit_private.append_transaction(
             v_reservation.account_id, 'capture', -v_actual, v_now,
             v_reservation.metadata || v_metadata,
             p_reservation_id => p_reservation_id
-        ) as t;
+        )).id;
         perform credit_private.draw(
             v_reservation.account_id, v_transaction_id, v_actual, v_now
         );
@@ -459,12 +461,11 @@ begin
     end if;
 
     perform credit_private.expire_grants(v_account.id, v_now);
-    select t.transaction_id into v_transaction_id
-    from credit_private.append_transaction(
+    v_transaction_id := (credit_private.append_transaction(
         v_account.id, 'refund', v_amount, v_now,
         v_metadata || jsonb_strip_nulls(jsonb_build_object('reason', p_reason)),
         p_idempotency_key, p_refund_of => p_transaction_id
-    ) as t;
+    )).id;
     perform credit_private.restore(v_account.id, v_transaction_id, p_transaction_id, v_amount, v_now);
     -- credits given back to a grant that has expired since expire at once
     perform credit_private.expire_grants(v_account.id, v_now);
