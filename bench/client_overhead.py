@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import httpx
 import psycopg
+from psycopg.types.json import Jsonb
 
 from ducto import CreditManager
 from ducto.interface import HttpxSupabaseStore, PostgresStore
@@ -61,14 +62,18 @@ def main() -> None:
 
         def bare_pg_balance(n: int) -> None:
             for _ in range(n):
-                conn.execute("select * from public.credit_get_balance(p_user_id => %s)", [user])
-
-        def bare_pg_hold(n: int) -> None:
-            for _ in range(n):
                 conn.execute(
-                    "select * from public.credit_reserve_credits(p_user_id => %s, p_amount => %s,"
-                    " p_min_balance => %s)",
-                    [user, 1, 5],
+                    "select * from public.credit_get_balance(p_user_id => %s)", [user]
+                ).fetchall()
+
+        def bare_pg_add(n: int) -> None:
+            for _ in range(n):
+                # the same call the manager sends, every argument named
+                conn.execute(
+                    "select * from public.credit_add_credits(p_user_id => %s, p_amount => %s,"
+                    " p_tx_type => %s, p_category => %s, p_priority => %s, p_expires_at => %s,"
+                    " p_metadata => %s, p_idempotency_key => %s)",
+                    [user, 1, "adjustment", "paid", 50, None, Jsonb({}), None],
                 ).fetchall()
 
         compare(
@@ -76,10 +81,11 @@ def main() -> None:
             lambda n: [manager.get_balance(user) for _ in range(n)] and None,
             bare_pg_balance,
         )
+        # a write whose cost does not grow with the calls before it (holds would)
         compare(
-            "postgres: reserve_credits",
-            lambda n: [manager.reserve_credits(user, 1) for _ in range(n)] and None,
-            bare_pg_hold,
+            "postgres: add_credits",
+            lambda n: [manager.add_credits(user, 1) for _ in range(n)] and None,
+            bare_pg_add,
         )
     store.close()
 

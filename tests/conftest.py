@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
+import httpx
 import jwt
+import psycopg
 import pytest
+from helpers_api import Api
 
 
 def stack_env(name: str) -> str:
@@ -112,3 +115,23 @@ def jwt_secret() -> str:
 def make_user_token_fixture(jwt_secret: str) -> MakeUserToken:
     """:func:`make_user_token`, after checking that the stack's secret is set."""
     return make_user_token
+
+
+@pytest.fixture(scope="module")
+def gateway(supabase_url: str) -> Iterator[httpx.Client]:
+    """An HTTP client on the gateway (Supabase's URL layout)."""
+    with httpx.Client(base_url=supabase_url, timeout=15.0) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A superuser connection, to see what a request really wrote."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def service(gateway: httpx.Client, service_role_key: str) -> Api:
+    """The gateway as the service role (apikey and bearer: the service-role key)."""
+    return Api(gateway, service_role_key, service_role_key)

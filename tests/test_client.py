@@ -29,6 +29,7 @@ from ducto import (
     ReservationStateError,
 )
 from ducto._migrations import latest_version
+from ducto._rpc import RpcCall
 from ducto.interface import (
     AsyncHttpxSupabaseStore,
     AsyncPostgresStore,
@@ -40,11 +41,15 @@ FLAVOURS = ["postgres", "postgres-async", "http", "http-async"]
 
 
 class _Awaited:
-    """A sync view of an async manager: each method call runs to completion on one loop."""
+    """A sync view of an async manager (or store): each call runs to completion on one loop."""
 
-    def __init__(self, manager: AsyncCreditManager, runner: asyncio.Runner) -> None:
-        self._manager = manager
+    def __init__(self, target: Any, runner: asyncio.Runner) -> None:
+        self._manager = target
         self._runner = runner
+
+    @property
+    def store(self) -> Any:
+        return _Awaited(self._manager.store, self._runner)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self._manager, name)
@@ -242,3 +247,14 @@ def test_a_refused_role_maps_to_permission_denied(
         with pytest.raises(PermissionDeniedError) as info:
             CreditManager(PostgresStore(connection=conn)).add_credits(new_user(), 1)
         assert info.value.code == "42501"
+
+
+@pytest.mark.parametrize("amount", ["1.5", "NaN", "Infinity", "0"])
+def test_the_ledgers_own_amount_check_maps_through_every_store(
+    manager: CreditManager, amount: str
+) -> None:
+    # past the client's own checks, straight to the function: the ledger refuses it
+    call = RpcCall("credit_add_credits", {"p_user_id": new_user(), "p_amount": amount})
+    with pytest.raises(InvalidInputError) as info:
+        manager.store.call(call)
+    assert info.value.code == "DC001"

@@ -3,6 +3,7 @@ charges twice, through psycopg and through PostgREST."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -11,8 +12,13 @@ import psycopg
 import pytest
 from faultproxy import FaultProxy
 
-from ducto import CreditManager, StoreError
-from ducto.interface import HttpxSupabaseStore, PostgresStore
+from ducto import AsyncCreditManager, CreditManager, StoreError
+from ducto.interface import (
+    AsyncHttpxSupabaseStore,
+    AsyncPostgresStore,
+    HttpxSupabaseStore,
+    PostgresStore,
+)
 
 
 @pytest.fixture
@@ -87,3 +93,43 @@ def test_http_store_retries_a_keyed_call_whose_reply_was_lost(
     assert proxy.dropped == 1
     assert hold.is_replay
     assert (balance.held, balance.available) == (20, 30)
+
+
+def test_async_stores_retry_a_keyed_call_whose_reply_was_lost(
+    database_url: str,
+    db_proxy: tuple[FaultProxy, str],
+    supabase_url: str,
+    service_role_key: str,
+) -> None:
+    proxy, dsn = db_proxy
+    gateway = urlsplit(supabase_url)
+    assert gateway.hostname and gateway.port
+
+    async def charge_twice_lost() -> list[bool]:
+        replays = []
+        user, key = f"fault-{uuid.uuid4()}", f"topup-{uuid.uuid4()}"
+        pg = AsyncPostgresStore(dsn, max_size=1)
+        try:
+            proxy.lose_reply_after(key.encode(), key.encode())
+            added = await AsyncCreditManager(pg).add_credits(user, 10, idempotency_key=key)
+            replays.append(added.is_replay)
+        finally:
+            await pg.close()
+        with FaultProxy(gateway.hostname or "", gateway.port or 0) as http_proxy:
+            http = AsyncHttpxSupabaseStore(f"http://127.0.0.1:{http_proxy.port}", service_role_key)
+            try:
+                hold_key = f"hold-{uuid.uuid4()}"
+                http_proxy.lose_reply_after(hold_key.encode(), hold_key.encode())
+                hold = await AsyncCreditManager(http).reserve_credits(
+                    user, 4, idempotency_key=hold_key
+                )
+                replays.append(hold.is_replay)
+                balance = await AsyncCreditManager(http).get_balance(user)
+                assert (balance.balance, balance.held) == (10, 4)
+            finally:
+                await http.close()
+            assert http_proxy.dropped == 1
+        return replays
+
+    assert asyncio.run(charge_twice_lost()) == [True, True]
+    assert proxy.dropped == 1

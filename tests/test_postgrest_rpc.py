@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 from helpers_api import (
@@ -106,24 +104,6 @@ SWEEP_FIELDS = {
 # ---------------------------------------------------------------------------
 # Fixtures
 # ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def gateway(supabase_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=supabase_url, timeout=15.0) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    """A superuser connection, to see what a request really wrote."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture(scope="module")
-def service(gateway: httpx.Client, service_role_key: str) -> Api:
-    return Api(gateway, service_role_key, service_role_key)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -72,24 +71,6 @@ OTHER_SECRET = "not-the-stack-secret-" + "0123456789abcdef" * 4  # long enough f
 # ---------------------------------------------------------------------------
 # Fixtures
 # ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def gateway(supabase_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=supabase_url, timeout=15.0) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    """A superuser connection, to see what a request really wrote."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture(scope="module")
-def service(gateway: httpx.Client, service_role_key: str) -> Api:
-    return Api(gateway, service_role_key, service_role_key)
 
 
 @pytest.fixture(scope="module")
