@@ -8,37 +8,7 @@ select plan(28);
 set local timezone to 'UTC';
 set local ducto.now to '2030-01-01 00:00:00+00';
 
-create schema if not exists tests;
-
--- tests.error_of(sql): runs sql and returns the error it raised as jsonb
--- {code, message, detail, hint}, detail being text; null (with every effect rolled
--- back) when it raised nothing.
-create function tests.error_of(p_sql text)
-returns jsonb
-language plpgsql
-as $$
-declare
-    v_code text;
-    v_message text;
-    v_detail text;
-    v_hint text;
-begin
-    begin
-        execute p_sql;
-        raise exception using errcode = 'TS000', message = 'no error';
-    exception when others then
-        get stacked diagnostics
-            v_code = returned_sqlstate, v_message = message_text,
-            v_detail = pg_exception_detail, v_hint = pg_exception_hint;
-    end;
-    if v_code = 'TS000' then
-        return null;
-    end if;
-    return jsonb_build_object(
-        'code', v_code, 'message', v_message, 'detail', v_detail, 'hint', v_hint
-    );
-end;
-$$;
+\ir helpers/tests_schema.psql
 
 create temp table topup as
 select * from credit_add_credits('test_owner', 100);

@@ -15,28 +15,7 @@ select plan(68);
 
 set local ducto.now to '2030-01-01 00:00:00+00';
 
-create schema if not exists tests;
-grant usage on schema tests to anon, authenticated, service_role;
-
--- tests.row_or_error(sql): the first row of a query as jsonb, or its error as
--- {"sqlstate", "message"}, so one failing call fails one assertion, not the whole file.
--- Security invoker: it runs the query as whichever role calls it.
-create function tests.row_or_error(p_sql text)
-returns jsonb
-language plpgsql
-as $$
-declare
-    v_row jsonb;
-    v_code text;
-    v_message text;
-begin
-    execute format('select to_jsonb(q) from (%s) as q limit 1', p_sql) into v_row;
-    return v_row;
-exception when others then
-    get stacked diagnostics v_code = returned_sqlstate, v_message = message_text;
-    return jsonb_build_object('sqlstate', v_code, 'message', v_message);
-end;
-$$;
+\ir helpers/tests_schema.psql
 
 select transaction_id as owner_topup_id
 from credit_add_credits('aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa', 100) \gset
