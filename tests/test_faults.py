@@ -133,3 +133,26 @@ def test_async_stores_retry_a_keyed_call_whose_reply_was_lost(
 
     assert asyncio.run(charge_twice_lost()) == [True, True]
     assert proxy.dropped == 1
+
+
+def test_a_lock_timeout_is_reported_not_retried_and_the_key_stays_free(database_url: str) -> None:
+    user, key = f"fault-{uuid.uuid4()}", f"topup-{uuid.uuid4()}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        CreditManager(PostgresStore(connection=conn)).add_credits(user, 1)
+    store = PostgresStore(f"{database_url}&options=-c%20lock_timeout%3D200", max_size=1)
+    try:
+        with psycopg.connect(database_url) as holder:
+            holder.execute(
+                "select 1 from public.credit_accounts where user_id = %s for update", [user]
+            )
+            with pytest.raises(StoreError) as info:
+                CreditManager(store).add_credits(user, 5, idempotency_key=key)
+            assert info.value.code == "55P03"
+            holder.rollback()
+        # nothing was written and the key was not consumed: the retry is the first effect
+        retried = CreditManager(store).add_credits(user, 5, idempotency_key=key)
+    finally:
+        store.close()
+    assert not retried.is_replay
+    assert retried.balance_after == 6
+    assert journal_rows(database_url, user) == 2

@@ -20,6 +20,8 @@ from ducto.errors import DuctoError, StoreError, error_from_sqlstate
 from ducto.models import SetupResult
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+#: admin_shutdown, crash_shutdown, cannot_connect_now: the server went away
+_SHUTDOWN = frozenset({"57P01", "57P02", "57P03"})
 
 
 @functools.lru_cache(maxsize=256)
@@ -58,8 +60,16 @@ def _error(exc: psycopg.Error) -> DuctoError:
 
 
 def _retryable(exc: psycopg.Error, call: RpcCall, attempt: int, attempts: int) -> bool:
-    # only a lost connection, only when a second send cannot have a second effect
-    return isinstance(exc, psycopg.OperationalError) and call.retry_safe and attempt + 1 < attempts
+    # only a lost connection (no SQLSTATE, class 08, or the server going away), and only
+    # when a second send cannot have a second effect; a timeout or any error the server
+    # answered is the caller's to see
+    lost = exc.sqlstate is None or exc.sqlstate.startswith("08") or exc.sqlstate in _SHUTDOWN
+    return (
+        isinstance(exc, psycopg.OperationalError)
+        and lost
+        and call.retry_safe
+        and (attempt + 1 < attempts)
+    )
 
 
 class PostgresStore:
