@@ -31,9 +31,7 @@ class RpcCall:
 
     function: str
     args: Mapping[str, Any] = field(default_factory=dict)
-    read_only: bool = False
     retry_safe: bool = False
-    returns_set: bool = False
     returns_scalar: bool = False
 
 
@@ -211,7 +209,6 @@ def get_balance(user_id: str) -> RpcCall:
     return RpcCall(
         "credit_get_balance",
         {"p_user_id": _text(user_id, "user_id", "DC002")},
-        read_only=True,
         retry_safe=True,
     )
 
@@ -224,12 +221,12 @@ def sweep_expired(dry_run: bool) -> RpcCall:
 
 def verify_ledger() -> RpcCall:
     """``credit_verify_ledger``: every broken invariant, one row each."""
-    return RpcCall("credit_verify_ledger", read_only=True, retry_safe=True, returns_set=True)
+    return RpcCall("credit_verify_ledger", retry_safe=True)
 
 
 def schema_version() -> RpcCall:
     """``credit_schema_version``: the version of ducto's schema in the database."""
-    return RpcCall("credit_schema_version", read_only=True, retry_safe=True, returns_scalar=True)
+    return RpcCall("credit_schema_version", retry_safe=True, returns_scalar=True)
 
 
 def one(cls: type[_T], rows: Sequence[Mapping[str, Any]]) -> _T:
