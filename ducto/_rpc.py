@@ -57,17 +57,19 @@ def _text(value: object, name: str, code: str) -> str:
 
 
 def _metadata(value: CreditMetadata | None) -> dict[str, Any]:
+    return _json_object(value, "metadata", "DC003")
+
+
+def _json_object(value: Mapping[str, Any] | None, name: str, code: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise InvalidInputError(
-            f"metadata must be a mapping, got {type(value).__name__}", code="DC003"
-        )
+        raise InvalidInputError(f"{name} must be a mapping, got {type(value).__name__}", code=code)
     try:
         # round-trip so the database receives plain JSON; NaN is not JSON
         plain: dict[str, Any] = json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}", code="DC003") from exc
+        raise InvalidInputError(f"{name} must be JSON-serialisable: {exc}", code=code) from exc
     return plain
 
 
@@ -227,6 +229,79 @@ def verify_ledger() -> RpcCall:
 def schema_version() -> RpcCall:
     """``credit_schema_version``: the version of ducto's schema in the database."""
     return RpcCall("credit_schema_version", retry_safe=True, returns_scalar=True)
+
+
+# ---------------------------------------------------------------- plans and features
+
+
+def _optional_amount(value: int | None, name: str, minimum: int) -> int | None:
+    return None if value is None else _amount(value, name, minimum)
+
+
+def upsert_plan(
+    plan_id: str,
+    name: str,
+    features: Mapping[str, Any] | None,
+    allowance: int | None,
+    allowance_period: str | None,
+    rollover_cap: int | None,
+    is_default: bool,
+) -> RpcCall:
+    """``credit_upsert_plan``: create or replace a plan."""
+    return RpcCall(
+        "credit_upsert_plan",
+        {
+            "p_plan_id": _text(plan_id, "plan_id", "DC006"),
+            "p_name": _text(name, "name", "DC006"),
+            "p_features": _json_object(features, "features", "DC006"),
+            "p_allowance": _optional_amount(allowance, "allowance", 1),
+            "p_allowance_period": allowance_period,
+            "p_rollover_cap": _optional_amount(rollover_cap, "rollover_cap", 0),
+            "p_is_default": bool(is_default),
+        },
+        # the same plan written twice is the same plan
+        retry_safe=True,
+    )
+
+
+def assign_plan(user_id: str, plan_id: str | None) -> RpcCall:
+    """``credit_assign_plan``: put a user on a plan (None: back to the default plan)."""
+    return RpcCall(
+        "credit_assign_plan",
+        {
+            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_plan_id": None if plan_id is None else _text(plan_id, "plan_id", "DC006"),
+        },
+        retry_safe=True,
+    )
+
+
+def get_user_plan(user_id: str) -> RpcCall:
+    """``credit_get_user_plan``: the plan a user is on, with its features."""
+    return RpcCall(
+        "credit_get_user_plan", {"p_user_id": _text(user_id, "user_id", "DC002")}, retry_safe=True
+    )
+
+
+def check_feature(user_id: str, feature: str) -> RpcCall:
+    """``credit_check_feature``: whether a user's plan grants a feature, and its value."""
+    return RpcCall(
+        "credit_check_feature",
+        {
+            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_feature": _text(feature, "feature", "DC006"),
+        },
+        retry_safe=True,
+    )
+
+
+def grant_allowances(user_id: str | None) -> RpcCall:
+    """``credit_grant_allowances``: this period's allowances, once per user and period."""
+    return RpcCall(
+        "credit_grant_allowances",
+        {"p_user_id": None if user_id is None else _text(user_id, "user_id", "DC002")},
+        retry_safe=True,
+    )
 
 
 def one(cls: type[_T], rows: Sequence[Mapping[str, Any]]) -> _T:

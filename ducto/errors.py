@@ -6,7 +6,7 @@ Hierarchy::
     ├── InvalidInputError             an argument was refused before anything was written
     ├── InsufficientCreditsError      the account cannot pay, or would go below its floor
     ├── IdempotencyConflictError      an idempotency key was reused with other parameters
-    ├── NotFoundError                 a transaction or reservation does not exist
+    ├── NotFoundError                 a transaction, reservation or plan does not exist
     ├── ReservationStateError         a reservation is released, or settled otherwise
     ├── RefundError                   a refund exceeds what is refundable, or is not allowed
     ├── PermissionDeniedError         the caller's role may not do this
@@ -67,7 +67,7 @@ class IdempotencyConflictError(DuctoError):
 
 
 class NotFoundError(DuctoError, LookupError):
-    """Raised when a transaction or reservation does not exist."""
+    """Raised when a transaction, reservation or plan does not exist."""
 
 
 class ReservationStateError(DuctoError):
@@ -110,6 +110,7 @@ SQLSTATE_ERRORS: Mapping[str, type[DuctoError]] = {
     "DC041": ReservationStateError,
     "DC050": RefundError,
     "DC051": RefundError,
+    "DC080": NotFoundError,
     "42501": PermissionDeniedError,
     "42883": SchemaError,
     "PGRST202": SchemaError,

@@ -9,17 +9,23 @@ over an async store; both build their calls and parse their answers with one cor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from ducto import _rpc
 from ducto.errors import InsufficientCreditsError, PricingNotLoadedError
 from ducto.interface.base import AsyncCreditStore, CreditStore
 from ducto.models import (
     AddCreditsResult,
+    AllowanceResult,
     BalanceResult,
+    CheckFeatureResult,
     CreditMetadata,
     DeductionResult,
+    GetUserPlanResult,
     LedgerIssue,
+    PlanResult,
     RefundResult,
     ReleaseResult,
     ReserveResult,
@@ -148,6 +154,56 @@ class CreditManager:
         """Recompute every ledger invariant; an empty list means the ledger is consistent."""
         return _rpc.many(LedgerIssue, self.store.call(_rpc.verify_ledger()))
 
+    # ------------------------------------------------------------ plans and features
+
+    def upsert_plan(
+        self,
+        plan_id: str,
+        name: str,
+        features: Mapping[str, Any] | None = None,
+        *,
+        allowance: int | None = None,
+        allowance_period: str | None = None,
+        rollover_cap: int | None = None,
+        is_default: bool = False,
+    ) -> PlanResult:
+        """Create or replace a plan (service role).
+
+        ``allowance`` credits are granted per ``allowance_period`` (day, week, month or
+        year, UTC) by :meth:`grant_allowances`; up to ``rollover_cap`` unspent credits carry
+        into the next period. ``is_default`` makes it the plan of users without one.
+        """
+        call = _rpc.upsert_plan(
+            plan_id, name, features, allowance, allowance_period, rollover_cap, is_default
+        )
+        return _rpc.one(PlanResult, self.store.call(call))
+
+    def assign_plan(self, user_id: str, plan_id: str | None) -> GetUserPlanResult:
+        """Put a user on a plan; None removes the assignment (back to the default plan)."""
+        return _rpc.one(GetUserPlanResult, self.store.call(_rpc.assign_plan(user_id, plan_id)))
+
+    def get_user_plan(self, user_id: str) -> GetUserPlanResult:
+        """Fetch user's current plan (including feature entitlements).
+
+        A user without an assignment gets the default plan (``is_default``), or no plan and
+        no features when there is no default plan: never an error.
+        """
+        return _rpc.one(GetUserPlanResult, self.store.call(_rpc.get_user_plan(user_id)))
+
+    def check_feature(self, user_id: str, feature: str) -> CheckFeatureResult:
+        """Check whether a user's plan has a specific feature entitlement.
+
+        Feature values follow a truthy convention: False / None / absent => has_feature
+        False; True / numeric / string => has_feature True. ``value`` carries the value, so a
+        numeric limit can be used.
+        """
+        call = _rpc.check_feature(user_id, feature)
+        return _rpc.one(CheckFeatureResult, self.store.call(call))
+
+    def grant_allowances(self, user_id: str | None = None) -> AllowanceResult:
+        """Grant this period's plan allowances, once per user and period (all users or one)."""
+        return _rpc.one(AllowanceResult, self.store.call(_rpc.grant_allowances(user_id)))
+
 
 class AsyncCreditManager:
     """The async flavour of :class:`CreditManager`, over an async store."""
@@ -243,3 +299,40 @@ class AsyncCreditManager:
     async def verify_ledger(self) -> list[LedgerIssue]:
         """Recompute every ledger invariant; an empty list means the ledger is consistent."""
         return _rpc.many(LedgerIssue, await self.store.call(_rpc.verify_ledger()))
+
+    # ------------------------------------------------------------ plans and features
+
+    async def upsert_plan(
+        self,
+        plan_id: str,
+        name: str,
+        features: Mapping[str, Any] | None = None,
+        *,
+        allowance: int | None = None,
+        allowance_period: str | None = None,
+        rollover_cap: int | None = None,
+        is_default: bool = False,
+    ) -> PlanResult:
+        """Create or replace a plan (see :meth:`CreditManager.upsert_plan`)."""
+        call = _rpc.upsert_plan(
+            plan_id, name, features, allowance, allowance_period, rollover_cap, is_default
+        )
+        return _rpc.one(PlanResult, await self.store.call(call))
+
+    async def assign_plan(self, user_id: str, plan_id: str | None) -> GetUserPlanResult:
+        """Put a user on a plan; None removes the assignment (back to the default plan)."""
+        call = _rpc.assign_plan(user_id, plan_id)
+        return _rpc.one(GetUserPlanResult, await self.store.call(call))
+
+    async def get_user_plan(self, user_id: str) -> GetUserPlanResult:
+        """Fetch user's current plan (including feature entitlements)."""
+        return _rpc.one(GetUserPlanResult, await self.store.call(_rpc.get_user_plan(user_id)))
+
+    async def check_feature(self, user_id: str, feature: str) -> CheckFeatureResult:
+        """Check whether a user's plan has a specific feature entitlement (truthy convention)."""
+        call = _rpc.check_feature(user_id, feature)
+        return _rpc.one(CheckFeatureResult, await self.store.call(call))
+
+    async def grant_allowances(self, user_id: str | None = None) -> AllowanceResult:
+        """Grant this period's plan allowances, once per user and period (all users or one)."""
+        return _rpc.one(AllowanceResult, await self.store.call(_rpc.grant_allowances(user_id)))

@@ -137,6 +137,75 @@ class SetupResult:
     schema_version: str
 
 
+# ---------------------------------------------------------------- plans and features
+
+
+@dataclass(frozen=True, slots=True)
+class PlanResult:
+    """A plan as stored (``credit_upsert_plan``)."""
+
+    plan_id: str
+    name: str
+    features: Mapping[str, Any]
+    is_default: bool
+    allowance: int | None
+    allowance_period: str | None
+    rollover_cap: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class GetUserPlanResult:
+    """The plan a user is on (``credit_get_user_plan``).
+
+    ``is_default`` is true when the user has no assignment and gets the default plan;
+    ``plan_id`` is None (and ``features`` empty) when there is no default plan either.
+    """
+
+    user_id: str
+    plan_id: str | None
+    plan_name: str | None
+    features: Mapping[str, Any]
+    is_default: bool
+    allowance: int | None
+    allowance_period: str | None
+    rollover_cap: int | None
+    assigned_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckFeatureResult:
+    """Whether a user's plan grants a feature (``credit_check_feature``).
+
+    ``has_feature`` follows the truthy convention: absent, null and False are no; True, a
+    number (0 too), a string (empty too), an object or an array are yes. ``value`` is the
+    feature's JSON value (None when absent), so a numeric limit can be read from it.
+    """
+
+    user_id: str
+    feature: str
+    has_feature: bool
+    value: Any
+    plan_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AllowanceResult:
+    """What one run of the allowance job did (``credit_grant_allowances``).
+
+    ``users`` were considered; ``granted`` got this period's allowance now (``amount``
+    credits in all, ``rollover`` of them carried from the previous period);
+    ``already_granted`` had it from an earlier run.
+    """
+
+    users: int
+    granted: int
+    already_granted: int
+    amount: int
+    rollover: int
+
+
 _T = TypeVar("_T")
 
 

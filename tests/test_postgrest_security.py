@@ -5,7 +5,7 @@ Who may do what (docs/ledger.md, "Security"):
 - without a project key the gateway answers 401 before PostgREST sees anything;
 - ``anon`` (the anon key, no user token) may call no ledger RPC and read no table;
 - a signed-in user (``authenticated``) reads only their own rows of four tables and
-  their own balance, and may call nothing else;
+  their own balance (and plan: test_plans.py), and may call nothing else;
 - no API role, not even ``service_role``, writes a ledger table directly;
 - a token PostgREST cannot trust (forged, unsigned, expired, issued in the future)
   is refused with 401 ``PGRST301``.
@@ -60,7 +60,7 @@ DOCUMENTED_RPCS = {
     "credit_verify_ledger",
 }
 # What a signed-in user may call (for their own id only).
-USER_RPCS = {"credit_get_balance"}
+USER_RPCS = {"credit_get_balance", "credit_get_user_plan", "credit_check_feature"}
 # The tables a signed-in user may read (their own rows).
 USER_TABLES = ("credit_accounts", "credit_transactions", "credit_grants", "credit_reservations")
 SERVICE_ONLY_TABLES = ("credit_grant_draws", "credit_idempotency_keys")
@@ -358,7 +358,7 @@ def test_user_cannot_read_another_balance(as_alice: Api, bob: JSON) -> None:
         )
 
 
-def test_user_can_call_nothing_but_get_balance(
+def test_user_can_call_nothing_but_own_readers(
     as_alice: Api,
     db: psycopg.Connection[Any],
     rpcs: dict[str, list[tuple[str, str]]],

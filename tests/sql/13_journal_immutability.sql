@@ -54,7 +54,7 @@ select throws_ok(
 );
 select throws_ok(
     $$truncate credit_transactions, credit_grants, credit_grant_draws, credit_reservations,
-               credit_idempotency_keys, credit_accounts$$,
+               credit_idempotency_keys, credit_accounts, credit_allowance_grants$$,
     'DC900', null,
     'TRUNCATE of every ledger table at once is DC900.'
 );

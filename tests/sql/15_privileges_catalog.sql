@@ -110,11 +110,20 @@ select set_eq(
         'public.credit_get_balance(text) | service_role | EXECUTE',
         'public.credit_sweep_expired(boolean) | service_role | EXECUTE',
         'public.credit_verify_ledger() | service_role | EXECUTE',
-        'public.credit_schema_version() | service_role | EXECUTE'
+        'public.credit_schema_version() | service_role | EXECUTE',
+        'public.credit_upsert_plan(text, text, jsonb, numeric, text, numeric, boolean)'
+        || ' | service_role | EXECUTE',
+        'public.credit_assign_plan(text, text) | service_role | EXECUTE',
+        'public.credit_get_user_plan(text) | authenticated | EXECUTE',
+        'public.credit_get_user_plan(text) | service_role | EXECUTE',
+        'public.credit_check_feature(text, text) | authenticated | EXECUTE',
+        'public.credit_check_feature(text, text) | service_role | EXECUTE',
+        'public.credit_grant_allowances(text) | service_role | EXECUTE'
     ],
     'Function privileges are exactly the allowlist: service_role executes every RPC;'
-    || ' authenticated only credit_get_balance; both the three credit_private helpers the'
-    || ' read RPCs call as the caller (clock, check_user_id, fail); nothing else.'
+    || ' authenticated only the readers of their own balance and plan (credit_get_balance,'
+    || ' credit_get_user_plan, credit_check_feature); both the three credit_private helpers'
+    || ' the read RPCs call as the caller (clock, check_user_id, fail); nothing else.'
 );
 select set_eq(
     $$select acl_row from ducto_acl where object not like '%(%'$$,
@@ -128,10 +137,15 @@ select set_eq(
         'public.credit_reservations | authenticated | SELECT',
         'public.credit_reservations | service_role | SELECT',
         'public.credit_grant_draws | service_role | SELECT',
-        'public.credit_idempotency_keys | service_role | SELECT'
+        'public.credit_idempotency_keys | service_role | SELECT',
+        'public.credit_plans | authenticated | SELECT',
+        'public.credit_plans | service_role | SELECT',
+        'public.credit_user_plans | authenticated | SELECT',
+        'public.credit_user_plans | service_role | SELECT',
+        'public.credit_allowance_grants | service_role | SELECT'
     ],
     'Table and sequence privileges are exactly the allowlist: SELECT only; authenticated on'
-    || ' the four user tables, service_role on all six; nothing on the sequences.'
+    || ' the tables of their own rows, service_role on all; nothing on the sequences.'
 );
 select set_eq(
     $$select format('%s | %s', case when a.grantee = 0 then 'PUBLIC'
@@ -191,15 +205,17 @@ select ok(
 select set_eq(
     $$select object from ducto_function
       where has_function_privilege('authenticated', oid, 'EXECUTE')$$,
-    array['public.credit_get_balance(text)', 'credit_private.clock()',
+    array['public.credit_get_balance(text)', 'public.credit_get_user_plan(text)',
+          'public.credit_check_feature(text, text)', 'credit_private.clock()',
           'credit_private.check_user_id(text)', 'credit_private.fail(text, text, jsonb, text)'],
-    'authenticated can execute credit_get_balance and the three helpers it calls, nothing else.'
+    'authenticated can execute the readers of their own balance and plan and the three'
+    || ' helpers they call, nothing else.'
 );
 select set_eq(
     $$select object from ducto_relation where has_table_privilege('authenticated', oid, 'SELECT')$$,
     array['public.credit_accounts', 'public.credit_transactions', 'public.credit_grants',
-          'public.credit_reservations'],
-    'authenticated can SELECT exactly the four user tables.'
+          'public.credit_reservations', 'public.credit_plans', 'public.credit_user_plans'],
+    'authenticated can SELECT exactly the tables that hold their own rows.'
 );
 select is_empty(
     $$select object from ducto_relation
@@ -268,9 +284,12 @@ select set_eq(
         'public.credit_settle_reservation(uuid, numeric, jsonb)',
         'public.credit_release_reservation(uuid)',
         'public.credit_refund_transaction(uuid, numeric, text, jsonb, text)',
-        'public.credit_sweep_expired(boolean)'
+        'public.credit_sweep_expired(boolean)',
+        'public.credit_upsert_plan(text, text, jsonb, numeric, text, numeric, boolean)',
+        'public.credit_assign_plan(text, text)',
+        'public.credit_grant_allowances(text)'
     ],
-    'Exactly the seven write RPCs are SECURITY DEFINER; the reads and every credit_private'
+    'Exactly the write RPCs are SECURITY DEFINER; the reads and every credit_private'
     || ' helper run as the caller.'
 );
 select is_empty(
