@@ -54,7 +54,8 @@ select throws_ok(
 );
 select throws_ok(
     $$truncate credit_transactions, credit_grants, credit_grant_draws, credit_reservations,
-               credit_idempotency_keys, credit_accounts, credit_allowance_grants$$,
+               credit_idempotency_keys, credit_accounts, credit_allowance_grants,
+               credit_teams, credit_team_members$$,
     'DC900', null,
     'TRUNCATE of every ledger table at once is DC900.'
 );
@@ -110,6 +111,7 @@ select results_eq(
       where tgrelid in ('public.credit_transactions'::regclass,
                         'public.credit_grant_draws'::regclass)
         and not tgisinternal and tgenabled = 'O'
+        and tgfoid = 'credit_private.refuse_journal_change'::regproc
       order by 1$$,
     $$values ('credit_grant_draws_append_only'), ('credit_grant_draws_no_truncate'),
              ('credit_transactions_append_only'), ('credit_transactions_no_truncate')$$,

@@ -118,7 +118,10 @@ select set_eq(
         'public.credit_get_user_plan(text) | service_role | EXECUTE',
         'public.credit_check_feature(text, text) | authenticated | EXECUTE',
         'public.credit_check_feature(text, text) | service_role | EXECUTE',
-        'public.credit_grant_allowances(text) | service_role | EXECUTE'
+        'public.credit_grant_allowances(text) | service_role | EXECUTE',
+        'public.credit_upsert_team(uuid, text, numeric) | service_role | EXECUTE',
+        'public.credit_set_team_member(uuid, text, text, numeric, text) | service_role | EXECUTE',
+        'public.credit_remove_team_member(uuid, text) | service_role | EXECUTE'
     ],
     'Function privileges are exactly the allowlist: service_role executes every RPC;'
     || ' authenticated only the readers of their own balance and plan (credit_get_balance,'
@@ -142,7 +145,11 @@ select set_eq(
         'public.credit_plans | service_role | SELECT',
         'public.credit_user_plans | authenticated | SELECT',
         'public.credit_user_plans | service_role | SELECT',
-        'public.credit_allowance_grants | service_role | SELECT'
+        'public.credit_allowance_grants | service_role | SELECT',
+        'public.credit_teams | authenticated | SELECT',
+        'public.credit_teams | service_role | SELECT',
+        'public.credit_team_members | authenticated | SELECT',
+        'public.credit_team_members | service_role | SELECT'
     ],
     'Table and sequence privileges are exactly the allowlist: SELECT only; authenticated on'
     || ' the tables of their own rows, service_role on all; nothing on the sequences.'
@@ -214,7 +221,8 @@ select set_eq(
 select set_eq(
     $$select object from ducto_relation where has_table_privilege('authenticated', oid, 'SELECT')$$,
     array['public.credit_accounts', 'public.credit_transactions', 'public.credit_grants',
-          'public.credit_reservations', 'public.credit_plans', 'public.credit_user_plans'],
+          'public.credit_reservations', 'public.credit_plans', 'public.credit_user_plans',
+          'public.credit_teams', 'public.credit_team_members'],
     'authenticated can SELECT exactly the tables that hold their own rows.'
 );
 select is_empty(
@@ -287,7 +295,10 @@ select set_eq(
         'public.credit_sweep_expired(boolean)',
         'public.credit_upsert_plan(text, text, jsonb, numeric, text, numeric, boolean)',
         'public.credit_assign_plan(text, text)',
-        'public.credit_grant_allowances(text)'
+        'public.credit_grant_allowances(text)',
+        'public.credit_upsert_team(uuid, text, numeric)',
+        'public.credit_set_team_member(uuid, text, text, numeric, text)',
+        'public.credit_remove_team_member(uuid, text)'
     ],
     'Exactly the write RPCs are SECURITY DEFINER; the reads and every credit_private'
     || ' helper run as the caller.'
