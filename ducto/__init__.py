@@ -16,10 +16,12 @@ from ducto.errors import (
 from ducto.manager import AsyncCreditManager, CreditManager
 from ducto.models import (
     AddCreditsResult,
+    AggregateStatsRow,
     AllowanceResult,
     BalanceResult,
     CheckFeatureResult,
     CreditMetadata,
+    DailySpendRow,
     DeductionResult,
     GetUserPlanResult,
     LedgerIssue,
@@ -28,19 +30,24 @@ from ducto.models import (
     ReleaseResult,
     ReserveResult,
     SetupResult,
+    SpendByModelRow,
+    SpendByUserRow,
     SweepResult,
+    TopUserRow,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AddCreditsResult",
+    "AggregateStatsRow",
     "AllowanceResult",
     "AsyncCreditManager",
     "BalanceResult",
     "CheckFeatureResult",
     "CreditManager",
     "CreditMetadata",
+    "DailySpendRow",
     "DeductionResult",
     "DuctoError",
     "GetUserPlanResult",
@@ -59,7 +66,10 @@ __all__ = [
     "ReserveResult",
     "SchemaError",
     "SetupResult",
+    "SpendByModelRow",
+    "SpendByUserRow",
     "StoreError",
     "SweepResult",
+    "TopUserRow",
     "__version__",
 ]

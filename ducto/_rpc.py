@@ -304,6 +304,44 @@ def grant_allowances(user_id: str | None) -> RpcCall:
     )
 
 
+# ---------------------------------------------------------------- usage analytics
+
+
+def _window(function: str, start: datetime, end: datetime, **more: Any) -> RpcCall:
+    for name, value in (("start", start), ("end", end)):
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise InvalidInputError(f"{name} must be a timezone-aware datetime", code="DC006")
+    # reads: sending one twice is harmless
+    return RpcCall(function, {**more, "p_start": start, "p_end": end}, retry_safe=True)
+
+
+def aggregate_stats(start: datetime, end: datetime) -> RpcCall:
+    """``credit_aggregate_stats``: totals of the window [start, end)."""
+    return _window("credit_aggregate_stats", start, end)
+
+
+def daily_spend(start: datetime, end: datetime) -> RpcCall:
+    """``credit_daily_spend``: spend per UTC day of [start, end)."""
+    return _window("credit_daily_spend", start, end)
+
+
+def spend_by_model(start: datetime, end: datetime) -> RpcCall:
+    """``credit_spend_by_model``: spend per model in [start, end)."""
+    return _window("credit_spend_by_model", start, end)
+
+
+def spend_by_user(start: datetime, end: datetime) -> RpcCall:
+    """``credit_spend_by_user``: spend per attributed user in [start, end)."""
+    return _window("credit_spend_by_user", start, end)
+
+
+def top_users(limit: int, start: datetime, end: datetime) -> RpcCall:
+    """``credit_top_users``: the ``limit`` users with the highest net spend in [start, end)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise InvalidInputError(f"limit must be an int from 1 to 1000, got {limit!r}", code="DC006")
+    return _window("credit_top_users", start, end, p_limit=limit)
+
+
 def one(cls: type[_T], rows: Sequence[Mapping[str, Any]]) -> _T:
     """The single result row of a call, as ``cls``."""
     (row,) = rows

@@ -18,10 +18,12 @@ from ducto.errors import InsufficientCreditsError, PricingNotLoadedError
 from ducto.interface.base import AsyncCreditStore, CreditStore
 from ducto.models import (
     AddCreditsResult,
+    AggregateStatsRow,
     AllowanceResult,
     BalanceResult,
     CheckFeatureResult,
     CreditMetadata,
+    DailySpendRow,
     DeductionResult,
     GetUserPlanResult,
     LedgerIssue,
@@ -30,7 +32,10 @@ from ducto.models import (
     ReleaseResult,
     ReserveResult,
     SetupResult,
+    SpendByModelRow,
+    SpendByUserRow,
     SweepResult,
+    TopUserRow,
 )
 
 #: The floor reserve_credits() applies when none is given and no pricing is loaded.
@@ -204,6 +209,31 @@ class CreditManager:
         """Grant this period's plan allowances, once per user and period (all users or one)."""
         return _rpc.one(AllowanceResult, self.store.call(_rpc.grant_allowances(user_id)))
 
+    # ------------------------------------------------------------ usage analytics
+
+    def aggregate_stats(self, start: datetime, end: datetime) -> AggregateStatsRow:
+        """Aggregate statistics across all users in a time window [start, end).
+
+        Net spend is what charges took minus what refunds made in the window gave back.
+        """
+        return _rpc.one(AggregateStatsRow, self.store.call(_rpc.aggregate_stats(start, end)))
+
+    def daily_spend(self, start: datetime, end: datetime) -> list[DailySpendRow]:
+        """Daily spend aggregation in a time window: one row per UTC day, oldest first."""
+        return _rpc.many(DailySpendRow, self.store.call(_rpc.daily_spend(start, end)))
+
+    def spend_by_model(self, start: datetime, end: datetime) -> list[SpendByModelRow]:
+        """Aggregate spend by model in a time window, highest net spend first."""
+        return _rpc.many(SpendByModelRow, self.store.call(_rpc.spend_by_model(start, end)))
+
+    def spend_by_user(self, start: datetime, end: datetime) -> list[SpendByUserRow]:
+        """Aggregate spend by user in a time window, highest net spend first."""
+        return _rpc.many(SpendByUserRow, self.store.call(_rpc.spend_by_user(start, end)))
+
+    def top_users(self, limit: int, start: datetime, end: datetime) -> list[TopUserRow]:
+        """Top users by spend in a time window: the ``limit`` (1 to 1000) highest net spends."""
+        return _rpc.many(TopUserRow, self.store.call(_rpc.top_users(limit, start, end)))
+
 
 class AsyncCreditManager:
     """The async flavour of :class:`CreditManager`, over an async store."""
@@ -336,3 +366,29 @@ class AsyncCreditManager:
     async def grant_allowances(self, user_id: str | None = None) -> AllowanceResult:
         """Grant this period's plan allowances, once per user and period (all users or one)."""
         return _rpc.one(AllowanceResult, await self.store.call(_rpc.grant_allowances(user_id)))
+
+    # ------------------------------------------------------------ usage analytics
+
+    async def aggregate_stats(self, start: datetime, end: datetime) -> AggregateStatsRow:
+        """Aggregate statistics across all users in a time window [start, end)."""
+        call = _rpc.aggregate_stats(start, end)
+        return _rpc.one(AggregateStatsRow, await self.store.call(call))
+
+    async def daily_spend(self, start: datetime, end: datetime) -> list[DailySpendRow]:
+        """Daily spend aggregation in a time window: one row per UTC day, oldest first."""
+        return _rpc.many(DailySpendRow, await self.store.call(_rpc.daily_spend(start, end)))
+
+    async def spend_by_model(self, start: datetime, end: datetime) -> list[SpendByModelRow]:
+        """Aggregate spend by model in a time window, highest net spend first."""
+        call = _rpc.spend_by_model(start, end)
+        return _rpc.many(SpendByModelRow, await self.store.call(call))
+
+    async def spend_by_user(self, start: datetime, end: datetime) -> list[SpendByUserRow]:
+        """Aggregate spend by user in a time window, highest net spend first."""
+        call = _rpc.spend_by_user(start, end)
+        return _rpc.many(SpendByUserRow, await self.store.call(call))
+
+    async def top_users(self, limit: int, start: datetime, end: datetime) -> list[TopUserRow]:
+        """Top users by spend in a time window: the ``limit`` (1 to 1000) highest net spends."""
+        call = _rpc.top_users(limit, start, end)
+        return _rpc.many(TopUserRow, await self.store.call(call))

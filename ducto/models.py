@@ -10,7 +10,7 @@ import types
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, TypeAlias, TypeVar, Union, get_args, get_origin, get_type_hints
 
 #: Extra data attached to a journal row or a reservation: a JSON object (string keys,
@@ -206,6 +206,84 @@ class AllowanceResult:
     rollover: int
 
 
+# ---------------------------------------------------------------- usage analytics
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateStatsRow:
+    """Totals of a window [window_start, window_end) (``credit_aggregate_stats``).
+
+    ``spent`` is what charges took, ``refunded`` what refunds made in the window gave back,
+    ``net_spent`` their difference; ``credited`` and ``expired`` are credits added and
+    lapsed. ``users`` counts the distinct users with a charge.
+    """
+
+    window_start: datetime
+    window_end: datetime
+    spent: int
+    refunded: int
+    net_spent: int
+    credited: int
+    expired: int
+    charges: int
+    refunds: int
+    users: int
+
+
+@dataclass(frozen=True, slots=True)
+class DailySpendRow:
+    """Spend of one UTC day of a window (``credit_daily_spend``); days without any are 0."""
+
+    day: date
+    spent: int
+    refunded: int
+    net_spent: int
+    charges: int
+    users: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpendByModelRow:
+    """Spend for one model in a window (``credit_spend_by_model``).
+
+    ``model`` is None for charges that name no model (by amount, fixed jobs); a refund
+    counts for the model of the charge it refunds.
+    """
+
+    model: str | None
+    spent: int
+    refunded: int
+    net_spent: int
+    charges: int
+    users: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpendByUserRow:
+    """Spend attributed to one user in a window (``credit_spend_by_user``).
+
+    A team pool's charges count for the member who spent.
+    """
+
+    user_id: str
+    spent: int
+    refunded: int
+    net_spent: int
+    charges: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopUserRow:
+    """One of the users with the highest net spend in a window (``credit_top_users``)."""
+
+    rank: int
+    user_id: str
+    net_spent: int
+    spent: int
+    refunded: int
+    charges: int
+
+
 _T = TypeVar("_T")
 
 
@@ -228,6 +306,8 @@ def _converter(hint: Any) -> Callable[[Any], Any]:
         (hint,) = (arg for arg in get_args(hint) if arg is not type(None))
     if hint is datetime:  # PostgREST sends ISO 8601 text, psycopg a datetime
         return lambda v: datetime.fromisoformat(v) if isinstance(v, str) else v
+    if hint is date:  # PostgREST sends ISO 8601 text, psycopg a date
+        return lambda v: date.fromisoformat(v) if isinstance(v, str) else v
     if hint is str:  # psycopg returns uuid columns as UUID
         return lambda v: str(v) if isinstance(v, uuid.UUID) else v
     return _same

@@ -11,12 +11,14 @@ from ducto.interface.supabase import HttpxSupabaseStore
 def test_package_exports() -> None:
     assert ducto.__all__ == [
         "AddCreditsResult",
+        "AggregateStatsRow",
         "AllowanceResult",
         "AsyncCreditManager",
         "BalanceResult",
         "CheckFeatureResult",
         "CreditManager",
         "CreditMetadata",
+        "DailySpendRow",
         "DeductionResult",
         "DuctoError",
         "GetUserPlanResult",
@@ -35,8 +37,11 @@ def test_package_exports() -> None:
         "ReserveResult",
         "SchemaError",
         "SetupResult",
+        "SpendByModelRow",
+        "SpendByUserRow",
         "StoreError",
         "SweepResult",
+        "TopUserRow",
         "__version__",
     ]
     assert ducto.interface.__all__ == [
