@@ -21,7 +21,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers_api import Api, expect_error, ledger_rows
+from conftest import MakeUserToken
+from helpers_api import Api, expect_error, ledger_rows, permission_denied
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
@@ -521,3 +522,64 @@ def test_reference_example_runs_as_written(
     store = namespace["store"]
     assert isinstance(store, HttpxSupabaseStore | PostgresStore)
     store.close()
+
+
+# ---------------------------------------------------------------- from the attacker's side
+
+
+@pytest.mark.parametrize("caller", ["anon", "user"])
+def test_only_the_service_role_prices_or_publishes(
+    gateway: Any,
+    anon_key: str,
+    make_user_token: MakeUserToken,
+    service: Api,
+    db: psycopg.Connection[Any],
+    caller: str,
+) -> None:
+    user = str(uuid.uuid4())
+    service.rpc("credit_add_credits", {"p_user_id": user, "p_amount": 100})
+    bearer = anon_key if caller == "anon" else make_user_token(user)
+    api = Api(gateway, anon_key, bearer)
+    status = 401 if caller == "anon" else 403
+    before = db.execute("select count(*), max(version) from credit_pricing_config").fetchone()
+    ledger_before = ledger_rows(db, user)
+    cheap = {"models": [], "default": {"input": 0, "output": 0}}
+    attempts: dict[str, dict[str, Any]] = {
+        "credit_publish_pricing": {"p_config": cheap},
+        "credit_get_pricing": {},
+        "credit_list_pricing_versions": {},
+        "credit_calculate_cost": {"p_metrics": {"model": "m"}},
+        # a user charging herself by her own word about her usage
+        "credit_deduct_usage": {"p_user_id": user, "p_metrics": {"model": "m"}},
+        "credit_deduct_fixed": {"p_user_id": user, "p_job_name": "report"},
+    }
+    for function, args in attempts.items():
+        expect_error(
+            api.rpc(function, args),
+            status,
+            "42501",
+            message=permission_denied("function", function),
+        )
+    # the table itself: not readable, not writable
+    for method, body in (("GET", None), ("POST", {"config": cheap, "created_at": "now()"})):
+        response = api.request(method, "credit_pricing_config", json_body=body)
+        expect_error(
+            response, status, "42501", message=permission_denied("table", "credit_pricing_config")
+        )
+    after = db.execute("select count(*), max(version) from credit_pricing_config").fetchone()
+    assert after == before and ledger_rows(db, user) == ledger_before
+
+
+def test_the_service_role_cannot_rewrite_pricing_history(
+    service: Api, db: psycopg.Connection[Any]
+) -> None:
+    service.rpc("credit_publish_pricing", {"p_config": VALID})
+    before = db.execute("select version, config from credit_pricing_config").fetchall()
+    for method in ("PATCH", "DELETE"):
+        response = service.request(
+            method, "credit_pricing_config", params={"version": "gt.0"}, json_body={"config": {}}
+        )
+        expect_error(
+            response, 403, "42501", message=permission_denied("table", "credit_pricing_config")
+        )
+    assert db.execute("select version, config from credit_pricing_config").fetchall() == before
