@@ -7,13 +7,16 @@ from ducto.errors import (
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
+    PricingConfigError,
     PricingNotLoadedError,
     RefundError,
     ReservationStateError,
     SchemaError,
     StoreError,
+    UnknownJobError,
+    UnknownModelError,
 )
-from ducto.manager import AsyncCreditManager, CreditManager
+from ducto.manager import AsyncCreditManager, CreditManager, MeteredCall
 from ducto.models import (
     AddCreditsResult,
     AggregateStatsRow,
@@ -35,6 +38,15 @@ from ducto.models import (
     SweepResult,
     TopUserRow,
 )
+from ducto.pricing import (
+    CostResult,
+    ModelPrice,
+    ModelRates,
+    PricingConfigData,
+    PricingEngine,
+    PricingVersion,
+)
+from ducto.usage import UsageMetrics
 
 __version__ = "0.1.0"
 
@@ -45,6 +57,7 @@ __all__ = [
     "AsyncCreditManager",
     "BalanceResult",
     "CheckFeatureResult",
+    "CostResult",
     "CreditManager",
     "CreditMetadata",
     "DailySpendRow",
@@ -55,10 +68,17 @@ __all__ = [
     "InsufficientCreditsError",
     "InvalidInputError",
     "LedgerIssue",
+    "MeteredCall",
+    "ModelPrice",
+    "ModelRates",
     "NotFoundError",
     "PermissionDeniedError",
     "PlanResult",
+    "PricingConfigData",
+    "PricingConfigError",
+    "PricingEngine",
     "PricingNotLoadedError",
+    "PricingVersion",
     "RefundError",
     "RefundResult",
     "ReleaseResult",
@@ -71,5 +91,8 @@ __all__ = [
     "StoreError",
     "SweepResult",
     "TopUserRow",
+    "UnknownJobError",
+    "UnknownModelError",
+    "UsageMetrics",
     "__version__",
 ]

@@ -1,6 +1,6 @@
 """Plans, feature gates and allowances from every client (docs/plans-teams.md).
 
-- the Python client over the four store flavours (test_client's ``manager`` fixture);
+- the Python client over the four store flavours (conftest's ``manager`` fixture);
 - a signed-in user through the gateway and PostgREST: their own plan and features only;
   anon nothing; no user writes a plan or an assignment;
 - the allowance job run by many workers at once: each user gets each period's allowance
@@ -21,7 +21,6 @@ import psycopg
 import pytest
 from conftest import MakeUserToken
 from helpers_api import Api, expect_error, expect_ok, new_user_id, permission_denied
-from test_client import manager
 from test_concurrency import Ledger, connect, new_prefix, run_workers
 
 from ducto import (
@@ -31,8 +30,6 @@ from ducto import (
     InvalidInputError,
     NotFoundError,
 )
-
-__all__ = ["manager"]  # the fixture, shared with test_client: four store flavours
 
 
 def new_plan_id(name: str) -> str:

@@ -111,6 +111,17 @@ select set_eq(
         'public.credit_sweep_expired(boolean) | service_role | EXECUTE',
         'public.credit_verify_ledger() | service_role | EXECUTE',
         'public.credit_schema_version() | service_role | EXECUTE',
+        'public.credit_publish_pricing(jsonb, text) | service_role | EXECUTE',
+        'public.credit_get_pricing(bigint) | service_role | EXECUTE',
+        'public.credit_list_pricing_versions() | service_role | EXECUTE',
+        'public.credit_calculate_cost(jsonb, bigint) | service_role | EXECUTE',
+        'public.credit_deduct_usage(text, jsonb, jsonb, text) | service_role | EXECUTE',
+        'public.credit_deduct_fixed(text, text, jsonb, text) | service_role | EXECUTE',
+        'public.credit_settle_usage(uuid, jsonb, jsonb, text) | service_role | EXECUTE',
+        'credit_private.check_usage(jsonb) | service_role | EXECUTE',
+        'credit_private.pricing(bigint) | service_role | EXECUTE',
+        'credit_private.price(jsonb, bigint) | service_role | EXECUTE',
+        'credit_private.cost(jsonb, jsonb) | service_role | EXECUTE',
         'public.credit_upsert_plan(text, text, jsonb, numeric, text, numeric, boolean)'
         || ' | service_role | EXECUTE',
         'public.credit_assign_plan(text, text) | service_role | EXECUTE',
@@ -123,10 +134,11 @@ select set_eq(
         'public.credit_set_team_member(uuid, text, text, numeric, text) | service_role | EXECUTE',
         'public.credit_remove_team_member(uuid, text) | service_role | EXECUTE'
     ],
-    'Function privileges are exactly the allowlist: service_role executes every RPC;'
-    || ' authenticated only the readers of their own balance and plan (credit_get_balance,'
-    || ' credit_get_user_plan, credit_check_feature); both the three credit_private helpers'
-    || ' the read RPCs call as the caller (clock, check_user_id, fail); nothing else.'
+    'Function privileges are exactly the allowlist: service_role executes every RPC and the'
+    || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id, fail,'
+    || ' and the pricing reads); authenticated only the readers of their own balance and plan'
+    || ' (credit_get_balance, credit_get_user_plan, credit_check_feature) and their three'
+    || ' helpers; nothing else.'
 );
 select set_eq(
     $$select acl_row from ducto_acl where object not like '%(%'$$,
@@ -141,6 +153,7 @@ select set_eq(
         'public.credit_reservations | service_role | SELECT',
         'public.credit_grant_draws | service_role | SELECT',
         'public.credit_idempotency_keys | service_role | SELECT',
+        'public.credit_pricing_config | service_role | SELECT',
         'public.credit_plans | authenticated | SELECT',
         'public.credit_plans | service_role | SELECT',
         'public.credit_user_plans | authenticated | SELECT',
@@ -247,8 +260,11 @@ select set_eq(
     $$select object from ducto_function
       where nspname = 'credit_private' and has_function_privilege('service_role', oid, 'EXECUTE')$$,
     array['credit_private.clock()', 'credit_private.check_user_id(text)',
-          'credit_private.fail(text, text, jsonb, text)'],
-    'In credit_private, service_role can execute only the three helpers the read RPCs call.'
+          'credit_private.fail(text, text, jsonb, text)', 'credit_private.check_usage(jsonb)',
+          'credit_private.pricing(bigint)', 'credit_private.price(jsonb, bigint)',
+          'credit_private.cost(jsonb, jsonb)'],
+    'In credit_private, service_role can execute only the helpers its read RPCs call (none'
+    || ' of them writes).'
 );
 select is_empty(
     $$select object from ducto_relation
@@ -293,6 +309,10 @@ select set_eq(
         'public.credit_release_reservation(uuid)',
         'public.credit_refund_transaction(uuid, numeric, text, jsonb, text)',
         'public.credit_sweep_expired(boolean)',
+        'public.credit_publish_pricing(jsonb, text)',
+        'public.credit_deduct_usage(text, jsonb, jsonb, text)',
+        'public.credit_deduct_fixed(text, text, jsonb, text)',
+        'public.credit_settle_usage(uuid, jsonb, jsonb, text)',
         'public.credit_upsert_plan(text, text, jsonb, numeric, text, numeric, boolean)',
         'public.credit_assign_plan(text, text)',
         'public.credit_grant_allowances(text)',
