@@ -84,6 +84,60 @@ before insert on public.credit_transactions
 for each row when (new.refund_of is not null)
 execute function credit_private.inherit_attribution();
 
+-- The journal writer, replaced by a version that also records the attribution; nothing
+-- else changes, and every existing caller leaves it null.
+drop function credit_private.append_transaction(
+    bigint, text, bigint, timestamptz, jsonb, text, uuid, uuid, uuid, bigint, jsonb, text
+);
+
+create function credit_private.append_transaction(
+    p_account_id bigint,
+    p_type text,
+    p_amount bigint,
+    p_now timestamptz,
+    p_metadata jsonb default '{}',
+    p_idempotency_key text default null,
+    p_grant_id uuid default null,
+    p_reservation_id uuid default null,
+    p_refund_of uuid default null,
+    p_pricing_version bigint default null,
+    p_usage jsonb default null,
+    p_job_name text default null,
+    p_attributed_user_id text default null
+)
+returns public.credit_transactions
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_row public.credit_transactions;
+begin
+    -- the balance and the journal change in the same statement pair, under the account lock
+    update public.credit_accounts
+    set balance = balance + p_amount, version = version + 1, updated_at = p_now
+    where id = p_account_id
+    returning balance, version, user_id into v_row.balance_after, v_row.seq, v_row.user_id;
+
+    insert into public.credit_transactions (
+        id, account_id, seq, user_id, type, amount, balance_after, grant_id,
+        reservation_id, refund_of, idempotency_key, metadata, created_at, pricing_version,
+        usage, model, job_name, attributed_user_id
+    ) values (
+        gen_random_uuid(), p_account_id, v_row.seq, v_row.user_id, p_type, p_amount,
+        v_row.balance_after, p_grant_id, p_reservation_id, p_refund_of, p_idempotency_key,
+        p_metadata, p_now, p_pricing_version, p_usage, p_usage ->> 'model', p_job_name,
+        p_attributed_user_id
+    )
+    returning * into v_row;
+    return v_row;
+end;
+$$;
+
+revoke all on function credit_private.append_transaction(
+    bigint, text, bigint, timestamptz, jsonb, text, uuid, uuid, uuid, bigint, jsonb, text, text
+) from public, anon, authenticated, service_role;
+
 -- ---------------------------------------------------------------- result types
 
 create type public.credit_team_result as (
@@ -93,6 +147,21 @@ create type public.credit_team_result as (
     min_balance bigint,
     created_at timestamptz,
     updated_at timestamptz
+);
+
+create type public.credit_team_deduct_result as (
+    transaction_id uuid,
+    team_id uuid,
+    user_id text,
+    amount bigint,
+    balance_after bigint,
+    available_after bigint,
+    spent_in_period bigint,
+    spend_limit bigint,
+    limit_period text,
+    created_at timestamptz,
+    is_replay boolean,
+    pricing_version bigint
 );
 
 create type public.credit_team_member_result as (
@@ -369,6 +438,162 @@ begin
 end;
 $$;
 
+-- ---------------------------------------------------------------- spend from the pool
+
+create function credit_private.team_deduct(
+    p_team_id uuid,
+    p_user_id text,
+    p_usage jsonb,
+    p_metadata jsonb,
+    p_idempotency_key text
+)
+returns public.credit_team_deduct_result
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_now timestamptz := credit_private.clock();
+    v_request jsonb := jsonb_build_object(
+        'user_id', p_user_id, 'usage', p_usage, 'metadata', p_metadata
+    );
+    v_team public.credit_teams;
+    v_replay jsonb;
+    v_member public.credit_team_members;
+    v_cost public.credit_cost_result;
+    v_floor bigint;
+    v_spent bigint;
+    v_available bigint;
+    v_transaction public.credit_transactions;
+    v_result public.credit_team_deduct_result;
+begin
+    -- Every check below is made under the pool's lock, in the transaction that debits it,
+    -- and each refusal raises: nothing is written, and nothing looks like success.
+    v_team := credit_private.lock_team(p_team_id);
+    if p_idempotency_key is not null then
+        v_replay := credit_private.find_replay(
+            v_team.account_id, p_idempotency_key, 'team_usage', v_request
+        );
+        if v_replay is not null then
+            v_result := jsonb_populate_record(null::public.credit_team_deduct_result, v_replay);
+            v_result.is_replay := true;
+            return v_result;
+        end if;
+    end if;
+
+    select * into v_member
+    from public.credit_team_members as m
+    where m.team_id = p_team_id and m.user_id = p_user_id;
+    if not found then
+        perform credit_private.fail(
+            'DC082',
+            format('user %s is not a member of team %s', quote_literal(p_user_id), p_team_id),
+            jsonb_build_object('team_id', p_team_id, 'user_id', p_user_id)
+        );
+    end if;
+
+    -- the pool keeps the higher of its own floor and the pricing's
+    v_cost := credit_private.price(p_usage, null);
+    v_floor := greatest(v_team.min_balance, v_cost.min_balance);
+    if exists (
+        select from public.credit_grants as g
+        where g.account_id = v_team.account_id and g.remaining > 0 and g.expires_at <= v_now
+    ) then
+        perform credit_private.expire_grants(v_team.account_id, v_now);
+    end if;
+
+    if v_member.spend_limit is not null then
+        v_spent := credit_private.member_spent(
+            v_team.account_id, p_user_id, v_member.limit_period, v_now
+        );
+        if v_spent + v_cost.credits > v_member.spend_limit then
+            perform credit_private.fail(
+                'DC083',
+                format('spending limit of user %s in team %s exceeded: spent %s of %s this %s,'
+                    || ' needed %s', quote_literal(p_user_id), p_team_id, v_spent,
+                    v_member.spend_limit, v_member.limit_period, v_cost.credits),
+                jsonb_build_object(
+                    'team_id', p_team_id,
+                    'user_id', p_user_id,
+                    'spend_limit', v_member.spend_limit,
+                    'limit_period', v_member.limit_period,
+                    'spent', v_spent,
+                    'needed', v_cost.credits
+                )
+            );
+        end if;
+    end if;
+
+    v_available := credit_private.available(v_team.account_id, v_now);
+    if v_available - v_cost.credits < v_floor then
+        perform credit_private.fail(
+            'DC084',
+            format('team %s has too few credits: available %s, needed %s with min_balance %s',
+                p_team_id, v_available, v_cost.credits, v_floor),
+            jsonb_build_object(
+                'team_id', p_team_id,
+                'user_id', p_user_id,
+                'available', v_available,
+                'needed', v_cost.credits,
+                'min_balance', v_floor
+            )
+        );
+    end if;
+
+    if v_cost.credits > 0 then
+        v_transaction := credit_private.append_transaction(
+            v_team.account_id, 'usage', -v_cost.credits, v_now, p_metadata, p_idempotency_key,
+            p_pricing_version => v_cost.pricing_version, p_usage => p_usage,
+            p_attributed_user_id => p_user_id
+        );
+        perform credit_private.draw(v_team.account_id, v_transaction.id, v_cost.credits, v_now);
+    else
+        -- usage priced at 0 credits: admitted, nothing to journal
+        select a.balance into v_transaction.balance_after
+        from public.credit_accounts as a
+        where a.id = v_team.account_id;
+    end if;
+
+    v_result := row(
+        v_transaction.id, p_team_id, p_user_id, v_cost.credits, v_transaction.balance_after,
+        v_available - v_cost.credits, v_spent + v_cost.credits, v_member.spend_limit,
+        v_member.limit_period, v_now, false, v_cost.pricing_version
+    );
+    perform credit_private.remember(
+        v_team.account_id, p_idempotency_key, 'team_usage', v_request, to_jsonb(v_result), v_now
+    );
+    return v_result;
+end;
+$$;
+
+revoke all on function credit_private.team_deduct(uuid, text, jsonb, jsonb, text)
+from public, anon, authenticated, service_role;
+
+create function public.credit_deduct_team(
+    p_team_id uuid,
+    p_user_id text,
+    p_metrics jsonb,
+    p_metadata jsonb default '{}',
+    p_idempotency_key text default null
+)
+returns public.credit_team_deduct_result
+language plpgsql
+volatile
+-- definer: writes the ledger tables, which no API role may write directly
+security definer
+set search_path = ''
+as $$
+declare
+    v_usage jsonb := credit_private.check_usage(p_metrics);
+    v_metadata jsonb := credit_private.check_metadata(p_metadata);
+    v_user_id text := credit_private.check_user_id(p_user_id);
+    v_key text := credit_private.check_key(p_idempotency_key);
+begin
+    -- priced under the active version, like credit_deduct_usage, then charged to the pool
+    return credit_private.team_deduct(p_team_id, v_user_id, v_usage, v_metadata, v_key);
+end;
+$$;
+
 -- ---------------------------------------------------------------- privileges
 
 revoke all on function public.credit_upsert_team(uuid, text, numeric)
@@ -382,6 +607,10 @@ grant execute on function public.credit_upsert_team(uuid, text, numeric) to serv
 grant execute on function public.credit_set_team_member(uuid, text, text, numeric, text)
 to service_role;
 grant execute on function public.credit_remove_team_member(uuid, text) to service_role;
+revoke all on function public.credit_deduct_team(uuid, text, jsonb, jsonb, text)
+from public, anon, authenticated, service_role;
+grant execute on function public.credit_deduct_team(uuid, text, jsonb, jsonb, text)
+to service_role;
 
 -- ---------------------------------------------------------------- schema version
 

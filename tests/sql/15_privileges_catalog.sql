@@ -132,7 +132,20 @@ select set_eq(
         'public.credit_grant_allowances(text) | service_role | EXECUTE',
         'public.credit_upsert_team(uuid, text, numeric) | service_role | EXECUTE',
         'public.credit_set_team_member(uuid, text, text, numeric, text) | service_role | EXECUTE',
-        'public.credit_remove_team_member(uuid, text) | service_role | EXECUTE'
+        'public.credit_remove_team_member(uuid, text) | service_role | EXECUTE',
+        'public.credit_deduct_team(uuid, text, jsonb, jsonb, text) | service_role | EXECUTE',
+        'public.credit_aggregate_stats(timestamp with time zone, timestamp with time zone)'
+        || ' | service_role | EXECUTE',
+        'public.credit_daily_spend(timestamp with time zone, timestamp with time zone)'
+        || ' | service_role | EXECUTE',
+        'public.credit_spend_by_model(timestamp with time zone, timestamp with time zone)'
+        || ' | service_role | EXECUTE',
+        'public.credit_spend_by_user(timestamp with time zone, timestamp with time zone)'
+        || ' | service_role | EXECUTE',
+        'public.credit_top_users(integer, timestamp with time zone, timestamp with time zone)'
+        || ' | service_role | EXECUTE',
+        'credit_private.check_window(timestamp with time zone, timestamp with time zone)'
+        || ' | service_role | EXECUTE'
     ],
     'Function privileges are exactly the allowlist: service_role executes every RPC and the'
     || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id, fail,'
@@ -162,7 +175,8 @@ select set_eq(
         'public.credit_teams | authenticated | SELECT',
         'public.credit_teams | service_role | SELECT',
         'public.credit_team_members | authenticated | SELECT',
-        'public.credit_team_members | service_role | SELECT'
+        'public.credit_team_members | service_role | SELECT',
+        'credit_private.journal_activity | service_role | SELECT'
     ],
     'Table and sequence privileges are exactly the allowlist: SELECT only; authenticated on'
     || ' the tables of their own rows, service_role on all; nothing on the sequences.'
@@ -262,7 +276,8 @@ select set_eq(
     array['credit_private.clock()', 'credit_private.check_user_id(text)',
           'credit_private.fail(text, text, jsonb, text)', 'credit_private.check_usage(jsonb)',
           'credit_private.pricing(bigint)', 'credit_private.price(jsonb, bigint)',
-          'credit_private.cost(jsonb, jsonb)'],
+          'credit_private.cost(jsonb, jsonb)',
+          'credit_private.check_window(timestamp with time zone, timestamp with time zone)'],
     'In credit_private, service_role can execute only the helpers its read RPCs call (none'
     || ' of them writes).'
 );
@@ -318,7 +333,8 @@ select set_eq(
         'public.credit_grant_allowances(text)',
         'public.credit_upsert_team(uuid, text, numeric)',
         'public.credit_set_team_member(uuid, text, text, numeric, text)',
-        'public.credit_remove_team_member(uuid, text)'
+        'public.credit_remove_team_member(uuid, text)',
+        'public.credit_deduct_team(uuid, text, jsonb, jsonb, text)'
     ],
     'Exactly the write RPCs are SECURITY DEFINER; the reads and every credit_private'
     || ' helper run as the caller.'
