@@ -6,6 +6,7 @@ an :class:`RpcCall` and hands the rows back; nothing here does I/O.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -437,6 +438,77 @@ def top_users(limit: int, start: datetime, end: datetime) -> RpcCall:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
         raise InvalidInputError(f"limit must be an int from 1 to 1000, got {limit!r}", code="DC006")
     return _window("credit_top_users", start, end, p_limit=limit)
+
+
+# ---------------------------------------------------------------- teams
+
+
+def _team_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InvalidInputError(f"team_id must be a UUID, got {value!r}", code="DC006") from exc
+
+
+def upsert_team(team_id: str, name: str, min_balance: int) -> RpcCall:
+    """``credit_upsert_team``: create or rename a team (and its pool), set its floor."""
+    return RpcCall(
+        "credit_upsert_team",
+        {
+            "p_team_id": _team_id(team_id),
+            "p_name": _text(name, "name", "DC006"),
+            "p_min_balance": _amount(min_balance, "min_balance", 0),
+        },
+        retry_safe=True,
+    )
+
+
+def set_team_member(
+    team_id: str, user_id: str, role: str, spend_limit: int | None, limit_period: str | None
+) -> RpcCall:
+    """``credit_set_team_member``: add a member or change their role and limit."""
+    return RpcCall(
+        "credit_set_team_member",
+        {
+            "p_team_id": _team_id(team_id),
+            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_role": role,
+            "p_spend_limit": _optional_amount(spend_limit, "spend_limit", 0),
+            "p_limit_period": limit_period,
+        },
+        retry_safe=True,
+    )
+
+
+def remove_team_member(team_id: str, user_id: str) -> RpcCall:
+    """``credit_remove_team_member``: whether there was such a member to remove."""
+    return RpcCall(
+        "credit_remove_team_member",
+        {"p_team_id": _team_id(team_id), "p_user_id": _text(user_id, "user_id", "DC002")},
+        retry_safe=True,
+        returns_scalar=True,
+    )
+
+
+def deduct_team(
+    team_id: str,
+    user_id: str,
+    metrics: UsageMetrics,
+    metadata: CreditMetadata | None,
+    idempotency_key: str | None,
+) -> RpcCall:
+    """``credit_deduct_team``: price usage and charge it to a team's pool for a member."""
+    return RpcCall(
+        "credit_deduct_team",
+        {
+            "p_team_id": _team_id(team_id),
+            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_metrics": _metrics(metrics),
+            "p_metadata": _metadata(metadata),
+            "p_idempotency_key": _key(idempotency_key),
+        },
+        retry_safe=idempotency_key is not None,
+    )
 
 
 def one(cls: type[_T], rows: Sequence[Mapping[str, Any]]) -> _T:

@@ -6,11 +6,14 @@ Hierarchy::
     ├── InvalidInputError             an argument was refused before anything was written
     │   └── PricingConfigError        a pricing config was refused
     ├── InsufficientCreditsError      the account cannot pay, or would go below its floor
+    │   ├── MemberLimitExceededError  a team member would exceed their spending limit
+    │   └── TeamPoolExhaustedError    a team's pool cannot pay above its floor
     ├── IdempotencyConflictError      an idempotency key was reused with other parameters
-    ├── NotFoundError                 a transaction, reservation or plan does not exist
+    ├── NotFoundError                 a transaction, reservation, plan or team does not exist
     ├── ReservationStateError         a reservation is released, or settled otherwise
     ├── RefundError                   a refund exceeds what is refundable, or is not allowed
     ├── PermissionDeniedError         the caller's role may not do this
+    │   └── NotTeamMemberError        the user is not a member of the team
     ├── PricingNotLoadedError         a usage deduction was asked for before pricing
     ├── UnknownModelError             no pricing entry matches the model, and no default
     ├── UnknownJobError               the pricing has no such fixed-cost job
@@ -69,12 +72,20 @@ class InsufficientCreditsError(DuctoError):
     """Raised when a user does not have enough credits for an operation."""
 
 
+class MemberLimitExceededError(InsufficientCreditsError):
+    """Raised when a team charge would take a member past their spending limit."""
+
+
+class TeamPoolExhaustedError(InsufficientCreditsError):
+    """Raised when a team's pool cannot pay a charge above its floor."""
+
+
 class IdempotencyConflictError(DuctoError):
     """Raised when an idempotency key is reused for a different operation or parameters."""
 
 
 class NotFoundError(DuctoError, LookupError):
-    """Raised when a transaction, reservation or plan does not exist."""
+    """Raised when a transaction, reservation, plan or team does not exist."""
 
 
 class ReservationStateError(DuctoError):
@@ -87,6 +98,10 @@ class RefundError(DuctoError):
 
 class PermissionDeniedError(DuctoError, PermissionError):
     """Raised when the caller's role may not call a function or read a row."""
+
+
+class NotTeamMemberError(PermissionDeniedError):
+    """Raised when a team charge names a user who is not a member of the team."""
 
 
 class PricingNotLoadedError(DuctoError):
@@ -132,6 +147,10 @@ SQLSTATE_ERRORS: Mapping[str, type[DuctoError]] = {
     "DC063": PricingNotLoadedError,
     "DC064": NotFoundError,
     "DC080": NotFoundError,
+    "DC081": NotFoundError,
+    "DC082": NotTeamMemberError,
+    "DC083": MemberLimitExceededError,
+    "DC084": TeamPoolExhaustedError,
     "42501": PermissionDeniedError,
     "42883": SchemaError,
     "PGRST202": SchemaError,

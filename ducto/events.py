@@ -48,6 +48,7 @@ from ducto.models import (
     RefundResult,
     ReserveResult,
     SweepResult,
+    TeamDeductionResult,
 )
 
 __all__ = ["CreditEvent", "CreditEventEmitter", "CreditEventHandler", "CreditEventType"]
@@ -181,6 +182,20 @@ class CreditEventEmitter:
                 # a hold settled with 0, or usage priced at 0, charged nothing
                 return charged[: result.amount > 0] + self._low(
                     result.user_id, result.available_after, result
+                )
+            case TeamDeductionResult():
+                charged = [
+                    CreditEvent(
+                        CreditEventType.CREDITS_DEDUCTED,
+                        result.user_id,
+                        result.amount,
+                        result.balance_after,
+                        result,
+                        result.team_id,
+                    )
+                ]
+                return charged[: result.amount > 0] + self._low(
+                    result.user_id, result.available_after, result, result.team_id
                 )
             case RefundResult():
                 return [

@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ducto import _rpc
+from ducto._rpc import RpcCall
 from ducto.errors import InsufficientCreditsError, InvalidInputError, PricingNotLoadedError
+from ducto.events import CreditEventEmitter
 from ducto.interface.base import AsyncCreditStore, CreditStore
 from ducto.models import (
     AddCreditsResult,
@@ -36,6 +38,9 @@ from ducto.models import (
     SpendByModelRow,
     SpendByUserRow,
     SweepResult,
+    TeamDeductionResult,
+    TeamMemberResult,
+    TeamResult,
     TopUserRow,
 )
 from ducto.pricing import CostResult, PricingConfigData, PricingEngine, PricingVersion
@@ -43,6 +48,8 @@ from ducto.usage import UsageMetrics
 
 #: The floor reserve_credits() applies when none is given and no pricing is loaded.
 DEFAULT_MIN_BALANCE = 5
+
+_T = TypeVar("_T")
 
 __all__ = [
     "DEFAULT_MIN_BALANCE",
@@ -116,11 +123,35 @@ class CreditManager:
         store: A CreditStore adapter (HttpxSupabaseStore, PostgresStore, ...).
         engine: An optional pre-configured PricingEngine. If omitted, call
             load_pricing_from_store() or publish_pricing_from_dict() before deduct().
+        emitter: An optional CreditEventEmitter for lifecycle events (``ducto.events``).
     """
 
-    def __init__(self, store: CreditStore, engine: PricingEngine | None = None) -> None:
+    def __init__(
+        self,
+        store: CreditStore,
+        engine: PricingEngine | None = None,
+        emitter: CreditEventEmitter | None = None,
+    ) -> None:
         self.store = store
         self._engine = engine
+        self._emitter = emitter
+
+    @property
+    def emitter(self) -> CreditEventEmitter | None:
+        """The CreditEventEmitter told of every operation, or None."""
+        return self._emitter
+
+    def _one(self, cls: type[_T], call: RpcCall) -> _T:
+        """Send ``call``, parse its one row as ``cls``, and tell the emitter."""
+        try:
+            result = _rpc.one(cls, self.store.call(call))
+        except InsufficientCreditsError as exc:
+            if self._emitter is not None:
+                self._emitter.refused(exc)
+            raise
+        if self._emitter is not None:
+            self._emitter.observe(result)
+        return result
 
     @property
     def engine(self) -> PricingEngine | None:
@@ -144,7 +175,7 @@ class CreditManager:
         Raises:
             PricingConfigError: the database refused the config (nothing changed).
         """
-        published = _rpc.one(PricingVersion, self.store.call(_rpc.publish_pricing(config, label)))
+        published = self._one(PricingVersion, _rpc.publish_pricing(config, label))
         self._engine = PricingEngine.from_version(published)
 
     def publish_pricing_from_dict(self, data: PricingConfigData | dict[str, Any]) -> None:
@@ -157,7 +188,7 @@ class CreditManager:
 
     def get_pricing(self, version: int | None = None) -> PricingVersion:
         """A published pricing version; the active one when ``version`` is None."""
-        return _rpc.one(PricingVersion, self.store.call(_rpc.get_pricing(version)))
+        return self._one(PricingVersion, _rpc.get_pricing(version))
 
     def pricing_versions(self) -> list[PricingVersion]:
         """Every published pricing version, newest (the active one) first."""
@@ -165,7 +196,7 @@ class CreditManager:
 
     def calculate_cost(self, metrics: UsageMetrics, version: int | None = None) -> CostResult:
         """What the database charges for ``metrics`` (active or given version); no write."""
-        return _rpc.one(CostResult, self.store.call(_rpc.calculate_cost(metrics, version)))
+        return self._one(CostResult, _rpc.calculate_cost(metrics, version))
 
     def deduct(
         self,
@@ -188,7 +219,7 @@ class CreditManager:
         """
         _engine(self._engine)
         call = _rpc.deduct_usage(user_id, metrics, metadata, idempotency_key)
-        return _rpc.one(DeductionResult, self.store.call(call))
+        return self._one(DeductionResult, call)
 
     def deduct_fixed(
         self,
@@ -206,7 +237,7 @@ class CreditManager:
         """
         _engine(self._engine)
         call = _rpc.deduct_fixed(user_id, job_name, metadata, idempotency_key)
-        return _rpc.one(DeductionResult, self.store.call(call))
+        return self._one(DeductionResult, call)
 
     @contextmanager
     def metered_call(
@@ -247,7 +278,7 @@ class CreditManager:
                 self.release_reservation(hold.reservation_id)
             else:
                 call = _rpc.settle_usage(hold.reservation_id, meter.usage, None, idempotency_key)
-                meter.result = _rpc.one(DeductionResult, self.store.call(call))
+                meter.result = self._one(DeductionResult, call)
         if meter.usage is None:
             raise _no_usage(hold)
 
@@ -282,7 +313,7 @@ class CreditManager:
             priority=priority,
             idempotency_key=idempotency_key,
         )
-        return _rpc.one(AddCreditsResult, self.store.call(call))
+        return self._one(AddCreditsResult, call)
 
     def reserve_credits(
         self,
@@ -312,19 +343,19 @@ class CreditManager:
             timeout_seconds=timeout_seconds,
             idempotency_key=idempotency_key,
         )
-        return _rpc.one(ReserveResult, self.store.call(call))
+        return self._one(ReserveResult, call)
 
     def settle_reservation(
         self, reservation_id: str, actual_amount: int, metadata: CreditMetadata | None = None
     ) -> DeductionResult:
         """Charge the actual amount of a reservation; an overage beyond the hold is kept."""
         call = _rpc.settle_reservation(reservation_id, actual_amount, metadata)
-        return _rpc.one(DeductionResult, self.store.call(call))
+        return self._one(DeductionResult, call)
 
     def release_reservation(self, reservation_id: str) -> ReleaseResult:
         """Let a reservation go without charging it."""
         call = _rpc.release_reservation(reservation_id)
-        return _rpc.one(ReleaseResult, self.store.call(call))
+        return self._one(ReleaseResult, call)
 
     def refund_credits(
         self,
@@ -337,15 +368,15 @@ class CreditManager:
     ) -> RefundResult:
         """Refund a previous credit deduction, fully (amount None) or partly."""
         call = _rpc.refund_transaction(transaction_id, amount, reason, metadata, idempotency_key)
-        return _rpc.one(RefundResult, self.store.call(call))
+        return self._one(RefundResult, call)
 
     def get_balance(self, user_id: str) -> BalanceResult:
         """Get a user's current credit balance, held credits and available credits."""
-        return _rpc.one(BalanceResult, self.store.call(_rpc.get_balance(user_id)))
+        return self._one(BalanceResult, _rpc.get_balance(user_id))
 
     def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
         """Sweep expired credits and timed-out holds from all users' accounts."""
-        return _rpc.one(SweepResult, self.store.call(_rpc.sweep_expired(dry_run)))
+        return self._one(SweepResult, _rpc.sweep_expired(dry_run))
 
     def verify_ledger(self) -> list[LedgerIssue]:
         """Recompute every ledger invariant; an empty list means the ledger is consistent."""
@@ -373,11 +404,11 @@ class CreditManager:
         call = _rpc.upsert_plan(
             plan_id, name, features, allowance, allowance_period, rollover_cap, is_default
         )
-        return _rpc.one(PlanResult, self.store.call(call))
+        return self._one(PlanResult, call)
 
     def assign_plan(self, user_id: str, plan_id: str | None) -> GetUserPlanResult:
         """Put a user on a plan; None removes the assignment (back to the default plan)."""
-        return _rpc.one(GetUserPlanResult, self.store.call(_rpc.assign_plan(user_id, plan_id)))
+        return self._one(GetUserPlanResult, _rpc.assign_plan(user_id, plan_id))
 
     def get_user_plan(self, user_id: str) -> GetUserPlanResult:
         """Fetch user's current plan (including feature entitlements).
@@ -385,7 +416,7 @@ class CreditManager:
         A user without an assignment gets the default plan (``is_default``), or no plan and
         no features when there is no default plan: never an error.
         """
-        return _rpc.one(GetUserPlanResult, self.store.call(_rpc.get_user_plan(user_id)))
+        return self._one(GetUserPlanResult, _rpc.get_user_plan(user_id))
 
     def check_feature(self, user_id: str, feature: str) -> CheckFeatureResult:
         """Check whether a user's plan has a specific feature entitlement.
@@ -395,11 +426,11 @@ class CreditManager:
         numeric limit can be used.
         """
         call = _rpc.check_feature(user_id, feature)
-        return _rpc.one(CheckFeatureResult, self.store.call(call))
+        return self._one(CheckFeatureResult, call)
 
     def grant_allowances(self, user_id: str | None = None) -> AllowanceResult:
         """Grant this period's plan allowances, once per user and period (all users or one)."""
-        return _rpc.one(AllowanceResult, self.store.call(_rpc.grant_allowances(user_id)))
+        return self._one(AllowanceResult, _rpc.grant_allowances(user_id))
 
     # ------------------------------------------------------------ usage analytics
 
@@ -408,7 +439,7 @@ class CreditManager:
 
         Net spend is what charges took minus what refunds made in the window gave back.
         """
-        return _rpc.one(AggregateStatsRow, self.store.call(_rpc.aggregate_stats(start, end)))
+        return self._one(AggregateStatsRow, _rpc.aggregate_stats(start, end))
 
     def daily_spend(self, start: datetime, end: datetime) -> list[DailySpendRow]:
         """Daily spend aggregation in a time window: one row per UTC day, oldest first."""
@@ -426,13 +457,92 @@ class CreditManager:
         """Top users by spend in a time window: the ``limit`` (1 to 1000) highest net spends."""
         return _rpc.many(TopUserRow, self.store.call(_rpc.top_users(limit, start, end)))
 
+    # ------------------------------------------------------------ teams
+
+    def upsert_team(self, team_id: str, name: str, min_balance: int = 0) -> TeamResult:
+        """Create a team with its credit pool, or rename it and move its floor.
+
+        The pool is the account ``team:<team_id>`` (``TeamResult.account_user_id``): top it
+        up with add_credits, read it with get_balance.
+        """
+        return self._one(TeamResult, _rpc.upsert_team(team_id, name, min_balance))
+
+    def set_team_member(
+        self,
+        team_id: str,
+        user_id: str,
+        role: str = "member",
+        *,
+        spend_limit: int | None = None,
+        limit_period: str | None = None,
+    ) -> TeamMemberResult:
+        """Add a member (role owner, admin or member) or change their role and limit.
+
+        ``spend_limit`` caps the member's net spend from the pool per ``limit_period``
+        (day, week or month, UTC); None means no limit.
+        """
+        call = _rpc.set_team_member(team_id, user_id, role, spend_limit, limit_period)
+        return self._one(TeamMemberResult, call)
+
+    def remove_team_member(self, team_id: str, user_id: str) -> bool:
+        """Remove a member; False when they were not one. Their past charges stay theirs."""
+        rows = self.store.call(_rpc.remove_team_member(team_id, user_id))
+        return bool(rows[0]["value"])
+
+    def deduct_team(
+        self,
+        team_id: str,
+        user_id: str,
+        metrics: UsageMetrics,
+        idempotency_key: str | None = None,
+        metadata: CreditMetadata | None = None,
+    ) -> TeamDeductionResult:
+        """Deduct from a team's shared balance pool.
+
+        Calculates cost via the pricing engine, then debits the team pool, in one database
+        call that prices the usage under the active pricing version and attributes the
+        charge to ``user_id``.
+
+        Raises:
+            PricingNotLoadedError: If pricing hasn't been loaded.
+            NotTeamMemberError: ``user_id`` is not a member of the team.
+            MemberLimitExceededError: the charge would exceed the member's spending limit.
+            TeamPoolExhaustedError: the pool cannot pay it above its floor.
+        """
+        _engine(self._engine)
+        call = _rpc.deduct_team(team_id, user_id, metrics, metadata, idempotency_key)
+        return self._one(TeamDeductionResult, call)
+
 
 class AsyncCreditManager:
     """The async flavour of :class:`CreditManager`, over an async store."""
 
-    def __init__(self, store: AsyncCreditStore, engine: PricingEngine | None = None) -> None:
+    def __init__(
+        self,
+        store: AsyncCreditStore,
+        engine: PricingEngine | None = None,
+        emitter: CreditEventEmitter | None = None,
+    ) -> None:
         self.store = store
         self._engine = engine
+        self._emitter = emitter
+
+    @property
+    def emitter(self) -> CreditEventEmitter | None:
+        """The CreditEventEmitter told of every operation, or None."""
+        return self._emitter
+
+    async def _one(self, cls: type[_T], call: RpcCall) -> _T:
+        """Send ``call``, parse its one row as ``cls``, and tell the emitter."""
+        try:
+            result = _rpc.one(cls, await self.store.call(call))
+        except InsufficientCreditsError as exc:
+            if self._emitter is not None:
+                self._emitter.refused(exc)
+            raise
+        if self._emitter is not None:
+            self._emitter.observe(result)
+        return result
 
     @property
     def engine(self) -> PricingEngine | None:
@@ -446,7 +556,7 @@ class AsyncCreditManager:
     async def publish_pricing(self, config: PricingConfigData, label: str | None = None) -> None:
         """Publish new pricing and update the engine in one call."""
         call = _rpc.publish_pricing(config, label)
-        published = _rpc.one(PricingVersion, await self.store.call(call))
+        published = await self._one(PricingVersion, call)
         self._engine = PricingEngine.from_version(published)
 
     async def publish_pricing_from_dict(self, data: PricingConfigData | dict[str, Any]) -> None:
@@ -455,7 +565,7 @@ class AsyncCreditManager:
 
     async def get_pricing(self, version: int | None = None) -> PricingVersion:
         """A published pricing version; the active one when ``version`` is None."""
-        return _rpc.one(PricingVersion, await self.store.call(_rpc.get_pricing(version)))
+        return await self._one(PricingVersion, _rpc.get_pricing(version))
 
     async def pricing_versions(self) -> list[PricingVersion]:
         """Every published pricing version, newest (the active one) first."""
@@ -463,7 +573,7 @@ class AsyncCreditManager:
 
     async def calculate_cost(self, metrics: UsageMetrics, version: int | None = None) -> CostResult:
         """What the database charges for ``metrics`` (active or given version); no write."""
-        return _rpc.one(CostResult, await self.store.call(_rpc.calculate_cost(metrics, version)))
+        return await self._one(CostResult, _rpc.calculate_cost(metrics, version))
 
     async def deduct(
         self,
@@ -475,7 +585,7 @@ class AsyncCreditManager:
         """Full deduction flow: calculate -> reserve -> deduct (see CreditManager.deduct)."""
         _engine(self._engine)
         call = _rpc.deduct_usage(user_id, metrics, metadata, idempotency_key)
-        return _rpc.one(DeductionResult, await self.store.call(call))
+        return await self._one(DeductionResult, call)
 
     async def deduct_fixed(
         self,
@@ -487,7 +597,7 @@ class AsyncCreditManager:
         """Shortcut for fixed-cost batch jobs (see CreditManager.deduct_fixed)."""
         _engine(self._engine)
         call = _rpc.deduct_fixed(user_id, job_name, metadata, idempotency_key)
-        return _rpc.one(DeductionResult, await self.store.call(call))
+        return await self._one(DeductionResult, call)
 
     @asynccontextmanager
     async def metered_call(
@@ -519,7 +629,7 @@ class AsyncCreditManager:
                 await self.release_reservation(hold.reservation_id)
             else:
                 call = _rpc.settle_usage(hold.reservation_id, meter.usage, None, idempotency_key)
-                meter.result = _rpc.one(DeductionResult, await self.store.call(call))
+                meter.result = await self._one(DeductionResult, call)
         if meter.usage is None:
             raise _no_usage(hold)
 
@@ -550,7 +660,7 @@ class AsyncCreditManager:
             priority=priority,
             idempotency_key=idempotency_key,
         )
-        return _rpc.one(AddCreditsResult, await self.store.call(call))
+        return await self._one(AddCreditsResult, call)
 
     async def reserve_credits(
         self,
@@ -574,19 +684,19 @@ class AsyncCreditManager:
             timeout_seconds=timeout_seconds,
             idempotency_key=idempotency_key,
         )
-        return _rpc.one(ReserveResult, await self.store.call(call))
+        return await self._one(ReserveResult, call)
 
     async def settle_reservation(
         self, reservation_id: str, actual_amount: int, metadata: CreditMetadata | None = None
     ) -> DeductionResult:
         """Charge the actual amount of a reservation; an overage beyond the hold is kept."""
         call = _rpc.settle_reservation(reservation_id, actual_amount, metadata)
-        return _rpc.one(DeductionResult, await self.store.call(call))
+        return await self._one(DeductionResult, call)
 
     async def release_reservation(self, reservation_id: str) -> ReleaseResult:
         """Let a reservation go without charging it."""
         call = _rpc.release_reservation(reservation_id)
-        return _rpc.one(ReleaseResult, await self.store.call(call))
+        return await self._one(ReleaseResult, call)
 
     async def refund_credits(
         self,
@@ -599,15 +709,15 @@ class AsyncCreditManager:
     ) -> RefundResult:
         """Refund a previous credit deduction, fully (amount None) or partly."""
         call = _rpc.refund_transaction(transaction_id, amount, reason, metadata, idempotency_key)
-        return _rpc.one(RefundResult, await self.store.call(call))
+        return await self._one(RefundResult, call)
 
     async def get_balance(self, user_id: str) -> BalanceResult:
         """Get a user's current credit balance, held credits and available credits."""
-        return _rpc.one(BalanceResult, await self.store.call(_rpc.get_balance(user_id)))
+        return await self._one(BalanceResult, _rpc.get_balance(user_id))
 
     async def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
         """Sweep expired credits and timed-out holds from all users' accounts."""
-        return _rpc.one(SweepResult, await self.store.call(_rpc.sweep_expired(dry_run)))
+        return await self._one(SweepResult, _rpc.sweep_expired(dry_run))
 
     async def verify_ledger(self) -> list[LedgerIssue]:
         """Recompute every ledger invariant; an empty list means the ledger is consistent."""
@@ -630,32 +740,32 @@ class AsyncCreditManager:
         call = _rpc.upsert_plan(
             plan_id, name, features, allowance, allowance_period, rollover_cap, is_default
         )
-        return _rpc.one(PlanResult, await self.store.call(call))
+        return await self._one(PlanResult, call)
 
     async def assign_plan(self, user_id: str, plan_id: str | None) -> GetUserPlanResult:
         """Put a user on a plan; None removes the assignment (back to the default plan)."""
         call = _rpc.assign_plan(user_id, plan_id)
-        return _rpc.one(GetUserPlanResult, await self.store.call(call))
+        return await self._one(GetUserPlanResult, call)
 
     async def get_user_plan(self, user_id: str) -> GetUserPlanResult:
         """Fetch user's current plan (including feature entitlements)."""
-        return _rpc.one(GetUserPlanResult, await self.store.call(_rpc.get_user_plan(user_id)))
+        return await self._one(GetUserPlanResult, _rpc.get_user_plan(user_id))
 
     async def check_feature(self, user_id: str, feature: str) -> CheckFeatureResult:
         """Check whether a user's plan has a specific feature entitlement (truthy convention)."""
         call = _rpc.check_feature(user_id, feature)
-        return _rpc.one(CheckFeatureResult, await self.store.call(call))
+        return await self._one(CheckFeatureResult, call)
 
     async def grant_allowances(self, user_id: str | None = None) -> AllowanceResult:
         """Grant this period's plan allowances, once per user and period (all users or one)."""
-        return _rpc.one(AllowanceResult, await self.store.call(_rpc.grant_allowances(user_id)))
+        return await self._one(AllowanceResult, _rpc.grant_allowances(user_id))
 
     # ------------------------------------------------------------ usage analytics
 
     async def aggregate_stats(self, start: datetime, end: datetime) -> AggregateStatsRow:
         """Aggregate statistics across all users in a time window [start, end)."""
         call = _rpc.aggregate_stats(start, end)
-        return _rpc.one(AggregateStatsRow, await self.store.call(call))
+        return await self._one(AggregateStatsRow, call)
 
     async def daily_spend(self, start: datetime, end: datetime) -> list[DailySpendRow]:
         """Daily spend aggregation in a time window: one row per UTC day, oldest first."""
@@ -675,3 +785,40 @@ class AsyncCreditManager:
         """Top users by spend in a time window: the ``limit`` (1 to 1000) highest net spends."""
         call = _rpc.top_users(limit, start, end)
         return _rpc.many(TopUserRow, await self.store.call(call))
+
+    # ------------------------------------------------------------ teams
+
+    async def upsert_team(self, team_id: str, name: str, min_balance: int = 0) -> TeamResult:
+        """Create a team with its credit pool, or rename it and move its floor."""
+        return await self._one(TeamResult, _rpc.upsert_team(team_id, name, min_balance))
+
+    async def set_team_member(
+        self,
+        team_id: str,
+        user_id: str,
+        role: str = "member",
+        *,
+        spend_limit: int | None = None,
+        limit_period: str | None = None,
+    ) -> TeamMemberResult:
+        """Add a member or change their role and spending limit."""
+        call = _rpc.set_team_member(team_id, user_id, role, spend_limit, limit_period)
+        return await self._one(TeamMemberResult, call)
+
+    async def remove_team_member(self, team_id: str, user_id: str) -> bool:
+        """Remove a member; False when they were not one."""
+        rows = await self.store.call(_rpc.remove_team_member(team_id, user_id))
+        return bool(rows[0]["value"])
+
+    async def deduct_team(
+        self,
+        team_id: str,
+        user_id: str,
+        metrics: UsageMetrics,
+        idempotency_key: str | None = None,
+        metadata: CreditMetadata | None = None,
+    ) -> TeamDeductionResult:
+        """Deduct from a team's shared balance pool (see CreditManager.deduct_team)."""
+        _engine(self._engine)
+        call = _rpc.deduct_team(team_id, user_id, metrics, metadata, idempotency_key)
+        return await self._one(TeamDeductionResult, call)

@@ -290,6 +290,65 @@ class TopUserRow:
     charges: int
 
 
+# ---------------------------------------------------------------- teams
+
+
+@dataclass(frozen=True, slots=True)
+class TeamResult:
+    """A team and its pool (``credit_upsert_team``).
+
+    ``account_user_id`` (``team:<team_id>``) names the pool's account for the account
+    functions: add_credits, get_balance.
+    """
+
+    team_id: str
+    name: str
+    account_user_id: str
+    min_balance: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TeamMemberResult:
+    """A member of a team (``credit_set_team_member``).
+
+    ``spent_in_period`` is the member's net spend from the pool in the current
+    ``limit_period`` (None without a limit).
+    """
+
+    team_id: str
+    user_id: str
+    role: str
+    spend_limit: int | None
+    limit_period: str | None
+    spent_in_period: int | None
+    joined_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TeamDeductionResult:
+    """Usage charged to a team's pool and attributed to a member (``credit_deduct_team``).
+
+    ``balance_after`` and ``available_after`` are the pool's; ``spent_in_period`` is the
+    member's net spend in the current ``limit_period`` including this charge (None without
+    a limit). ``transaction_id`` is None when the usage was priced at 0.
+    """
+
+    transaction_id: str | None
+    team_id: str
+    user_id: str
+    amount: int
+    balance_after: int
+    available_after: int
+    spent_in_period: int | None
+    spend_limit: int | None
+    limit_period: str | None
+    created_at: datetime
+    is_replay: bool
+    pricing_version: int | None
+
+
 _T = TypeVar("_T")
 
 
