@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from helpers_api import Api
 
-from ducto import AsyncCreditManager, CreditManager
+from ducto import AsyncCreditManager, CreditEventEmitter, CreditManager, PricingEngine
 from ducto.interface import (
     AsyncHttpxSupabaseStore,
     AsyncPostgresStore,
@@ -174,9 +174,9 @@ class _Awaited:
 
         return call
 
-    def sibling(self) -> _Awaited:
-        """Another manager over the same store, without an engine."""
-        return _Awaited(AsyncCreditManager(self._manager.store), self._runner)
+    def sibling(self, **options: Any) -> _Awaited:
+        """Another manager over the same store, with ``options`` (no engine by default)."""
+        return _Awaited(AsyncCreditManager(self._manager.store, **options), self._runner)
 
 
 @pytest.fixture(params=FLAVOURS)
@@ -205,9 +205,19 @@ def manager(
             runner.run(astore.close())
 
 
+def sibling_manager(
+    manager: CreditManager,
+    *,
+    engine: PricingEngine | None = None,
+    emitter: CreditEventEmitter | None = None,
+) -> CreditManager:
+    """Another manager of the same flavour over the same store, with its own options."""
+    if isinstance(manager, _Awaited):
+        return cast(CreditManager, manager.sibling(engine=engine, emitter=emitter))
+    return CreditManager(manager.store, engine, emitter)
+
+
 @pytest.fixture
 def bare_manager(manager: CreditManager) -> CreditManager:
     """A second manager of the same flavour over the same store, with no pricing loaded."""
-    if isinstance(manager, _Awaited):
-        return cast(CreditManager, manager.sibling())
-    return CreditManager(manager.store)
+    return sibling_manager(manager)
