@@ -17,6 +17,8 @@ is timed (median of 5 runs), the one-day window once more with bitmap scans disa
 the planner can only read the whole journal), and the plan of the query each function runs
 is printed with its buffers (``auto_explain``, nested statements): the one-day window must
 go through the BRIN index on created_at and touch about 1/days of the journal's blocks.
+Last, the plan of a team member reading the journal through row-level security: their own
+rows and their pool's, by index, not the journal.
 """
 
 from __future__ import annotations
@@ -156,6 +158,11 @@ FUNCTIONS = {
     "top_users": "select * from credit_top_users(10, %(start)s, %(end)s)",
 }
 
+# A member of the first pool (a uuid, as auth.uid() requires) reads the journal as PostgREST
+# would run their request: role authenticated, their claims.
+MEMBER = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+MEMBER_READ = "explain (analyze, buffers, timing off) select count(*) from credit_transactions"
+
 
 def log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
@@ -291,6 +298,20 @@ def main() -> None:
                 )
                 print(f"\n-- {name}: {touched:,} buffers touched of {blocks:,} journal blocks")
                 print(plan)
+
+        print("\na team member counts the journal rows they may read (row-level security)")
+        conn.execute(
+            "select credit_set_team_member(id, %s) from credit_teams order by id limit 1",
+            (MEMBER,),
+        )
+        with conn.transaction(force_rollback=True):
+            conn.execute("set local role authenticated")
+            conn.execute(
+                "select set_config('request.jwt.claims', %s, true)",
+                (f'{{"sub": "{MEMBER}", "role": "authenticated"}}',),
+            )
+            for (line,) in conn.execute(MEMBER_READ).fetchall():
+                print(line)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 --
 -- Every function reads the journal rows of a window [p_start, p_end) by created_at, which
 -- the journal's BRIN index (credit_transactions_time_idx) serves: a one-day window reads
--- that day's blocks, not the journal (bench/stats measures it on 1M rows).
+-- that day's blocks, not the journal (bench/stats.py measures it on 1M rows). Each query is
+-- planned for its window (plan_cache_mode = force_custom_plan): a cached generic plan,
+-- blind to the window's width, would pick a whole-index scan for every window.
 --
 -- What counts (docs/analytics.md):
 --   spent      charges: usage, fixed_job and capture rows (usage happened)
@@ -122,6 +124,7 @@ returns public.credit_stats_result
 language plpgsql
 stable
 set search_path = ''
+set plan_cache_mode = force_custom_plan
 as $$
 declare
     v_result public.credit_stats_result;
@@ -150,6 +153,7 @@ returns setof public.credit_daily_spend_row
 language plpgsql
 stable
 set search_path = ''
+set plan_cache_mode = force_custom_plan
 as $$
 begin
     perform credit_private.check_window(p_start, p_end);
@@ -192,6 +196,7 @@ returns setof public.credit_model_spend_row
 language plpgsql
 stable
 set search_path = ''
+set plan_cache_mode = force_custom_plan
 as $$
 begin
     perform credit_private.check_window(p_start, p_end);
@@ -219,6 +224,7 @@ returns setof public.credit_user_spend_row
 language plpgsql
 stable
 set search_path = ''
+set plan_cache_mode = force_custom_plan
 as $$
 begin
     perform credit_private.check_window(p_start, p_end);
@@ -246,6 +252,7 @@ returns setof public.credit_top_user_row
 language plpgsql
 stable
 set search_path = ''
+set plan_cache_mode = force_custom_plan
 as $$
 begin
     if p_limit is null or p_limit not between 1 and 1000 then
