@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from ducto import _rpc
-from ducto.errors import InsufficientCreditsError, PricingNotLoadedError
+from ducto.errors import InsufficientCreditsError, PricingNotLoadedError, SchemaError
 from ducto.interface.base import AsyncCreditStore, CreditStore
 from ducto.models import (
     AddCreditsResult,
@@ -148,6 +148,18 @@ class CreditManager:
         """Recompute every ledger invariant; an empty list means the ledger is consistent."""
         return _rpc.many(LedgerIssue, self.store.call(_rpc.verify_ledger()))
 
+    def schema_version(self) -> str | None:
+        """The version of ducto's schema in the database (None when it is not installed).
+
+        It is the timestamp of the newest migration applied; ``ducto status`` compares it
+        with the newest migration this client ships.
+        """
+        try:
+            rows = self.store.call(_rpc.schema_version())
+        except SchemaError:
+            return None
+        return str(rows[0]["value"])
+
 
 class AsyncCreditManager:
     """The async flavour of :class:`CreditManager`, over an async store."""
@@ -243,3 +255,11 @@ class AsyncCreditManager:
     async def verify_ledger(self) -> list[LedgerIssue]:
         """Recompute every ledger invariant; an empty list means the ledger is consistent."""
         return _rpc.many(LedgerIssue, await self.store.call(_rpc.verify_ledger()))
+
+    async def schema_version(self) -> str | None:
+        """The version of ducto's schema in the database (None when it is not installed)."""
+        try:
+            rows = await self.store.call(_rpc.schema_version())
+        except SchemaError:
+            return None
+        return str(rows[0]["value"])
