@@ -53,7 +53,7 @@ def status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         stdout.print(f"  database  {target.describe()} (reachable)")
         stdout.print(f"  schema    {installed or 'not installed'}: {state}{advice}")
     if state in ("missing", "behind"):
-        raise typer.Exit(int(ExitCode.NOT_READY))
+        raise fail(f"ducto's schema is {state}{advice}", ExitCode.NOT_READY)
 
 
 def _schema_state(installed: str | None, expected: str) -> tuple[str, str]:
@@ -78,7 +78,7 @@ def verify(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         empty="The ledger is consistent: every invariant holds.",
     )
     if issues:
-        raise typer.Exit(int(ExitCode.INCONSISTENT))
+        raise fail(f"{len(issues)} broken ledger invariants", ExitCode.INCONSISTENT)
 
 
 def sweep(
