@@ -3,6 +3,8 @@
 #   make install     what the tests need: Debian packages (only when missing),
 #                    .venv (pip install -e '.[dev]'), node_modules (npm ci)
 #   make test        install, then scripts/run-tests
+#   make demo        the whole credit lifecycle on an embedded PostgreSQL (scripts/demo.py)
+#   make docs        the docs site into build/docs, warnings as errors (make test runs it)
 #   make stack-up    start the local stack; prints its exports
 #   make stack-down  stop it and delete its data
 #   make bench       the deduct benchmark against pgbench's TPC-B-like (not a test)
@@ -18,7 +20,7 @@ APT_PACKAGES := postgresql-15 postgresql-15-pgtap libtap-parser-sourcehandler-pg
 # Used by scripts/local-stack; present on most machines, installed if not.
 APT_TOOLS := curl openssl
 
-.PHONY: install apt test stack-up stack-down bench
+.PHONY: install apt test docs stack-up stack-down bench
 
 install: apt $(VENV)/.installed node_modules/.installed
 
@@ -50,6 +52,10 @@ node_modules/.installed: package-lock.json
 
 test: install
 	scripts/run-tests
+
+# -E: a fresh build every time, so a warning in an unchanged page still fails it
+docs: $(VENV)/.installed
+	$(VENV)/bin/python -m sphinx -W --keep-going -E -q -b html docs build/docs
 
 stack-up: install
 	@scripts/local-stack up
