@@ -93,14 +93,3 @@ def table(
         out.add_row(*(text(getattr(row, column)) for column in columns))
     stdout.print(out)
 
-
-def bar_chart(points: Sequence[tuple[str, int]], *, title: str, width: int = 40) -> None:
-    """A horizontal bar per label, scaled to the largest value (a spend picture)."""
-    stdout.print(title)
-    top = max((value for _, value in points), default=0)
-    label_width = max((len(label) for label, _ in points), default=0)
-    for label, value in points:
-        # eighths of a character, so small values still show
-        eighths = round(value / top * width * 8) if top else 0
-        bar = "█" * (eighths // 8) + ("", "▏", "▎", "▍", "▌", "▋", "▊", "▉")[eighths % 8]
-        stdout.print(f"  {label:<{label_width}}  [cyan]{bar}[/] {value:,}")
