@@ -92,4 +92,3 @@ def table(
     for row in rows:
         out.add_row(*(text(getattr(row, column)) for column in columns))
     stdout.print(out)
-
