@@ -19,11 +19,12 @@ import psycopg
 from helpers_process import ROOT, SUPABASE, run
 from typer.testing import CliRunner
 
-from ducto import __version__
+from ducto import PricingConfigData, PricingEngine, UsageMetrics, __version__
 from ducto._migrations import bundled, latest_version
 from ducto.cli import app
 
 DUCTO = Path(sys.executable).parent / "ducto"
+PRICING = ROOT / "examples" / "pricing.json"
 #: what picks the database; each test sets its own
 CONNECTION = ("DATABASE_URL", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "DUCTO_DATA_DIR")
 
@@ -57,7 +58,8 @@ class Cli:
     def _run(self, args: tuple[str, ...]) -> Result:
         if not self.subprocess:
             ran = CliRunner().invoke(app, list(args), env=self.env)
-            return Result(ran.exit_code, ran.stdout, ran.stderr)
+            crash = "" if isinstance(ran.exception, SystemExit | None) else repr(ran.exception)
+            return Result(ran.exit_code, ran.stdout, ran.stderr + crash)
         env = {k: v for k, v in os.environ.items() if k not in CONNECTION}
         env |= {k: v for k, v in self.env.items() if v is not None}
         done = subprocess.run(
@@ -91,6 +93,13 @@ def test_operator_lifecycle_on_postgres(new_database: Callable[..., str]) -> Non
     assert status["database"]["kind"] == "postgres"
     assert "postgres:postgres" not in cli("status").stdout  # never the password
 
+    assert "[DC063]" in cli("pricing", "show", code=4).stderr  # nothing published yet
+    published = cli.json("pricing", "publish", str(PRICING), "--label", "sample")
+    assert (published["version"], published["label"], published["is_active"]) == (1, "sample", True)
+    assert published["config"] == PricingConfigData.parse(PRICING.read_text()).to_json()
+    assert [v["version"] for v in cli.json("pricing", "history")] == [1]
+    assert cli.json("status")["pricing"]["version"] == 1
+
     purchase = ["credits", "add", "alice", "1000", "--type", "purchase", "--key", "order-1"]
     first = cli.json(*purchase)
     assert (first["balance_after"], first["is_replay"]) == (1000, False)
@@ -111,10 +120,21 @@ def test_operator_lifecycle_on_postgres(new_database: Callable[..., str]) -> Non
     assert refund["refundable_remaining"] == 52
     assert cli.json("credits", "balance", "alice") == {
         "user_id": "alice",
-        "balance": 1000 + 200 - 62 + 10,
+        "balance": 1148,
         "held": 0,
         "available": 1148,
     }
+
+    turn = ["credits", "deduct", "alice", "--model", "claude-opus-4", "--input-tokens", "500"]
+    charged = cli.json(*turn, "--output-tokens", "200", "--key", "chat_42_turn_7")
+    engine = PricingEngine(PRICING.read_text())
+    expected = engine.cost(UsageMetrics("claude-opus-4", input_tokens=500, output_tokens=200))
+    assert (charged["amount"], charged["pricing_version"]) == (expected, 1)
+    job = cli.json("credits", "deduct", "alice", "--job", "roadmap_generation")
+    assert job["amount"] == engine.fixed_cost("roadmap_generation")
+    cli("credits", "deduct", "alice", code=2)  # neither --model nor --job
+    balance = 1000 + 200 - 62 + 10 - charged["amount"] - job["amount"]
+    assert cli.json("credits", "balance", "alice")["balance"] == balance
 
     refused = cli("credits", "reserve", "alice", "100000", code=1)
     assert refused.stdout == ""
@@ -136,6 +156,7 @@ def test_supabase_rest_api(supabase_url: str, service_role_key: str) -> None:
     status = cli.json("status")
     assert (status["database"]["kind"], status["schema"]["state"]) == ("supabase", "current")
     assert cli("setup").stdout.startswith("Nothing to apply.")
+    assert isinstance(cli.json("pricing", "history"), list)
     added = cli.json("credits", "add", "cli-http-user", "30")
     assert cli.json("credits", "balance", "cli-http-user")["balance"] == added["balance_after"]
 

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from ducto import __version__
-from ducto.cli import credits, operate
+from ducto.cli import credits, operate, pricing
 from ducto.cli._session import Target
 
 app = typer.Typer(
@@ -77,6 +77,7 @@ app.command()(operate.status)
 app.command()(operate.verify)
 app.command()(operate.sweep)
 app.add_typer(operate.sql, name="sql")
+app.add_typer(pricing.app, name="pricing")
 app.add_typer(credits.app, name="credits")
 
 

@@ -6,8 +6,10 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
@@ -18,7 +20,7 @@ NONE = "—"
 
 
 def plain(value: object) -> Any:
-    """A dataclass, list or value as JSON-ready data (datetimes as ISO 8601 text)."""
+    """A result, list or value as JSON-ready data (datetimes as ISO 8601 text)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, list | tuple):
@@ -27,6 +29,10 @@ def plain(value: object) -> Any:
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, BaseModel):  # a pricing config
+        return value.model_dump(mode="json")
+    if isinstance(value, Decimal):  # exact, as text
+        return str(value)
     return value
 
 

@@ -10,6 +10,7 @@ from ducto.cli import _options
 from ducto.cli._options import IdempotencyKey, JsonFlag, Metadata
 from ducto.cli._output import credits, show, text
 from ducto.cli._session import session
+from ducto.usage import UsageMetrics
 
 app = typer.Typer(help="Add, look up, hold, charge and refund a user's credits.")
 
@@ -71,6 +72,64 @@ def balance(ctx: typer.Context, user_id: UserId, as_json: JsonFlag = False) -> N
         result,
         f"{result.user_id}: {credits(result.available)} available "
         f"({text(result.balance)} balance, {text(result.held)} held).",
+        as_json=as_json,
+    )
+
+
+Count = Annotated[int, typer.Option(min=0, show_default=False)]
+
+
+@app.command()
+def deduct(
+    ctx: typer.Context,
+    user_id: UserId,
+    model: Annotated[
+        str | None, typer.Option(help="Charge usage of this model, priced by the active pricing.")
+    ] = None,
+    input_tokens: Count = 0,
+    output_tokens: Count = 0,
+    cached_input_tokens: Count = 0,
+    cache_creation_tokens: Count = 0,
+    reasoning_tokens: Count = 0,
+    tool_calls: Count = 0,
+    requests: Annotated[int, typer.Option(min=0)] = 1,
+    job: Annotated[
+        str | None, typer.Option(help="Charge this fixed-cost job of the active pricing instead.")
+    ] = None,
+    key: IdempotencyKey = None,
+    metadata: Metadata = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Charge usage (--model and its counts) or a fixed-cost job (--job) at the active pricing.
+
+    The database prices and charges it in one transaction, keeping the pricing's floor; the
+    token counts are disjoint (docs/pricing.md).
+    """
+    if (model is None) == (job is None):
+        raise typer.BadParameter("give --model (usage) or --job (a fixed-cost job), not both")
+    meta = _options.metadata(metadata)
+    with session(ctx.obj) as manager:
+        manager.load_pricing_from_store()
+        if job is not None:
+            result = manager.deduct_fixed(user_id, job, key, meta)
+        else:
+            assert model is not None
+            usage = UsageMetrics(
+                model,
+                input_tokens,
+                output_tokens,
+                cached_input_tokens,
+                cache_creation_tokens,
+                reasoning_tokens,
+                tool_calls,
+                requests,
+            )
+            result = manager.deduct(user_id, usage, key, meta)
+    show(
+        result,
+        f"{_replay(result.is_replay)}Charged {credits(result.amount)} to {result.user_id} "
+        f"at pricing version {result.pricing_version}. "
+        f"Balance: {credits(result.balance_after)}.",
         as_json=as_json,
     )
 

@@ -9,8 +9,11 @@ import typer
 
 from ducto import __version__, _migrations
 from ducto.cli._options import JsonFlag
-from ducto.cli._output import credits, emit_json, show, stdout, table
+from ducto.cli._output import credits, emit_json, show, stdout, table, text
 from ducto.cli._session import ExitCode, Target, fail, session, stderr
+from ducto.errors import PricingNotLoadedError, SchemaError
+from ducto.manager import CreditManager
+from ducto.pricing import PricingVersion
 
 
 def setup(ctx: typer.Context, as_json: JsonFlag = False) -> None:
@@ -39,12 +42,19 @@ def status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     target: Target = ctx.obj
     with session(target, setup_embedded=False) as manager:
         installed = manager.schema_version()
+        pricing = _active_pricing(manager) if installed else None
     expected = _migrations.latest_version()
     state, advice = _schema_state(installed, expected)
     report = {
         "ducto_version": __version__,
         "database": {"kind": target.kind, "where": target.describe(), "reachable": True},
         "schema": {"installed": installed, "expected": expected, "state": state},
+        "pricing": pricing
+        and {
+            "version": pricing.version,
+            "label": pricing.label,
+            "created_at": pricing.created_at,
+        },
     }
     if as_json:
         emit_json(report)
@@ -52,8 +62,22 @@ def status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         stdout.print(f"ducto {__version__}, schema {expected}")
         stdout.print(f"  database  {target.describe()} (reachable)")
         stdout.print(f"  schema    {installed or 'not installed'}: {state}{advice}")
+        active = (
+            f"version {pricing.version}{f' ({pricing.label})' if pricing.label else ''}, "
+            f"published {text(pricing.created_at)}"
+            if pricing
+            else "none published (ducto pricing publish FILE)"
+        )
+        stdout.print(f"  pricing   {active}")
     if state in ("missing", "behind"):
         raise fail(f"ducto's schema is {state}{advice}", ExitCode.NOT_READY)
+
+
+def _active_pricing(manager: CreditManager) -> PricingVersion | None:
+    try:
+        return manager.get_pricing()
+    except (PricingNotLoadedError, SchemaError):  # none published, or a schema before pricing
+        return None
 
 
 def _schema_state(installed: str | None, expected: str) -> tuple[str, str]:
