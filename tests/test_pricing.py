@@ -299,6 +299,23 @@ def test_bad_config_through_the_manager_changes_nothing(manager: CreditManager) 
     assert manager.engine is not None and manager.engine.version == active.version
 
 
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_rates_are_refused(
+    rate: float, service: Api, db: psycopg.Connection[Any]
+) -> None:
+    config = {**VALID, "models": [{"model": "m", "input": rate, "output": 2}]}
+    with pytest.raises(PricingConfigError, match="finite"):
+        PricingConfigData.parse(config)
+    # JSON has no NaN or Infinity: a client that writes them anyway sends invalid JSON
+    before = db.execute("select count(*) from credit_pricing_config").fetchone()
+    body = '{"p_config": {"default": null, "models": [{"model": "m", "input": %s, "output": 2}]}}'
+    response = service.rpc_raw(
+        "credit_publish_pricing", body % repr(rate).replace("inf", "Infinity")
+    )
+    assert response.status_code == 400
+    assert db.execute("select count(*) from credit_pricing_config").fetchone() == before
+
+
 def test_duplicate_json_keys_are_refused() -> None:
     text = '{"default": null, "fixed_jobs": {"a": 1, "a": 2}}'
     with pytest.raises(PricingConfigError, match="given twice"):
