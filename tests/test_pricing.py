@@ -157,7 +157,14 @@ _PATTERNS = st.sampled_from(
 @st.composite
 def rates(draw: st.DrawFn) -> dict[str, Any]:
     block: dict[str, Any] = {"input": draw(_RATE), "output": draw(_RATE)}
-    for field in ("cached_input", "cache_creation", "reasoning", "tool_call", "request"):
+    for field in (
+        "cached_input",
+        "cache_creation",
+        "cache_creation_1h",
+        "reasoning",
+        "tool_call",
+        "request",
+    ):
         if draw(st.booleans()):
             block[field] = draw(_RATE)
     return block
@@ -190,6 +197,7 @@ metrics_strategy = st.builds(
     output_tokens=_COUNT,
     cached_input_tokens=_COUNT,
     cache_creation_tokens=_COUNT,
+    cache_creation_1h_tokens=_COUNT,
     reasoning_tokens=_COUNT,
     tool_calls=st.integers(0, 50),
     requests=st.integers(0, 5),
