@@ -7,13 +7,16 @@ from ducto.errors import (
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
+    PricingConfigError,
     PricingNotLoadedError,
     RefundError,
     ReservationStateError,
     SchemaError,
     StoreError,
+    UnknownJobError,
+    UnknownModelError,
 )
-from ducto.manager import AsyncCreditManager, CreditManager
+from ducto.manager import AsyncCreditManager, CreditManager, MeteredCall
 from ducto.models import (
     AddCreditsResult,
     BalanceResult,
@@ -26,6 +29,15 @@ from ducto.models import (
     SetupResult,
     SweepResult,
 )
+from ducto.pricing import (
+    CostResult,
+    ModelPrice,
+    ModelRates,
+    PricingConfigData,
+    PricingEngine,
+    PricingVersion,
+)
+from ducto.usage import UsageMetrics
 
 __version__ = "0.1.0"
 
@@ -33,6 +45,7 @@ __all__ = [
     "AddCreditsResult",
     "AsyncCreditManager",
     "BalanceResult",
+    "CostResult",
     "CreditManager",
     "CreditMetadata",
     "DeductionResult",
@@ -41,9 +54,16 @@ __all__ = [
     "InsufficientCreditsError",
     "InvalidInputError",
     "LedgerIssue",
+    "MeteredCall",
+    "ModelPrice",
+    "ModelRates",
     "NotFoundError",
     "PermissionDeniedError",
+    "PricingConfigData",
+    "PricingConfigError",
+    "PricingEngine",
     "PricingNotLoadedError",
+    "PricingVersion",
     "RefundError",
     "RefundResult",
     "ReleaseResult",
@@ -53,5 +73,8 @@ __all__ = [
     "SetupResult",
     "StoreError",
     "SweepResult",
+    "UnknownJobError",
+    "UnknownModelError",
+    "UsageMetrics",
     "__version__",
 ]

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 from ducto.errors import InvalidInputError
 from ducto.models import CreditMetadata, from_row
+from ducto.pricing import PricingConfigData
+from ducto.usage import UsageMetrics
 
 #: Largest amount of credits in one operation: 2^53 - 1, exact in every JSON client.
 MAX_AMOUNT = 2**53 - 1
@@ -201,6 +203,101 @@ def refund_transaction(
             "p_idempotency_key": _key(idempotency_key),
         },
         retry_safe=idempotency_key is not None,
+    )
+
+
+def _metrics(value: UsageMetrics) -> dict[str, Any]:
+    if not isinstance(value, UsageMetrics):
+        raise InvalidInputError(
+            f"metrics must be a UsageMetrics, got {type(value).__name__}", code="DC007"
+        )
+    return value.to_json()
+
+
+def deduct_usage(
+    user_id: str,
+    metrics: UsageMetrics,
+    metadata: CreditMetadata | None,
+    idempotency_key: str | None,
+) -> RpcCall:
+    """``credit_deduct_usage``: price usage under the active pricing and charge it."""
+    return RpcCall(
+        "credit_deduct_usage",
+        {
+            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_metrics": _metrics(metrics),
+            "p_metadata": _metadata(metadata),
+            "p_idempotency_key": _key(idempotency_key),
+        },
+        retry_safe=idempotency_key is not None,
+    )
+
+
+def deduct_fixed(
+    user_id: str,
+    job_name: str,
+    metadata: CreditMetadata | None,
+    idempotency_key: str | None,
+) -> RpcCall:
+    """``credit_deduct_fixed``: charge a fixed-cost job at the active pricing's price."""
+    return RpcCall(
+        "credit_deduct_fixed",
+        {
+            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_job_name": _text(job_name, "job_name", "DC006"),
+            "p_metadata": _metadata(metadata),
+            "p_idempotency_key": _key(idempotency_key),
+        },
+        retry_safe=idempotency_key is not None,
+    )
+
+
+def settle_usage(
+    reservation_id: str,
+    metrics: UsageMetrics,
+    metadata: CreditMetadata | None,
+    idempotency_key: str | None,
+) -> RpcCall:
+    """``credit_settle_usage``: charge a hold by the usage measured, priced in SQL."""
+    return RpcCall(
+        "credit_settle_usage",
+        {
+            "p_reservation_id": _text(reservation_id, "reservation_id", "DC031"),
+            "p_metrics": _metrics(metrics),
+            "p_metadata": _metadata(metadata),
+            "p_idempotency_key": _key(idempotency_key),
+        },
+        # the same usage settles once; a key makes any repeat a replay
+        retry_safe=True,
+    )
+
+
+def publish_pricing(config: PricingConfigData, label: str | None) -> RpcCall:
+    """``credit_publish_pricing``: a new version, active at once."""
+    if not isinstance(config, PricingConfigData):
+        raise InvalidInputError(
+            f"config must be a PricingConfigData, got {type(config).__name__}", code="DC060"
+        )
+    # not retry_safe: a second send would publish a second (identical) version
+    return RpcCall("credit_publish_pricing", {"p_config": config.to_json(), "p_label": label})
+
+
+def get_pricing(version: int | None) -> RpcCall:
+    """``credit_get_pricing``: one version, the active one when ``version`` is None."""
+    return RpcCall("credit_get_pricing", {"p_version": version}, retry_safe=True)
+
+
+def list_pricing_versions() -> RpcCall:
+    """``credit_list_pricing_versions``: every version, newest (active) first."""
+    return RpcCall("credit_list_pricing_versions", retry_safe=True)
+
+
+def calculate_cost(metrics: UsageMetrics, version: int | None) -> RpcCall:
+    """``credit_calculate_cost``: what usage costs, under the active or a given version."""
+    return RpcCall(
+        "credit_calculate_cost",
+        {"p_metrics": _metrics(metrics), "p_version": version},
+        retry_safe=True,
     )
 
 

@@ -4,6 +4,7 @@ Hierarchy::
 
     DuctoError                        any error from ducto (code, message, detail, hint)
     ├── InvalidInputError             an argument was refused before anything was written
+    │   └── PricingConfigError        a pricing config was refused
     ├── InsufficientCreditsError      the account cannot pay, or would go below its floor
     ├── IdempotencyConflictError      an idempotency key was reused with other parameters
     ├── NotFoundError                 a transaction or reservation does not exist
@@ -11,6 +12,8 @@ Hierarchy::
     ├── RefundError                   a refund exceeds what is refundable, or is not allowed
     ├── PermissionDeniedError         the caller's role may not do this
     ├── PricingNotLoadedError         a usage deduction was asked for before pricing
+    ├── UnknownModelError             no pricing entry matches the model, and no default
+    ├── UnknownJobError               the pricing has no such fixed-cost job
     ├── SchemaError                   the database's ledger schema is missing or outdated
     └── StoreError                    the store failed in a way ducto did not expect
 
@@ -58,6 +61,10 @@ class InvalidInputError(DuctoError, ValueError):
     """Raised when an argument is refused (amount, user id, metadata, key, expiry...)."""
 
 
+class PricingConfigError(InvalidInputError):
+    """Raised when a pricing config is refused; the active pricing is left unchanged."""
+
+
 class InsufficientCreditsError(DuctoError):
     """Raised when a user does not have enough credits for an operation."""
 
@@ -83,7 +90,15 @@ class PermissionDeniedError(DuctoError, PermissionError):
 
 
 class PricingNotLoadedError(DuctoError):
-    """Raised when deduct() is called before pricing is loaded."""
+    """Raised when deduct() is called before pricing is loaded, or none is published."""
+
+
+class UnknownModelError(DuctoError, LookupError):
+    """Raised when no pricing entry matches a usage's model and the pricing has no default."""
+
+
+class UnknownJobError(DuctoError, LookupError):
+    """Raised when a fixed-cost job is not in the pricing."""
 
 
 class SchemaError(DuctoError):
@@ -102,6 +117,7 @@ SQLSTATE_ERRORS: Mapping[str, type[DuctoError]] = {
     "DC004": InvalidInputError,
     "DC005": InvalidInputError,
     "DC006": InvalidInputError,
+    "DC007": InvalidInputError,
     "DC010": InsufficientCreditsError,
     "DC020": IdempotencyConflictError,
     "DC030": NotFoundError,
@@ -110,6 +126,11 @@ SQLSTATE_ERRORS: Mapping[str, type[DuctoError]] = {
     "DC041": ReservationStateError,
     "DC050": RefundError,
     "DC051": RefundError,
+    "DC060": PricingConfigError,
+    "DC061": UnknownModelError,
+    "DC062": UnknownJobError,
+    "DC063": PricingNotLoadedError,
+    "DC064": NotFoundError,
     "42501": PermissionDeniedError,
     "42883": SchemaError,
     "PGRST202": SchemaError,

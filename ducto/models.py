@@ -11,7 +11,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeAlias, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from pydantic import BaseModel
 
 #: Extra data attached to a journal row or a reservation: a JSON object (string keys,
 #: JSON-serialisable values), at most 16 KiB as JSON.
@@ -54,7 +57,9 @@ class DeductionResult:
     """Credits charged by a deduction or a settled reservation.
 
     ``overage`` is how much a settled amount exceeded its hold; ``transaction_id`` is None
-    only for a reservation settled with 0 credits.
+    only when 0 credits were charged (a hold settled with 0, or usage priced at 0).
+    ``pricing_version`` is the pricing that priced a usage or fixed-job charge (None for
+    a charge by amount).
     """
 
     transaction_id: str | None
@@ -66,6 +71,7 @@ class DeductionResult:
     available_after: int
     created_at: datetime
     is_replay: bool
+    pricing_version: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +167,10 @@ def _converter(hint: Any) -> Callable[[Any], Any]:
         return lambda v: datetime.fromisoformat(v) if isinstance(v, str) else v
     if hint is str:  # psycopg returns uuid columns as UUID
         return lambda v: str(v) if isinstance(v, uuid.UUID) else v
+    if hint is Decimal:  # numeric: psycopg gives a Decimal, the HTTP stores parse one
+        return lambda v: v if isinstance(v, Decimal) else Decimal(v)
+    if isinstance(hint, type) and issubclass(hint, BaseModel):  # a jsonb document
+        return hint.model_validate
     return _same
 
 

@@ -12,16 +12,26 @@ variable is missing.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 import jwt
 import psycopg
 import pytest
 from helpers_api import Api
+
+from ducto import AsyncCreditManager, CreditManager
+from ducto.interface import (
+    AsyncHttpxSupabaseStore,
+    AsyncPostgresStore,
+    HttpxSupabaseStore,
+    PostgresStore,
+)
 
 
 def stack_env(name: str) -> str:
@@ -135,3 +145,69 @@ def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
 def service(gateway: httpx.Client, service_role_key: str) -> Api:
     """The gateway as the service role (apikey and bearer: the service-role key)."""
     return Api(gateway, service_role_key, service_role_key)
+
+
+# ---------------------------------------------------------------- the client, four ways
+
+FLAVOURS = ["postgres", "postgres-async", "http", "http-async"]
+
+
+class _Awaited:
+    """A sync view of an async manager (or store): each call runs to completion on one loop."""
+
+    def __init__(self, target: Any, runner: asyncio.Runner) -> None:
+        self._manager = target
+        self._runner = runner
+
+    @property
+    def store(self) -> Any:
+        return _Awaited(self._manager.store, self._runner)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._manager, name)
+        if not callable(value):  # a property such as `engine`
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = value(*args, **kwargs)
+            return self._runner.run(result) if inspect.iscoroutine(result) else result
+
+        return call
+
+    def sibling(self) -> _Awaited:
+        """Another manager over the same store, without an engine."""
+        return _Awaited(AsyncCreditManager(self._manager.store), self._runner)
+
+
+@pytest.fixture(params=FLAVOURS)
+def manager(
+    request: pytest.FixtureRequest, database_url: str, supabase_url: str, service_role_key: str
+) -> Iterator[CreditManager]:
+    """A CreditManager (or a sync view of an AsyncCreditManager) over one store flavour."""
+    flavour: str = request.param
+    if flavour == "postgres":
+        store = PostgresStore(database_url, max_size=2)
+        yield CreditManager(store)
+        store.close()
+    elif flavour == "http":
+        http = HttpxSupabaseStore(supabase_url, service_role_key)
+        yield CreditManager(http)
+        http.close()
+    else:
+        with asyncio.Runner() as runner:
+            if flavour == "postgres-async":
+                astore: AsyncPostgresStore | AsyncHttpxSupabaseStore = AsyncPostgresStore(
+                    database_url, max_size=2
+                )
+            else:
+                astore = AsyncHttpxSupabaseStore(supabase_url, service_role_key)
+            yield cast(CreditManager, _Awaited(AsyncCreditManager(astore), runner))
+            runner.run(astore.close())
+
+
+@pytest.fixture
+def bare_manager(manager: CreditManager) -> CreditManager:
+    """A second manager of the same flavour over the same store, with no pricing loaded."""
+    if isinstance(manager, _Awaited):
+        return cast(CreditManager, manager.sibling())
+    return CreditManager(manager.store)

@@ -7,17 +7,15 @@ test so that they are exercised exactly as an application would await them.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 import psycopg
 import pytest
 
 from ducto import (
-    AsyncCreditManager,
     CreditManager,
     DuctoError,
     IdempotencyConflictError,
@@ -31,55 +29,9 @@ from ducto import (
 from ducto._migrations import latest_version
 from ducto._rpc import RpcCall
 from ducto.interface import (
-    AsyncHttpxSupabaseStore,
-    AsyncPostgresStore,
     HttpxSupabaseStore,
     PostgresStore,
 )
-
-FLAVOURS = ["postgres", "postgres-async", "http", "http-async"]
-
-
-class _Awaited:
-    """A sync view of an async manager (or store): each call runs to completion on one loop."""
-
-    def __init__(self, target: Any, runner: asyncio.Runner) -> None:
-        self._manager = target
-        self._runner = runner
-
-    @property
-    def store(self) -> Any:
-        return _Awaited(self._manager.store, self._runner)
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._manager, name)
-        return lambda *args, **kwargs: self._runner.run(method(*args, **kwargs))
-
-
-@pytest.fixture(params=FLAVOURS)
-def manager(
-    request: pytest.FixtureRequest, database_url: str, supabase_url: str, service_role_key: str
-) -> Iterator[CreditManager]:
-    """A CreditManager (or a sync view of an AsyncCreditManager) over one store flavour."""
-    flavour: str = request.param
-    if flavour == "postgres":
-        store = PostgresStore(database_url, max_size=2)
-        yield CreditManager(store)
-        store.close()
-    elif flavour == "http":
-        http = HttpxSupabaseStore(supabase_url, service_role_key)
-        yield CreditManager(http)
-        http.close()
-    else:
-        with asyncio.Runner() as runner:
-            if flavour == "postgres-async":
-                astore: AsyncPostgresStore | AsyncHttpxSupabaseStore = AsyncPostgresStore(
-                    database_url, max_size=2
-                )
-            else:
-                astore = AsyncHttpxSupabaseStore(supabase_url, service_role_key)
-            yield cast(CreditManager, _Awaited(AsyncCreditManager(astore), runner))
-            runner.run(astore.close())
 
 
 def new_user() -> str:

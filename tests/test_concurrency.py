@@ -11,6 +11,7 @@ These tests hammer that promise with threads, each on its own psycopg connection
 - one key from every worker at once (ID3), including the first add of a new account;
 - sweeps racing deducts on grants that expire while they run (C5);
 - refunds of one transaction from every worker at once;
+- usage deducts while pricing is republished: each charge uses one version's price and floor;
 - a reference model (H3): a single-threaded hypothesis state machine that applies
   random operations to SQL and to ``ledger_model.LedgerModel`` and compares every reply.
 
@@ -21,6 +22,7 @@ The database is conftest's ``database_url`` (``DATABASE_URL``, the ledger's owne
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -47,6 +49,7 @@ from hypothesis.stateful import (
 from ledger_model import LedgerModel, ModelError, Reply
 from psycopg import sql
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
 
 Conn = psycopg.Connection[DictRow]
 T = TypeVar("T")
@@ -1199,3 +1202,77 @@ def test_add_replayed_after_its_expiry_returns_the_original(ledger: Ledger) -> N
     again = ledger.add(user, 10, **args)
     assert again["is_replay"] is True
     assert {**again, "is_replay": False} == first
+
+
+# ---------------------------------------------------------------- pricing republished
+
+
+def test_usage_deducts_use_one_pricing_version_each(database_url: str, ledger: Ledger) -> None:
+    """Usage deducts race a publisher that switches between two prices and two floors.
+
+    Version A charges 1 credit with floor 0, version B 3 credits with floor 7. Every
+    journal row must carry one version's price *and* have respected that version's floor;
+    keyed calls sent twice at once are charged once; the journal still equals balances.
+    """
+    prefix = new_prefix("pricing")
+    users = [f"{prefix}-{n}" for n in range(4)]
+    for user in users:
+        ledger.add(user, 60)
+    cheap = {"models": [{"model": "m", "input": 1000, "output": 0}], "default": None}
+    dear = {**cheap, "models": [{"model": "m", "input": 3000, "output": 0}], "min_balance": 7}
+    ledger.call("credit_publish_pricing", config=Jsonb(cheap), label="A")
+    metrics = Jsonb({"model": "m", "input_tokens": 1000})
+    spenders = 11
+    done = threading.Barrier(spenders + 1, timeout=BARRIER_TIMEOUT)
+
+    def work(index: int, worker: Ledger) -> list[Outcome]:
+        if index == 0:  # the publisher: switches prices until every spender is done
+            n = 0
+            while done.n_waiting < spenders:
+                worker.call("credit_publish_pricing", config=Jsonb(dear if n % 2 == 0 else cheap))
+                n += 1
+            done.wait()
+            return []
+        outcomes = []
+        for n in range(40):
+            user = users[(index + n) % len(users)]
+            # workers 1 and 2 send the same keys at about the same time
+            key = f"k-{n}" if index in (1, 2) else None
+            outcomes.append(
+                attempt(
+                    functools.partial(
+                        worker.call,
+                        "credit_deduct_usage",
+                        user_id=user,
+                        metrics=metrics,
+                        idempotency_key=key,
+                    ),
+                    frozenset({"DC010"}),
+                )
+            )
+        done.wait()
+        return outcomes
+
+    application = f"ducto-{prefix}"
+    deadlocks_before = deadlocks(ledger)
+    run_workers(database_url, spenders + 1, work, application=application, barriers=[done])
+
+    rows = ledger.rows(
+        """
+        select t.amount, t.balance_after, c.config ->> 'min_balance' as floor,
+            (credit_calculate_cost(t.usage, t.pricing_version)).credits as repriced,
+            (c.config -> 'models' -> 0 ->> 'input')::numeric / 1000 as price
+        from credit_transactions as t
+        join credit_pricing_config as c on c.version = t.pricing_version
+        where t.user_id like %s || '%%' and t.type = 'usage'
+        """,
+        (prefix,),
+    )
+    assert {row["price"] for row in rows} == {1, 3}, "both versions charged some deducts"
+    for row in rows:
+        assert -row["amount"] == row["price"] == row["repriced"]
+        assert row["balance_after"] >= int(row["floor"])
+    for account in accounts_of(ledger, prefix):
+        assert account["balance"] == account["journal"] == account["remaining"]
+    assert duplicate_keys(ledger, prefix) == []
+    assert deadlocks(ledger, application) == deadlocks_before

@@ -77,6 +77,7 @@ DEDUCT_FIELDS = {
     "available_after",
     "created_at",
     "is_replay",
+    "pricing_version",
 }
 RELEASE_FIELDS = {"reservation_id", "user_id", "amount", "status", "available_after", "is_replay"}
 REFUND_FIELDS = {

@@ -58,6 +58,13 @@ DOCUMENTED_RPCS = {
     "credit_get_balance",
     "credit_sweep_expired",
     "credit_verify_ledger",
+    "credit_publish_pricing",
+    "credit_get_pricing",
+    "credit_list_pricing_versions",
+    "credit_calculate_cost",
+    "credit_deduct_usage",
+    "credit_deduct_fixed",
+    "credit_settle_usage",
 }
 # What a signed-in user may call (for their own id only).
 USER_RPCS = {"credit_get_balance"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -38,7 +39,8 @@ def _request(call: RpcCall) -> tuple[str, bytes]:
 def _rows(response: httpx.Response) -> list[dict[str, Any]]:
     """The rows of a PostgREST answer, or the ducto exception its error body names."""
     try:
-        body = response.json()
+        # numbers with a fraction as Decimal: a numeric result (a cost) stays exact
+        body = json.loads(response.content, parse_float=Decimal)
     except ValueError:
         body = None
     if response.is_success:

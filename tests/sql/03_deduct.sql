@@ -22,7 +22,8 @@ select is(
     (select to_jsonb(r) - 'transaction_id' from first_deduct as r),
     '{"reservation_id": null, "user_id": "test_owner", "amount": 30, "overage": 0,
       "balance_after": 70, "available_after": 70,
-      "created_at": "2030-01-01T00:00:00+00:00", "is_replay": false}'::jsonb,
+      "created_at": "2030-01-01T00:00:00+00:00", "is_replay": false,
+      "pricing_version": null}'::jsonb,
     'Deducting 30 of 100 returns amount 30, no overage, balance and available 70.'
 );
 select results_eq(

@@ -82,7 +82,7 @@ select is(
     jsonb_build_object(
         'reservation_id', (select reservation_id from hold_1), 'user_id', 'test_owner',
         'amount', 25, 'overage', 0, 'balance_after', 75, 'available_after', 75,
-        'created_at', '2030-01-01T00:00:00+00:00', 'is_replay', false
+        'created_at', '2030-01-01T00:00:00+00:00', 'is_replay', false, 'pricing_version', null
     ),
     'Settling 25 of a 40 hold charges 25, frees the rest: balance and available 75.'
 );
@@ -219,7 +219,8 @@ select is(
     jsonb_build_object(
         'transaction_id', null, 'reservation_id', (select reservation_id from hold_5),
         'user_id', 'test_member', 'amount', 0, 'overage', 0, 'balance_after', 10,
-        'available_after', 10, 'created_at', '2030-01-01T00:00:00+00:00', 'is_replay', false
+        'available_after', 10, 'created_at', '2030-01-01T00:00:00+00:00', 'is_replay', false,
+        'pricing_version', null
     ),
     'Settling with 0 charges nothing: no transaction, balance and available 10.'
 );

@@ -110,11 +110,23 @@ select set_eq(
         'public.credit_get_balance(text) | service_role | EXECUTE',
         'public.credit_sweep_expired(boolean) | service_role | EXECUTE',
         'public.credit_verify_ledger() | service_role | EXECUTE',
-        'public.credit_schema_version() | service_role | EXECUTE'
+        'public.credit_schema_version() | service_role | EXECUTE',
+        'public.credit_publish_pricing(jsonb, text) | service_role | EXECUTE',
+        'public.credit_get_pricing(bigint) | service_role | EXECUTE',
+        'public.credit_list_pricing_versions() | service_role | EXECUTE',
+        'public.credit_calculate_cost(jsonb, bigint) | service_role | EXECUTE',
+        'public.credit_deduct_usage(text, jsonb, jsonb, text) | service_role | EXECUTE',
+        'public.credit_deduct_fixed(text, text, jsonb, text) | service_role | EXECUTE',
+        'public.credit_settle_usage(uuid, jsonb, jsonb, text) | service_role | EXECUTE',
+        'credit_private.check_usage(jsonb) | service_role | EXECUTE',
+        'credit_private.pricing(bigint) | service_role | EXECUTE',
+        'credit_private.price(jsonb, bigint) | service_role | EXECUTE',
+        'credit_private.cost(jsonb, jsonb) | service_role | EXECUTE'
     ],
-    'Function privileges are exactly the allowlist: service_role executes every RPC;'
-    || ' authenticated only credit_get_balance; both the three credit_private helpers the'
-    || ' read RPCs call as the caller (clock, check_user_id, fail); nothing else.'
+    'Function privileges are exactly the allowlist: service_role executes every RPC and the'
+    || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id, fail,'
+    || ' and the pricing reads); authenticated only credit_get_balance and its three helpers;'
+    || ' nothing else.'
 );
 select set_eq(
     $$select acl_row from ducto_acl where object not like '%(%'$$,
@@ -128,10 +140,11 @@ select set_eq(
         'public.credit_reservations | authenticated | SELECT',
         'public.credit_reservations | service_role | SELECT',
         'public.credit_grant_draws | service_role | SELECT',
-        'public.credit_idempotency_keys | service_role | SELECT'
+        'public.credit_idempotency_keys | service_role | SELECT',
+        'public.credit_pricing_config | service_role | SELECT'
     ],
     'Table and sequence privileges are exactly the allowlist: SELECT only; authenticated on'
-    || ' the four user tables, service_role on all six; nothing on the sequences.'
+    || ' the four user tables, service_role on all seven; nothing on the sequences.'
 );
 select set_eq(
     $$select format('%s | %s', case when a.grantee = 0 then 'PUBLIC'
@@ -223,8 +236,11 @@ select set_eq(
     $$select object from ducto_function
       where nspname = 'credit_private' and has_function_privilege('service_role', oid, 'EXECUTE')$$,
     array['credit_private.clock()', 'credit_private.check_user_id(text)',
-          'credit_private.fail(text, text, jsonb, text)'],
-    'In credit_private, service_role can execute only the three helpers the read RPCs call.'
+          'credit_private.fail(text, text, jsonb, text)', 'credit_private.check_usage(jsonb)',
+          'credit_private.pricing(bigint)', 'credit_private.price(jsonb, bigint)',
+          'credit_private.cost(jsonb, jsonb)'],
+    'In credit_private, service_role can execute only the helpers its read RPCs call (none'
+    || ' of them writes).'
 );
 select is_empty(
     $$select object from ducto_relation
@@ -268,9 +284,13 @@ select set_eq(
         'public.credit_settle_reservation(uuid, numeric, jsonb)',
         'public.credit_release_reservation(uuid)',
         'public.credit_refund_transaction(uuid, numeric, text, jsonb, text)',
-        'public.credit_sweep_expired(boolean)'
+        'public.credit_sweep_expired(boolean)',
+        'public.credit_publish_pricing(jsonb, text)',
+        'public.credit_deduct_usage(text, jsonb, jsonb, text)',
+        'public.credit_deduct_fixed(text, text, jsonb, text)',
+        'public.credit_settle_usage(uuid, jsonb, jsonb, text)'
     ],
-    'Exactly the seven write RPCs are SECURITY DEFINER; the reads and every credit_private'
+    'Exactly the eleven write RPCs are SECURITY DEFINER; the reads and every credit_private'
     || ' helper run as the caller.'
 );
 select is_empty(

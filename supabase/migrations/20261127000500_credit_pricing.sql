@@ -1,0 +1,1141 @@
+-- ducto: pricing. Versioned pricing configs, one cost function, and debits priced by it.
+--
+--   credit_pricing_config   every published config, append-only; the newest version is the
+--                           active one, so publishing is one atomic switch
+--   credit_private.cost     the cost of a usage event under a config: the one definition
+--                           that every client (Python's PricingEngine included) mirrors
+--   credit_deduct_usage     prices usage under the active version and charges it in one
+--                           transaction; the journal row records the version and the usage
+--   credit_deduct_fixed     charges a fixed-cost job at the active version's price
+--   credit_settle_usage     settles a hold with the usage measured, priced the same way
+--
+-- The config format, matching and rounding rules: docs/pricing.md.
+--
+-- Errors (added to those of 20261127000300_credit_ledger_rpcs.sql):
+--   DC007 invalid usage metrics   DC060 invalid pricing config
+--   DC061 no price for the model  DC062 no such fixed-cost job
+--   DC063 no pricing published    DC064 no such pricing version
+
+-- ---------------------------------------------------------------- tables
+
+create table public.credit_pricing_config (
+    version bigint generated always as identity primary key,
+    label text check (length(label) between 1 and 200),
+    config jsonb not null,
+    created_at timestamptz not null
+);
+comment on table public.credit_pricing_config is
+'Published pricing configs, append-only. The newest version is the active one.';
+comment on column public.credit_pricing_config.config is
+'The config as credit_private.check_pricing_config normalised it: every field explicit.';
+
+create trigger credit_pricing_config_append_only
+before update or delete on public.credit_pricing_config
+for each row execute function credit_private.refuse_journal_change();
+
+create trigger credit_pricing_config_no_truncate
+before truncate on public.credit_pricing_config
+for each statement execute function credit_private.refuse_journal_change();
+
+-- Adding nullable columns without a default changes no stored row; the checks are
+-- validated separately so the journal is not locked against writes while they are.
+alter table public.credit_transactions
+add column pricing_version bigint,
+add column usage jsonb,
+add column model text,
+add column job_name text;
+comment on column public.credit_transactions.pricing_version is
+'The pricing version that priced this row (usage, fixed_job, or a capture settled by usage).';
+comment on column public.credit_transactions.usage is
+'The usage metrics priced, normalised: credit_calculate_cost(usage, pricing_version) re-prices'
+' the row.';
+comment on column public.credit_transactions.model is 'usage->>''model'', for reports by model.';
+comment on column public.credit_transactions.job_name is 'The fixed-cost job of a fixed_job row.';
+
+-- No foreign key to credit_pricing_config: versions are never deleted (append-only), and
+-- a key check on every charge would lock the one active version row from every session.
+alter table public.credit_transactions
+add constraint credit_transactions_priced_check check (
+    (usage is null or (type in ('usage', 'capture') and pricing_version is not null))
+    and (model is not distinct from usage ->> 'model')
+    and ((job_name is not null) = (type = 'fixed_job' and pricing_version is not null))
+) not valid;
+alter table public.credit_transactions
+validate constraint credit_transactions_priced_check;
+
+alter table public.credit_reservations add column usage jsonb;
+comment on column public.credit_reservations.usage is
+'The usage a hold was settled with by credit_settle_usage (null when settled by amount).';
+
+-- ---------------------------------------------------------------- result types
+
+create type public.credit_pricing_version as (
+    version bigint,
+    label text,
+    config jsonb,
+    is_active boolean,
+    created_at timestamptz
+);
+
+create type public.credit_cost_result as (
+    pricing_version bigint,
+    model text,
+    matched text,
+    exact_cost numeric,
+    credits bigint,
+    min_balance bigint
+);
+
+-- Added last, so rows built before keep their meaning; null for unpriced charges.
+alter type public.credit_deduct_result add attribute pricing_version bigint;
+
+-- ---------------------------------------------------------------- row-level security
+
+alter table public.credit_pricing_config enable row level security;
+-- no policy: only the RPCs (and service_role, for reports) read it
+
+revoke all on table public.credit_pricing_config
+from public, anon, authenticated, service_role;
+revoke all on sequence public.credit_pricing_config_version_seq
+from public, anon, authenticated, service_role;
+grant select on table public.credit_pricing_config to service_role;
+
+-- ---------------------------------------------------------------- config checks
+
+-- Functions that raise are volatile: the planner folds an immutable call with constant
+-- arguments while planning, which would raise where the call is never reached.
+alter function credit_private.fail(text, text, jsonb, text) volatile;
+
+create function credit_private.config_error(p_path text, p_problem text)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+    perform credit_private.fail(
+        'DC060', format('invalid pricing config: %s %s', p_path, p_problem),
+        jsonb_build_object('path', p_path, 'problem', p_problem),
+        'docs/pricing.md describes every field'
+    );
+end;
+$$;
+
+create function credit_private.check_config_number(
+    p_value jsonb, p_path text, p_max numeric, p_places integer, p_positive boolean
+)
+returns numeric
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+    v_number numeric;
+begin
+    -- JSON numbers only (jsonb has no NaN or Infinity); at most 15 significant digits
+    -- (max and places are chosen so), so a client reading it as a double is still exact
+    if p_value is null or jsonb_typeof(p_value) <> 'number' then
+        perform credit_private.config_error(p_path, 'must be a number');
+    end if;
+    v_number := trim_scale(p_value::numeric);
+    if v_number < 0 or (p_positive and v_number = 0) then
+        perform credit_private.config_error(
+            p_path,
+            case when p_positive then 'must be greater than 0' else 'must not be negative' end
+        );
+    end if;
+    if v_number > p_max then
+        perform credit_private.config_error(p_path, format('must be at most %s', p_max));
+    end if;
+    if scale(v_number) > p_places then
+        perform credit_private.config_error(
+            p_path,
+            case when p_places = 0 then 'must be a whole number'
+            else format('must have at most %s decimal places', p_places) end
+        );
+    end if;
+    return v_number;
+end;
+$$;
+
+create function credit_private.check_rates(p_rates jsonb, p_path text, p_with_model boolean)
+returns jsonb
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+    v_field text;
+    v_input numeric;
+    v_output numeric;
+    v_rates jsonb;
+begin
+    if jsonb_typeof(p_rates) is distinct from 'object' then
+        perform credit_private.config_error(p_path, 'must be an object of rates');
+    end if;
+    for v_field in select jsonb_object_keys(p_rates) loop
+        if not (
+            v_field = any(array[
+                'input', 'output', 'cached_input', 'cache_creation', 'reasoning', 'tool_call',
+                'request'
+            ]) or (p_with_model and v_field = 'model')
+        ) then
+            perform credit_private.config_error(p_path || '.' || v_field, 'is not a known field');
+        end if;
+    end loop;
+    foreach v_field in array array['input', 'output'] loop
+        if not p_rates ? v_field then
+            perform credit_private.config_error(p_path || '.' || v_field, 'is required');
+        end if;
+    end loop;
+    -- rates per 1M tokens; per call and per request for tool_call and request
+    v_input := credit_private.check_config_number(
+        p_rates -> 'input', p_path || '.input', 1000000000, 6, false
+    );
+    v_output := credit_private.check_config_number(
+        p_rates -> 'output', p_path || '.output', 1000000000, 6, false
+    );
+    v_rates := jsonb_build_object('input', v_input, 'output', v_output);
+    -- cached and cache-write tokens default to the input rate, reasoning to the output
+    -- rate: an omitted discount never undercharges
+    foreach v_field in array array['cached_input', 'cache_creation', 'reasoning', 'tool_call',
+        'request'] loop
+        v_rates := v_rates || jsonb_build_object(v_field, case
+            when p_rates ? v_field then credit_private.check_config_number(
+                p_rates -> v_field, p_path || '.' || v_field, 1000000000, 6, false
+            )
+            when v_field in ('cached_input', 'cache_creation') then v_input
+            when v_field = 'reasoning' then v_output
+            else 0
+        end);
+    end loop;
+    return v_rates;
+end;
+$$;
+
+create function credit_private.check_pricing_config(p_config jsonb)
+returns jsonb
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+    v_field text;
+    v_unit text;
+    v_entry jsonb;
+    v_index integer;
+    v_name text;
+    v_names text[] := array[]::text[];
+    v_models jsonb := '[]'::jsonb;
+    v_jobs jsonb := '{}'::jsonb;
+    v_default jsonb;
+    v_config jsonb;
+begin
+    if jsonb_typeof(p_config) is distinct from 'object' then
+        perform credit_private.config_error('config', 'must be a JSON object');
+    end if;
+    for v_field in select jsonb_object_keys(p_config) loop
+        if v_field <> all(array[
+            'unit', 'credits_per_usd', 'markup', 'rounding', 'min_balance', 'models', 'default',
+            'fixed_jobs'
+        ]) then
+            perform credit_private.config_error(v_field, 'is not a known field');
+        end if;
+    end loop;
+
+    v_unit := coalesce(p_config ->> 'unit', 'credits');
+    if v_unit not in ('credits', 'usd') or jsonb_typeof(p_config -> 'unit') = 'null' then
+        perform credit_private.config_error('unit', 'must be "credits" or "usd"');
+    end if;
+    if v_unit = 'usd' then
+        if not p_config ? 'credits_per_usd' then
+            perform credit_private.config_error('credits_per_usd', 'is required when unit is usd');
+        end if;
+        v_config := jsonb_build_object(
+            'unit', 'usd',
+            'credits_per_usd', credit_private.check_config_number(
+                p_config -> 'credits_per_usd', 'credits_per_usd', 1000000000, 6, true
+            ),
+            'markup', case when p_config ? 'markup' then credit_private.check_config_number(
+                p_config -> 'markup', 'markup', 100, 6, false
+            ) else 0 end
+        );
+    else
+        foreach v_field in array array['credits_per_usd', 'markup'] loop
+            -- null is how a normalised credits config spells "not used"
+            if coalesce(jsonb_typeof(p_config -> v_field), 'null') <> 'null' then
+                perform credit_private.config_error(v_field, 'is only allowed when unit is usd');
+            end if;
+        end loop;
+        v_config := jsonb_build_object('unit', 'credits', 'credits_per_usd', null, 'markup', null);
+    end if;
+
+    if coalesce(p_config ->> 'rounding', 'ceil') not in ('ceil', 'half_up', 'floor')
+        or jsonb_typeof(p_config -> 'rounding') = 'null' then
+        perform credit_private.config_error('rounding', 'must be "ceil", "half_up" or "floor"');
+    end if;
+    v_config := v_config || jsonb_build_object(
+        'rounding', coalesce(p_config ->> 'rounding', 'ceil'),
+        'min_balance', case when p_config ? 'min_balance' then credit_private.check_config_number(
+            p_config -> 'min_balance', 'min_balance', 9007199254740991, 0, false
+        ) else 0 end
+    );
+
+    if p_config ? 'models' and jsonb_typeof(p_config -> 'models') <> 'array' then
+        perform credit_private.config_error('models', 'must be a list');
+    end if;
+    for v_entry, v_index in
+        select e.entry, e.ord - 1
+        from jsonb_array_elements(coalesce(p_config -> 'models', '[]'))
+            with ordinality as e (entry, ord)
+    loop
+        if jsonb_typeof(v_entry) <> 'object' then
+            perform credit_private.config_error(format('models[%s]', v_index), 'must be an object');
+        end if;
+        if jsonb_typeof(v_entry -> 'model') is distinct from 'string' then
+            perform credit_private.config_error(
+                format('models[%s].model', v_index), 'is required: a model name or pattern'
+            );
+        end if;
+        v_name := v_entry ->> 'model';
+        -- names and patterns: ASCII model-id characters, '*' matching any run of them
+        if v_name !~ '^[A-Za-z0-9._:/@+*-]{1,200}$' or v_name !~ '[^*]' or v_name ~ '\*\*' then
+            perform credit_private.config_error(
+                format('models[%s].model', v_index),
+                format('%s is not a valid model name or pattern (1 to 200 of A-Z a-z 0-9 . _'
+                    || ' : / @ + -, with single * wildcards, not only *)', to_jsonb(v_name))
+            );
+        end if;
+        if lower(v_name) = any(v_names) then
+            perform credit_private.config_error(
+                format('models[%s].model', v_index),
+                format('%s is listed twice (names compare without case)', to_jsonb(v_name))
+            );
+        end if;
+        v_names := v_names || lower(v_name);
+        v_models := v_models || jsonb_build_array(
+            jsonb_build_object('model', v_name)
+            || credit_private.check_rates(v_entry, format('models[%s]', v_index), true)
+        );
+    end loop;
+
+    -- explicit either way: rates for models no entry matches, or null to refuse them
+    if not p_config ? 'default' then
+        perform credit_private.config_error(
+            'default', 'is required: rates for unknown models, or null to refuse them'
+        );
+    end if;
+    if jsonb_typeof(p_config -> 'default') <> 'null' then
+        v_default := credit_private.check_rates(p_config -> 'default', 'default', false);
+    end if;
+
+    if p_config ? 'fixed_jobs' and jsonb_typeof(p_config -> 'fixed_jobs') <> 'object' then
+        perform credit_private.config_error('fixed_jobs', 'must be an object of job name: credits');
+    end if;
+    for v_name in select jsonb_object_keys(coalesce(p_config -> 'fixed_jobs', '{}')) loop
+        if v_name !~ '^[A-Za-z0-9._:-]{1,64}$' then
+            perform credit_private.config_error(
+                'fixed_jobs', format('%s is not a valid job name (1 to 64 of A-Z a-z 0-9 . _ : -)',
+                    to_jsonb(v_name))
+            );
+        end if;
+        v_jobs := v_jobs || jsonb_build_object(v_name, credit_private.check_config_number(
+            p_config -> 'fixed_jobs' -> v_name, 'fixed_jobs.' || v_name, 9007199254740991, 0, true
+        ));
+    end loop;
+
+    if v_models = '[]' and v_default is null and v_jobs = '{}' then
+        perform credit_private.config_error(
+            'config', 'prices nothing: give models, a default or fixed_jobs'
+        );
+    end if;
+    return v_config || jsonb_build_object(
+        'models', v_models, 'default', v_default, 'fixed_jobs', v_jobs
+    );
+end;
+$$;
+
+create function credit_private.check_usage(p_metrics jsonb)
+returns jsonb
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+    v_field text;
+    v_count jsonb;
+    v_whole numeric;
+    v_usage jsonb;
+begin
+    if jsonb_typeof(p_metrics) is distinct from 'object' then
+        perform credit_private.fail(
+            'DC007', 'usage metrics must be a JSON object',
+            jsonb_build_object('argument', 'metrics')
+        );
+    end if;
+    select k into v_field
+    from jsonb_object_keys(p_metrics) as k
+    where k <> all(array[
+        'model', 'input_tokens', 'output_tokens', 'cached_input_tokens', 'cache_creation_tokens',
+        'reasoning_tokens', 'tool_calls', 'requests'
+    ])
+    limit 1;
+    if v_field is not null then
+        perform credit_private.fail(
+            'DC007', format('usage metrics: %s is not a known field', to_jsonb(v_field)),
+            jsonb_build_object('argument', 'metrics', 'field', v_field)
+        );
+    end if;
+    if jsonb_typeof(p_metrics -> 'model') is distinct from 'string'
+        or p_metrics ->> 'model' !~ '^[A-Za-z0-9._:/@+-]{1,200}$' then
+        perform credit_private.fail(
+            'DC007',
+            format('usage metrics: model must be a model name (1 to 200 of A-Z a-z 0-9 . _ : / @'
+                || ' + -), got %s', coalesce(p_metrics -> 'model', 'null')),
+            jsonb_build_object('argument', 'metrics', 'field', 'model')
+        );
+    end if;
+    v_usage := jsonb_build_object('model', p_metrics -> 'model');
+    -- the token kinds are disjoint counts (docs/pricing.md); one request unless told
+    foreach v_field in array array[
+        'input_tokens', 'output_tokens', 'cached_input_tokens', 'cache_creation_tokens',
+        'reasoning_tokens', 'tool_calls', 'requests'
+    ] loop
+        v_count := coalesce(
+            p_metrics -> v_field, case when v_field = 'requests' then '1' else '0' end::jsonb
+        );
+        -- two steps: SQL does not promise to short-circuit OR, and only a number casts
+        if jsonb_typeof(v_count) = 'number' then
+            v_whole := v_count::numeric;
+        else
+            v_whole := -1;
+        end if;
+        if v_whole <> trunc(v_whole) or v_whole not between 0 and 9007199254740991 then
+            perform credit_private.fail(
+                'DC007',
+                format('usage metrics: %s must be a whole number from 0 to 2^53 - 1, got %s',
+                    v_field, v_count),
+                jsonb_build_object('argument', 'metrics', 'field', v_field)
+            );
+        end if;
+        v_usage := v_usage || jsonb_build_object(v_field, v_whole::bigint);
+    end loop;
+    return v_usage;
+end;
+$$;
+
+create function credit_private.check_job_name(p_job_name text)
+returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+    if p_job_name is null or p_job_name !~ '^[A-Za-z0-9._:-]{1,64}$' then
+        perform credit_private.fail(
+            'DC006',
+            format('job_name must be 1 to 64 of A-Z a-z 0-9 . _ : -, got %s',
+                coalesce(to_jsonb(p_job_name), 'null')),
+            jsonb_build_object('argument', 'job_name')
+        );
+    end if;
+    return p_job_name;
+end;
+$$;
+
+-- ---------------------------------------------------------------- cost
+
+create function credit_private.cost(p_config jsonb, p_usage jsonb)
+returns public.credit_cost_result
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+    v_model text := lower(p_usage ->> 'model');
+    v_rates jsonb;
+    v_matched text;
+    v_exact numeric;
+    v_credits numeric;
+begin
+    -- The one definition of a cost (docs/pricing.md; ducto.pricing mirrors it).
+    -- p_config comes from check_pricing_config and p_usage from check_usage.
+    -- The entry: the exact name, else the matching pattern with the most literal
+    -- characters, else the first of those in the list; else the default.
+    select e.entry, e.entry ->> 'model' into v_rates, v_matched
+    from jsonb_array_elements(p_config -> 'models') with ordinality as e (entry, ord)
+    where case
+        when strpos(e.entry ->> 'model', '*') = 0 then lower(e.entry ->> 'model') = v_model
+        -- model names have no % or \; _ is escaped, * becomes %
+        else v_model like replace(replace(lower(e.entry ->> 'model'), '_', '\_'), '*', '%')
+    end
+    order by
+        strpos(e.entry ->> 'model', '*') = 0 desc,
+        length(replace(e.entry ->> 'model', '*', '')) desc,
+        e.ord
+    limit 1;
+    if v_rates is null then
+        v_rates := p_config -> 'default';
+        if jsonb_typeof(v_rates) is distinct from 'object' then
+            perform credit_private.fail(
+                'DC061',
+                format('no price for model %s: no models entry matches and the pricing has'
+                    || ' no default', to_jsonb(p_usage ->> 'model')),
+                jsonb_build_object('model', p_usage ->> 'model')
+            );
+        end if;
+    end if;
+
+    -- numeric multiplication and addition are exact: no rounding until the last step
+    v_exact := (
+        (p_usage ->> 'input_tokens')::numeric * (v_rates ->> 'input')::numeric
+        + (p_usage ->> 'output_tokens')::numeric * (v_rates ->> 'output')::numeric
+        + (p_usage ->> 'cached_input_tokens')::numeric * (v_rates ->> 'cached_input')::numeric
+        + (p_usage ->> 'cache_creation_tokens')::numeric * (v_rates ->> 'cache_creation')::numeric
+        + (p_usage ->> 'reasoning_tokens')::numeric * (v_rates ->> 'reasoning')::numeric
+    ) * 0.000001
+    + (p_usage ->> 'tool_calls')::numeric * (v_rates ->> 'tool_call')::numeric
+    + (p_usage ->> 'requests')::numeric * (v_rates ->> 'request')::numeric;
+    if p_config ->> 'unit' = 'usd' then
+        v_exact := v_exact * (p_config ->> 'credits_per_usd')::numeric
+            * (1 + (p_config ->> 'markup')::numeric);
+    end if;
+    v_credits := case p_config ->> 'rounding'
+        when 'ceil' then ceil(v_exact)
+        when 'half_up' then round(v_exact)
+        else floor(v_exact)
+    end;
+    if v_credits > 9007199254740991 then
+        perform credit_private.fail(
+            'DC001', format('the usage costs %s credits, more than one operation can charge',
+                v_credits),
+            jsonb_build_object('credits', v_credits, 'max', 9007199254740991)
+        );
+    end if;
+    return row(
+        null::bigint, p_usage ->> 'model', v_matched, trim_scale(v_exact), v_credits::bigint,
+        (p_config ->> 'min_balance')::bigint
+    );
+end;
+$$;
+
+create function credit_private.pricing(p_version bigint)
+returns public.credit_pricing_config
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+    v_pricing public.credit_pricing_config;
+begin
+    if p_version is null then
+        -- the active version is the newest: publishes are serialised, so versions are
+        -- in commit order
+        select * into v_pricing
+        from public.credit_pricing_config
+        order by version desc
+        limit 1;
+        if not found then
+            perform credit_private.fail(
+                'DC063', 'no pricing is published: publish a pricing config first', null,
+                'credit_publish_pricing, or CreditManager.publish_pricing'
+            );
+        end if;
+    else
+        select * into v_pricing
+        from public.credit_pricing_config
+        where version = p_version;
+        if not found then
+            perform credit_private.fail(
+                'DC064', format('pricing version %s does not exist', p_version),
+                jsonb_build_object('version', p_version)
+            );
+        end if;
+    end if;
+    return v_pricing;
+end;
+$$;
+
+create function credit_private.price(p_usage jsonb, p_version bigint)
+returns public.credit_cost_result
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+    v_pricing public.credit_pricing_config := credit_private.pricing(p_version);
+    v_cost public.credit_cost_result;
+begin
+    -- p_usage from check_usage; the active version when p_version is null
+    v_cost := credit_private.cost(v_pricing.config, p_usage);
+    v_cost.pricing_version := v_pricing.version;
+    return v_cost;
+end;
+$$;
+
+create function credit_private.price_job(p_job_name text, p_version bigint)
+returns public.credit_cost_result
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+    v_pricing public.credit_pricing_config := credit_private.pricing(p_version);
+    v_credits bigint := (v_pricing.config -> 'fixed_jobs' ->> p_job_name)::bigint;
+begin
+    if v_credits is null then
+        perform credit_private.fail(
+            'DC062',
+            format('no fixed-cost job %s in pricing version %s', to_jsonb(p_job_name),
+                v_pricing.version),
+            jsonb_build_object('job_name', p_job_name, 'pricing_version', v_pricing.version)
+        );
+    end if;
+    return row(
+        v_pricing.version, null::text, p_job_name, v_credits::numeric, v_credits,
+        (v_pricing.config ->> 'min_balance')::bigint
+    );
+end;
+$$;
+
+-- ---------------------------------------------------------------- journal and debit
+
+-- Replaced by versions that record what priced a row; nothing else changes.
+drop function credit_private.append_transaction(
+    bigint, text, bigint, timestamptz, jsonb, text, uuid, uuid, uuid
+);
+drop function credit_private.deduct(text, text, bigint, bigint, jsonb, text, jsonb);
+
+create function credit_private.append_transaction(
+    p_account_id bigint,
+    p_type text,
+    p_amount bigint,
+    p_now timestamptz,
+    p_metadata jsonb default '{}',
+    p_idempotency_key text default null,
+    p_grant_id uuid default null,
+    p_reservation_id uuid default null,
+    p_refund_of uuid default null,
+    p_pricing_version bigint default null,
+    p_usage jsonb default null,
+    p_job_name text default null
+)
+returns public.credit_transactions
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_row public.credit_transactions;
+begin
+    -- the balance and the journal change in the same statement pair, under the account lock
+    update public.credit_accounts
+    set balance = balance + p_amount, version = version + 1, updated_at = p_now
+    where id = p_account_id
+    returning balance, version, user_id into v_row.balance_after, v_row.seq, v_row.user_id;
+
+    insert into public.credit_transactions (
+        id, account_id, seq, user_id, type, amount, balance_after, grant_id,
+        reservation_id, refund_of, idempotency_key, metadata, created_at, pricing_version,
+        usage, model, job_name
+    ) values (
+        gen_random_uuid(), p_account_id, v_row.seq, v_row.user_id, p_type, p_amount,
+        v_row.balance_after, p_grant_id, p_reservation_id, p_refund_of, p_idempotency_key,
+        p_metadata, p_now, p_pricing_version, p_usage, p_usage ->> 'model', p_job_name
+    )
+    returning * into v_row;
+    return v_row;
+end;
+$$;
+
+create function credit_private.deduct(
+    p_user_id text,
+    p_type text,
+    p_amount bigint,
+    p_min_balance bigint,
+    p_metadata jsonb,
+    p_idempotency_key text,
+    p_request jsonb,
+    p_usage jsonb default null,
+    p_job_name text default null
+)
+returns public.credit_deduct_result
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_now timestamptz := credit_private.clock();
+    v_amount bigint := p_amount;
+    v_min_balance bigint := p_min_balance;
+    v_cost public.credit_cost_result;
+    v_account public.credit_accounts;
+    v_replay jsonb;
+    v_available bigint;
+    v_transaction public.credit_transactions;
+    v_result public.credit_deduct_result;
+begin
+    -- admit -> hold -> capture in one step: a one-call deduct never leaves a hold behind.
+    -- The hot path of the ledger: no work for a key that was not given, no expiry loop
+    -- unless a grant has expired.
+    v_account := credit_private.lock_account(p_user_id, false);
+    if p_idempotency_key is not null then
+        v_replay := credit_private.find_replay(
+            v_account.id, p_idempotency_key, p_type, p_request
+        );
+        if v_replay is not null then
+            v_result := jsonb_populate_record(null::public.credit_deduct_result, v_replay);
+            v_result.is_replay := true;
+            return v_result;
+        end if;
+    end if;
+    -- priced after the replay lookup, so a replay returns the original charge whatever
+    -- was published since; the price and its floor come from one version
+    if p_usage is not null then
+        v_cost := credit_private.price(p_usage, null);
+    elsif p_job_name is not null then
+        v_cost := credit_private.price_job(p_job_name, null);
+    end if;
+    if v_cost.pricing_version is not null then
+        v_amount := v_cost.credits;
+        v_min_balance := v_cost.min_balance;
+    end if;
+    if exists (
+        select from public.credit_grants as g
+        where g.account_id = v_account.id and g.remaining > 0 and g.expires_at <= v_now
+    ) then
+        perform credit_private.expire_grants(v_account.id, v_now);
+    end if;
+    -- assignments, not PERFORM: a call in an assignment skips the executor
+    v_available := credit_private.admit(
+        p_user_id, coalesce(credit_private.available(v_account.id, v_now), 0), v_amount,
+        v_min_balance
+    );
+
+    if v_amount > 0 then
+        v_transaction := credit_private.append_transaction(
+            v_account.id, p_type, -v_amount, v_now, p_metadata, p_idempotency_key,
+            p_pricing_version => v_cost.pricing_version, p_usage => p_usage,
+            p_job_name => p_job_name
+        );
+        perform credit_private.draw(v_account.id, v_transaction.id, v_amount, v_now);
+    else
+        -- usage priced at 0 credits: admitted, nothing to journal
+        select a.balance into v_transaction.balance_after
+        from public.credit_accounts as a
+        where a.id = v_account.id;
+    end if;
+
+    v_result := row(
+        v_transaction.id, null::uuid, p_user_id, v_amount, 0::bigint,
+        coalesce(v_transaction.balance_after, 0), v_available - v_amount, v_now, false,
+        v_cost.pricing_version
+    );
+    if p_idempotency_key is not null and v_account.id is not null then
+        perform credit_private.remember(
+            v_account.id, p_idempotency_key, p_type, p_request, to_jsonb(v_result), v_now
+        );
+    end if;
+    return v_result;
+end;
+$$;
+
+-- ---------------------------------------------------------------- settle and release
+
+create function credit_private.release(
+    p_reservation public.credit_reservations, p_now timestamptz
+)
+returns public.credit_release_result
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_result public.credit_release_result;
+begin
+    -- the caller holds the account lock and has checked the hold is not settled
+    perform credit_private.expire_grants(p_reservation.account_id, p_now);
+    update public.credit_reservations
+    set status = 'released', resolved_at = p_now
+    where id = p_reservation.id;
+    v_result := row(
+        p_reservation.id, p_reservation.user_id, p_reservation.amount, 'released',
+        credit_private.available(p_reservation.account_id, p_now), false
+    );
+    update public.credit_reservations set result = to_jsonb(v_result)
+    where id = p_reservation.id;
+    return v_result;
+end;
+$$;
+
+create function credit_private.settle(
+    p_reservation_id uuid,
+    p_actual bigint,
+    p_usage jsonb,
+    p_metadata jsonb,
+    p_idempotency_key text
+)
+returns public.credit_deduct_result
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_now timestamptz := credit_private.clock();
+    v_reservation public.credit_reservations;
+    v_replay jsonb;
+    v_cost public.credit_cost_result;
+    v_actual bigint := p_actual;
+    v_transaction_id uuid;
+    v_balance_after bigint;
+    v_result public.credit_deduct_result;
+begin
+    -- Settle a hold by an amount (p_actual) or by usage (p_usage, priced by the active
+    -- version). With a key, the key names the request: its first settle stands, and a
+    -- retried request's new hold is let go instead of charged again.
+    v_reservation := credit_private.lock_reservation(p_reservation_id);
+    if p_idempotency_key is not null then
+        v_replay := credit_private.find_replay(
+            v_reservation.account_id, p_idempotency_key, 'settle_usage', '{}'
+        );
+        if v_replay is not null then
+            if v_reservation.status = 'active' then
+                perform credit_private.release(v_reservation, v_now);
+            end if;
+            v_result := jsonb_populate_record(null::public.credit_deduct_result, v_replay);
+            v_result.is_replay := true;
+            return v_result;
+        end if;
+    end if;
+    if v_reservation.status = 'settled' then
+        -- settling twice with the same amount or usage is a replay; else a conflict
+        if v_reservation.usage is not distinct from p_usage
+            and (p_usage is not null or v_reservation.settled_amount = p_actual) then
+            v_result := jsonb_populate_record(
+                null::public.credit_deduct_result, v_reservation.result
+            );
+            v_result.is_replay := true;
+            return v_result;
+        end if;
+        perform credit_private.fail(
+            'DC041',
+            format('reservation %s was already settled with %s credits, not %s',
+                p_reservation_id, v_reservation.settled_amount,
+                coalesce(p_actual::text, 'by this usage')),
+            -- the usage fields only where a usage is involved
+            jsonb_strip_nulls(jsonb_build_object(
+                'reservation_id', p_reservation_id,
+                'settled_amount', v_reservation.settled_amount,
+                'actual_amount', p_actual,
+                'settled_usage', v_reservation.usage,
+                'usage', p_usage
+            ))
+        );
+    end if;
+    if v_reservation.status = 'released' then
+        perform credit_private.fail(
+            'DC040',
+            format('reservation %s was released and cannot be settled', p_reservation_id),
+            jsonb_build_object('reservation_id', p_reservation_id, 'status', 'released')
+        );
+    end if;
+
+    -- active, or timed out: the usage happened, so it is charged in full, overage included
+    if p_usage is not null then
+        v_cost := credit_private.price(p_usage, null);
+        v_actual := v_cost.credits;
+    end if;
+    perform credit_private.expire_grants(v_reservation.account_id, v_now);
+    if v_actual > 0 then
+        v_transaction_id := (credit_private.append_transaction(
+            v_reservation.account_id, 'capture', -v_actual, v_now,
+            v_reservation.metadata || p_metadata, p_idempotency_key,
+            p_reservation_id => p_reservation_id,
+            p_pricing_version => v_cost.pricing_version, p_usage => p_usage
+        )).id;
+        perform credit_private.draw(
+            v_reservation.account_id, v_transaction_id, v_actual, v_now
+        );
+    end if;
+    select a.balance into v_balance_after
+    from public.credit_accounts as a
+    where a.id = v_reservation.account_id;
+
+    update public.credit_reservations
+    set
+        status = 'settled', settled_amount = v_actual, transaction_id = v_transaction_id,
+        resolved_at = v_now, usage = p_usage
+    where id = p_reservation_id;
+    v_result := row(
+        v_transaction_id, p_reservation_id, v_reservation.user_id, v_actual,
+        greatest(v_actual - v_reservation.amount, 0), v_balance_after,
+        credit_private.available(v_reservation.account_id, v_now), v_now, false,
+        v_cost.pricing_version
+    );
+    update public.credit_reservations set result = to_jsonb(v_result)
+    where id = p_reservation_id;
+    perform credit_private.remember(
+        v_reservation.account_id, p_idempotency_key, 'settle_usage', '{}', to_jsonb(v_result),
+        v_now
+    );
+    return v_result;
+end;
+$$;
+
+-- ---------------------------------------------------------------- RPCs: pricing
+
+create function public.credit_publish_pricing(p_config jsonb, p_label text default null)
+returns public.credit_pricing_version
+language plpgsql
+volatile
+-- definer: no API role may write credit_pricing_config directly
+security definer
+set search_path = ''
+as $$
+declare
+    v_config jsonb := credit_private.check_pricing_config(p_config);
+    v_pricing public.credit_pricing_config;
+begin
+    if length(p_label) not between 1 and 200 then
+        perform credit_private.fail(
+            'DC006', 'label must be 1 to 200 characters, or null',
+            jsonb_build_object('argument', 'label')
+        );
+    end if;
+    -- one publish at a time, so versions are in commit order and the newest is active;
+    -- this mode still lets every charge read the config meanwhile
+    lock table public.credit_pricing_config in share row exclusive mode;
+    insert into public.credit_pricing_config (label, config, created_at)
+    values (p_label, v_config, credit_private.clock())
+    returning * into v_pricing;
+    return row(v_pricing.version, v_pricing.label, v_pricing.config, true, v_pricing.created_at);
+end;
+$$;
+
+create function public.credit_get_pricing(p_version bigint default null)
+returns public.credit_pricing_version
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+    v_pricing public.credit_pricing_config := credit_private.pricing(p_version);
+begin
+    -- the active version when p_version is null
+    return row(
+        v_pricing.version, v_pricing.label, v_pricing.config,
+        v_pricing.version = (select max(c.version) from public.credit_pricing_config as c),
+        v_pricing.created_at
+    );
+end;
+$$;
+
+create function public.credit_list_pricing_versions()
+returns setof public.credit_pricing_version
+language sql
+stable
+set search_path = ''
+as $$
+    -- newest (active) first
+    select c.version, c.label, c.config, c.version = max(c.version) over (), c.created_at
+    from public.credit_pricing_config as c
+    order by c.version desc;
+$$;
+
+create function public.credit_calculate_cost(p_metrics jsonb, p_version bigint default null)
+returns public.credit_cost_result
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+    -- what credit_deduct_usage would charge, writing nothing; with a version, how a past
+    -- charge was priced: credit_calculate_cost(t.usage, t.pricing_version)
+    return credit_private.price(credit_private.check_usage(p_metrics), p_version);
+end;
+$$;
+
+-- ---------------------------------------------------------------- RPCs: priced debits
+
+create function public.credit_deduct_usage(
+    p_user_id text,
+    p_metrics jsonb,
+    p_metadata jsonb default '{}',
+    p_idempotency_key text default null
+)
+returns public.credit_deduct_result
+language plpgsql
+volatile
+-- definer: writes the ledger tables, which no API role may write directly
+security definer
+set search_path = ''
+as $$
+declare
+    v_usage jsonb := credit_private.check_usage(p_metrics);
+    v_metadata jsonb := credit_private.check_metadata(p_metadata);
+    v_user_id text := credit_private.check_user_id(p_user_id);
+    v_key text := credit_private.check_key(p_idempotency_key);
+begin
+    -- priced under the active version, with its min_balance as the floor
+    return credit_private.deduct(
+        v_user_id, 'usage', null, null, v_metadata, v_key,
+        case when v_key is not null then jsonb_build_object(
+            'usage', v_usage, 'metadata', v_metadata
+        ) end,
+        p_usage => v_usage
+    );
+end;
+$$;
+
+create function public.credit_deduct_fixed(
+    p_user_id text,
+    p_job_name text,
+    p_metadata jsonb default '{}',
+    p_idempotency_key text default null
+)
+returns public.credit_deduct_result
+language plpgsql
+volatile
+-- definer: writes the ledger tables, which no API role may write directly
+security definer
+set search_path = ''
+as $$
+declare
+    v_job_name text := credit_private.check_job_name(p_job_name);
+    v_metadata jsonb := credit_private.check_metadata(p_metadata);
+    v_user_id text := credit_private.check_user_id(p_user_id);
+    v_key text := credit_private.check_key(p_idempotency_key);
+begin
+    return credit_private.deduct(
+        v_user_id, 'fixed_job', null, null, v_metadata, v_key,
+        case when v_key is not null then jsonb_build_object(
+            'job_name', v_job_name, 'metadata', v_metadata
+        ) end,
+        p_job_name => v_job_name
+    );
+end;
+$$;
+
+create function public.credit_settle_usage(
+    p_reservation_id uuid,
+    p_metrics jsonb,
+    p_metadata jsonb default '{}',
+    p_idempotency_key text default null
+)
+returns public.credit_deduct_result
+language plpgsql
+volatile
+-- definer: writes the ledger tables, which no API role may write directly
+security definer
+set search_path = ''
+as $$
+declare
+    v_usage jsonb := credit_private.check_usage(p_metrics);
+    v_metadata jsonb := credit_private.check_metadata(p_metadata);
+    v_key text := credit_private.check_key(p_idempotency_key);
+begin
+    return credit_private.settle(p_reservation_id, null, v_usage, v_metadata, v_key);
+end;
+$$;
+
+-- The released settle and release RPCs, same signatures, now over the shared internals.
+create or replace function public.credit_settle_reservation(
+    p_reservation_id uuid,
+    p_actual_amount numeric,
+    p_metadata jsonb default '{}'
+)
+returns public.credit_deduct_result
+language plpgsql
+volatile
+-- definer: writes the ledger tables, which no API role may write directly
+security definer
+set search_path = ''
+as $$
+declare
+    v_actual bigint := credit_private.whole(p_actual_amount, 'actual_amount', 0);
+    v_metadata jsonb := credit_private.check_metadata(p_metadata);
+begin
+    return credit_private.settle(p_reservation_id, v_actual, null, v_metadata, null);
+end;
+$$;
+
+create or replace function public.credit_release_reservation(p_reservation_id uuid)
+returns public.credit_release_result
+language plpgsql
+volatile
+-- definer: writes the ledger tables, which no API role may write directly
+security definer
+set search_path = ''
+as $$
+declare
+    v_reservation public.credit_reservations;
+    v_result public.credit_release_result;
+begin
+    v_reservation := credit_private.lock_reservation(p_reservation_id);
+    if v_reservation.status = 'released' then
+        v_result := jsonb_populate_record(
+            null::public.credit_release_result, v_reservation.result
+        );
+        v_result.is_replay := true;
+        return v_result;
+    end if;
+    if v_reservation.status = 'settled' then
+        perform credit_private.fail(
+            'DC040',
+            format('reservation %s was settled and cannot be released', p_reservation_id),
+            jsonb_build_object('reservation_id', p_reservation_id, 'status', 'settled')
+        );
+    end if;
+    -- active or timed out: either way the hold stops counting
+    return credit_private.release(v_reservation, credit_private.clock());
+end;
+$$;
+
+-- ---------------------------------------------------------------- privileges
+
+-- New internals: callable by nobody but the RPCs, except what the read RPCs (security
+-- invoker, service_role only) call as their caller. None of those writes.
+revoke all on all functions in schema credit_private
+from public, anon, authenticated, service_role;
+grant execute on function credit_private.clock() to authenticated, service_role;
+grant execute on function credit_private.check_user_id(text) to authenticated, service_role;
+grant execute on function credit_private.fail(text, text, jsonb, text)
+to authenticated, service_role;
+grant execute on function credit_private.check_usage(jsonb) to service_role;
+grant execute on function credit_private.pricing(bigint) to service_role;
+grant execute on function credit_private.price(jsonb, bigint) to service_role;
+grant execute on function credit_private.cost(jsonb, jsonb) to service_role;
+
+revoke all on function public.credit_publish_pricing(jsonb, text)
+from public, anon, authenticated, service_role;
+revoke all on function public.credit_get_pricing(bigint)
+from public, anon, authenticated, service_role;
+revoke all on function public.credit_list_pricing_versions()
+from public, anon, authenticated, service_role;
+revoke all on function public.credit_calculate_cost(jsonb, bigint)
+from public, anon, authenticated, service_role;
+revoke all on function public.credit_deduct_usage(text, jsonb, jsonb, text)
+from public, anon, authenticated, service_role;
+revoke all on function public.credit_deduct_fixed(text, text, jsonb, text)
+from public, anon, authenticated, service_role;
+revoke all on function public.credit_settle_usage(uuid, jsonb, jsonb, text)
+from public, anon, authenticated, service_role;
+
+grant execute on function public.credit_publish_pricing(jsonb, text) to service_role;
+grant execute on function public.credit_get_pricing(bigint) to service_role;
+grant execute on function public.credit_list_pricing_versions() to service_role;
+grant execute on function public.credit_calculate_cost(jsonb, bigint) to service_role;
+grant execute on function public.credit_deduct_usage(text, jsonb, jsonb, text) to service_role;
+grant execute on function public.credit_deduct_fixed(text, text, jsonb, text) to service_role;
+grant execute on function public.credit_settle_usage(uuid, jsonb, jsonb, text) to service_role;
+
+-- ---------------------------------------------------------------- schema version
+
+create or replace function public.credit_schema_version()
+returns text
+language sql
+immutable
+set search_path = ''
+as $$
+    select '20261127000500'::text;
+$$;
