@@ -106,6 +106,17 @@ export type Database = {
           },
         ];
       };
+      credit_pricing_config: {
+        Row: {
+          version: number;
+          label: string | null;
+          config: Json;
+          created_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [];
+      };
       credit_reservations: {
         Row: {
           id: string;
@@ -121,6 +132,7 @@ export type Database = {
           settled_amount: number | null;
           transaction_id: string | null;
           result: Json | null;
+          usage: Json | null;
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
@@ -156,6 +168,10 @@ export type Database = {
           idempotency_key: string | null;
           metadata: Json;
           created_at: string;
+          pricing_version: number | null;
+          usage: Json | null;
+          model: string | null;
+          job_name: string | null;
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
@@ -206,6 +222,13 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_add_result"];
       };
+      credit_calculate_cost: {
+        Args: {
+          p_metrics: Json;
+          p_version?: number;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_cost_result"];
+      };
       credit_deduct_credits: {
         Args: {
           p_user_id: string;
@@ -216,11 +239,46 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_deduct_result"];
       };
+      credit_deduct_fixed: {
+        Args: {
+          p_user_id: string;
+          p_job_name: string;
+          p_metadata?: Json;
+          p_idempotency_key?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_deduct_result"];
+      };
+      credit_deduct_usage: {
+        Args: {
+          p_user_id: string;
+          p_metrics: Json;
+          p_metadata?: Json;
+          p_idempotency_key?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_deduct_result"];
+      };
       credit_get_balance: {
         Args: {
           p_user_id: string;
         };
         Returns: Database["public"]["CompositeTypes"]["credit_balance_result"];
+      };
+      credit_get_pricing: {
+        Args: {
+          p_version?: number;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_pricing_version"];
+      };
+      credit_list_pricing_versions: {
+        Args: never;
+        Returns: Database["public"]["CompositeTypes"]["credit_pricing_version"][];
+      };
+      credit_publish_pricing: {
+        Args: {
+          p_config: Json;
+          p_label?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_pricing_version"];
       };
       credit_refund_transaction: {
         Args: {
@@ -262,6 +320,15 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_deduct_result"];
       };
+      credit_settle_usage: {
+        Args: {
+          p_reservation_id: string;
+          p_metrics: Json;
+          p_metadata?: Json;
+          p_idempotency_key?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_deduct_result"];
+      };
       credit_sweep_expired: {
         Args: {
           p_dry_run?: boolean;
@@ -294,6 +361,14 @@ export type Database = {
         held: number | null;
         available: number | null;
       };
+      credit_cost_result: {
+        pricing_version: number | null;
+        model: string | null;
+        matched: string | null;
+        exact_cost: number | null;
+        credits: number | null;
+        min_balance: number | null;
+      };
       credit_deduct_result: {
         transaction_id: string | null;
         reservation_id: string | null;
@@ -304,6 +379,7 @@ export type Database = {
         available_after: number | null;
         created_at: string | null;
         is_replay: boolean | null;
+        pricing_version: number | null;
       };
       credit_ledger_issue: {
         account_id: number | null;
@@ -311,6 +387,13 @@ export type Database = {
         check_name: string | null;
         expected: string | null;
         actual: string | null;
+      };
+      credit_pricing_version: {
+        version: number | null;
+        label: string | null;
+        config: Json | null;
+        is_active: boolean | null;
+        created_at: string | null;
       };
       credit_refund_result: {
         transaction_id: string | null;

@@ -21,8 +21,8 @@ const DEFAULT_LIMIT = 20;
 const MAX_LIMIT = 100;
 
 // The journal columns a user sees (docs/ledger.md, "Journal types").
-const TRANSACTION_COLUMNS =
-  "id, seq, type, amount, balance_after, metadata, refund_of, reservation_id, created_at";
+const TRANSACTION_COLUMNS = "id, seq, type, amount, balance_after, model, usage, job_name," +
+  " metadata, refund_of, reservation_id, created_at";
 
 /**
  * The user id of a user's access token. Read without checking the signature: PostgREST
