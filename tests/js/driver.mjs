@@ -23,7 +23,7 @@ import {
 
 const { SUPABASE_URL, SUPABASE_ANON_KEY, SUPABASE_SERVICE_ROLE_KEY } = process.env;
 const server = serverClient(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY);
-const asUser = (token) => userClient(SUPABASE_URL, SUPABASE_ANON_KEY, async () => token);
+const asUser = (token) => userClient(SUPABASE_URL, SUPABASE_ANON_KEY, () => Promise.resolve(token));
 
 async function run(order) {
   switch (order.op) {

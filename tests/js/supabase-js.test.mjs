@@ -40,7 +40,7 @@ async function signedIn(userId) {
     .setIssuedAt(now)
     .setExpirationTime(now + 600)
     .sign(new TextEncoder().encode(stackEnv("SUPABASE_JWT_SECRET")));
-  return userClient(URL, ANON_KEY, async () => token);
+  return userClient(URL, ANON_KEY, () => Promise.resolve(token));
 }
 
 async function serverRpc(name, args) {
