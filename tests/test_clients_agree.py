@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import psycopg
 import pytest
-from conftest import stack_env
+from conftest import make_user_token, stack_env
 
 from ducto import CreditManager, PricingConfigData, UsageMetrics
 from ducto.interface import PostgresStore
@@ -144,12 +143,6 @@ class Functions:
         return body
 
 
-def user_token(sub: str) -> str:
-    now = int(time.time())
-    claims = {"sub": sub, "role": "authenticated", "aud": "authenticated", "exp": now + 600}
-    return jwt.encode(claims, stack_env("SUPABASE_JWT_SECRET"), algorithm="HS256")
-
-
 @pytest.fixture(scope="module")
 def python(database_url: str) -> Iterator[CreditManager]:
     store = PostgresStore(database_url, max_size=2)
@@ -189,7 +182,7 @@ def test_python_deno_and_js_share_one_ledger(
     python: CreditManager, js: JsClient, deno: Functions, db: psycopg.Connection[Any]
 ) -> None:
     alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
-    tokens = {alice: user_token(alice), bob: user_token(bob)}
+    tokens = {alice: make_user_token(alice), bob: make_user_token(bob)}
     run = uuid.uuid4().hex[:8]
     expected = {alice: 0, bob: 0}
     held = {alice: 0, bob: 0}
