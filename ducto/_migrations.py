@@ -51,17 +51,23 @@ class Migration:
     sql: str
 
 
-def _folder() -> Traversable:
-    shipped = resources.files("ducto").joinpath("migrations")
-    if shipped.is_dir():
+def _shipped(name: str, source: str) -> Traversable:
+    """A file the wheel ships inside ``ducto/`` as ``name``; ``source`` in a checkout."""
+    shipped = resources.files("ducto").joinpath(name)
+    if shipped.is_dir() or shipped.is_file():
         return shipped
-    return Path(__file__).resolve().parent.parent / "supabase" / "migrations"
+    return Path(__file__).resolve().parent.parent / source
+
+
+def supabase_compat_sql() -> str:
+    """The bootstrap that gives a plain PostgreSQL Supabase's roles and ``auth`` functions."""
+    return _shipped("supabase-compat.sql", "scripts/supabase-compat.sql").read_text("utf-8")
 
 
 def bundled() -> list[Migration]:
     """Every migration this version of ducto ships, oldest first."""
     found = []
-    for entry in _folder().iterdir():
+    for entry in _shipped("migrations", "supabase/migrations").iterdir():
         match = _NAME.match(entry.name)
         if match:
             found.append(Migration(match[1], match[2], entry.read_text(encoding="utf-8")))
@@ -84,7 +90,7 @@ def check_installed(installed: str | None) -> SetupResult:
     raise SchemaError(
         f"ducto's schema {state}; this client needs version {expected}. DDL cannot go "
         "through PostgREST: copy ducto's migrations into your project's supabase/migrations "
-        "and run `supabase db push`, or run setup() once with a PostgresStore on the "
-        "database URL.",
+        "(`ducto sql export PROJECT_DIR`) and run `supabase db push`, or run setup() once "
+        "with a PostgresStore on the database URL.",
         code="DC100",
     )

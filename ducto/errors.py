@@ -133,6 +133,8 @@ SQLSTATE_ERRORS: Mapping[str, type[DuctoError]] = {
     "DC005": InvalidInputError,
     "DC006": InvalidInputError,
     "DC007": InvalidInputError,
+    # invalid_text_representation: a transaction or reservation id that is not a UUID
+    "22P02": InvalidInputError,
     "DC010": InsufficientCreditsError,
     "DC020": IdempotencyConflictError,
     "DC030": NotFoundError,

@@ -12,21 +12,19 @@ committed it (or, with a store bound to the caller's connection, written it into
 caller's transaction). A subscriber that raises is logged on the ``ducto.events`` logger
 and skipped: it never changes what the operation returns, and cannot roll it back.
 
-What emits what:
+What emits what (docs/events.md has the full table):
 
-=======================  ==============================================================
-``credits_added``        add_credits, and each allowance run (``amount`` = credits granted)
-``credits_reserved``     reserve_credits
-``credits_deducted``     every charge: deduct_credits, deduct, deduct_fixed, settle_*,
-                         deduct_team (``team_id`` set, ``user_id`` the member)
-``credits_refunded``     refund_credits
-``insufficient_credits`` any operation refused with InsufficientCreditsError (a member
-                         limit or an empty team pool included)
-``low_balance``          a reserve or charge that leaves ``available`` below the threshold
-                         (every time, not only when crossing it)
-``credits_expired``      sweep_expired_credits that expired credits (``user_id`` None:
-                         the sweep covers every account)
-=======================  ==============================================================
+- ``credits_added``: add_credits; grant_allowances (``user_id`` None: a batch);
+- ``credits_reserved``: reserve_credits;
+- ``credits_deducted``: every charge (deduct, deduct_fixed, settle_reservation,
+  metered_call, deduct_team with ``team_id`` set and ``user_id`` the member);
+- ``credits_refunded``: refund_credits;
+- ``insufficient_credits``: any operation refused with InsufficientCreditsError (a team
+  member's limit or an empty team pool included);
+- ``low_balance``: a reserve or a charge that leaves ``available`` below the threshold,
+  every time, not only when crossing it;
+- ``credits_expired``: sweep_expired_credits that expired credits (``user_id`` None: the
+  sweep covers every account).
 
 A replay (``is_replay``) changed nothing, so it emits nothing. Credits that expire during
 another operation, without a sweep, are journalled by the database but not emitted here:

@@ -16,7 +16,12 @@ from typing import Any, TypeVar
 
 from ducto import _rpc
 from ducto._rpc import RpcCall
-from ducto.errors import InsufficientCreditsError, InvalidInputError, PricingNotLoadedError
+from ducto.errors import (
+    InsufficientCreditsError,
+    InvalidInputError,
+    PricingNotLoadedError,
+    SchemaError,
+)
 from ducto.events import CreditEventEmitter
 from ducto.interface.base import AsyncCreditStore, CreditStore
 from ducto.models import (
@@ -382,6 +387,18 @@ class CreditManager:
         """Recompute every ledger invariant; an empty list means the ledger is consistent."""
         return _rpc.many(LedgerIssue, self.store.call(_rpc.verify_ledger()))
 
+    def schema_version(self) -> str | None:
+        """The version of ducto's schema in the database (None when it is not installed).
+
+        It is the timestamp of the newest migration applied; ``ducto status`` compares it
+        with the newest migration this client ships.
+        """
+        try:
+            rows = self.store.call(_rpc.schema_version())
+        except SchemaError:
+            return None
+        return str(rows[0]["value"])
+
     # ------------------------------------------------------------ plans and features
 
     def upsert_plan(
@@ -722,6 +739,14 @@ class AsyncCreditManager:
     async def verify_ledger(self) -> list[LedgerIssue]:
         """Recompute every ledger invariant; an empty list means the ledger is consistent."""
         return _rpc.many(LedgerIssue, await self.store.call(_rpc.verify_ledger()))
+
+    async def schema_version(self) -> str | None:
+        """The version of ducto's schema in the database (None when it is not installed)."""
+        try:
+            rows = await self.store.call(_rpc.schema_version())
+        except SchemaError:
+            return None
+        return str(rows[0]["value"])
 
     # ------------------------------------------------------------ plans and features
 

@@ -95,8 +95,9 @@ Rate = Annotated[Decimal, _decimal(10**9, 6), _JSON]
 class ModelRates(BaseModel):
     """Rates of one model: per 1M tokens of each kind, and per tool call and per request.
 
-    ``cached_input`` and ``cache_creation`` default to ``input``, ``reasoning`` to
-    ``output``, ``tool_call`` and ``request`` to 0: an omitted discount never undercharges.
+    ``cached_input`` and ``cache_creation`` default to ``input``, ``cache_creation_1h`` to
+    ``cache_creation``, ``reasoning`` to ``output``, ``tool_call`` and ``request`` to 0: an
+    omitted discount never undercharges.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -105,6 +106,7 @@ class ModelRates(BaseModel):
     output: Rate
     cached_input: Rate
     cache_creation: Rate
+    cache_creation_1h: Rate
     reasoning: Rate
     tool_call: Rate
     request: Rate
@@ -116,6 +118,7 @@ class ModelRates(BaseModel):
             data = {
                 "cached_input": data["input"],
                 "cache_creation": data["input"],
+                "cache_creation_1h": data.get("cache_creation", data["input"]),
                 "reasoning": data["output"],
                 "tool_call": 0,
                 "request": 0,
@@ -242,7 +245,8 @@ class PricingConfigData(BaseModel):
 
         ``prices`` maps model names to entries with ``input_cost_per_token``,
         ``output_cost_per_token`` and optionally ``cache_read_input_token_cost``,
-        ``cache_creation_input_token_cost`` and ``output_cost_per_reasoning_token`` (USD
+        ``cache_creation_input_token_cost``, ``cache_creation_input_token_cost_above_1hr``
+        and ``output_cost_per_reasoning_token`` (USD
         per token). ``models`` picks the entries to price (exact names); ``default`` names
         one of them whose rates price unknown models (None refuses unknown models).
         Per-token costs become per-1M rates, rounded up to 6 decimal places.
@@ -278,6 +282,7 @@ _LITELLM_FIELDS = {
     "output": "output_cost_per_token",
     "cached_input": "cache_read_input_token_cost",
     "cache_creation": "cache_creation_input_token_cost",
+    "cache_creation_1h": "cache_creation_input_token_cost_above_1hr",
     "reasoning": "output_cost_per_reasoning_token",
 }
 
@@ -402,6 +407,7 @@ class PricingEngine:
                 + metrics.output_tokens * rates.output
                 + metrics.cached_input_tokens * rates.cached_input
                 + metrics.cache_creation_tokens * rates.cache_creation
+                + metrics.cache_creation_1h_tokens * rates.cache_creation_1h
                 + metrics.reasoning_tokens * rates.reasoning
             ) * _MILLION
             exact += metrics.tool_calls * rates.tool_call + metrics.requests * rates.request

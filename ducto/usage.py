@@ -4,7 +4,8 @@ The token counts of :class:`UsageMetrics` are **disjoint**: every token is count
 exactly one field, and each field has its own rate (docs/pricing.md):
 
 - ``input_tokens``: input tokens read at the full input rate, *not* counting cached
-  tokens read (``cached_input_tokens``) or written (``cache_creation_tokens``);
+  tokens read (``cached_input_tokens``) or written (``cache_creation_tokens``, and
+  ``cache_creation_1h_tokens`` for writes kept an hour, which cost more);
 - ``output_tokens``: visible output tokens, *not* counting ``reasoning_tokens``.
 
 Providers report overlapping totals instead (OpenAI's ``prompt_tokens`` includes the
@@ -42,6 +43,7 @@ class UsageMetrics:
     output_tokens: int = 0
     cached_input_tokens: int = 0
     cache_creation_tokens: int = 0
+    cache_creation_1h_tokens: int = 0
     reasoning_tokens: int = 0
     tool_calls: int = 0
     requests: int = 1
@@ -104,16 +106,23 @@ class UsageMetrics:
         """From Anthropic's Messages ``usage``, a dict or an SDK object.
 
         Anthropic's ``input_tokens`` already excludes ``cache_read_input_tokens`` and
-        ``cache_creation_input_tokens``; thinking tokens are billed and reported within
-        ``output_tokens``. Server tool uses (web search and fetch requests) are tool calls.
+        ``cache_creation_input_tokens``; of the latter, ``cache_creation`` tells how many were
+        written for 1 hour (priced higher) rather than 5 minutes. Thinking tokens are billed
+        and reported within ``output_tokens``. Server tool uses (web search and fetch
+        requests) are tool calls.
         """
         server_tools = _field(usage, "server_tool_use")
+        written = _count(usage, "cache_creation_input_tokens")
+        written_1h = _count(_field(usage, "cache_creation"), "ephemeral_1h_input_tokens")
         return cls(
             model=model,
             input_tokens=_count(usage, "input_tokens"),
             output_tokens=_count(usage, "output_tokens"),
             cached_input_tokens=_count(usage, "cache_read_input_tokens"),
-            cache_creation_tokens=_count(usage, "cache_creation_input_tokens"),
+            cache_creation_tokens=_part(
+                written, written_1h, "ephemeral_1h_input_tokens", "cache_creation_input_tokens"
+            ),
+            cache_creation_1h_tokens=written_1h,
             tool_calls=_count(server_tools, "web_search_requests")
             + _count(server_tools, "web_fetch_requests"),
         )

@@ -10,7 +10,7 @@
 -- What it provides (see ../shared/facts/supabase.md, sections 1.1 to 1.5):
 --   roles        anon, authenticated, service_role (BYPASSRLS), authenticator
 --   timeouts     anon 3s, authenticated 8s, authenticator 8s + lock 8s
---   schemas      extensions (pgcrypto, uuid-ossp), auth, graphql_public
+--   schemas      extensions (pgcrypto, uuid-ossp where available), auth, graphql_public
 --   auth.*       uid(), role(), email(), jwt() reading request.jwt.claims
 --   reload       event triggers sending NOTIFY pgrst, 'reload schema' on DDL
 --   defaults     Supabase's legacy default privileges on schema public
@@ -23,6 +23,8 @@
 -- The authenticator password is set by scripts/local-stack, not here.
 --
 -- Usage: psql -X -v ON_ERROR_STOP=1 -f scripts/supabase-compat.sql "$DATABASE_URL"
+-- The wheel ships this file as ducto/supabase-compat.sql: ducto.embedded applies it to
+-- its fresh cluster before setup().
 
 set client_min_messages = warning;
 
@@ -84,8 +86,19 @@ alter role postgres set search_path = "$user", public, extensions;
 -- ---------------------------------------------------------------------------
 
 create schema if not exists extensions;
-create extension if not exists pgcrypto with schema extensions;
-create extension if not exists "uuid-ossp" with schema extensions;
+-- Only where the server ships them: ducto's migrations use neither, and the embedded
+-- server (ducto.embedded) is built without PostgreSQL's contrib modules.
+do $extensions$
+declare
+    ext text;
+begin
+    foreach ext in array array['pgcrypto', 'uuid-ossp'] loop
+        if exists (select from pg_catalog.pg_available_extensions where name = ext) then
+            execute pg_catalog.format('create extension if not exists %I with schema extensions', ext);
+        end if;
+    end loop;
+end
+$extensions$;
 grant usage on schema extensions to postgres, anon, authenticated, service_role;
 
 -- ---------------------------------------------------------------------------

@@ -16,7 +16,8 @@ import asyncio
 import inspect
 import os
 import time
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol, cast
 
 import httpx
@@ -24,6 +25,8 @@ import jwt
 import psycopg
 import pytest
 from helpers_api import Api
+from helpers_process import run
+from psycopg import sql
 
 from ducto import AsyncCreditManager, CreditEventEmitter, CreditManager, PricingEngine
 from ducto.interface import (
@@ -221,3 +224,24 @@ def sibling_manager(
 def bare_manager(manager: CreditManager) -> CreditManager:
     """A second manager of the same flavour over the same store, with no pricing loaded."""
     return sibling_manager(manager)
+
+
+@pytest.fixture
+def new_database(database_url: str) -> Iterator[Callable[..., str]]:
+    """Makes fresh databases in the stack's cluster with the Supabase bootstrap and returns
+    their URLs (``migrated=True``: ducto's migrations pushed by the CLI too); drops them
+    afterwards."""
+    made: list[str] = []
+
+    def make(*, migrated: bool = False) -> str:
+        name = f"ducto_test_{uuid.uuid4().hex[:10]}"
+        made.append(name)
+        flags = [] if migrated else ["--no-migrations"]
+        return run(["scripts/local-stack", "db-create", name, *flags]).strip()
+
+    yield make
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for name in made:
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ducto
+import ducto.embedded
 import ducto.interface
 import ducto.manager
 from ducto.interface.supabase import HttpxSupabaseStore
@@ -72,6 +73,7 @@ def test_package_exports() -> None:
         "HttpxSupabaseStore",
         "PostgresStore",
     ]
+    assert ducto.embedded.__all__ == ["POSTGRES_MAJOR", "EmbeddedPostgres", "default_data_dir"]
 
 
 def test_reference_paths() -> None:
@@ -84,7 +86,7 @@ def test_reference_paths() -> None:
 
 
 def test_every_public_name_is_documented() -> None:
-    for module in (ducto, ducto.interface):
+    for module in (ducto, ducto.interface, ducto.embedded):
         for name in module.__all__:
             obj = getattr(module, name)
             if callable(obj) and not name.startswith("_"):

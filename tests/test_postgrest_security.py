@@ -1,6 +1,6 @@
 """The ledger from the attacker's side: the gateway, PostgREST and real JWTs.
 
-Who may do what (docs/ledger.md, "Security"):
+Who may do what (docs/security.md):
 
 - without a project key the gateway answers 401 before PostgREST sees anything;
 - ``anon`` (the anon key, no user token) may call no ledger RPC and read no table;

@@ -157,7 +157,14 @@ _PATTERNS = st.sampled_from(
 @st.composite
 def rates(draw: st.DrawFn) -> dict[str, Any]:
     block: dict[str, Any] = {"input": draw(_RATE), "output": draw(_RATE)}
-    for field in ("cached_input", "cache_creation", "reasoning", "tool_call", "request"):
+    for field in (
+        "cached_input",
+        "cache_creation",
+        "cache_creation_1h",
+        "reasoning",
+        "tool_call",
+        "request",
+    ):
         if draw(st.booleans()):
             block[field] = draw(_RATE)
     return block
@@ -190,6 +197,7 @@ metrics_strategy = st.builds(
     output_tokens=_COUNT,
     cached_input_tokens=_COUNT,
     cache_creation_tokens=_COUNT,
+    cache_creation_1h_tokens=_COUNT,
     reasoning_tokens=_COUNT,
     tool_calls=st.integers(0, 50),
     requests=st.integers(0, 5),
@@ -297,6 +305,23 @@ def test_bad_config_through_the_manager_changes_nothing(manager: CreditManager) 
         manager.publish_pricing_from_dict({**VALID, "models": [{"model": "m", "input": -1}]})
     assert manager.get_pricing().version == active.version
     assert manager.engine is not None and manager.engine.version == active.version
+
+
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_rates_are_refused(
+    rate: float, service: Api, db: psycopg.Connection[Any]
+) -> None:
+    config = {**VALID, "models": [{"model": "m", "input": rate, "output": 2}]}
+    with pytest.raises(PricingConfigError, match="finite"):
+        PricingConfigData.parse(config)
+    # JSON has no NaN or Infinity: a client that writes them anyway sends invalid JSON
+    before = db.execute("select count(*) from credit_pricing_config").fetchone()
+    body = '{"p_config": {"default": null, "models": [{"model": "m", "input": %s, "output": 2}]}}'
+    response = service.rpc_raw(
+        "credit_publish_pricing", body % repr(rate).replace("inf", "Infinity")
+    )
+    assert response.status_code == 400
+    assert db.execute("select count(*) from credit_pricing_config").fetchone() == before
 
 
 def test_duplicate_json_keys_are_refused() -> None:
@@ -480,11 +505,26 @@ def test_versions_history(manager: CreditManager) -> None:
 # ---------------------------------------------------------------- the reference's example
 
 
+#: The API reference, where the project's checkout sits beside it (as in development and CI).
+REFERENCE = ROOT.parent / "shared" / "reference" / "ducto-manager-api.txt"
+
+
+def code_lines(text: str) -> list[str]:
+    """The code of an example: stripped lines, without blank lines and leading comments."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)
+    return lines
+
+
 def reference_example() -> str:
-    """The example of ../shared/reference/ducto-manager-api.txt, as written there."""
-    text = (ROOT.parent / "shared" / "reference" / "ducto-manager-api.txt").read_text()
-    code = text.split("Example:", 1)[1].split("class ducto.manager.CreditManager", 1)[0]
-    return code.strip() + "\n"
+    """examples/reference_example.py: the reference's example, checked against the reference."""
+    example = (ROOT / "examples" / "reference_example.py").read_text()
+    if REFERENCE.exists():
+        text = REFERENCE.read_text()
+        written = text.split("Example:", 1)[1].split("class ducto.manager.CreditManager", 1)[0]
+        assert code_lines(example) == code_lines(written), "the example drifted from the reference"
+    return example
 
 
 @pytest.mark.parametrize("store_kind", ["http", "postgres"])
@@ -514,7 +554,7 @@ def test_reference_example_runs_as_written(
         "database_url": database_url,
         "PostgresStore": PostgresStore,
     }
-    exec(compile(code, "ducto-manager-api.txt", "exec"), namespace)
+    exec(compile(code, "examples/reference_example.py", "exec"), namespace)
     out = capsys.readouterr().out
     # (500*15 + 200*75) / 1e6 USD * 1000 credits/USD * 1.2 markup = 27; the key makes the
     # second run a replay of the first

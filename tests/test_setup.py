@@ -1,56 +1,26 @@
 """setup(): the bundled migrations applied by the Python client, alongside `supabase db push`.
 
-Each test gets its own database in the stack's cluster (``scripts/local-stack db-create``),
-with only the Supabase compatibility bootstrap, unless it says otherwise.
+Each test gets its own database in the stack's cluster (the ``new_database`` fixture), with
+only the Supabase compatibility bootstrap, unless it says otherwise.
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
+from helpers_process import ROOT, SUPABASE, run
 
 from ducto import CreditManager, SchemaError, SetupResult
 from ducto._migrations import bundled, check_installed, latest_version
 from ducto.interface import HttpxSupabaseStore, PostgresStore
 
-ROOT = Path(__file__).resolve().parent.parent
 VERSIONS = tuple(m.version for m in bundled())
-
-
-def run(args: list[str], cwd: Path = ROOT) -> str:
-    result = subprocess.run(
-        args, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-@pytest.fixture
-def new_database(database_url: str) -> Iterator[Callable[..., str]]:
-    """Makes fresh databases (``migrated=True``: pushed by the CLI); drops them afterwards."""
-    made: list[str] = []
-
-    def make(*, migrated: bool = False) -> str:
-        name = f"ducto_setup_{uuid.uuid4().hex[:10]}"
-        made.append(name)
-        flags = [] if migrated else ["--no-migrations"]
-        return run(["scripts/local-stack", "db-create", name, *flags]).strip()
-
-    yield make
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        for name in made:
-            conn.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-            )
 
 
 def setup(url: str) -> SetupResult:
@@ -117,7 +87,7 @@ def test_db_push_of_the_projects_own_migrations_works_after_setup(
         "create table public.orders (id bigint primary key);\n"
     )
     run(
-        [str(ROOT / "node_modules" / ".bin" / "supabase"), "db", "push", "--db-url", url, "--yes"],
+        [str(SUPABASE), "db", "push", "--db-url", url, "--yes"],
         cwd=project,
     )
     assert scalar(url, "select to_regclass('public.orders')::text") == "orders"

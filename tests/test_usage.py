@@ -106,6 +106,21 @@ def test_anthropic_input_already_excludes_the_cache(shape: Any) -> None:
     )
 
 
+def test_anthropic_one_hour_cache_writes() -> None:
+    usage = {
+        **ANTHROPIC,
+        "cache_creation_input_tokens": 3000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 2000},
+        "cache_read_input_tokens": 500,
+    }
+    metrics = UsageMetrics.from_anthropic(usage, model="claude-sonnet-4")
+    assert (metrics.cache_creation_tokens, metrics.cache_creation_1h_tokens) == (1000, 2000)
+    assert metrics.cached_input_tokens == 500
+    broken = {**usage, "cache_creation_input_tokens": 1999}
+    with pytest.raises(InvalidInputError, match="ephemeral_1h_input_tokens"):
+        UsageMetrics.from_anthropic(broken, model="claude-sonnet-4")
+
+
 @pytest.mark.parametrize("shape", [dict, _objects])
 def test_gemini(shape: Any) -> None:
     metrics = UsageMetrics.from_gemini(shape(GEMINI), model="gemini-2.5-pro")

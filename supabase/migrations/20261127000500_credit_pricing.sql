@@ -176,8 +176,8 @@ begin
     for v_field in select jsonb_object_keys(p_rates) loop
         if not (
             v_field = any(array[
-                'input', 'output', 'cached_input', 'cache_creation', 'reasoning', 'tool_call',
-                'request'
+                'input', 'output', 'cached_input', 'cache_creation', 'cache_creation_1h',
+                'reasoning', 'tool_call', 'request'
             ]) or (p_with_model and v_field = 'model')
         ) then
             perform credit_private.config_error(p_path || '.' || v_field, 'is not a known field');
@@ -196,15 +196,16 @@ begin
         p_rates -> 'output', p_path || '.output', 1000000000, 6, false
     );
     v_rates := jsonb_build_object('input', v_input, 'output', v_output);
-    -- cached and cache-write tokens default to the input rate, reasoning to the output
-    -- rate: an omitted discount never undercharges
-    foreach v_field in array array['cached_input', 'cache_creation', 'reasoning', 'tool_call',
-        'request'] loop
+    -- cached and cache-write tokens default to the input rate, 1-hour cache writes to the
+    -- cache-write rate, reasoning to the output rate: an omitted discount never undercharges
+    foreach v_field in array array['cached_input', 'cache_creation', 'cache_creation_1h',
+        'reasoning', 'tool_call', 'request'] loop
         v_rates := v_rates || jsonb_build_object(v_field, case
             when p_rates ? v_field then credit_private.check_config_number(
                 p_rates -> v_field, p_path || '.' || v_field, 1000000000, 6, false
             )
             when v_field in ('cached_input', 'cache_creation') then v_input
+            when v_field = 'cache_creation_1h' then (v_rates ->> 'cache_creation')::numeric
             when v_field = 'reasoning' then v_output
             else 0
         end);
@@ -377,7 +378,7 @@ begin
     from jsonb_object_keys(p_metrics) as k
     where k <> all(array[
         'model', 'input_tokens', 'output_tokens', 'cached_input_tokens', 'cache_creation_tokens',
-        'reasoning_tokens', 'tool_calls', 'requests'
+        'cache_creation_1h_tokens', 'reasoning_tokens', 'tool_calls', 'requests'
     ])
     limit 1;
     if v_field is not null then
@@ -399,7 +400,7 @@ begin
     -- the token kinds are disjoint counts (docs/pricing.md); one request unless told
     foreach v_field in array array[
         'input_tokens', 'output_tokens', 'cached_input_tokens', 'cache_creation_tokens',
-        'reasoning_tokens', 'tool_calls', 'requests'
+        'cache_creation_1h_tokens', 'reasoning_tokens', 'tool_calls', 'requests'
     ] loop
         v_count := coalesce(
             p_metrics -> v_field, case when v_field = 'requests' then '1' else '0' end::jsonb
@@ -492,6 +493,8 @@ begin
         + (p_usage ->> 'output_tokens')::numeric * (v_rates ->> 'output')::numeric
         + (p_usage ->> 'cached_input_tokens')::numeric * (v_rates ->> 'cached_input')::numeric
         + (p_usage ->> 'cache_creation_tokens')::numeric * (v_rates ->> 'cache_creation')::numeric
+        + (p_usage ->> 'cache_creation_1h_tokens')::numeric
+        * (v_rates ->> 'cache_creation_1h')::numeric
         + (p_usage ->> 'reasoning_tokens')::numeric * (v_rates ->> 'reasoning')::numeric
     ) * 0.000001
     + (p_usage ->> 'tool_calls')::numeric * (v_rates ->> 'tool_call')::numeric

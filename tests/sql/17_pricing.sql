@@ -32,9 +32,11 @@ select is(
       "min_balance": 5, "default": null, "fixed_jobs": {"report": 40},
       "models": [
         {"model": "chat-*", "input": 1000, "output": 4000, "cached_input": 1000,
-         "cache_creation": 1000, "reasoning": 4000, "tool_call": 0, "request": 0},
+         "cache_creation": 1000, "cache_creation_1h": 1000, "reasoning": 4000, "tool_call": 0,
+         "request": 0},
         {"model": "chat-large", "input": 3000, "output": 9000, "cached_input": 300,
-         "cache_creation": 3000, "reasoning": 9000, "tool_call": 0, "request": 0}]}'::jsonb,
+         "cache_creation": 3000, "cache_creation_1h": 3000, "reasoning": 9000, "tool_call": 0,
+         "request": 0}]}'::jsonb,
     'A published config is stored normalised: every default explicit.'
 );
 select ok((select is_active and label = 'launch' from v1), 'The new version is active.');
@@ -134,7 +136,8 @@ select results_eq(
       from credit_transactions as t where t.id = (select transaction_id from usage_1)$$,
     $$select 'usage', -5::bigint, 'chat-small', version,
         '{"model": "chat-small", "input_tokens": 3000, "output_tokens": 500,
-          "cached_input_tokens": 0, "cache_creation_tokens": 0, "reasoning_tokens": 0,
+          "cached_input_tokens": 0, "cache_creation_tokens": 0, "cache_creation_1h_tokens": 0,
+          "reasoning_tokens": 0,
           "tool_calls": 0, "requests": 1}'::jsonb,
         '{"turn": 1}'::jsonb
       from v3$$,

@@ -1,0 +1,73 @@
+"""Options shared by several commands, and the parsers of their values."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+Metadata = Annotated[
+    str | None,
+    typer.Option("--metadata", help="A JSON object stored with the row, e.g. '{\"order\": 17}'."),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    typer.Option("--key", help="Idempotency key: the same call with the same key happens once."),
+]
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def metadata(value: str | None) -> dict[str, Any] | None:
+    """The ``--metadata`` JSON object."""
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--metadata") from exc
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint="--metadata")
+    return parsed
+
+
+def duration(value: str, option: str) -> timedelta:
+    """``90s``, ``15m``, ``12h``, ``30d``, ``2w``."""
+    match = _DURATION.match(value.strip())
+    if not match:
+        raise typer.BadParameter(
+            f"{value!r} is not a duration like 90s, 15m, 12h, 30d or 2w", param_hint=option
+        )
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def moment(value: str, option: str) -> datetime:
+    """An ISO 8601 date or time; without a time zone it is UTC."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r} is not an ISO 8601 time", param_hint=option) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def expiry(expires_at: str | None, expires_in: str | None, key: str | None) -> datetime | None:
+    """``--expires-at`` or ``--expires-in`` (not both); None for credits that never expire."""
+    if expires_at and expires_in:
+        raise typer.BadParameter("give --expires-at or --expires-in, not both")
+    if expires_in and key:
+        # a retry would compute another time, and the ledger refuses a key reused with
+        # other parameters
+        raise typer.BadParameter(
+            "--expires-in gives a new time on every run, so a retry with --key would "
+            "conflict: use --expires-at with --key"
+        )
+    if expires_at:
+        return moment(expires_at, "--expires-at")
+    if expires_in:
+        return datetime.now(UTC) + duration(expires_in, "--expires-in")
+    return None

@@ -1,0 +1,147 @@
+"""Which database a command talks to, and how a failure becomes one line and an exit code.
+
+Every command runs inside :func:`session`: it opens the store the options name, hands the
+command a :class:`~ducto.CreditManager`, closes the store afterwards, and turns a ducto
+error into ``error: <message>`` on stderr and the exit code of its kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+import psycopg
+import typer
+from psycopg.conninfo import conninfo_to_dict
+from rich.console import Console
+
+from ducto.embedded import POSTGRES_MAJOR, EmbeddedPostgres, default_data_dir
+from ducto.errors import (
+    DuctoError,
+    PermissionDeniedError,
+    PricingNotLoadedError,
+    SchemaError,
+    StoreError,
+)
+from ducto.interface import HttpxSupabaseStore, PostgresStore
+from ducto.manager import CreditManager
+
+#: Progress and errors go to stderr, so stdout carries only the result (or its JSON).
+stderr = Console(stderr=True)
+
+
+class ExitCode(IntEnum):
+    """The exit codes of every ``ducto`` command (docs/cli.md lists them)."""
+
+    OK = 0
+    #: the ledger refused the operation: insufficient credits, unknown id, bad value...
+    REFUSED = 1
+    #: the command line is wrong (click's own code)
+    USAGE = 2
+    #: the database cannot be reached, refused the credentials, or failed unexpectedly
+    UNAVAILABLE = 3
+    #: ducto's schema (or an active pricing) is missing or older than this ducto needs
+    NOT_READY = 4
+    #: ``ducto verify`` found broken invariants
+    INCONSISTENT = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The database named by the global options; the first that is set wins."""
+
+    db_url: str | None
+    supabase_url: str | None
+    service_role_key: str | None
+    data_dir: Path | None
+
+    @property
+    def kind(self) -> str:
+        """``postgres``, ``supabase`` or ``embedded``."""
+        if self.db_url:
+            return "postgres"
+        if self.supabase_url:
+            return "supabase"
+        return "embedded"
+
+    def describe(self) -> str:
+        """Where the data is, for a person (never a password or a key)."""
+        if self.db_url:
+            info = conninfo_to_dict(self.db_url)
+            where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}"
+            return f"PostgreSQL {info.get('user', '')}@{where}/{info.get('dbname', '')}"
+        if self.supabase_url:
+            return f"Supabase REST API {self.supabase_url.rstrip('/')}"
+        return f"embedded PostgreSQL {POSTGRES_MAJOR} in {self.data_dir or default_data_dir()}"
+
+
+def fail(message: str, code: ExitCode) -> typer.Exit:
+    """Print ``error: message`` (one line) on stderr; the Exit to raise for ``code``."""
+    line = " ".join(message.split())
+    stderr.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(int(code))
+
+
+def exit_code(error: DuctoError) -> ExitCode:
+    """The exit code for a ducto error."""
+    if isinstance(error, SchemaError | PricingNotLoadedError):
+        return ExitCode.NOT_READY
+    if isinstance(error, PermissionDeniedError | StoreError):
+        return ExitCode.UNAVAILABLE
+    return ExitCode.REFUSED
+
+
+def _message(error: DuctoError) -> str:
+    text = f"{error.message} [{error.code}]" if error.code else error.message
+    if isinstance(error, SchemaError) and error.code != "DC100":
+        text += " (ducto's schema is not installed here: run `ducto setup`)"
+    return text
+
+
+@contextmanager
+def session(target: Target, *, setup_embedded: bool = True) -> Iterator[CreditManager]:
+    """A CreditManager on ``target``, closed afterwards; errors become exit codes.
+
+    The embedded database is ducto's alone, so its schema is brought up to date on open
+    (``setup_embedded=False`` leaves that to the caller).
+    """
+    try:
+        with ExitStack() as stack:
+            manager = CreditManager(_open_store(target, stack))
+            if target.kind == "embedded" and setup_embedded:
+                manager.setup()
+            yield manager
+    except DuctoError as error:
+        raise fail(_message(error), exit_code(error)) from error
+    except KeyboardInterrupt:
+        raise fail("interrupted", ExitCode.UNAVAILABLE) from None
+
+
+def _open_store(target: Target, stack: ExitStack) -> PostgresStore | HttpxSupabaseStore:
+    if target.supabase_url and not target.db_url:
+        if not target.service_role_key:
+            raise StoreError("SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY is not")
+        http = HttpxSupabaseStore(target.supabase_url, target.service_role_key)
+        stack.callback(http.close)
+        return http
+    url = target.db_url
+    if url is None:
+        with stderr.status(f"Starting the {target.describe()}"):
+            embedded = EmbeddedPostgres(target.data_dir or default_data_dir())
+            url = embedded.start()
+        stack.callback(embedded.stop)
+    _check_connection(url)
+    store = PostgresStore(url, max_size=2)
+    stack.callback(store.close)
+    return store
+
+
+def _check_connection(url: str) -> None:
+    # the pool would retry a bad URL until its timeout and then report only the timeout
+    try:
+        psycopg.connect(url, connect_timeout=10).close()
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot connect to the database: {exc}") from exc

@@ -1,0 +1,167 @@
+"""Install, inspect and maintain the ledger: setup, status, verify, sweep, sql export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ducto import __version__, _migrations
+from ducto.cli._options import JsonFlag
+from ducto.cli._output import credits, emit_json, show, stdout, table, text
+from ducto.cli._session import ExitCode, Target, fail, session, stderr
+from ducto.errors import PricingNotLoadedError, SchemaError
+from ducto.manager import CreditManager
+from ducto.pricing import PricingVersion
+
+
+def setup(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Install ducto's schema, or upgrade it: apply the migrations the database lacks.
+
+    Over the Supabase REST API nothing can be installed: it checks that the schema is
+    current and otherwise says how to deploy it (`ducto sql export`).
+    """
+    with (
+        session(ctx.obj, setup_embedded=False) as manager,
+        stderr.status("Applying ducto's migrations"),
+    ):
+        result = manager.setup()
+    if result.applied:
+        headline = f"Applied {len(result.applied)} migrations."
+    else:
+        headline = "Nothing to apply."
+    show(result, f"{headline} Schema version {result.schema_version}.", as_json=as_json)
+
+
+def status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Show the connection, the installed schema version and whether it is current.
+
+    Exits 4 when the schema is missing or older than this ducto needs.
+    """
+    target: Target = ctx.obj
+    with session(target, setup_embedded=False) as manager:
+        installed = manager.schema_version()
+        pricing = _active_pricing(manager) if installed else None
+    expected = _migrations.latest_version()
+    state, advice = _schema_state(installed, expected)
+    report = {
+        "ducto_version": __version__,
+        "database": {"kind": target.kind, "where": target.describe(), "reachable": True},
+        "schema": {"installed": installed, "expected": expected, "state": state},
+        "pricing": pricing
+        and {
+            "version": pricing.version,
+            "label": pricing.label,
+            "created_at": pricing.created_at,
+        },
+    }
+    if as_json:
+        emit_json(report)
+    else:
+        stdout.print(f"ducto {__version__}, schema {expected}")
+        stdout.print(f"  database  {target.describe()} (reachable)")
+        stdout.print(f"  schema    {installed or 'not installed'}: {state}{advice}")
+        active = (
+            f"version {pricing.version}{f' ({pricing.label})' if pricing.label else ''}, "
+            f"published {text(pricing.created_at)}"
+            if pricing
+            else "none published (ducto pricing publish FILE)"
+        )
+        stdout.print(f"  pricing   {active}")
+    if state in ("missing", "behind"):
+        raise fail(f"ducto's schema is {state}{advice}", ExitCode.NOT_READY)
+
+
+def _active_pricing(manager: CreditManager) -> PricingVersion | None:
+    try:
+        return manager.get_pricing()
+    except (PricingNotLoadedError, SchemaError):  # none published, or a schema before pricing
+        return None
+
+
+def _schema_state(installed: str | None, expected: str) -> tuple[str, str]:
+    if installed is None:
+        return "missing", " (install it: ducto setup)"
+    if installed < expected:
+        return "behind", f" (this ducto needs {expected}: ducto setup, or supabase db push)"
+    if installed > expected:
+        return "ahead", " (newer than this ducto: upgrade the ducto package)"
+    return "current", ""
+
+
+def verify(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Recompute every ledger invariant. Exits 5 when one is broken."""
+    with session(ctx.obj) as manager, stderr.status("Checking every account's invariants"):
+        issues = manager.verify_ledger()
+    table(
+        issues,
+        ("check_name", "user_id", "account_id", "expected", "actual"),
+        title=f"{len(issues)} broken invariants",
+        as_json=as_json,
+        empty="The ledger is consistent: every invariant holds.",
+    )
+    if issues:
+        raise fail(f"{len(issues)} broken ledger invariants", ExitCode.INCONSISTENT)
+
+
+def sweep(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, change nothing.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Expire what is left of expired grants and mark timed-out reservations."""
+    with session(ctx.obj) as manager, stderr.status("Sweeping expired credits"):
+        result = manager.sweep_expired_credits(dry_run=dry_run)
+    verb = "Would expire" if dry_run else "Expired"
+    show(
+        result,
+        f"{verb} {credits(result.expired_amount)} in {result.expired_grants} grants and "
+        f"{result.expired_holds} reservations, over {result.accounts} accounts.",
+        as_json=as_json,
+    )
+
+
+sql = typer.Typer(help="ducto's SQL, for deploying it with the supabase CLI.")
+
+
+@sql.command("export")
+def export(
+    project_dir: Annotated[
+        Path,
+        typer.Argument(
+            file_okay=False, help="The Supabase project: the folder that holds supabase/."
+        ),
+    ],
+) -> None:
+    """Write ducto's migrations into PROJECT_DIR/supabase/migrations.
+
+    `supabase db push` then deploys them along with the project's own. Files already
+    there are left alone; a file of the same name with other content is an error.
+    """
+    if not (project_dir / "supabase").is_dir():
+        raise fail(
+            f"{project_dir} has no supabase/ folder: run `supabase init` there first",
+            ExitCode.USAGE,
+        )
+    folder = project_dir / "supabase" / "migrations"
+    folder.mkdir(exist_ok=True)
+    migrations = _migrations.bundled()
+    written = 0
+    for migration in migrations:
+        path = folder / f"{migration.version}_{migration.name}.sql"
+        if path.exists():
+            if path.read_text("utf-8") != migration.sql:
+                raise fail(
+                    f"{path} differs from ducto's migration of that name; migrations are "
+                    "append-only, so ducto will not overwrite it",
+                    ExitCode.REFUSED,
+                )
+            continue
+        path.write_text(migration.sql, "utf-8")
+        written += 1
+        stdout.print(f"wrote {path}")
+    stdout.print(
+        f"{written} written, {len(migrations) - written} already there. Deploy: "
+        "supabase db push (add --include-all if newer migrations are already applied)."
+    )

@@ -1,0 +1,18 @@
+"""Running the repository's commands from a test: the scripts, the supabase CLI, ducto."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SUPABASE = ROOT / "node_modules" / ".bin" / "supabase"
+
+
+def run(args: list[str], cwd: Path = ROOT) -> str:
+    """Run a command that must succeed; its stdout."""
+    result = subprocess.run(
+        args, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout

@@ -1,0 +1,204 @@
+"""The ``ducto`` command, run as an operator runs it, on a fresh PostgreSQL database,
+through the Supabase REST API, and on the embedded PostgreSQL (there as the installed
+console script in subprocesses, which also shows that each process stops the server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from helpers_process import ROOT, SUPABASE, run
+from typer.testing import CliRunner
+
+from ducto import PricingConfigData, PricingEngine, UsageMetrics, __version__
+from ducto._migrations import bundled, latest_version
+from ducto.cli import app
+
+DUCTO = Path(sys.executable).parent / "ducto"
+PRICING = ROOT / "examples" / "pricing.json"
+#: what picks the database; each test sets its own
+CONNECTION = ("DATABASE_URL", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "DUCTO_DATA_DIR")
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a run of ``ducto`` printed, and its exit code."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+class Cli:
+    """Runs ``ducto`` with one connection's environment: in-process through click's test
+    runner, or as the installed console script in a subprocess (``subprocess=True``)."""
+
+    def __init__(self, *, subprocess: bool = False, **env: str) -> None:
+        self.subprocess = subprocess
+        self.env: dict[str, str | None] = {name: None for name in CONNECTION} | env
+
+    def __call__(self, *args: str, code: int = 0) -> Result:
+        """Run ``ducto args``; check its exit code, and that a failure says one line on
+        stderr (stdout carries only a result or a report)."""
+        result = self._run(args)
+        assert result.code == code, result.stdout + result.stderr
+        if code not in (0, 2):  # 2: click's own usage message
+            assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+        return result
+
+    def _run(self, args: tuple[str, ...]) -> Result:
+        if not self.subprocess:
+            ran = CliRunner().invoke(app, list(args), env=self.env)
+            crash = "" if isinstance(ran.exception, SystemExit | None) else repr(ran.exception)
+            return Result(ran.exit_code, ran.stdout, ran.stderr + crash)
+        env = {k: v for k, v in os.environ.items() if k not in CONNECTION}
+        env |= {k: v for k, v in self.env.items() if v is not None}
+        done = subprocess.run(
+            [str(DUCTO), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def json(self, *args: str, code: int = 0) -> Any:
+        """Run ``ducto args --json``; its parsed output."""
+        return json.loads(self(*args, "--json", code=code).stdout)
+
+
+def test_operator_lifecycle_on_postgres(new_database: Callable[..., str]) -> None:
+    url = new_database()
+    cli = Cli(DATABASE_URL=url)
+
+    assert "not installed" in cli("status", code=4).stdout
+    assert cli.json("setup")["applied"] == [m.version for m in bundled()]
+    status = cli.json("status")
+    assert status["schema"] == {
+        "installed": latest_version(),
+        "expected": latest_version(),
+        "state": "current",
+    }
+    assert status["ducto_version"] == __version__
+    assert status["database"]["kind"] == "postgres"
+    assert "postgres:postgres" not in cli("status").stdout  # never the password
+
+    assert "[DC063]" in cli("pricing", "show", code=4).stderr  # nothing published yet
+    published = cli.json("pricing", "publish", str(PRICING), "--label", "sample")
+    assert (published["version"], published["label"], published["is_active"]) == (1, "sample", True)
+    assert published["config"] == PricingConfigData.parse(PRICING.read_text()).to_json()
+    assert [v["version"] for v in cli.json("pricing", "history")] == [1]
+    assert cli.json("status")["pricing"]["version"] == 1
+
+    purchase = ["credits", "add", "alice", "1000", "--type", "purchase", "--key", "order-1"]
+    first = cli.json(*purchase)
+    assert (first["balance_after"], first["is_replay"]) == (1000, False)
+    assert cli(*purchase).stdout.startswith("Replayed (nothing changed)")
+    expires = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)
+    promo = cli.json(
+        "credits", "add", "alice", "200", "--type", "promotion", "--category", "promotional",
+        "--expires-at", expires.isoformat(), "--metadata", '{"campaign": "launch"}',
+    )  # fmt: skip
+    assert datetime.fromisoformat(promo["expires_at"]) == expires
+
+    hold = cli.json("credits", "reserve", "alice", "50")
+    settled = cli.json("credits", "settle", hold["reservation_id"], "62")
+    assert (settled["amount"], settled["overage"]) == (62, 12)
+    refund = cli.json(
+        "credits", "refund", settled["transaction_id"], "--amount", "10", "--reason", "retry"
+    )
+    assert refund["refundable_remaining"] == 52
+    assert cli.json("credits", "balance", "alice") == {
+        "user_id": "alice",
+        "balance": 1148,
+        "held": 0,
+        "available": 1148,
+    }
+
+    turn = ["credits", "deduct", "alice", "--model", "claude-opus-4", "--input-tokens", "500"]
+    charged = cli.json(*turn, "--output-tokens", "200", "--key", "chat_42_turn_7")
+    engine = PricingEngine(PRICING.read_text())
+    expected = engine.cost(UsageMetrics("claude-opus-4", input_tokens=500, output_tokens=200))
+    assert (charged["amount"], charged["pricing_version"]) == (expected, 1)
+    job = cli.json("credits", "deduct", "alice", "--job", "roadmap_generation")
+    assert job["amount"] == engine.fixed_cost("roadmap_generation")
+    cli("credits", "deduct", "alice", code=2)  # neither --model nor --job
+    balance = 1000 + 200 - 62 + 10 - charged["amount"] - job["amount"]
+    assert cli.json("credits", "balance", "alice")["balance"] == balance
+
+    refused = cli("credits", "reserve", "alice", "100000", code=1)
+    assert refused.stdout == ""
+    assert "insufficient credits" in refused.stderr and "[DC010]" in refused.stderr
+    assert "[DC040]" in cli("credits", "release", hold["reservation_id"], code=1).stderr
+    cli("credits", "settle", "not-a-reservation-id", "1", code=1)
+    assert cli.json("sweep", "--dry-run")["dry_run"] is True
+    assert cli.json("verify") == []
+
+    # a balance changed behind the ledger's back: verify names it and exits 5
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("update public.credit_accounts set balance = balance + 1")
+    issues = cli.json("verify", code=5)
+    assert issues and {issue["user_id"] for issue in issues} == {"alice"}
+
+
+def test_supabase_rest_api(supabase_url: str, service_role_key: str) -> None:
+    cli = Cli(SUPABASE_URL=supabase_url, SUPABASE_SERVICE_ROLE_KEY=service_role_key)
+    status = cli.json("status")
+    assert (status["database"]["kind"], status["schema"]["state"]) == ("supabase", "current")
+    assert cli("setup").stdout.startswith("Nothing to apply.")
+    assert isinstance(cli.json("pricing", "history"), list)
+    added = cli.json("credits", "add", "cli-http-user", "30")
+    assert cli.json("credits", "balance", "cli-http-user")["balance"] == added["balance_after"]
+
+    forged = Cli(SUPABASE_URL=supabase_url, SUPABASE_SERVICE_ROLE_KEY="not-the-key")
+    forged("credits", "balance", "cli-http-user", code=3)
+    Cli(SUPABASE_URL=supabase_url)("status", code=3)  # the key is missing
+
+
+def test_usage_and_connection_errors() -> None:
+    unreachable = Cli(DATABASE_URL="postgresql://postgres@127.0.0.1:1/postgres")
+    assert "cannot connect" in unreachable("credits", "balance", "u", code=3).stderr
+    unreachable("credits", "add", "u", "0", code=2)  # refused before connecting
+    unreachable("credits", "add", "u", "5", "--metadata", "[1]", code=2)
+    assert Cli(subprocess=True)("--version").stdout == f"ducto {__version__}\n"
+
+
+def test_embedded_database_by_default(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pgdata"
+    cli = Cli(subprocess=True, DUCTO_DATA_DIR=str(data_dir))
+    cli("credits", "add", "bob", "5")
+    # a second process finds the same data, and each one stops the server it started
+    assert cli.json("credits", "balance", "bob")["balance"] == 5
+    assert not (data_dir / "postmaster.pid").exists()
+
+
+def test_sql_export_deploys_with_supabase_db_push(
+    new_database: Callable[..., str], tmp_path: Path
+) -> None:
+    project = tmp_path / "app"
+    (project / "supabase" / "migrations").mkdir(parents=True)
+    shutil.copy(ROOT / "supabase" / "config.toml", project / "supabase" / "config.toml")
+    (project / "supabase" / "migrations" / "20270101000000_orders.sql").write_text(
+        "create table public.orders (id bigint primary key);\n"
+    )
+    cli = Cli()
+    cli("sql", "export", str(project))
+    url = new_database()
+    run([str(SUPABASE), "db", "push", "--db-url", url, "--yes"], cwd=project)
+    assert Cli(DATABASE_URL=url).json("status")["schema"]["state"] == "current"
+
+    assert "0 written" in cli("sql", "export", str(project)).stdout
+    first = sorted((project / "supabase" / "migrations").glob("2026*.sql"))[0]
+    first.write_text(first.read_text() + "-- changed\n")
+    cli("sql", "export", str(project), code=1)
+    cli("sql", "export", str(tmp_path), code=2)  # not a Supabase project

@@ -1,0 +1,164 @@
+"""The TypeScript types of the RPCs stay in step with the SQL.
+
+``supabase/functions/_shared/database.types.ts`` is generated from ``pg_catalog`` by
+``scripts/db_types.py``; the edge functions, the supabase-js example and the Deno tests
+import it, and ``deno check`` type-checks them against it. Here:
+
+- regenerating it from the stack's database (the migrations, applied by
+  ``supabase db push``) gives the committed file byte for byte;
+- the generator maps what the catalog says (argument defaults, nullability, composite
+  and set-returning results, foreign keys) and refuses what it cannot type, checked on
+  a throw-away database of probe objects.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATOR = ROOT / "scripts" / "db_types.py"
+
+
+def generate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(GENERATOR), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_committed_types_match_the_migrations(database_url: str) -> None:
+    result = generate("--check", "--url", database_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture
+def probe_url(database_url: str) -> Iterator[str]:
+    """An empty database of its own, dropped afterwards."""
+    name = f"ducto_types_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {} template template0").format(sql.Identifier(name)))
+    try:
+        yield urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
+
+
+PROBE_SQL = """
+create table public.credit_probe_parent (id bigint primary key);
+create table public.credit_probe (
+    id uuid primary key,
+    parent_id bigint not null unique references public.credit_probe_parent (id),
+    note text,
+    tags text[] not null,
+    data jsonb
+);
+create table public.not_ducto (id int);
+create type public.credit_probe_result as (n bigint, ok boolean);
+create function public.credit_probe_fn(p_a text, p_b numeric default 1, p_c jsonb default '{}')
+returns public.credit_probe_result language sql as $$ select 1::bigint, true $$;
+create function public.credit_probe_set()
+returns setof public.credit_probe_result language sql as $$ select 1::bigint, true $$;
+create function public.credit_probe_void(p_x integer[]) returns void language sql as '';
+"""
+
+
+def test_generator_types_what_the_catalog_says(probe_url: str) -> None:
+    with psycopg.connect(probe_url, autocommit=True) as conn:
+        conn.execute(PROBE_SQL)
+    result = generate("--url", probe_url)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    expected = [
+        # a table: nullability from NOT NULL, arrays, json; no write types
+        """      credit_probe: {
+        Row: {
+          id: string;
+          parent_id: number;
+          note: string | null;
+          tags: string[];
+          data: Json | null;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_probe_parent_id_fkey";
+            columns: ["parent_id"];
+            isOneToOne: true;
+            referencedRelation: "credit_probe_parent";
+            referencedColumns: ["id"];
+          },
+        ];
+      };""",
+        # arguments with a default are optional; a composite result is referenced
+        """      credit_probe_fn: {
+        Args: {
+          p_a: string;
+          p_b?: number;
+          p_c?: Json;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_probe_result"];
+      };""",
+        """      credit_probe_set: {
+        Args: never;
+        Returns: Database["public"]["CompositeTypes"]["credit_probe_result"][];
+      };""",
+        """      credit_probe_void: {
+        Args: {
+          p_x: number[];
+        };
+        Returns: undefined;
+      };""",
+        """      credit_probe_result: {
+        n: number | null;
+        ok: boolean | null;
+      };""",
+    ]
+    for part in expected:
+        assert part in text, f"missing:\n{part}\n--- in ---\n{text}"
+    assert "not_ducto" not in text
+
+
+@pytest.mark.parametrize(
+    ("ddl", "message"),
+    [
+        (
+            "create function public.credit_probe(p_at point) returns text language sql"
+            " as $$ select 'x' $$",
+            "no TypeScript type for pg_catalog.point",
+        ),
+        (
+            "create function public.credit_probe(p_a text) returns text language sql"
+            " as $$ select p_a $$;"
+            "create function public.credit_probe(p_a int) returns text language sql"
+            " as $$ select 'x' $$",
+            "credit_probe is overloaded",
+        ),
+        (
+            "create function public.credit_probe(text) returns text language sql"
+            " as $$ select 'x' $$",
+            "credit_probe has an unnamed argument",
+        ),
+    ],
+)
+def test_generator_refuses_what_it_cannot_type(probe_url: str, ddl: str, message: str) -> None:
+    with psycopg.connect(probe_url, autocommit=True) as conn:
+        conn.execute(ddl)
+    result = generate("--url", probe_url)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr

@@ -1,0 +1,17 @@
+"""The release's two versions agree everywhere they are written."""
+
+from __future__ import annotations
+
+import re
+
+from helpers_process import ROOT
+
+import ducto
+from ducto._migrations import latest_version
+
+
+def test_changelog_names_this_version_and_its_schema() -> None:
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    newest = re.search(r"^## (\S+) \(schema (\d+)\)$", changelog, re.MULTILINE)
+    assert newest, "CHANGELOG.md has no '## <version> (schema <version>)' heading"
+    assert (newest[1], newest[2]) == (ducto.__version__, latest_version())
