@@ -27,6 +27,36 @@ export type Database = {
         Update: { [_ in never]: never };
         Relationships: [];
       };
+      credit_allowance_grants: {
+        Row: {
+          account_id: number;
+          period: string;
+          period_start: string;
+          plan_id: string;
+          grant_id: string;
+          allowance: number;
+          rollover: number;
+          created_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_allowance_grants_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+          {
+            foreignKeyName: "credit_allowance_grants_grant_id_fkey";
+            columns: ["grant_id"];
+            isOneToOne: true;
+            referencedRelation: "credit_grants";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
       credit_grant_draws: {
         Row: {
           id: number;
@@ -106,6 +136,22 @@ export type Database = {
           },
         ];
       };
+      credit_plans: {
+        Row: {
+          id: string;
+          name: string;
+          features: Json;
+          is_default: boolean;
+          allowance: number | null;
+          allowance_period: string | null;
+          rollover_cap: number | null;
+          created_at: string;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [];
+      };
       credit_pricing_config: {
         Row: {
           version: number;
@@ -153,6 +199,49 @@ export type Database = {
           },
         ];
       };
+      credit_team_members: {
+        Row: {
+          team_id: string;
+          user_id: string;
+          role: string;
+          spend_limit: number | null;
+          limit_period: string | null;
+          joined_at: string;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_team_members_team_id_fkey";
+            columns: ["team_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_teams";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_teams: {
+        Row: {
+          id: string;
+          name: string;
+          account_id: number;
+          min_balance: number;
+          created_at: string;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_teams_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: true;
+            referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
       credit_transactions: {
         Row: {
           id: string;
@@ -172,6 +261,7 @@ export type Database = {
           usage: Json | null;
           model: string | null;
           job_name: string | null;
+          attributed_user_id: string | null;
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
@@ -206,6 +296,24 @@ export type Database = {
           },
         ];
       };
+      credit_user_plans: {
+        Row: {
+          user_id: string;
+          plan_id: string;
+          assigned_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_user_plans_plan_id_fkey";
+            columns: ["plan_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_plans";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
     };
     Views: { [_ in never]: never };
     Functions: {
@@ -222,12 +330,40 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_add_result"];
       };
+      credit_aggregate_stats: {
+        Args: {
+          p_start: string;
+          p_end: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_stats_result"];
+      };
+      credit_assign_plan: {
+        Args: {
+          p_user_id: string;
+          p_plan_id: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_user_plan_result"];
+      };
       credit_calculate_cost: {
         Args: {
           p_metrics: Json;
           p_version?: number;
         };
         Returns: Database["public"]["CompositeTypes"]["credit_cost_result"];
+      };
+      credit_check_feature: {
+        Args: {
+          p_user_id: string;
+          p_feature: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_feature_result"];
+      };
+      credit_daily_spend: {
+        Args: {
+          p_start: string;
+          p_end: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_daily_spend_row"][];
       };
       credit_deduct_credits: {
         Args: {
@@ -247,6 +383,16 @@ export type Database = {
           p_idempotency_key?: string;
         };
         Returns: Database["public"]["CompositeTypes"]["credit_deduct_result"];
+      };
+      credit_deduct_team: {
+        Args: {
+          p_team_id: string;
+          p_user_id: string;
+          p_metrics: Json;
+          p_metadata?: Json;
+          p_idempotency_key?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_team_deduct_result"];
       };
       credit_deduct_usage: {
         Args: {
@@ -268,6 +414,18 @@ export type Database = {
           p_version?: number;
         };
         Returns: Database["public"]["CompositeTypes"]["credit_pricing_version"];
+      };
+      credit_get_user_plan: {
+        Args: {
+          p_user_id: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_user_plan_result"];
+      };
+      credit_grant_allowances: {
+        Args: {
+          p_user_id?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_allowance_result"];
       };
       credit_list_pricing_versions: {
         Args: never;
@@ -296,6 +454,13 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_release_result"];
       };
+      credit_remove_team_member: {
+        Args: {
+          p_team_id: string;
+          p_user_id: string;
+        };
+        Returns: boolean;
+      };
       credit_reserve_credits: {
         Args: {
           p_user_id: string;
@@ -311,6 +476,16 @@ export type Database = {
       credit_schema_version: {
         Args: never;
         Returns: string;
+      };
+      credit_set_team_member: {
+        Args: {
+          p_team_id: string;
+          p_user_id: string;
+          p_role?: string;
+          p_spend_limit?: number;
+          p_limit_period?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_team_member_result"];
       };
       credit_settle_reservation: {
         Args: {
@@ -329,11 +504,53 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_deduct_result"];
       };
+      credit_spend_by_model: {
+        Args: {
+          p_start: string;
+          p_end: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_model_spend_row"][];
+      };
+      credit_spend_by_user: {
+        Args: {
+          p_start: string;
+          p_end: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_user_spend_row"][];
+      };
       credit_sweep_expired: {
         Args: {
           p_dry_run?: boolean;
         };
         Returns: Database["public"]["CompositeTypes"]["credit_sweep_result"];
+      };
+      credit_top_users: {
+        Args: {
+          p_limit: number;
+          p_start: string;
+          p_end: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_top_user_row"][];
+      };
+      credit_upsert_plan: {
+        Args: {
+          p_plan_id: string;
+          p_name: string;
+          p_features?: Json;
+          p_allowance?: number;
+          p_allowance_period?: string;
+          p_rollover_cap?: number;
+          p_is_default?: boolean;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_plan_result"];
+      };
+      credit_upsert_team: {
+        Args: {
+          p_team_id: string;
+          p_name: string;
+          p_min_balance?: number;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_team_result"];
       };
       credit_verify_ledger: {
         Args: never;
@@ -355,6 +572,13 @@ export type Database = {
         created_at: string | null;
         is_replay: boolean | null;
       };
+      credit_allowance_result: {
+        users: number | null;
+        granted: number | null;
+        already_granted: number | null;
+        amount: number | null;
+        rollover: number | null;
+      };
       credit_balance_result: {
         user_id: string | null;
         balance: number | null;
@@ -369,6 +593,14 @@ export type Database = {
         credits: number | null;
         min_balance: number | null;
       };
+      credit_daily_spend_row: {
+        day: string | null;
+        spent: number | null;
+        refunded: number | null;
+        net_spent: number | null;
+        charges: number | null;
+        users: number | null;
+      };
       credit_deduct_result: {
         transaction_id: string | null;
         reservation_id: string | null;
@@ -381,12 +613,38 @@ export type Database = {
         is_replay: boolean | null;
         pricing_version: number | null;
       };
+      credit_feature_result: {
+        user_id: string | null;
+        feature: string | null;
+        has_feature: boolean | null;
+        value: Json | null;
+        plan_id: string | null;
+      };
       credit_ledger_issue: {
         account_id: number | null;
         user_id: string | null;
         check_name: string | null;
         expected: string | null;
         actual: string | null;
+      };
+      credit_model_spend_row: {
+        model: string | null;
+        spent: number | null;
+        refunded: number | null;
+        net_spent: number | null;
+        charges: number | null;
+        users: number | null;
+      };
+      credit_plan_result: {
+        plan_id: string | null;
+        name: string | null;
+        features: Json | null;
+        is_default: boolean | null;
+        allowance: number | null;
+        allowance_period: string | null;
+        rollover_cap: number | null;
+        created_at: string | null;
+        updated_at: string | null;
       };
       credit_pricing_version: {
         version: number | null;
@@ -424,6 +682,18 @@ export type Database = {
         created_at: string | null;
         is_replay: boolean | null;
       };
+      credit_stats_result: {
+        window_start: string | null;
+        window_end: string | null;
+        spent: number | null;
+        refunded: number | null;
+        net_spent: number | null;
+        credited: number | null;
+        expired: number | null;
+        charges: number | null;
+        refunds: number | null;
+        users: number | null;
+      };
       credit_sweep_result: {
         dry_run: boolean | null;
         accounts: number | null;
@@ -431,6 +701,63 @@ export type Database = {
         expired_amount: number | null;
         expired_holds: number | null;
         expired_hold_amount: number | null;
+      };
+      credit_team_deduct_result: {
+        transaction_id: string | null;
+        team_id: string | null;
+        user_id: string | null;
+        amount: number | null;
+        balance_after: number | null;
+        available_after: number | null;
+        spent_in_period: number | null;
+        spend_limit: number | null;
+        limit_period: string | null;
+        created_at: string | null;
+        is_replay: boolean | null;
+        pricing_version: number | null;
+      };
+      credit_team_member_result: {
+        team_id: string | null;
+        user_id: string | null;
+        role: string | null;
+        spend_limit: number | null;
+        limit_period: string | null;
+        spent_in_period: number | null;
+        joined_at: string | null;
+      };
+      credit_team_result: {
+        team_id: string | null;
+        name: string | null;
+        account_user_id: string | null;
+        min_balance: number | null;
+        created_at: string | null;
+        updated_at: string | null;
+      };
+      credit_top_user_row: {
+        rank: number | null;
+        user_id: string | null;
+        net_spent: number | null;
+        spent: number | null;
+        refunded: number | null;
+        charges: number | null;
+      };
+      credit_user_plan_result: {
+        user_id: string | null;
+        plan_id: string | null;
+        plan_name: string | null;
+        features: Json | null;
+        is_default: boolean | null;
+        allowance: number | null;
+        allowance_period: string | null;
+        rollover_cap: number | null;
+        assigned_at: string | null;
+      };
+      credit_user_spend_row: {
+        user_id: string | null;
+        spent: number | null;
+        refunded: number | null;
+        net_spent: number | null;
+        charges: number | null;
       };
     };
   };
