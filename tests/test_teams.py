@@ -433,3 +433,42 @@ def test_members_spending_at_once_keep_the_pool_and_their_limits(database_url: s
         assert check.balance(pool)["balance"] == POOL - sum(spent.values()) >= FLOOR
         assert check.verify() == []
         assert deadlocks(check, application) == deadlocks_before
+
+
+def test_one_keyed_team_charge_from_every_worker_charges_once(database_url: str) -> None:
+    """16 workers send one member's keyed charge at the same moment: one journal row."""
+    team_id = str(uuid.uuid4())
+    member = f"member-{team_id[:8]}"
+    with connect(database_url) as conn:
+        setup = Ledger(conn)
+        setup.call("credit_publish_pricing", config=Jsonb(PRICING))
+        setup.call("credit_upsert_team", team_id=team_id, name="Keyed")
+        setup.add(f"team:{team_id}", 100)
+        setup.call("credit_set_team_member", team_id=team_id, user_id=member)
+    moment = threading.Barrier(MEMBERS, timeout=BARRIER_TIMEOUT)
+
+    def work(index: int, worker: Ledger) -> dict[str, Any]:
+        moment.wait()
+        return dict(
+            worker.call(
+                "credit_deduct_team",
+                team_id=team_id,
+                user_id=member,
+                metrics=Jsonb({"model": "unit", "requests": 7}),
+                idempotency_key="same-turn",
+            )
+        )
+
+    replies = run_workers(
+        database_url, MEMBERS, work, application=f"ducto-key-{team_id[:8]}", barriers=[moment]
+    )
+    assert len({r["transaction_id"] for r in replies}) == 1
+    assert sum(not r["is_replay"] for r in replies) == 1
+    with connect(database_url) as conn:
+        check = Ledger(conn)
+        assert check.balance(f"team:{team_id}")["balance"] == 93
+        journal = check.rows(
+            "select count(*) as n from credit_transactions where user_id = %s and type = 'usage'",
+            (f"team:{team_id}",),
+        )
+        assert journal[0]["n"] == 1
