@@ -254,17 +254,20 @@ volatile
 set search_path = ''
 as $$
 declare
+    v_account_id bigint;
     v_team public.credit_teams;
 begin
-    select * into v_team from public.credit_teams where id = p_team_id;
+    select t.account_id into v_account_id from public.credit_teams as t where t.id = p_team_id;
     if not found then
         perform credit_private.fail(
             'DC081', format('team %s does not exist', coalesce(p_team_id::text, 'null')),
             jsonb_build_object('team_id', p_team_id)
         );
     end if;
-    -- the pool's account is the team's lock point, as for every ledger operation
-    perform credit_private.lock_account_by_id(v_team.account_id);
+    -- the pool's account is the team's lock point, as for every ledger operation; the
+    -- team row is read under it, so its floor is the one a concurrent upsert left
+    perform credit_private.lock_account_by_id(v_account_id);
+    select * into v_team from public.credit_teams where id = p_team_id;
     return v_team;
 end;
 $$;
