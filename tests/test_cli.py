@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from typing import Any
 
 import psycopg
 from helpers_process import ROOT, SUPABASE, run
+from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
 from ducto import PricingConfigData, PricingEngine, UsageMetrics, __version__
@@ -82,6 +84,7 @@ def test_operator_lifecycle_on_postgres(new_database: Callable[..., str]) -> Non
     cli = Cli(DATABASE_URL=url)
 
     assert "not installed" in cli("status", code=4).stdout
+    assert "ducto setup" in cli("stats", "summary", code=4).stderr
     assert cli.json("setup")["applied"] == [m.version for m in bundled()]
     status = cli.json("status")
     assert status["schema"] == {
@@ -151,17 +154,104 @@ def test_operator_lifecycle_on_postgres(new_database: Callable[..., str]) -> Non
     assert issues and {issue["user_id"] for issue in issues} == {"alice"}
 
 
+def test_stats_after_charges_on_two_days(new_database: Callable[..., str]) -> None:
+    url = new_database()
+    cli = Cli(DATABASE_URL=url)
+    cli("setup")
+    cli("pricing", "publish", str(PRICING))
+    cli("credits", "add", "ann", "1000")
+    cli("credits", "add", "ben", "1000")
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    day1, day2 = today - timedelta(days=3), today - timedelta(days=1)
+
+    def on(day: datetime) -> Cli:
+        """The CLI on connections whose ledger clock (docs/ledger.md) reads 10:00 on day."""
+        clock = f"-c ducto.now={(day + timedelta(hours=10)).isoformat()}"
+        return Cli(DATABASE_URL=make_conninfo(url, options=clock))
+
+    tokens = ("--input-tokens", "5000", "--output-tokens", "2000")
+    opus = on(day1).json("credits", "deduct", "ann", "--model", "claude-opus-4", *tokens)
+    job = on(day1).json("credits", "deduct", "ben", "--job", "roadmap_generation")
+    gpt = on(day2).json("credits", "deduct", "ann", "--model", "gpt-4o", *tokens)
+    assert (opus["amount"], job["amount"], gpt["amount"]) == (270, 50, 39)  # pricing.json
+    # a refund counts on its own day, for the model of the charge it gives back
+    on(day2)("credits", "refund", opus["transaction_id"], "--amount", "100")
+
+    window = ("--start", day1.isoformat(), "--end", (today + timedelta(days=1)).isoformat())
+    assert cli.json("stats", "daily", *window) == [
+        {"day": str(day1.date()), "spent": 320, "refunded": 0, "net_spent": 320,
+         "charges": 2, "users": 2},
+        {"day": str(day1.date() + timedelta(days=1)), "spent": 0, "refunded": 0,
+         "net_spent": 0, "charges": 0, "users": 0},
+        {"day": str(day2.date()), "spent": 39, "refunded": 100, "net_spent": -61,
+         "charges": 1, "users": 1},
+        {"day": str(today.date()), "spent": 0, "refunded": 0, "net_spent": 0, "charges": 0,
+         "users": 0},
+    ]  # fmt: skip
+    # the picture: the largest day fills the bar column, a negative day is drawn to scale
+    rows = {line[2:12]: line for line in cli("stats", "daily", *window).stdout.splitlines()}
+    width = rows[str(day1.date())].count("█")
+    assert width >= 6 and "▏" not in rows[str(day1.date())]
+    full, eighths = divmod(round(8 * width * 61 / 320), 8)
+    assert f" {'█' * full}{' ▏▎▍▌▋▊▉'[eighths].strip()} " in rows[str(day2.date())]
+    assert "█" not in rows[str(today.date())]
+
+    assert cli.json("stats", "models", *window) == [
+        {"model": "claude-opus-4", "spent": 270, "refunded": 100, "net_spent": 170,
+         "charges": 1, "users": 1},
+        {"model": None, "spent": 50, "refunded": 0, "net_spent": 50, "charges": 1, "users": 1},
+        {"model": "gpt-4o", "spent": 39, "refunded": 0, "net_spent": 39, "charges": 1,
+         "users": 1},
+    ]  # fmt: skip
+    models = cli("stats", "models", *window).stdout
+    assert "claude-opus-4" in models and "fixed-cost jobs" in models
+    assert cli.json("stats", "users", *window) == [
+        {"user_id": "ann", "spent": 309, "refunded": 100, "net_spent": 209, "charges": 2},
+        {"user_id": "ben", "spent": 50, "refunded": 0, "net_spent": 50, "charges": 1},
+    ]
+    assert cli.json("stats", "top", "--limit", "1", *window) == [
+        {"rank": 1, "user_id": "ann", "net_spent": 209, "spent": 309, "refunded": 100,
+         "charges": 2},
+    ]  # fmt: skip
+    summary = cli.json("stats", "summary", *window)
+    assert (summary["window_start"], summary["window_end"]) == (window[1], window[3])
+    assert (summary["spent"], summary["refunded"], summary["credited"]) == (359, 100, 2000)
+    assert (summary["charges"], summary["refunds"], summary["users"]) == (3, 1, 2)
+    assert "259 credits by 2 users" in cli("stats", "summary", *window).stdout
+
+    # the default report and window (30 days to now) hold both days; --last 2d only day2
+    default = cli.json("stats")
+    assert (default["net_spent"], default["credited"]) == (259, 2000)
+    since, until = (datetime.fromisoformat(default[f"window_{e}"]) for e in ("start", "end"))
+    assert until - since == timedelta(days=30)
+    assert cli.json("stats", "summary", "--last", "2d")["net_spent"] == -61
+    assert cli.json("stats", "summary", "--start", str(day2.date()))["spent"] == 39
+    cli("stats", "summary", "--start", str(today.date()), "--last", "1d", code=2)
+    cli("stats", "daily", "--start", str(today.date()), "--end", str(day1.date()), code=2)
+    cli("stats", "users", "--last", "3 days", code=2)
+    cli("stats", "top", "--limit", "0", code=2)
+    cli("stats", "daily", "--limit", "3", code=2)
+
+
 def test_supabase_rest_api(supabase_url: str, service_role_key: str) -> None:
     cli = Cli(SUPABASE_URL=supabase_url, SUPABASE_SERVICE_ROLE_KEY=service_role_key)
     status = cli.json("status")
     assert (status["database"]["kind"], status["schema"]["state"]) == ("supabase", "current")
     assert cli("setup").stdout.startswith("Nothing to apply.")
     assert isinstance(cli.json("pricing", "history"), list)
-    added = cli.json("credits", "add", "cli-http-user", "30")
-    assert cli.json("credits", "balance", "cli-http-user")["balance"] == added["balance_after"]
+    user = f"cli-http-{uuid.uuid4()}"
+    cli("credits", "add", user, "30")
+    hold = cli.json("credits", "reserve", user, "20")
+    cli("credits", "settle", hold["reservation_id"], "12")
+    assert cli.json("credits", "balance", user)["balance"] == 18
+    # other tests charge in the same database at the same time: only this user's row is known
+    mine = [row for row in cli.json("stats", "users", "--last", "1h") if row["user_id"] == user]
+    assert mine == [{"user_id": user, "spent": 12, "refunded": 0, "net_spent": 12, "charges": 1}]
+    assert cli.json("stats", "summary", "--last", "1h")["spent"] >= 12
 
     forged = Cli(SUPABASE_URL=supabase_url, SUPABASE_SERVICE_ROLE_KEY="not-the-key")
-    forged("credits", "balance", "cli-http-user", code=3)
+    forged("credits", "balance", user, code=3)
+    forged("stats", "top", code=3)
     Cli(SUPABASE_URL=supabase_url)("status", code=3)  # the key is missing
 
 

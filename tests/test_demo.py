@@ -17,6 +17,9 @@ def test_make_demo_runs_every_step() -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    for title in ("Publish pricing", "Replay", "Refusal", "sweep", "Spend report", "Verify"):
+    for title in (
+        "Publish pricing", "feature gate", "Replay", "Refusal", "team pool", "sweep",
+        "Spend report", "Verify",
+    ):  # fmt: skip
         assert title in done.stdout
     assert "Every step did what the ledger promises." in done.stdout

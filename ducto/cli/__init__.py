@@ -14,12 +14,12 @@ from typing import Annotated
 import typer
 
 from ducto import __version__
-from ducto.cli import credits, operate, pricing
+from ducto.cli import credits, operate, pricing, stats
 from ducto.cli._session import Target
 
 app = typer.Typer(
     name="ducto",
-    help="Operate ducto's credit ledger: install it, grant and charge credits, check it.",
+    help="Operate ducto's credit ledger: install it, charge credits, report spend, check it.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -68,7 +68,7 @@ def root(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    """Operate ducto's credit ledger: install it, grant and charge credits, check it."""
+    """Operate ducto's credit ledger: install it, charge credits, report spend, check it."""
     ctx.obj = Target(db_url, supabase_url, service_role_key, data_dir)
 
 
@@ -79,6 +79,7 @@ app.command()(operate.sweep)
 app.add_typer(operate.sql, name="sql")
 app.add_typer(pricing.app, name="pricing")
 app.add_typer(credits.app, name="credits")
+app.command()(stats.stats)
 
 
 def main() -> None:

@@ -19,6 +19,25 @@ IdempotencyKey = Annotated[
     typer.Option("--key", help="Idempotency key: the same call with the same key happens once."),
 ]
 
+WindowStart = Annotated[
+    str | None,
+    typer.Option(
+        "--start",
+        help="Start of the window, included (ISO 8601). Default: --last before --end.",
+        show_default=False,
+    ),
+]
+WindowEnd = Annotated[
+    str | None,
+    typer.Option("--end", help="End of the window, excluded (ISO 8601).", show_default="now"),
+]
+WindowLast = Annotated[
+    str | None,
+    typer.Option(
+        "--last", help="The window's length, back from --end: 12h, 7d, 4w.", show_default="30d"
+    ),
+]
+
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -71,3 +90,15 @@ def expiry(expires_at: str | None, expires_in: str | None, key: str | None) -> d
     if expires_in:
         return datetime.now(UTC) + duration(expires_in, "--expires-in")
     return None
+
+
+def window(start: str | None, end: str | None, last: str | None) -> tuple[datetime, datetime]:
+    """The window ``[start, end)`` of ``--start``, ``--end`` (default now) and ``--last``
+    (default 30d, counted back from the end; not with ``--start``)."""
+    if start and last:
+        raise typer.BadParameter("give --start or --last, not both")
+    until = moment(end, "--end") if end else datetime.now(UTC)
+    since = moment(start, "--start") if start else until - duration(last or "30d", "--last")
+    if since >= until:
+        raise typer.BadParameter(f"the window [{since}, {until}) is empty: start is not before end")
+    return since, until

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 stdout = Console(highlight=False)
 
@@ -27,7 +29,7 @@ def plain(value: object) -> Any:
         return [plain(item) for item in value]
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, datetime):
+    if isinstance(value, date):  # a datetime too
         return value.isoformat()
     if isinstance(value, BaseModel):  # a pricing config
         return value.model_dump(mode="json")
@@ -56,9 +58,14 @@ def text(value: object) -> str:
     return str(value)
 
 
+def count(number: int, noun: str) -> str:
+    """``1,000 credits``, ``1 credit``: the number and the noun, plural unless 1."""
+    return f"{number:,} {noun}" + ("" if abs(number) == 1 else "s")
+
+
 def credits(amount: int) -> str:
     """``1,000 credits`` (``1 credit``)."""
-    return f"{amount:,} credit" + ("" if abs(amount) == 1 else "s")
+    return count(amount, "credit")
 
 
 def show(result: object, headline: str, *, as_json: bool) -> None:
@@ -81,20 +88,59 @@ def plain_fields(result: object) -> list[tuple[str, object]]:
     return [(f.name, getattr(result, f.name)) for f in dataclasses.fields(result)]
 
 
+class Bar:
+    """A horizontal bar: ``value`` against ``top``, the largest magnitude of its column,
+    which fills the column. The column is 6 to 24 cells wide, as the terminal allows;
+    eighths of a cell show small differences. A negative value (more refunded than spent)
+    is red."""
+
+    EIGHTHS = ("", "▏", "▎", "▍", "▌", "▋", "▊", "▉")
+
+    def __init__(self, value: int, top: int) -> None:
+        self.value = value
+        self.top = top
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(6, 24)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        share = abs(self.value) / self.top if self.top else 0
+        full, eighths = divmod(round(8 * options.max_width * share), 8)
+        style = "red" if self.value < 0 else "cyan"
+        yield Text("█" * full + self.EIGHTHS[eighths], style=style)
+
+
 def table(
-    rows: Sequence[object], columns: Sequence[str], *, title: str, as_json: bool, empty: str
+    rows: Sequence[object],
+    columns: Sequence[str],
+    *,
+    title: str,
+    as_json: bool,
+    empty: str,
+    chart: str | None = None,
+    caption: str | None = None,
 ) -> None:
-    """Rows of results: their JSON array, or a table of the named fields."""
+    """Rows of results: their JSON array, or a table of the named fields, and a bar of
+    the ``chart`` field for each row."""
     if as_json:
         emit_json(list(rows))
         return
     if not rows:
         stdout.print(empty)
         return
-    out = Table(title=title, title_justify="left")
+    out = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     for column in columns:
         numeric = isinstance(getattr(rows[0], column), int)
-        out.add_column(column.replace("_", " "), justify="right" if numeric else "left")
+        # beside bars the values stay whole: in a narrow terminal the bars give way first
+        out.add_column(
+            column.replace("_", " "), justify="right" if numeric else "left", no_wrap=bool(chart)
+        )
+    top = max(abs(getattr(row, chart)) for row in rows) if chart else 0
+    if chart:
+        out.add_column("")  # the bars
     for row in rows:
-        out.add_row(*(text(getattr(row, column)) for column in columns))
+        cells: list[RenderableType] = [text(getattr(row, column)) for column in columns]
+        if chart:
+            cells.append(Bar(getattr(row, chart), top))
+        out.add_row(*cells)
     stdout.print(out)
