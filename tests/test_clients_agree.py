@@ -14,7 +14,9 @@ clients interleave operations on the same users:
 After every step all three must report the same balance, held and available credits;
 the same usage costs the same credits whichever client charges it; an idempotency key
 used by one client is a replay for the others; and at the end all three read the same
-journal, which matches the arithmetic of the steps.
+journal, which matches the arithmetic of the steps. A plan and a team pool set up by
+Python read the same to the signed-in user (credit-balance, and the plan RPC from
+supabase-js).
 """
 
 from __future__ import annotations
@@ -293,3 +295,24 @@ def test_python_deno_and_js_share_one_ledger(
         assert by_supabase_js == in_db
         assert in_db[-1]["balance_after"] == expected[user]
     assert python.verify_ledger() == []
+
+
+def test_a_users_plan_and_team_pool_read_alike(
+    python: CreditManager, js: JsClient, deno: Functions
+) -> None:
+    user, team, run = str(uuid.uuid4()), str(uuid.uuid4()), uuid.uuid4().hex[:8]
+    token = make_user_token(user)
+    plan = f"agree-{run}"
+    python.upsert_plan(plan, "Agree", {"export": True, "seats": 3})
+    python.assign_plan(user, plan)
+    python.upsert_team(team, "Agree")
+    python.add_credits(f"team:{team}", 500)
+    python.set_team_member(team, user)
+    python.deduct_team(team, user, USAGE)
+    pool = python.get_balance(f"team:{team}").balance
+    assert pool == 500 - COST
+    features = python.get_user_plan(user).features
+    by_function = deno.account(token)
+    for view in (by_function["plan"], js("plan", user=user, token=token)):
+        assert (view["plan_id"], view["features"]) == (plan, features)
+    assert [(t["team_id"], t["pool_balance"]) for t in by_function["teams"]] == [(team, pool)]

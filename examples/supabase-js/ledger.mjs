@@ -6,7 +6,8 @@
 //
 //   // in the browser or app, as the signed-in user (row-level security applies)
 //   const me = userClient(SUPABASE_URL, SUPABASE_ANON_KEY, () => session.access_token);
-//   const { balance, plan, transactions } = await myAccount(me);
+//   const { balance, plan, teams, transactions } = await myAccount(me);
+//   if ((await checkFeature(me, userId, "export")).has_feature) showExportButton();
 //
 //   // on a trusted server, as the service role: the database prices the usage
 //   const server = serverClient(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY);
@@ -22,7 +23,10 @@ import { createClient } from "@supabase/supabase-js";
  * @typedef {import("../../supabase/functions/_shared/database.types.ts").Json} Json
  * @typedef {import("../../supabase/functions/_shared/database.types.ts").RpcResult<"credit_deduct_usage">} DeductResult
  * @typedef {import("../../supabase/functions/_shared/database.types.ts").RpcResult<"credit_get_balance">} BalanceResult
+ * @typedef {import("../../supabase/functions/_shared/database.types.ts").RpcResult<"credit_get_user_plan">} UserPlan
+ * @typedef {import("../../supabase/functions/_shared/database.types.ts").RpcResult<"credit_check_feature">} FeatureCheck
  * @typedef {import("../../supabase/functions/_shared/database.types.ts").TableRow<"credit_transactions">} Transaction
+ * @typedef {import("../../supabase/functions/credit-balance/index.ts").Account} Account
  * @typedef {import("@supabase/supabase-js").SupabaseClient<Database>} Client
  */
 
@@ -78,11 +82,11 @@ export function serverClient(url, serviceRoleKey) {
 }
 
 /**
- * The user's own balance, plan and newest transactions, from the credit-balance edge
- * function.
+ * The user's own balance, plan, teams (with their pools' balances) and newest
+ * transactions, from the credit-balance edge function.
  * @param {Client} client a userClient
  * @param {number} [limit] how many transactions (1 to 100, default 20)
- * @returns {Promise<BalanceResult & { plan: Json | null, transactions: Transaction[] }>}
+ * @returns {Promise<Account>}
  */
 export async function myAccount(client, limit = 20) {
   const { data, error, response } = await client.functions.invoke(
@@ -105,6 +109,31 @@ export async function myAccount(client, limit = 20) {
  */
 export async function getBalance(client, userId) {
   return unwrap(await client.rpc("credit_get_balance", { p_user_id: userId }));
+}
+
+/**
+ * A user's plan and its features: the assigned plan, else the default plan, else none
+ * (`plan_id` null, no features). A signed-in user may read only their own.
+ * @param {Client} client
+ * @param {string} userId
+ * @returns {Promise<UserPlan>}
+ */
+export async function getPlan(client, userId) {
+  return unwrap(await client.rpc("credit_get_user_plan", { p_user_id: userId }));
+}
+
+/**
+ * Whether a user's plan has a feature (absent, null and false: no), with its value, such
+ * as a limit. A signed-in user may check only their own; enforce on the server too.
+ * @param {Client} client
+ * @param {string} userId
+ * @param {string} feature
+ * @returns {Promise<FeatureCheck>}
+ */
+export async function checkFeature(client, userId, feature) {
+  return unwrap(
+    await client.rpc("credit_check_feature", { p_user_id: userId, p_feature: feature }),
+  );
 }
 
 /**

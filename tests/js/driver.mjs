@@ -5,7 +5,8 @@
 //
 //   {"op": "charge", "user": ..., "metrics": {...}, "key": ...}   service role
 //   {"op": "rpc", "name": ..., "args": {...}}                      service role
-//   {"op": "balance" | "journal", "user": ..., "token": ...}       as the signed-in user
+//   {"op": "balance" | "journal" | "plan", "user": ..., "token": ...}
+//                                                                  as the signed-in user
 //   {"op": "account", "token": ...}                                as the signed-in user
 //
 // Answers {"ok": <data>} or {"error": {"code", "message", "status"}}.
@@ -14,6 +15,7 @@ import { createInterface } from "node:readline";
 import {
   chargeUsage,
   getBalance,
+  getPlan,
   journal,
   LedgerError,
   myAccount,
@@ -38,6 +40,8 @@ async function run(order) {
       return await getBalance(asUser(order.token), order.user);
     case "journal":
       return await journal(asUser(order.token), order.user);
+    case "plan":
+      return await getPlan(asUser(order.token), order.user);
     case "account":
       return await myAccount(asUser(order.token), 100);
     default:

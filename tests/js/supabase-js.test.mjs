@@ -1,5 +1,6 @@
 // The supabase-js example (examples/supabase-js/ledger.mjs) under Node against the stack:
-// a signed-in user reads their balance and plan and cannot call the service role's RPCs;
+// a signed-in user reads their balance, plan and teams and cannot call the service role's
+// RPCs (ledger, pricing, plan and team administration, analytics);
 // a server with the service role charges the shared pricing vectors
 // (tests/pricing_vectors.json, which the Python engine and the SQL cost function are
 // tested against) and is charged exactly the vectors' credits.
@@ -13,7 +14,9 @@ import { before, describe, test } from "node:test";
 import { SignJWT } from "jose";
 import {
   chargeUsage,
+  checkFeature,
   getBalance,
+  getPlan,
   journal,
   LedgerError,
   myAccount,
@@ -61,15 +64,27 @@ async function refused(promise, code, status) {
 
 describe("a signed-in user", () => {
   const user = randomUUID();
+  // plan ids are global: this test's own
+  const plan = `team-${randomUUID()}`;
+  const team = randomUUID();
   let me;
 
   before(async () => {
     me = await signedIn(user);
     await serverRpc("credit_add_credits", { p_user_id: user, p_amount: 250, p_tx_type: "grant" });
     await serverRpc("credit_deduct_credits", { p_user_id: user, p_amount: 40 });
+    await serverRpc("credit_upsert_plan", {
+      p_plan_id: plan,
+      p_name: "Team",
+      p_features: { export: true, max_projects: 10, beta: false },
+    });
+    await serverRpc("credit_assign_plan", { p_user_id: user, p_plan_id: plan });
+    await serverRpc("credit_upsert_team", { p_team_id: team, p_name: "Acme" });
+    await serverRpc("credit_add_credits", { p_user_id: `team:${team}`, p_amount: 600 });
+    await serverRpc("credit_set_team_member", { p_team_id: team, p_user_id: user });
   });
 
-  test("reads their balance, plan and transactions", async () => {
+  test("reads their balance, plan, teams and transactions", async () => {
     assert.deepEqual(await getBalance(me, user), {
       user_id: user,
       balance: 210,
@@ -78,8 +93,29 @@ describe("a signed-in user", () => {
     });
     const account = await myAccount(me);
     assert.equal(account.balance, 210);
-    assert.equal(account.plan, null);
+    assert.deepEqual(
+      [account.plan.plan_id, account.plan.features, account.plan.is_default],
+      [plan, { export: true, max_projects: 10, beta: false }, false],
+    );
+    assert.deepEqual(account.teams, [{
+      team_id: team,
+      name: "Acme",
+      role: "member",
+      spend_limit: null,
+      limit_period: null,
+      pool_balance: 600,
+    }]);
     assert.deepEqual(account.transactions.map((row) => row.amount), [-40, 250]);
+    assert.deepEqual(await getPlan(me, user), account.plan);
+    const features = await Promise.all(
+      ["export", "max_projects", "beta", "absent"].map((name) => checkFeature(me, user, name)),
+    );
+    assert.deepEqual(features.map((check) => [check.has_feature, check.value, check.plan_id]), [
+      [true, true, plan],
+      [true, 10, plan],
+      [false, false, plan],
+      [false, null, plan],
+    ]);
     const rows = await journal(me, user);
     assert.deepEqual(rows.map((row) => [row.seq, row.type, row.amount]), [
       [1, "grant", 250],
@@ -97,19 +133,39 @@ describe("a signed-in user", () => {
       ["credit_calculate_cost", { p_metrics: { model: "gpt-4o" } }],
       ["credit_sweep_expired", {}],
       ["credit_verify_ledger", {}],
+      // plans: a user cannot make or change a plan, nor pick their own
+      ["credit_upsert_plan", { p_plan_id: plan, p_name: "Mine", p_features: { beta: true } }],
+      ["credit_assign_plan", { p_user_id: user, p_plan_id: plan }],
+      ["credit_grant_allowances", { p_user_id: user }],
+      // teams: nor join, leave, rename or spend from a team's pool
+      ["credit_upsert_team", { p_team_id: team, p_name: "Mine" }],
+      ["credit_set_team_member", { p_team_id: team, p_user_id: user, p_role: "owner" }],
+      ["credit_remove_team_member", { p_team_id: team, p_user_id: user }],
+      ["credit_deduct_team", { p_team_id: team, p_user_id: user, p_metrics: { model: "gpt-4o" } }],
+      ["credit_aggregate_stats", { p_start: "2020-01-01", p_end: "2030-01-01" }],
+      ["credit_top_users", { p_limit: 10, p_start: "2020-01-01", p_end: "2030-01-01" }],
     ];
     for (const [name, args] of attempts) {
       const { error, status } = await me.rpc(name, args);
       assert.equal(error?.code, "42501", `${name}: ${JSON.stringify(error)}`);
       assert.equal(status, 403, name);
     }
+    // nothing moved: the balance, the plan, the membership, the pool
     assert.equal((await getBalance(server, user)).balance, 210);
+    const after = await myAccount(me);
+    assert.deepEqual([after.plan.plan_id, after.plan.features.beta], [plan, false]);
+    assert.deepEqual(
+      after.teams.map((one) => [one.team_id, one.name, one.role, one.pool_balance]),
+      [[team, "Acme", "member", 600]],
+    );
   });
 
   test("cannot read or write another user's ledger", async () => {
     const other = randomUUID();
     await serverRpc("credit_add_credits", { p_user_id: other, p_amount: 5 });
     await refused(getBalance(me, other), "42501", 403);
+    await refused(getPlan(me, other), "42501", 403);
+    await refused(checkFeature(me, other, "export"), "42501", 403);
     assert.deepEqual(await journal(me, other), []);
     const { error } = await me.from("credit_transactions").insert({});
     assert.equal(error?.code, "42501");

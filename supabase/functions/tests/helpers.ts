@@ -92,7 +92,8 @@ export async function serviceRpc<F extends RpcName>(
   return expectStatus<RpcResult<F>>(response, 200);
 }
 
-async function serviceSelect<T>(table: string, query: string): Promise<T[]> {
+/** Rows of a table as the service role reads them (`query`: PostgREST's filters). */
+export async function serviceSelect<T>(table: string, query: string): Promise<T[]> {
   const response = await fetch(`${SUPABASE_URL}/rest/v1/${table}?${query}`, {
     headers: { apikey: SERVICE_KEY, Authorization: `Bearer ${SERVICE_KEY}` },
   });
