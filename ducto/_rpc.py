@@ -209,12 +209,17 @@ def refund_transaction(
     )
 
 
-def _metrics(value: UsageMetrics) -> dict[str, Any]:
+def usage_metrics(value: object) -> UsageMetrics:
+    """``value`` if it is a UsageMetrics; anything else is refused before any call."""
     if not isinstance(value, UsageMetrics):
         raise InvalidInputError(
             f"metrics must be a UsageMetrics, got {type(value).__name__}", code="DC007"
         )
-    return value.to_json()
+    return value
+
+
+def _metrics(value: UsageMetrics) -> dict[str, Any]:
+    return usage_metrics(value).to_json()
 
 
 def deduct_usage(

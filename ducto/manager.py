@@ -84,11 +84,7 @@ class MeteredCall:
 
     def record(self, metrics: UsageMetrics) -> None:
         """Record what the call used (the last recorded usage is charged)."""
-        if not isinstance(metrics, UsageMetrics):
-            raise InvalidInputError(
-                f"metrics must be a UsageMetrics, got {type(metrics).__name__}", code="DC007"
-            )
-        self.usage = metrics
+        self.usage = _rpc.usage_metrics(metrics)
 
 
 def _no_usage(reservation: ReserveResult) -> InvalidInputError:
