@@ -74,13 +74,19 @@ class EmbeddedPostgres:
         try:
             self._server = _get_server(self.data_dir, "delete" if self._temporary else "stop")
             url = self._server.get_uri()
-            with psycopg.connect(url, autocommit=True) as conn:
+            with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+                # processes sharing the folder apply the bootstrap one at a time, under
+                # the lock setup() takes (its ALTER ROLE and GRANTs must not race)
+                conn.execute("select pg_advisory_xact_lock(%s)", [_migrations.SETUP_LOCK_KEY])
                 conn.execute(_migrations.supabase_compat_sql().encode())
         except (OSError, RuntimeError, subprocess.SubprocessError, psycopg.Error) as exc:
             self.stop()
             raise StoreError(
                 f"could not start the embedded PostgreSQL in {self.data_dir}: {exc}"
             ) from exc
+        except BaseException:  # the package missing (StoreError), Ctrl-C: nothing left behind
+            self.stop()
+            raise
         return url
 
     def stop(self) -> None:

@@ -47,6 +47,8 @@ class ExitCode(IntEnum):
     NOT_READY = 4
     #: ``ducto verify`` found broken invariants
     INCONSISTENT = 5
+    #: interrupted (Ctrl-C), as shells report SIGINT
+    INTERRUPTED = 130
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +119,7 @@ def session(target: Target, *, setup_embedded: bool = True) -> Iterator[CreditMa
     except DuctoError as error:
         raise fail(_message(error), exit_code(error)) from error
     except KeyboardInterrupt:
-        raise fail("interrupted", ExitCode.UNAVAILABLE) from None
+        raise fail("interrupted", ExitCode.INTERRUPTED) from None
 
 
 def _open_store(target: Target, stack: ExitStack) -> PostgresStore | HttpxSupabaseStore:
@@ -131,8 +133,9 @@ def _open_store(target: Target, stack: ExitStack) -> PostgresStore | HttpxSupaba
     if url is None:
         with stderr.status(f"Starting the {target.describe()}"):
             embedded = EmbeddedPostgres(target.data_dir or default_data_dir())
+            # registered first: an interrupted start still stops what it started
+            stack.callback(embedded.stop)
             url = embedded.start()
-        stack.callback(embedded.stop)
     _check_connection(url)
     store = PostgresStore(url, max_size=2)
     stack.callback(store.close)

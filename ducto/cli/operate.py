@@ -9,7 +9,7 @@ import typer
 
 from ducto import __version__, _migrations
 from ducto.cli._options import JsonFlag
-from ducto.cli._output import credits, emit_json, show, stdout, table, text
+from ducto.cli._output import count, credits, emit_json, show, stdout, table, text
 from ducto.cli._session import ExitCode, Target, fail, session, stderr
 from ducto.errors import PricingNotLoadedError, SchemaError
 from ducto.manager import CreditManager
@@ -28,7 +28,7 @@ def setup(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     ):
         result = manager.setup()
     if result.applied:
-        headline = f"Applied {len(result.applied)} migrations."
+        headline = f"Applied {count(len(result.applied), 'migration')}."
     else:
         headline = "Nothing to apply."
     show(result, f"{headline} Schema version {result.schema_version}.", as_json=as_json)
@@ -97,12 +97,12 @@ def verify(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     table(
         issues,
         ("check_name", "user_id", "account_id", "expected", "actual"),
-        title=f"{len(issues)} broken invariants",
+        title=f"{count(len(issues), 'broken invariant')}",
         as_json=as_json,
         empty="The ledger is consistent: every invariant holds.",
     )
     if issues:
-        raise fail(f"{len(issues)} broken ledger invariants", ExitCode.INCONSISTENT)
+        raise fail(f"{count(len(issues), 'broken ledger invariant')}", ExitCode.INCONSISTENT)
 
 
 def sweep(
@@ -116,8 +116,9 @@ def sweep(
     verb = "Would expire" if dry_run else "Expired"
     show(
         result,
-        f"{verb} {credits(result.expired_amount)} in {result.expired_grants} grants and "
-        f"{result.expired_holds} reservations, over {result.accounts} accounts.",
+        f"{verb} {credits(result.expired_amount)} in {count(result.expired_grants, 'grant')}"
+        f" and {count(result.expired_holds, 'reservation')}, over"
+        f" {count(result.accounts, 'account')}.",
         as_json=as_json,
     )
 
@@ -145,23 +146,25 @@ def export(
             ExitCode.USAGE,
         )
     folder = project_dir / "supabase" / "migrations"
-    folder.mkdir(exist_ok=True)
     migrations = _migrations.bundled()
-    written = 0
-    for migration in migrations:
-        path = folder / f"{migration.version}_{migration.name}.sql"
-        if path.exists():
-            if path.read_text("utf-8") != migration.sql:
+    try:
+        paths = [folder / f"{m.version}_{m.name}.sql" for m in migrations]
+        # every conflict is found before anything is written: never a partial export
+        for migration, path in zip(migrations, paths, strict=True):
+            if path.exists() and path.read_text("utf-8") != migration.sql:
                 raise fail(
                     f"{path} differs from ducto's migration of that name; migrations are "
                     "append-only, so ducto will not overwrite it",
                     ExitCode.REFUSED,
                 )
-            continue
-        path.write_text(migration.sql, "utf-8")
-        written += 1
-        stdout.print(f"wrote {path}")
+        folder.mkdir(exist_ok=True)
+        missing = [(m, p) for m, p in zip(migrations, paths, strict=True) if not p.exists()]
+        for migration, path in missing:
+            path.write_text(migration.sql, "utf-8")
+            stdout.print(f"wrote {path}")
+    except OSError as exc:
+        raise fail(f"cannot write the migrations: {exc}", ExitCode.REFUSED) from exc
     stdout.print(
-        f"{written} written, {len(migrations) - written} already there. Deploy: "
+        f"{len(missing)} written, {len(migrations) - len(missing)} already there. Deploy: "
         "supabase db push (add --include-all if newer migrations are already applied)."
     )

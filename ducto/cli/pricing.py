@@ -10,13 +10,14 @@ from rich.table import Table
 
 from ducto.cli._options import JsonFlag
 from ducto.cli._output import credits, emit_json, stdout, table, text
-from ducto.cli._session import session
+from ducto.cli._session import _message, exit_code, fail, session
+from ducto.errors import DuctoError
 from ducto.pricing import ModelRates, PricingConfigData, PricingVersion
 
 app = typer.Typer(help="Publish a pricing config, show one, list every version.")
 
 #: The rates a table shows, in the order of the config reference (docs/pricing.md).
-RATES = ("input", "output", "cached_input", "cache_creation", "reasoning", "tool_call", "request")
+RATES = tuple(ModelRates.model_fields)
 
 
 @app.command()
@@ -29,11 +30,16 @@ def publish(
     as_json: JsonFlag = False,
 ) -> None:
     """Publish FILE as a new pricing version, active at once for every client."""
-    config_text = file.read_text("utf-8")
+    # the file is checked before any database is opened (or the embedded one started)
+    try:
+        config = PricingConfigData.parse(file.read_bytes())
+    except DuctoError as error:
+        raise fail(f"{file}: {_message(error)}", exit_code(error)) from error
     with session(ctx.obj) as manager:
-        config = PricingConfigData.parse(config_text)
         manager.publish_pricing(config, label)
-        published = manager.get_pricing()
+        assert manager.engine is not None and manager.engine.version is not None
+        # the version this publish made, even if another publish followed it
+        published = manager.get_pricing(manager.engine.version)
     _show(published, as_json, f"Published pricing version {published.version}; it is active.")
 
 

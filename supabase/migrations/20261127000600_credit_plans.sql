@@ -455,14 +455,16 @@ begin
     if p_user_id is not null then
         perform credit_private.check_user_id(p_user_id);
     end if;
-    -- one account at a time, in user order: each lock is held only for its own grant
-    -- (and until commit), like the sweep
+    -- one account at a time, in account id order as the sweep takes them, so the two
+    -- jobs cannot deadlock on the locks each holds until commit; users without an
+    -- account yet come last (the sweep never locks those)
     for v_user in
         select up.user_id, p as plan
         from public.credit_user_plans as up
         inner join public.credit_plans as p on up.plan_id = p.id
+        left join public.credit_accounts as a on up.user_id = a.user_id
         where p.allowance is not null and (p_user_id is null or up.user_id = p_user_id)
-        order by up.user_id
+        order by a.id nulls last, up.user_id
     loop
         v_rollover := credit_private.grant_allowance(v_user.user_id, v_user.plan, v_now);
         v_result.users := v_result.users + 1;

@@ -457,9 +457,10 @@ set search_path = ''
 as $$
 declare
     v_now timestamptz := credit_private.clock();
-    v_request jsonb := jsonb_build_object(
+    -- what a replay must match; only needed with a key
+    v_request jsonb := case when p_idempotency_key is not null then jsonb_build_object(
         'user_id', p_user_id, 'usage', p_usage, 'metadata', p_metadata
-    );
+    ) end;
     v_team public.credit_teams;
     v_replay jsonb;
     v_member public.credit_team_members;
@@ -498,12 +499,6 @@ begin
     -- the pool keeps the higher of its own floor and the pricing's
     v_cost := credit_private.price(p_usage, null);
     v_floor := greatest(v_team.min_balance, v_cost.min_balance);
-    if exists (
-        select from public.credit_grants as g
-        where g.account_id = v_team.account_id and g.remaining > 0 and g.expires_at <= v_now
-    ) then
-        perform credit_private.expire_grants(v_team.account_id, v_now);
-    end if;
 
     if v_member.spend_limit is not null then
         v_spent := credit_private.member_spent(
@@ -527,6 +522,14 @@ begin
         end if;
     end if;
 
+    -- after the checks that only read: a charge over its member's limit does no expiry
+    -- work before it is refused
+    if exists (
+        select from public.credit_grants as g
+        where g.account_id = v_team.account_id and g.remaining > 0 and g.expires_at <= v_now
+    ) then
+        perform credit_private.expire_grants(v_team.account_id, v_now);
+    end if;
     v_available := credit_private.available(v_team.account_id, v_now);
     if v_available - v_cost.credits < v_floor then
         perform credit_private.fail(
