@@ -292,3 +292,11 @@ def test_sql_export_deploys_with_supabase_db_push(
     first.write_text(first.read_text() + "-- changed\n")
     cli("sql", "export", str(project), code=1)
     cli("sql", "export", str(tmp_path), code=2)  # not a Supabase project
+
+    # a conflict on the newest file stops the export before it writes any file
+    fresh = tmp_path / "fresh"
+    (fresh / "supabase" / "migrations").mkdir(parents=True)
+    last = sorted((project / "supabase" / "migrations").glob("2026*.sql"))[-1].name
+    (fresh / "supabase" / "migrations" / last).write_text("-- someone else's file\n")
+    cli("sql", "export", str(fresh), code=1)
+    assert [p.name for p in (fresh / "supabase" / "migrations").iterdir()] == [last]
