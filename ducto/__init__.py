@@ -55,7 +55,7 @@ from ducto.pricing import (
 )
 from ducto.usage import UsageMetrics
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 
 __all__ = [
     "AddCreditsResult",

@@ -95,6 +95,7 @@ export type Database = {
           remaining: number;
           expires_at: string | null;
           created_at: string;
+          spendable: boolean;
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
