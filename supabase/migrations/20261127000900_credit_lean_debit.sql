@@ -6,16 +6,18 @@
 --     back from its stored form and plans it again in every statement that writes the
 --     table; the journal's six checks cost more than the insert they guard. A call to an
 --     immutable plpgsql function is one node to plan, and the function's own expressions
---     are compiled once per session. The rules are the same, tested by the same tests.
+--     are compiled once per session. The rules are the same; tests/sql/25_row_checks.sql
+--     breaks each of them.
 --   * The balance update and its journal row are one statement, and so are a grant's
---     debit and its draw: a debit from one grant runs five statements where it ran eight.
+--     debit and its draw: a debit from one grant runs five statements where it ran seven.
 --   * A debit updates its grant in place (a HOT update: no new index entries). No index
 --     of credit_grants mentions `remaining` any more, which changes on every debit; the
 --     partial indexes of spendable grants use `spendable`, stored as remaining > 0,
---     which changes once, when a grant is used up. Without this every debit left a dead
---     entry in three indexes, and a busy account's grant lookups slowed down until the
---     next vacuum. The functions that look grants up by spendability are replaced by
---     versions that say `spendable` (nothing else in them changes).
+--     which changes once, when a grant is used up. Before, every debit added an entry to
+--     each index of the table, and a busy account's grant lookups slowed down as dead
+--     entries piled up until the next vacuum. The functions that look grants up by
+--     spendability are replaced by versions that say `spendable` (nothing else in them
+--     changes).
 --   * The one-call debits and team charges share their debit: expire what is due, read
 --     what is available, journal and draw (credit_private.available_now, .debit).
 
