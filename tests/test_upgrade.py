@@ -1,0 +1,186 @@
+"""Upgrading a ledger in use: the newest migration applied to a database that the schema
+before it has been writing, with rows of every kind.
+
+The database gets the migrations up to the previous schema (the one of the last release),
+then a ledger of several users: paid and promotional grants with priorities and expiries,
+a grant used up, a grant expired but not swept, deducts, usage and fixed-job charges, a
+hold settled with an overage that became debt, a refund, a team pool charged by a member.
+Then the newest migration is applied as `ducto setup` applies it, and:
+
+- every account, journal row, grant, draw and balance reads the same as before;
+- ``credit_verify_ledger()`` finds nothing, and every constraint is validated;
+- the ledger keeps working on the upgraded schema: the unswept grant is expired by the
+  next debit, the used-up grant is never drawn from, and every operation still verifies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from ducto._migrations import Migration, bundled
+
+ROOT = Path(__file__).resolve().parent.parent
+PRICING = json.loads((ROOT / "examples" / "pricing.json").read_text(encoding="utf-8"))
+TEAM = "7a3a1c2e-0000-4000-8000-000000000001"
+T0 = "2030-01-01 00:00:00+00"
+T_LATER = "2030-01-01 02:00:00+00"  # the 1-hour grant has expired; nothing has swept it
+
+# What must read the same after the upgrade.
+SNAPSHOT = {
+    "accounts": "select user_id, balance, debt, version from credit_accounts order by user_id",
+    "journal": """select account_id, seq, type, amount, balance_after, grant_id, refund_of,
+                         reservation_id, pricing_version, usage, model, job_name,
+                         attributed_user_id, metadata
+                  from credit_transactions order by account_id, seq""",
+    "grants": """select id, category, priority, amount, remaining, expires_at
+                 from credit_grants order by id""",
+    "draws": "select transaction_id, grant_id, amount from credit_grant_draws order by id",
+    "balances": """select b.* from credit_accounts as a,
+                   lateral credit_get_balance(a.user_id) as b order by a.user_id""",
+}
+
+
+def apply(url: str, migrations: list[Migration]) -> None:
+    """Each migration in its own transaction, as setup() applies them."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for migration in migrations:
+            with conn.transaction():
+                conn.execute(migration.sql.encode())
+
+
+def rows(conn: psycopg.Connection[Any], query: str) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query).fetchall()
+
+
+def one(conn: psycopg.Connection[Any], query: str, *params: object) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def write_ledger(conn: psycopg.Connection[Any]) -> None:
+    """Rows of every kind, written by the schema before the upgrade."""
+    conn.execute("select set_config('ducto.now', %s, false)", (T0,))
+    conn.execute(
+        "select credit_publish_pricing(%s::jsonb, 'before upgrade')", (json.dumps(PRICING),)
+    )
+    for call, params in [
+        # alice: paid 1000, a promotional 200 spent first (priority 10, used up below),
+        # and 30 spent last (priority 90) that expire in an hour, unswept
+        ("credit_add_credits('alice', 1000, 'purchase')", ()),
+        (
+            "credit_add_credits('alice', 200, 'promotion', 'promotional', 10, %s::timestamptz)",
+            ("2030-01-02 00:00:00+00",),
+        ),
+        (
+            "credit_add_credits('alice', 30, 'grant', 'promotional', 90, %s::timestamptz)",
+            ("2030-01-01 01:00:00+00",),
+        ),
+        ("credit_deduct_credits('alice', 250)", ()),
+        (
+            "credit_deduct_usage('alice', %s::jsonb)",
+            (json.dumps({"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 500}),),
+        ),
+        ("credit_deduct_fixed('alice', 'topic_generation')", ()),
+        # dave: 20 that expire in an hour, for the sweep after the upgrade
+        (
+            "credit_add_credits('dave', 20, 'grant', 'paid', 50, %s::timestamptz)",
+            ("2030-01-01 01:00:00+00",),
+        ),
+        # bob: a grant used up, then a hold settled beyond everything he has: debt
+        ("credit_add_credits('bob', 40)", ()),
+        ("credit_deduct_credits('bob', 40)", ()),
+        ("credit_add_credits('bob', 10)", ()),
+        # a team pool charged by its member
+        ("credit_upsert_team(%s::uuid, 'research')", (TEAM,)),
+        ("credit_set_team_member(%s::uuid, 'carol', 'member', 500, 'month')", (TEAM,)),
+        ("credit_add_credits('team:' || %s, 300)", (TEAM,)),
+        (
+            "credit_deduct_team(%s::uuid, 'carol', %s::jsonb)",
+            (TEAM, json.dumps({"model": "claude-sonnet-4", "input_tokens": 2000})),
+        ),
+    ]:
+        conn.execute(f"select {call}", params)
+    hold = one(conn, "select reservation_id from credit_reserve_credits('bob', 10)")
+    conn.execute("select credit_settle_reservation(%s, 25)", (hold,))
+    charge = one(conn, "select transaction_id from credit_deduct_credits('alice', 40)")
+    conn.execute("select credit_refund_transaction(%s, 15, 'upgrade test')", (charge,))
+
+
+def test_the_newest_migration_keeps_a_ledger_in_use(new_database: Callable[..., str]) -> None:
+    *before, newest = bundled()
+    url = new_database()
+    apply(url, before)
+    with psycopg.connect(url, autocommit=True) as conn:
+        write_ledger(conn)
+        conn.execute("select set_config('ducto.now', %s, false)", (T_LATER,))
+        old = {name: rows(conn, query) for name, query in SNAPSHOT.items()}
+        assert one(conn, "select debt from credit_accounts where user_id = 'bob'") == 15
+        assert rows(conn, "select * from credit_verify_ledger()") == []
+
+    apply(url, [newest])
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("select set_config('ducto.now', %s, false)", (T_LATER,))
+        assert {name: rows(conn, query) for name, query in SNAPSHOT.items()} == old
+        assert rows(conn, "select * from credit_verify_ledger()") == []
+        assert (
+            one(
+                conn,
+                """select count(*) from pg_constraint
+                   where connamespace = 'public'::regnamespace and not convalidated""",
+            )
+            == 0
+        )
+        if newest.version >= "20261127000900":  # the lean debit's stored column
+            assert rows(
+                conn,
+                """select spendable, remaining > 0 as has_credits, count(*)
+                   from credit_grants group by 1, 2 order by 1, 2""",
+            ) == [
+                # alice's promotional 200, bob's 40 and 10
+                {"spendable": False, "has_credits": False, "count": 3},
+                # alice's paid 1000 and expired 30, dave's 20, the team's 300
+                {"spendable": True, "has_credits": True, "count": 4},
+            ]
+
+        # The ledger keeps working. Alice's next debit first journals the expiry of the
+        # 30 credits (due an hour ago, never swept), then draws by priority.
+        expired_before = one(conn, "select count(*) from credit_transactions where type = 'expiry'")
+        balance = one(conn, "select balance from credit_accounts where user_id = 'alice'")
+        result = rows(conn, "select * from credit_deduct_credits('alice', 100)")[0]
+        assert result["balance_after"] == balance - 30 - 100
+        assert (
+            one(conn, "select count(*) from credit_transactions where type = 'expiry'")
+            == expired_before + 1
+        )
+        # Bob's debt is paid first by new credits; his used-up grant is never drawn from.
+        conn.execute("select credit_add_credits('bob', 50)")
+        assert one(conn, "select debt from credit_accounts where user_id = 'bob'") == 0
+        conn.execute("select credit_deduct_credits('bob', 35)")
+        conn.execute(
+            "select credit_deduct_team(%s::uuid, 'carol', %s::jsonb)",
+            (TEAM, json.dumps({"model": "gpt-4o-mini", "input_tokens": 10000})),
+        )
+        conn.execute("select credit_deduct_fixed('alice', 'roadmap_generation')")
+        # the sweep finds dave's 20 (alice's 30 were expired by her debit)
+        assert rows(conn, "select expired_grants, expired_amount from credit_sweep_expired()") == [
+            {"expired_grants": 1, "expired_amount": 20}
+        ]
+        assert rows(conn, "select * from credit_verify_ledger()") == []
+        assert (
+            one(
+                conn,
+                """select count(*) from credit_grant_draws as d
+                   join credit_grants as g on g.id = d.grant_id
+                   where g.user_id = 'bob' and g.amount = 40 and d.amount > 0""",
+            )
+            == 1
+        )
