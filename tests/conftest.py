@@ -119,6 +119,18 @@ def service_role_key() -> str:
 
 
 @pytest.fixture(scope="session")
+def publishable_key() -> str:
+    """The new-style publishable key (``SUPABASE_PUBLISHABLE_KEY``, ``sb_publishable_...``)."""
+    return stack_env("SUPABASE_PUBLISHABLE_KEY")
+
+
+@pytest.fixture(scope="session")
+def secret_key() -> str:
+    """The new-style secret key (``SUPABASE_SECRET_KEY``, ``sb_secret_...``)."""
+    return stack_env("SUPABASE_SECRET_KEY")
+
+
+@pytest.fixture(scope="session")
 def jwt_secret() -> str:
     """The stack's HS256 secret (``SUPABASE_JWT_SECRET``)."""
     return stack_env("SUPABASE_JWT_SECRET")

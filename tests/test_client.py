@@ -201,6 +201,28 @@ def test_a_refused_role_maps_to_permission_denied(
         assert info.value.code == "42501"
 
 
+def test_the_http_store_works_with_the_new_api_keys(
+    supabase_url: str, secret_key: str, publishable_key: str
+) -> None:
+    # sb_secret_... is not a JWT: the store sends it in apikey alone, and the gateway
+    # runs the request as service_role; the publishable key is anon, and refused
+    user = new_user()
+    secret = HttpxSupabaseStore(supabase_url, secret_key)
+    public = HttpxSupabaseStore(supabase_url, publishable_key)
+    try:
+        manager = CreditManager(secret)
+        assert manager.add_credits(user, 10).balance_after == 10
+        hold = manager.reserve_credits(user, 4, min_balance=0)
+        assert manager.settle_reservation(hold.reservation_id, 4).balance_after == 6
+        with pytest.raises(PermissionDeniedError) as info:
+            CreditManager(public).reserve_credits(user, 1, min_balance=0)
+        assert info.value.code == "42501"
+        assert manager.get_balance(user).balance == 6
+    finally:
+        secret.close()
+        public.close()
+
+
 @pytest.mark.parametrize("amount", ["1.5", "NaN", "Infinity", "0"])
 def test_the_ledgers_own_amount_check_maps_through_every_store(
     manager: CreditManager, amount: str

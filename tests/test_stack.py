@@ -174,6 +174,63 @@ def test_service_role_key_runs_as_service_role(
 
 
 @pytest.mark.usefixtures("probe")
+def test_publishable_key_runs_as_anon(gateway: httpx.Client, publishable_key: str) -> None:
+    # not a JWT: the gateway sends the anon role's JWT upstream, as Supabase's does
+    assert publishable_key.startswith("sb_publishable_")
+    result = probe_result(gateway, {"apikey": publishable_key})
+    assert result["current_user"] == "anon"
+    assert result["jwt"]["role"] == "anon"
+    assert result["uid"] is None
+
+
+@pytest.mark.usefixtures("probe")
+@pytest.mark.parametrize("repeated", [False, True], ids=["apikey", "apikey-and-bearer"])
+def test_secret_key_runs_as_service_role(
+    gateway: httpx.Client, secret_key: str, repeated: bool
+) -> None:
+    # clients send it in apikey alone, or (supabase-js, supabase-py) in both headers
+    assert secret_key.startswith("sb_secret_")
+    headers = {"apikey": secret_key}
+    if repeated:
+        headers["Authorization"] = f"Bearer {secret_key}"
+    result = probe_result(gateway, headers)
+    assert result["current_user"] == "service_role"
+    assert result["jwt"]["role"] == "service_role"
+
+
+@pytest.mark.usefixtures("probe")
+def test_publishable_key_with_a_user_token_runs_as_that_user(
+    gateway: httpx.Client, publishable_key: str, make_user_token: MakeUserToken
+) -> None:
+    token = make_user_token(USER_ID)
+    result = probe_result(gateway, {"apikey": publishable_key, "Authorization": f"Bearer {token}"})
+    assert result["current_user"] == "authenticated"
+    assert result["uid"] == USER_ID
+
+
+@pytest.mark.usefixtures("probe")
+@pytest.mark.parametrize("key_name", ["publishable_key", "anon_key"])
+def test_a_secret_key_in_authorization_does_not_lift_a_public_apikey(
+    gateway: httpx.Client, secret_key: str, key_name: str, request: pytest.FixtureRequest
+) -> None:
+    # the attacker holds the public key and a guessed or leaked-elsewhere secret key
+    # format: an sb_ key counts in Authorization only as the apikey itself
+    public_key = request.getfixturevalue(key_name)
+    response = call_probe(gateway, {"apikey": public_key, "Authorization": f"Bearer {secret_key}"})
+    assert response.status_code == 401
+    assert response.json() == {
+        "message": "An sb_ key in Authorization must equal the apikey header"
+    }
+
+
+def test_an_unknown_new_style_key_is_refused(gateway: httpx.Client, secret_key: str) -> None:
+    for wrong in (secret_key[:-1], secret_key + "x", "sb_secret_", secret_key.upper()):
+        response = gateway.get("/rest/v1/", headers={"apikey": wrong})
+        assert response.status_code == 401, wrong
+        assert response.json() == {"message": "Invalid API key"}
+
+
+@pytest.mark.usefixtures("probe")
 def test_user_token_runs_as_that_user(
     gateway: httpx.Client, anon_key: str, make_user_token: MakeUserToken
 ) -> None:

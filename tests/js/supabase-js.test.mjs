@@ -222,3 +222,22 @@ describe("a server with the service role", () => {
     });
   }
 });
+
+describe("Supabase's new API keys", () => {
+  test("a server with the secret key charges; the publishable key cannot", async () => {
+    // sb_secret_... is not a JWT: supabase-js sends it as apikey and bearer, and the
+    // gateway runs the request as service_role; sb_publishable_... runs as anon
+    const secret = serverClient(URL, stackEnv("SUPABASE_SECRET_KEY"));
+    const publishable = serverClient(URL, stackEnv("SUPABASE_PUBLISHABLE_KEY"));
+    const user = randomUUID();
+    const added = await secret.rpc("credit_add_credits", { p_user_id: user, p_amount: 10 });
+    assert.equal(added.error, null, JSON.stringify(added.error));
+    assert.equal((await getBalance(secret, user)).balance, 10);
+    const refusedAdd = await publishable.rpc("credit_add_credits", {
+      p_user_id: user,
+      p_amount: 10,
+    });
+    assert.equal(refusedAdd.error?.code, "42501");
+    assert.equal((await getBalance(server, user)).balance, 10);
+  });
+});
