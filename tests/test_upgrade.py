@@ -5,7 +5,8 @@ The database gets the migrations up to the previous schema (the one of the last 
 then a ledger of several users: paid and promotional grants with priorities and expiries,
 a grant used up, a grant expired but not swept, deducts, usage and fixed-job charges, a
 hold settled with an overage that became debt, a refund, a team pool charged by a member.
-Then the newest migration is applied as `ducto setup` applies it, and:
+Then ``setup()`` (what `ducto setup` runs) upgrades it, applying the newest migration
+alone, and:
 
 - every account, journal row, grant, draw and balance reads the same as before;
 - ``credit_verify_ledger()`` finds nothing, and every constraint is validated;
@@ -23,7 +24,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from ducto._migrations import Migration, bundled
+from ducto import CreditManager, SetupResult
+from ducto._migrations import PREPARE_RECORD, RECORD, bundled, latest_version
+from ducto.interface import PostgresStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PRICING = json.loads((ROOT / "examples" / "pricing.json").read_text(encoding="utf-8"))
@@ -46,12 +49,23 @@ SNAPSHOT = {
 }
 
 
-def apply(url: str, migrations: list[Migration]) -> None:
-    """Each migration in its own transaction, as setup() applies them."""
+def install_all_but_the_newest(url: str) -> None:
+    """The database as setup() of the previous release left it: its migrations applied and
+    recorded, each in its own transaction."""
     with psycopg.connect(url, autocommit=True) as conn:
-        for migration in migrations:
+        conn.execute(PREPARE_RECORD)
+        for migration in bundled()[:-1]:
             with conn.transaction():
                 conn.execute(migration.sql.encode())
+                conn.execute(RECORD, (migration.version, migration.name))
+
+
+def setup(url: str) -> SetupResult:
+    store = PostgresStore(url, max_size=1)
+    try:
+        return CreditManager(store).setup()
+    finally:
+        store.close()
 
 
 def rows(conn: psycopg.Connection[Any], query: str) -> list[dict[str, Any]]:
@@ -115,9 +129,8 @@ def write_ledger(conn: psycopg.Connection[Any]) -> None:
 
 
 def test_the_newest_migration_keeps_a_ledger_in_use(new_database: Callable[..., str]) -> None:
-    *before, newest = bundled()
     url = new_database()
-    apply(url, before)
+    install_all_but_the_newest(url)
     with psycopg.connect(url, autocommit=True) as conn:
         write_ledger(conn)
         conn.execute("select set_config('ducto.now', %s, false)", (T_LATER,))
@@ -125,7 +138,8 @@ def test_the_newest_migration_keeps_a_ledger_in_use(new_database: Callable[..., 
         assert one(conn, "select debt from credit_accounts where user_id = 'bob'") == 15
         assert rows(conn, "select * from credit_verify_ledger()") == []
 
-    apply(url, [newest])
+    versions = tuple(m.version for m in bundled())
+    assert setup(url) == SetupResult(versions[-1:], versions[:-1], latest_version())
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("select set_config('ducto.now', %s, false)", (T_LATER,))
@@ -139,17 +153,17 @@ def test_the_newest_migration_keeps_a_ledger_in_use(new_database: Callable[..., 
             )
             == 0
         )
-        if newest.version >= "20261127000900":  # the lean debit's stored column
-            assert rows(
-                conn,
-                """select spendable, remaining > 0 as has_credits, count(*)
-                   from credit_grants group by 1, 2 order by 1, 2""",
-            ) == [
-                # alice's promotional 200, bob's 40 and 10
-                {"spendable": False, "has_credits": False, "count": 3},
-                # alice's paid 1000 and expired 30, dave's 20, the team's 300
-                {"spendable": True, "has_credits": True, "count": 4},
-            ]
+        # the stored column of 20261127000900_credit_lean_debit
+        assert rows(
+            conn,
+            """select spendable, remaining > 0 as has_credits, count(*)
+               from credit_grants group by 1, 2 order by 1, 2""",
+        ) == [
+            # alice's promotional 200, bob's 40 and 10
+            {"spendable": False, "has_credits": False, "count": 3},
+            # alice's paid 1000 and expired 30, dave's 20, the team's 300
+            {"spendable": True, "has_credits": True, "count": 4},
+        ]
 
         # The ledger keeps working. Alice's next debit first journals the expiry of the
         # 30 credits (due an hour ago, never swept), then draws by priority.
