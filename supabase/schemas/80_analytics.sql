@@ -1,0 +1,246 @@
+-- ducto: usage analytics over the journal, for the service role.
+--
+-- Every function reads the journal rows of a window [p_start, p_end) by created_at, which
+-- the journal's BRIN index (credit_transactions_time_idx) serves: a one-day window reads
+-- that day's blocks, not the journal (bench/stats.py measures it on 1M rows). Each query is
+-- planned for its window (plan_cache_mode = force_custom_plan): a cached generic plan,
+-- blind to the window's width, would pick a whole-index scan for every window.
+--
+-- What counts (docs/analytics.md):
+--   spent      charges: usage, fixed_job and capture rows (usage happened)
+--   refunded   refund rows, counted in the window in which the refund was made
+--   net_spent  spent - refunded
+--   credited   grant, purchase, adjustment and promotion rows
+--   expired    expiry rows: credits that lapsed, never spend
+-- A row is attributed to its user: the account's user, or for a team pool's rows the
+-- member who spent (credit_transactions.attributed_user_id, inherited by refunds). A
+-- refund counts for the model of the charge it refunds. Days are UTC days.
+
+create view credit_private.journal_activity with (security_invoker = true) as
+select
+    t.created_at,
+    coalesce(t.attributed_user_id, t.user_id) as user_id,
+    -- only refunds need the original row; the join is dropped when model is not read
+    coalesce(t.model, o.model) as model,
+    case
+        when t.type in ('usage', 'fixed_job', 'capture') then 'charge'
+        when t.type = 'refund' then 'refund'
+        when t.type = 'expiry' then 'expiry'
+        else 'credit'
+    end as kind,
+    abs(t.amount) as amount
+from public.credit_transactions as t
+left join public.credit_transactions as o on t.refund_of = o.id;
+comment on view credit_private.journal_activity is
+'Each journal row as analytics sees it: its kind (charge, refund, credit, expiry), its'
+' positive amount, the user it is attributed to and the model it was for.';
+
+revoke all on table credit_private.journal_activity
+from public, anon, authenticated, service_role;
+grant select on table credit_private.journal_activity to service_role;
+
+create function credit_private.check_window(p_start timestamptz, p_end timestamptz)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+    if p_start is null or p_end is null or p_start >= p_end
+        or not isfinite(p_start) or not isfinite(p_end) then
+        perform credit_private.fail(
+            'DC006',
+            format('the window must be finite times with start < end, got [%s, %s)',
+                coalesce(p_start::text, 'null'), coalesce(p_end::text, 'null')),
+            jsonb_build_object('argument', 'window', 'start', p_start, 'end', p_end)
+        );
+    end if;
+end;
+$$;
+revoke all on function credit_private.check_window(
+    timestamptz, timestamptz
+) from public, anon, authenticated, service_role;
+grant execute on function credit_private.check_window(
+    timestamptz, timestamptz
+) to service_role;
+
+create function public.credit_aggregate_stats(p_start timestamptz, p_end timestamptz)
+returns public.credit_stats_result
+language plpgsql
+stable
+set search_path = ''
+set plan_cache_mode = force_custom_plan
+as $$
+declare
+    v_result public.credit_stats_result;
+begin
+    perform credit_private.check_window(p_start, p_end);
+    select
+        p_start, p_end,
+        coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0),
+        coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0),
+        coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0)
+        - coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0),
+        coalesce(sum(a.amount) filter (where a.kind = 'credit'), 0),
+        coalesce(sum(a.amount) filter (where a.kind = 'expiry'), 0),
+        count(*) filter (where a.kind = 'charge'),
+        count(*) filter (where a.kind = 'refund'),
+        count(distinct a.user_id) filter (where a.kind = 'charge')
+    into v_result
+    from credit_private.journal_activity as a
+    where a.created_at >= p_start and a.created_at < p_end;
+    return v_result;
+end;
+$$;
+revoke all on function public.credit_aggregate_stats(
+    timestamptz, timestamptz
+) from public, anon, authenticated, service_role;
+grant execute on function public.credit_aggregate_stats(
+    timestamptz, timestamptz
+) to service_role;
+
+create function public.credit_daily_spend(p_start timestamptz, p_end timestamptz)
+returns setof public.credit_daily_spend_row
+language plpgsql
+stable
+set search_path = ''
+set plan_cache_mode = force_custom_plan
+as $$
+begin
+    perform credit_private.check_window(p_start, p_end);
+    -- every UTC day the window touches, zeros included, oldest first
+    return query
+    with days as (
+        select a.created_at at time zone 'UTC' as utc, a.user_id, a.kind, a.amount
+        from credit_private.journal_activity as a
+        where
+            a.created_at >= p_start and a.created_at < p_end
+            and a.kind in ('charge', 'refund')
+    ),
+
+    per_day as (
+        select
+            d.utc::date as day,
+            coalesce(sum(d.amount) filter (where d.kind = 'charge'), 0)::bigint as spent,
+            coalesce(sum(d.amount) filter (where d.kind = 'refund'), 0)::bigint as refunded,
+            count(*) filter (where d.kind = 'charge') as charges,
+            count(distinct d.user_id) filter (where d.kind = 'charge') as users
+        from days as d
+        group by 1
+    )
+
+    select
+        s.day::date, coalesce(p.spent, 0), coalesce(p.refunded, 0),
+        coalesce(p.spent - p.refunded, 0), coalesce(p.charges, 0), coalesce(p.users, 0)
+    from generate_series(
+        (p_start at time zone 'UTC')::date,
+        ((p_end - interval '1 microsecond') at time zone 'UTC')::date,
+        interval '1 day'
+    ) as s (day)
+    left join per_day as p on s.day::date = p.day
+    order by 1;
+end;
+$$;
+revoke all on function public.credit_daily_spend(timestamptz, timestamptz)
+from public, anon, authenticated, service_role;
+grant execute on function public.credit_daily_spend(
+    timestamptz, timestamptz
+) to service_role;
+
+create function public.credit_spend_by_model(p_start timestamptz, p_end timestamptz)
+returns setof public.credit_model_spend_row
+language plpgsql
+stable
+set search_path = ''
+set plan_cache_mode = force_custom_plan
+as $$
+begin
+    perform credit_private.check_window(p_start, p_end);
+    -- model is null for charges priced by amount (and fixed jobs), which have none
+    return query
+    select
+        a.model,
+        coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0)::bigint,
+        coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0)::bigint,
+        (coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0)
+        - coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0))::bigint,
+        count(*) filter (where a.kind = 'charge'),
+        count(distinct a.user_id) filter (where a.kind = 'charge')
+    from credit_private.journal_activity as a
+    where
+        a.created_at >= p_start and a.created_at < p_end
+        and a.kind in ('charge', 'refund')
+    group by a.model
+    order by 4 desc, 1 nulls last;
+end;
+$$;
+revoke all on function public.credit_spend_by_model(
+    timestamptz, timestamptz
+) from public, anon, authenticated, service_role;
+grant execute on function public.credit_spend_by_model(
+    timestamptz, timestamptz
+) to service_role;
+
+create function public.credit_spend_by_user(p_start timestamptz, p_end timestamptz)
+returns setof public.credit_user_spend_row
+language plpgsql
+stable
+set search_path = ''
+set plan_cache_mode = force_custom_plan
+as $$
+begin
+    perform credit_private.check_window(p_start, p_end);
+    return query
+    select
+        a.user_id,
+        coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0)::bigint,
+        coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0)::bigint,
+        (coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0)
+        - coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0))::bigint,
+        count(*) filter (where a.kind = 'charge')
+    from credit_private.journal_activity as a
+    where
+        a.created_at >= p_start and a.created_at < p_end
+        and a.kind in ('charge', 'refund')
+    group by a.user_id
+    order by 4 desc, 1;
+end;
+$$;
+revoke all on function public.credit_spend_by_user(
+    timestamptz, timestamptz
+) from public, anon, authenticated, service_role;
+grant execute on function public.credit_spend_by_user(
+    timestamptz, timestamptz
+) to service_role;
+
+create function public.credit_top_users(
+    p_limit integer, p_start timestamptz, p_end timestamptz
+)
+returns setof public.credit_top_user_row
+language plpgsql
+stable
+set search_path = ''
+set plan_cache_mode = force_custom_plan
+as $$
+begin
+    if p_limit is null or p_limit not between 1 and 1000 then
+        perform credit_private.fail(
+            'DC006', format('limit must be from 1 to 1000, got %s', coalesce(p_limit::text, 'null')),
+            jsonb_build_object('argument', 'limit')
+        );
+    end if;
+    -- ranked by net spend, then user id; the first p_limit
+    return query
+    select row_number() over (order by u.net_spent desc, u.user_id), u.user_id, u.net_spent,
+        u.spent, u.refunded, u.charges
+    from public.credit_spend_by_user(p_start, p_end) as u
+    order by 1
+    limit p_limit;
+end;
+$$;
+revoke all on function public.credit_top_users(
+    integer, timestamptz, timestamptz
+) from public, anon, authenticated, service_role;
+grant execute on function public.credit_top_users(
+    integer, timestamptz, timestamptz
+) to service_role;
