@@ -8,7 +8,7 @@
 #   make docs        the docs site into build/docs, warnings as errors (make test runs it)
 #   make stack-up    start the local stack; prints its exports
 #   make stack-down  stop it and delete its data
-#   make bench       the deduct benchmark against pgbench's TPC-B-like (not a test)
+#   make bench       the debits against TPC-B-like, a minimal ledger and pgledger (not a test)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -75,6 +75,6 @@ stack-down:
 	@scripts/local-stack down
 
 # Not a test, never part of `make test`: bench/run says how to tune it (BENCH_SECONDS,
-# BENCH_CLIENTS, BENCH_REPEATS, or DATABASE_URL for a running server).
+# BENCH_CLIENTS, BENCH_REPEATS, BENCH_CHARGES, BENCH_PORT).
 bench: install
 	bench/run
