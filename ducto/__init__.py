@@ -55,7 +55,7 @@ from ducto.pricing import (
 )
 from ducto.usage import UsageMetrics
 
-__version__ = "0.1.1"
+__version__ = "0.2.0"
 
 __all__ = [
     "AddCreditsResult",

@@ -4,7 +4,8 @@ Orchestrates the credit lifecycle over a store: every method validates its argum
 sends one RPC through the store, and returns a typed result, or raises the typed
 exception for the SQLSTATE the ledger answered. :class:`AsyncCreditManager` is the same
 over an async store; both build their calls and parse their answers with one core
-(``ducto._rpc``).
+(``ducto._rpc``), and the code of :class:`CreditManager` is generated from that of
+:class:`AsyncCreditManager` (``scripts/unasync.py``), so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -117,6 +118,418 @@ def _hold_amount(engine: PricingEngine | None, estimate: UsageMetrics | int) -> 
     return estimate
 
 
+# -- async source: scripts/unasync.py writes the sync flavour below from it --
+class AsyncCreditManager:
+    """Orchestrates credit operations over an :class:`~ducto.interface.AsyncCreditStore`.
+
+    Args:
+        store: An AsyncCreditStore adapter (AsyncHttpxSupabaseStore, AsyncPostgresStore, ...).
+        engine: An optional pre-configured PricingEngine. If omitted, call
+            load_pricing_from_store() or publish_pricing_from_dict() before deduct().
+        emitter: An optional CreditEventEmitter for lifecycle events (``ducto.events``).
+    """
+
+    def __init__(
+        self,
+        store: AsyncCreditStore,
+        engine: PricingEngine | None = None,
+        emitter: CreditEventEmitter | None = None,
+    ) -> None:
+        self.store = store
+        self._engine = engine
+        self._emitter = emitter
+
+    @property
+    def emitter(self) -> CreditEventEmitter | None:
+        """The CreditEventEmitter told of every operation, or None."""
+        return self._emitter
+
+    async def _one(self, cls: type[_T], call: RpcCall) -> _T:
+        """Send ``call``, parse its one row as ``cls``, and tell the emitter."""
+        try:
+            result = _rpc.one(cls, await self.store.call(call))
+        except InsufficientCreditsError as exc:
+            if self._emitter is not None:
+                self._emitter.refused(exc)
+            raise
+        if self._emitter is not None:
+            self._emitter.observe(result)
+        return result
+
+    @property
+    def engine(self) -> PricingEngine | None:
+        """The current PricingEngine, or None if not loaded."""
+        return self._engine
+
+    async def load_pricing_from_store(self) -> None:
+        """Load the active pricing config from the store (``credit_pricing_config``).
+
+        Raises:
+            PricingNotLoadedError: no pricing has been published.
+        """
+        self._engine = PricingEngine.from_version(await self.get_pricing())
+
+    async def publish_pricing(self, config: PricingConfigData, label: str | None = None) -> None:
+        """Publish new pricing and update the engine in one call.
+
+        The new version is active for every client as soon as this returns; the engine
+        is built from the config as the database stored it.
+
+        Raises:
+            PricingConfigError: the database refused the config (nothing changed).
+        """
+        published = await self._one(PricingVersion, _rpc.publish_pricing(config, label))
+        self._engine = PricingEngine.from_version(published)
+
+    async def publish_pricing_from_dict(self, data: PricingConfigData | dict[str, Any]) -> None:
+        """Load pricing from a PricingConfigData or raw dict and sync it (publish it).
+
+        Raises:
+            PricingConfigError: the config is invalid (nothing is published).
+        """
+        await self.publish_pricing(PricingConfigData.parse(data))
+
+    async def get_pricing(self, version: int | None = None) -> PricingVersion:
+        """A published pricing version; the active one when ``version`` is None."""
+        return await self._one(PricingVersion, _rpc.get_pricing(version))
+
+    async def pricing_versions(self) -> list[PricingVersion]:
+        """Every published pricing version, newest (the active one) first."""
+        return _rpc.many(PricingVersion, await self.store.call(_rpc.list_pricing_versions()))
+
+    async def calculate_cost(self, metrics: UsageMetrics, version: int | None = None) -> CostResult:
+        """What the database charges for ``metrics`` (active or given version); no write."""
+        return await self._one(CostResult, _rpc.calculate_cost(metrics, version))
+
+    async def deduct(
+        self,
+        user_id: str,
+        metrics: UsageMetrics,
+        idempotency_key: str | None = None,
+        metadata: CreditMetadata | None = None,
+    ) -> DeductionResult:
+        """Full deduction flow: calculate -> reserve -> deduct, in one database call.
+
+        The database prices ``metrics`` under the active pricing version and charges it
+        in the same transaction, keeping that version's ``min_balance``; the journal row
+        records the version and the metrics.
+
+        Raises:
+            PricingNotLoadedError: If pricing hasn't been loaded.
+            InsufficientCreditsError: If the user lacks sufficient balance (including the
+                min_balance floor).
+            UnknownModelError: No pricing entry matches the model and there is no default.
+        """
+        _engine(self._engine)
+        call = _rpc.deduct_usage(user_id, metrics, metadata, idempotency_key)
+        return await self._one(DeductionResult, call)
+
+    async def deduct_fixed(
+        self,
+        user_id: str,
+        job_name: str,
+        idempotency_key: str | None = None,
+        metadata: CreditMetadata | None = None,
+    ) -> DeductionResult:
+        """Shortcut for fixed-cost batch jobs: charge the job's price in the active pricing.
+
+        Raises:
+            PricingNotLoadedError: If pricing hasn't been loaded.
+            UnknownJobError: The active pricing has no such job.
+            InsufficientCreditsError: As for deduct().
+        """
+        _engine(self._engine)
+        call = _rpc.deduct_fixed(user_id, job_name, metadata, idempotency_key)
+        return await self._one(DeductionResult, call)
+
+    @asynccontextmanager
+    async def metered_call(
+        self,
+        user_id: str,
+        estimate: UsageMetrics | int,
+        *,
+        idempotency_key: str | None = None,
+        metadata: CreditMetadata | None = None,
+        operation_type: str = "usage",
+        min_balance: int | None = None,
+        timeout_seconds: int = 900,
+    ) -> AsyncIterator[MeteredCall]:
+        """Hold an estimate around a model call, then charge what it actually used.
+
+        ``estimate`` is credits, or usage priced by the engine. Before the block, the
+        estimate is reserved (``InsufficientCreditsError`` here means the call should not
+        be made). In the block, ``record()`` the usage. After it, the hold is settled with
+        the recorded usage, priced by the database (an overage beyond the hold is
+        charged too), even when the block raised after recording; with nothing recorded it
+        is released. ``idempotency_key`` names the request: a retried request with the same
+        key is not charged again (its new hold is released and ``result`` is the first
+        charge, with ``is_replay``).
+        """
+        hold = await self.reserve_credits(
+            user_id,
+            _hold_amount(self._engine, estimate),
+            operation_type,
+            metadata,
+            min_balance,
+            timeout_seconds=timeout_seconds,
+        )
+        meter = MeteredCall(hold)
+        try:
+            yield meter
+        finally:
+            if meter.usage is None:
+                await self.release_reservation(hold.reservation_id)
+            else:
+                call = _rpc.settle_usage(hold.reservation_id, meter.usage, None, idempotency_key)
+                meter.result = await self._one(DeductionResult, call)
+        if meter.usage is None:
+            raise _no_usage(hold)
+
+    async def setup(self) -> SetupResult:
+        """Run bundled SQL migrations through the store (see the store's ``setup``)."""
+        return await self.store.setup()
+
+    async def add_credits(
+        self,
+        user_id: str,
+        amount: int,
+        tx_type: str = "adjustment",
+        metadata: CreditMetadata | None = None,
+        expires_at: datetime | None = None,
+        *,
+        category: str = "paid",
+        priority: int = 50,
+        idempotency_key: str | None = None,
+    ) -> AddCreditsResult:
+        """Add credits to a user's account as a new grant.
+
+        ``tx_type`` is one of grant, purchase, adjustment, promotion; ``category`` paid or
+        promotional; ``priority`` 0 (spent first) to 100; ``expires_at`` None for never.
+        """
+        call = _rpc.add_credits(
+            user_id,
+            amount,
+            tx_type,
+            metadata,
+            expires_at,
+            category=category,
+            priority=priority,
+            idempotency_key=idempotency_key,
+        )
+        return await self._one(AddCreditsResult, call)
+
+    async def reserve_credits(
+        self,
+        user_id: str,
+        amount: int,
+        operation_type: str = "usage",
+        metadata: CreditMetadata | None = None,
+        min_balance: int | None = None,
+        *,
+        timeout_seconds: int = 900,
+        idempotency_key: str | None = None,
+    ) -> ReserveResult:
+        """Reserve credits for an upcoming operation.
+
+        If min_balance is not specified, the engine's configured minimum is used (defaults
+        to 5 if no engine is loaded).
+
+        Raises:
+            InsufficientCreditsError: available - amount would go below min_balance.
+        """
+        call = _rpc.reserve_credits(
+            user_id,
+            amount,
+            operation_type,
+            _min_balance(self._engine, min_balance),
+            metadata,
+            timeout_seconds=timeout_seconds,
+            idempotency_key=idempotency_key,
+        )
+        return await self._one(ReserveResult, call)
+
+    async def settle_reservation(
+        self, reservation_id: str, actual_amount: int, metadata: CreditMetadata | None = None
+    ) -> DeductionResult:
+        """Charge the actual amount of a reservation; an overage beyond the hold is kept."""
+        call = _rpc.settle_reservation(reservation_id, actual_amount, metadata)
+        return await self._one(DeductionResult, call)
+
+    async def release_reservation(self, reservation_id: str) -> ReleaseResult:
+        """Let a reservation go without charging it."""
+        call = _rpc.release_reservation(reservation_id)
+        return await self._one(ReleaseResult, call)
+
+    async def refund_credits(
+        self,
+        transaction_id: str,
+        amount: int | None = None,
+        reason: str | None = None,
+        metadata: CreditMetadata | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> RefundResult:
+        """Refund a previous credit deduction, fully (amount None) or partly."""
+        call = _rpc.refund_transaction(transaction_id, amount, reason, metadata, idempotency_key)
+        return await self._one(RefundResult, call)
+
+    async def get_balance(self, user_id: str) -> BalanceResult:
+        """Get a user's current credit balance, held credits and available credits."""
+        return await self._one(BalanceResult, _rpc.get_balance(user_id))
+
+    async def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
+        """Sweep expired credits and timed-out holds from all users' accounts."""
+        return await self._one(SweepResult, _rpc.sweep_expired(dry_run))
+
+    async def verify_ledger(self) -> list[LedgerIssue]:
+        """Recompute every ledger invariant; an empty list means the ledger is consistent."""
+        return _rpc.many(LedgerIssue, await self.store.call(_rpc.verify_ledger()))
+
+    async def schema_version(self) -> str | None:
+        """The version of ducto's schema in the database (None when it is not installed).
+
+        It is the timestamp of the newest migration applied; ``ducto status`` compares it
+        with the newest migration this client ships.
+        """
+        try:
+            rows = await self.store.call(_rpc.schema_version())
+        except SchemaError:
+            return None
+        return str(rows[0]["value"])
+
+    # ------------------------------------------------------------ plans and features
+
+    async def upsert_plan(
+        self,
+        plan_id: str,
+        name: str,
+        features: Mapping[str, Any] | None = None,
+        *,
+        allowance: int | None = None,
+        allowance_period: str | None = None,
+        rollover_cap: int | None = None,
+        is_default: bool = False,
+    ) -> PlanResult:
+        """Create or replace a plan (service role).
+
+        ``allowance`` credits are granted per ``allowance_period`` (day, week, month or
+        year, UTC) by :meth:`grant_allowances`; up to ``rollover_cap`` unspent credits carry
+        into the next period. ``is_default`` makes it the plan of users without one.
+        """
+        call = _rpc.upsert_plan(
+            plan_id, name, features, allowance, allowance_period, rollover_cap, is_default
+        )
+        return await self._one(PlanResult, call)
+
+    async def assign_plan(self, user_id: str, plan_id: str | None) -> GetUserPlanResult:
+        """Put a user on a plan; None removes the assignment (back to the default plan)."""
+        return await self._one(GetUserPlanResult, _rpc.assign_plan(user_id, plan_id))
+
+    async def get_user_plan(self, user_id: str) -> GetUserPlanResult:
+        """Fetch user's current plan (including feature entitlements).
+
+        A user without an assignment gets the default plan (``is_default``), or no plan and
+        no features when there is no default plan: never an error.
+        """
+        return await self._one(GetUserPlanResult, _rpc.get_user_plan(user_id))
+
+    async def check_feature(self, user_id: str, feature: str) -> CheckFeatureResult:
+        """Check whether a user's plan has a specific feature entitlement.
+
+        Feature values follow a truthy convention: False / None / absent => has_feature
+        False; True / numeric / string => has_feature True. ``value`` carries the value, so a
+        numeric limit can be used.
+        """
+        call = _rpc.check_feature(user_id, feature)
+        return await self._one(CheckFeatureResult, call)
+
+    async def grant_allowances(self, user_id: str | None = None) -> AllowanceResult:
+        """Grant this period's plan allowances, once per user and period (all users or one)."""
+        return await self._one(AllowanceResult, _rpc.grant_allowances(user_id))
+
+    # ------------------------------------------------------------ usage analytics
+
+    async def aggregate_stats(self, start: datetime, end: datetime) -> AggregateStatsRow:
+        """Aggregate statistics across all users in a time window [start, end).
+
+        Net spend is what charges took minus what refunds made in the window gave back.
+        """
+        return await self._one(AggregateStatsRow, _rpc.aggregate_stats(start, end))
+
+    async def daily_spend(self, start: datetime, end: datetime) -> list[DailySpendRow]:
+        """Daily spend aggregation in a time window: one row per UTC day, oldest first."""
+        return _rpc.many(DailySpendRow, await self.store.call(_rpc.daily_spend(start, end)))
+
+    async def spend_by_model(self, start: datetime, end: datetime) -> list[SpendByModelRow]:
+        """Aggregate spend by model in a time window, highest net spend first."""
+        return _rpc.many(SpendByModelRow, await self.store.call(_rpc.spend_by_model(start, end)))
+
+    async def spend_by_user(self, start: datetime, end: datetime) -> list[SpendByUserRow]:
+        """Aggregate spend by user in a time window, highest net spend first."""
+        return _rpc.many(SpendByUserRow, await self.store.call(_rpc.spend_by_user(start, end)))
+
+    async def top_users(self, limit: int, start: datetime, end: datetime) -> list[TopUserRow]:
+        """Top users by spend in a time window: the ``limit`` (1 to 1000) highest net spends."""
+        return _rpc.many(TopUserRow, await self.store.call(_rpc.top_users(limit, start, end)))
+
+    # ------------------------------------------------------------ teams
+
+    async def upsert_team(self, team_id: str, name: str, min_balance: int = 0) -> TeamResult:
+        """Create a team with its credit pool, or rename it and move its floor.
+
+        The pool is the account ``team:<team_id>`` (``TeamResult.account_user_id``): top it
+        up with add_credits, read it with get_balance.
+        """
+        return await self._one(TeamResult, _rpc.upsert_team(team_id, name, min_balance))
+
+    async def set_team_member(
+        self,
+        team_id: str,
+        user_id: str,
+        role: str = "member",
+        *,
+        spend_limit: int | None = None,
+        limit_period: str | None = None,
+    ) -> TeamMemberResult:
+        """Add a member (role owner, admin or member) or change their role and limit.
+
+        ``spend_limit`` caps the member's net spend from the pool per ``limit_period``
+        (day, week or month, UTC); None means no limit.
+        """
+        call = _rpc.set_team_member(team_id, user_id, role, spend_limit, limit_period)
+        return await self._one(TeamMemberResult, call)
+
+    async def remove_team_member(self, team_id: str, user_id: str) -> bool:
+        """Remove a member; False when they were not one. Their past charges stay theirs."""
+        rows = await self.store.call(_rpc.remove_team_member(team_id, user_id))
+        return bool(rows[0]["value"])
+
+    async def deduct_team(
+        self,
+        team_id: str,
+        user_id: str,
+        metrics: UsageMetrics,
+        idempotency_key: str | None = None,
+        metadata: CreditMetadata | None = None,
+    ) -> TeamDeductionResult:
+        """Deduct from a team's shared balance pool.
+
+        Calculates cost via the pricing engine, then debits the team pool, in one database
+        call that prices the usage under the active pricing version and attributes the
+        charge to ``user_id``.
+
+        Raises:
+            PricingNotLoadedError: If pricing hasn't been loaded.
+            NotTeamMemberError: ``user_id`` is not a member of the team.
+            MemberLimitExceededError: the charge would exceed the member's spending limit.
+            TeamPoolExhaustedError: the pool cannot pay it above its floor.
+        """
+        _engine(self._engine)
+        call = _rpc.deduct_team(team_id, user_id, metrics, metadata, idempotency_key)
+        return await self._one(TeamDeductionResult, call)
+
+
+# -- sync flavour: generated from the async source above by scripts/unasync.py; do not edit --
 class CreditManager:
     """Orchestrates credit operations over a :class:`~ducto.interface.CreditStore`.
 
@@ -525,321 +938,3 @@ class CreditManager:
         _engine(self._engine)
         call = _rpc.deduct_team(team_id, user_id, metrics, metadata, idempotency_key)
         return self._one(TeamDeductionResult, call)
-
-
-class AsyncCreditManager:
-    """The async flavour of :class:`CreditManager`, over an async store."""
-
-    def __init__(
-        self,
-        store: AsyncCreditStore,
-        engine: PricingEngine | None = None,
-        emitter: CreditEventEmitter | None = None,
-    ) -> None:
-        self.store = store
-        self._engine = engine
-        self._emitter = emitter
-
-    @property
-    def emitter(self) -> CreditEventEmitter | None:
-        """The CreditEventEmitter told of every operation, or None."""
-        return self._emitter
-
-    async def _one(self, cls: type[_T], call: RpcCall) -> _T:
-        """Send ``call``, parse its one row as ``cls``, and tell the emitter."""
-        try:
-            result = _rpc.one(cls, await self.store.call(call))
-        except InsufficientCreditsError as exc:
-            if self._emitter is not None:
-                self._emitter.refused(exc)
-            raise
-        if self._emitter is not None:
-            self._emitter.observe(result)
-        return result
-
-    @property
-    def engine(self) -> PricingEngine | None:
-        """The current PricingEngine, or None if not loaded."""
-        return self._engine
-
-    async def load_pricing_from_store(self) -> None:
-        """Load the active pricing config from the store (``credit_pricing_config``)."""
-        self._engine = PricingEngine.from_version(await self.get_pricing())
-
-    async def publish_pricing(self, config: PricingConfigData, label: str | None = None) -> None:
-        """Publish new pricing and update the engine in one call."""
-        call = _rpc.publish_pricing(config, label)
-        published = await self._one(PricingVersion, call)
-        self._engine = PricingEngine.from_version(published)
-
-    async def publish_pricing_from_dict(self, data: PricingConfigData | dict[str, Any]) -> None:
-        """Load pricing from a PricingConfigData or raw dict and sync it (publish it)."""
-        await self.publish_pricing(PricingConfigData.parse(data))
-
-    async def get_pricing(self, version: int | None = None) -> PricingVersion:
-        """A published pricing version; the active one when ``version`` is None."""
-        return await self._one(PricingVersion, _rpc.get_pricing(version))
-
-    async def pricing_versions(self) -> list[PricingVersion]:
-        """Every published pricing version, newest (the active one) first."""
-        return _rpc.many(PricingVersion, await self.store.call(_rpc.list_pricing_versions()))
-
-    async def calculate_cost(self, metrics: UsageMetrics, version: int | None = None) -> CostResult:
-        """What the database charges for ``metrics`` (active or given version); no write."""
-        return await self._one(CostResult, _rpc.calculate_cost(metrics, version))
-
-    async def deduct(
-        self,
-        user_id: str,
-        metrics: UsageMetrics,
-        idempotency_key: str | None = None,
-        metadata: CreditMetadata | None = None,
-    ) -> DeductionResult:
-        """Full deduction flow: calculate -> reserve -> deduct (see CreditManager.deduct)."""
-        _engine(self._engine)
-        call = _rpc.deduct_usage(user_id, metrics, metadata, idempotency_key)
-        return await self._one(DeductionResult, call)
-
-    async def deduct_fixed(
-        self,
-        user_id: str,
-        job_name: str,
-        idempotency_key: str | None = None,
-        metadata: CreditMetadata | None = None,
-    ) -> DeductionResult:
-        """Shortcut for fixed-cost batch jobs (see CreditManager.deduct_fixed)."""
-        _engine(self._engine)
-        call = _rpc.deduct_fixed(user_id, job_name, metadata, idempotency_key)
-        return await self._one(DeductionResult, call)
-
-    @asynccontextmanager
-    async def metered_call(
-        self,
-        user_id: str,
-        estimate: UsageMetrics | int,
-        *,
-        idempotency_key: str | None = None,
-        metadata: CreditMetadata | None = None,
-        operation_type: str = "usage",
-        min_balance: int | None = None,
-        timeout_seconds: int = 900,
-    ) -> AsyncIterator[MeteredCall]:
-        """Hold an estimate around a model call, then charge what it actually used
-        (see CreditManager.metered_call)."""
-        hold = await self.reserve_credits(
-            user_id,
-            _hold_amount(self._engine, estimate),
-            operation_type,
-            metadata,
-            min_balance,
-            timeout_seconds=timeout_seconds,
-        )
-        meter = MeteredCall(hold)
-        try:
-            yield meter
-        finally:
-            if meter.usage is None:
-                await self.release_reservation(hold.reservation_id)
-            else:
-                call = _rpc.settle_usage(hold.reservation_id, meter.usage, None, idempotency_key)
-                meter.result = await self._one(DeductionResult, call)
-        if meter.usage is None:
-            raise _no_usage(hold)
-
-    async def setup(self) -> SetupResult:
-        """Run bundled SQL migrations through the store (see the store's ``setup``)."""
-        return await self.store.setup()
-
-    async def add_credits(
-        self,
-        user_id: str,
-        amount: int,
-        tx_type: str = "adjustment",
-        metadata: CreditMetadata | None = None,
-        expires_at: datetime | None = None,
-        *,
-        category: str = "paid",
-        priority: int = 50,
-        idempotency_key: str | None = None,
-    ) -> AddCreditsResult:
-        """Add credits to a user's account as a new grant."""
-        call = _rpc.add_credits(
-            user_id,
-            amount,
-            tx_type,
-            metadata,
-            expires_at,
-            category=category,
-            priority=priority,
-            idempotency_key=idempotency_key,
-        )
-        return await self._one(AddCreditsResult, call)
-
-    async def reserve_credits(
-        self,
-        user_id: str,
-        amount: int,
-        operation_type: str = "usage",
-        metadata: CreditMetadata | None = None,
-        min_balance: int | None = None,
-        *,
-        timeout_seconds: int = 900,
-        idempotency_key: str | None = None,
-    ) -> ReserveResult:
-        """Reserve credits for an upcoming operation (default min_balance: the engine's,
-        or 5 without one)."""
-        call = _rpc.reserve_credits(
-            user_id,
-            amount,
-            operation_type,
-            _min_balance(self._engine, min_balance),
-            metadata,
-            timeout_seconds=timeout_seconds,
-            idempotency_key=idempotency_key,
-        )
-        return await self._one(ReserveResult, call)
-
-    async def settle_reservation(
-        self, reservation_id: str, actual_amount: int, metadata: CreditMetadata | None = None
-    ) -> DeductionResult:
-        """Charge the actual amount of a reservation; an overage beyond the hold is kept."""
-        call = _rpc.settle_reservation(reservation_id, actual_amount, metadata)
-        return await self._one(DeductionResult, call)
-
-    async def release_reservation(self, reservation_id: str) -> ReleaseResult:
-        """Let a reservation go without charging it."""
-        call = _rpc.release_reservation(reservation_id)
-        return await self._one(ReleaseResult, call)
-
-    async def refund_credits(
-        self,
-        transaction_id: str,
-        amount: int | None = None,
-        reason: str | None = None,
-        metadata: CreditMetadata | None = None,
-        *,
-        idempotency_key: str | None = None,
-    ) -> RefundResult:
-        """Refund a previous credit deduction, fully (amount None) or partly."""
-        call = _rpc.refund_transaction(transaction_id, amount, reason, metadata, idempotency_key)
-        return await self._one(RefundResult, call)
-
-    async def get_balance(self, user_id: str) -> BalanceResult:
-        """Get a user's current credit balance, held credits and available credits."""
-        return await self._one(BalanceResult, _rpc.get_balance(user_id))
-
-    async def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
-        """Sweep expired credits and timed-out holds from all users' accounts."""
-        return await self._one(SweepResult, _rpc.sweep_expired(dry_run))
-
-    async def verify_ledger(self) -> list[LedgerIssue]:
-        """Recompute every ledger invariant; an empty list means the ledger is consistent."""
-        return _rpc.many(LedgerIssue, await self.store.call(_rpc.verify_ledger()))
-
-    async def schema_version(self) -> str | None:
-        """The version of ducto's schema in the database (None when it is not installed)."""
-        try:
-            rows = await self.store.call(_rpc.schema_version())
-        except SchemaError:
-            return None
-        return str(rows[0]["value"])
-
-    # ------------------------------------------------------------ plans and features
-
-    async def upsert_plan(
-        self,
-        plan_id: str,
-        name: str,
-        features: Mapping[str, Any] | None = None,
-        *,
-        allowance: int | None = None,
-        allowance_period: str | None = None,
-        rollover_cap: int | None = None,
-        is_default: bool = False,
-    ) -> PlanResult:
-        """Create or replace a plan (see :meth:`CreditManager.upsert_plan`)."""
-        call = _rpc.upsert_plan(
-            plan_id, name, features, allowance, allowance_period, rollover_cap, is_default
-        )
-        return await self._one(PlanResult, call)
-
-    async def assign_plan(self, user_id: str, plan_id: str | None) -> GetUserPlanResult:
-        """Put a user on a plan; None removes the assignment (back to the default plan)."""
-        call = _rpc.assign_plan(user_id, plan_id)
-        return await self._one(GetUserPlanResult, call)
-
-    async def get_user_plan(self, user_id: str) -> GetUserPlanResult:
-        """Fetch user's current plan (including feature entitlements)."""
-        return await self._one(GetUserPlanResult, _rpc.get_user_plan(user_id))
-
-    async def check_feature(self, user_id: str, feature: str) -> CheckFeatureResult:
-        """Check whether a user's plan has a specific feature entitlement (truthy convention)."""
-        call = _rpc.check_feature(user_id, feature)
-        return await self._one(CheckFeatureResult, call)
-
-    async def grant_allowances(self, user_id: str | None = None) -> AllowanceResult:
-        """Grant this period's plan allowances, once per user and period (all users or one)."""
-        return await self._one(AllowanceResult, _rpc.grant_allowances(user_id))
-
-    # ------------------------------------------------------------ usage analytics
-
-    async def aggregate_stats(self, start: datetime, end: datetime) -> AggregateStatsRow:
-        """Aggregate statistics across all users in a time window [start, end)."""
-        call = _rpc.aggregate_stats(start, end)
-        return await self._one(AggregateStatsRow, call)
-
-    async def daily_spend(self, start: datetime, end: datetime) -> list[DailySpendRow]:
-        """Daily spend aggregation in a time window: one row per UTC day, oldest first."""
-        return _rpc.many(DailySpendRow, await self.store.call(_rpc.daily_spend(start, end)))
-
-    async def spend_by_model(self, start: datetime, end: datetime) -> list[SpendByModelRow]:
-        """Aggregate spend by model in a time window, highest net spend first."""
-        call = _rpc.spend_by_model(start, end)
-        return _rpc.many(SpendByModelRow, await self.store.call(call))
-
-    async def spend_by_user(self, start: datetime, end: datetime) -> list[SpendByUserRow]:
-        """Aggregate spend by user in a time window, highest net spend first."""
-        call = _rpc.spend_by_user(start, end)
-        return _rpc.many(SpendByUserRow, await self.store.call(call))
-
-    async def top_users(self, limit: int, start: datetime, end: datetime) -> list[TopUserRow]:
-        """Top users by spend in a time window: the ``limit`` (1 to 1000) highest net spends."""
-        call = _rpc.top_users(limit, start, end)
-        return _rpc.many(TopUserRow, await self.store.call(call))
-
-    # ------------------------------------------------------------ teams
-
-    async def upsert_team(self, team_id: str, name: str, min_balance: int = 0) -> TeamResult:
-        """Create a team with its credit pool, or rename it and move its floor."""
-        return await self._one(TeamResult, _rpc.upsert_team(team_id, name, min_balance))
-
-    async def set_team_member(
-        self,
-        team_id: str,
-        user_id: str,
-        role: str = "member",
-        *,
-        spend_limit: int | None = None,
-        limit_period: str | None = None,
-    ) -> TeamMemberResult:
-        """Add a member or change their role and spending limit."""
-        call = _rpc.set_team_member(team_id, user_id, role, spend_limit, limit_period)
-        return await self._one(TeamMemberResult, call)
-
-    async def remove_team_member(self, team_id: str, user_id: str) -> bool:
-        """Remove a member; False when they were not one."""
-        rows = await self.store.call(_rpc.remove_team_member(team_id, user_id))
-        return bool(rows[0]["value"])
-
-    async def deduct_team(
-        self,
-        team_id: str,
-        user_id: str,
-        metrics: UsageMetrics,
-        idempotency_key: str | None = None,
-        metadata: CreditMetadata | None = None,
-    ) -> TeamDeductionResult:
-        """Deduct from a team's shared balance pool (see CreditManager.deduct_team)."""
-        _engine(self._engine)
-        call = _rpc.deduct_team(team_id, user_id, metrics, metadata, idempotency_key)
-        return await self._one(TeamDeductionResult, call)

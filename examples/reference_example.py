@@ -1,5 +1,5 @@
 # The example of ducto.manager's API reference, as written there. It expects two names
-# from whoever runs it: supabase_url and service_role_key (tests/test_pricing.py runs it
+# from whoever runs it: supabase_url and service_role_key (tests/integration/test_pricing.py runs it
 # against the local stack, on both stores, and checks it still matches the reference).
 from ducto import CreditManager, UsageMetrics
 from ducto.interface.supabase import HttpxSupabaseStore

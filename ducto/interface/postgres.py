@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import psycopg
@@ -72,6 +71,132 @@ def _retryable(exc: psycopg.Error, call: RpcCall, attempt: int, attempts: int) -
     )
 
 
+# -- async source: scripts/unasync.py writes the sync flavour below from it --
+class AsyncPostgresStore:
+    """Calls ducto's functions over a psycopg connection pool.
+
+    Pass a DSN (the store owns its pool), an existing ``AsyncConnectionPool``, or an
+    ``AsyncConnection``: with a connection, every call runs inside the caller's current
+    transaction and commits or rolls back with it (the store never commits it).
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool: AsyncConnectionPool | None = None,
+        connection: psycopg.AsyncConnection[Any] | None = None,
+        max_size: int = 10,
+        attempts: int = 2,
+    ) -> None:
+        if sum(x is not None for x in (dsn, pool, connection)) != 1:
+            raise ValueError("pass exactly one of dsn, pool or connection")
+        self._connection = connection
+        self._owns_pool = dsn is not None
+        self._pool = pool
+        if dsn is not None:
+            # each RPC is one statement and its own transaction: autocommit saves the
+            # BEGIN/COMMIT round trips; the pool opens on first use
+            self._pool = AsyncConnectionPool(
+                dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False
+            )
+        self._attempts = attempts
+
+    async def call(self, call: RpcCall) -> list[dict[str, Any]]:
+        """Run ``call``: in the bound connection, or in a pooled one (retried when safe)."""
+        if self._connection is not None:
+            try:
+                return await self._execute(self._connection, call)
+            except psycopg.Error as exc:
+                raise _error(exc) from exc
+        pool = await self._opened_pool()
+        for attempt in range(self._attempts):
+            try:
+                async with pool.connection() as conn:
+                    return await self._execute(conn, call)
+            except psycopg.Error as exc:
+                if not _retryable(exc, call, attempt, self._attempts):
+                    raise _error(exc) from exc
+        raise AssertionError("unreachable")
+
+    async def setup(self) -> SetupResult:
+        """Apply the bundled migrations that the database lacks, one transaction each.
+
+        Holds a session advisory lock meanwhile, so concurrent setups apply each migration
+        once; skips versions recorded by an earlier setup() or by ``supabase db push``;
+        makes PostgREST reload its schema cache afterwards.
+        """
+        if self._pool is None:
+            raise StoreError("setup() needs a store with a pool, not a bound connection")
+        pool = await self._opened_pool()
+        try:
+            async with pool.connection() as conn:
+                return await self._setup(conn)
+        except psycopg.Error as exc:
+            raise _error(exc) from exc
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncPostgresStore]:
+        """A store bound to one pooled connection, in one transaction, for several calls."""
+        pool = await self._opened_pool()
+        async with pool.connection() as conn, conn.transaction():
+            yield AsyncPostgresStore(connection=conn)
+
+    async def close(self) -> None:
+        """Close the pool if the store created it."""
+        if self._owns_pool and self._pool is not None:
+            await self._pool.close()
+
+    async def _opened_pool(self) -> AsyncConnectionPool:
+        assert self._pool is not None, "a store bound to a connection has no pool"
+        if self._owns_pool:
+            await self._pool.open()  # once; then a no-op
+        return self._pool
+
+    @staticmethod
+    async def _execute(conn: psycopg.AsyncConnection[Any], call: RpcCall) -> list[dict[str, Any]]:
+        query, params = _query(call)
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query, params)
+            return await cur.fetchall()
+
+    @staticmethod
+    async def _column(conn: psycopg.AsyncConnection[Any], query: str) -> list[Any]:
+        """The first column of what ``query`` returns."""
+        cur = await conn.execute(query)
+        return [row[0] for row in await cur.fetchall()]
+
+    @classmethod
+    async def _setup(cls, conn: psycopg.AsyncConnection[Any]) -> SetupResult:
+        await conn.commit()
+        await conn.execute("select pg_advisory_lock(%s)", [_migrations.SETUP_LOCK_KEY])
+        await conn.commit()  # the session lock outlives the transaction
+        try:
+            await conn.execute(_migrations.PREPARE_RECORD)
+            done = set(await cls._column(conn, _migrations.APPLIED_BY_DUCTO))
+            if await cls._column(conn, _migrations.HAS_CLI_HISTORY) == [True]:
+                done |= set(await cls._column(conn, _migrations.APPLIED_BY_CLI))
+            await conn.commit()
+            applied, already = [], []
+            for migration in _migrations.bundled():
+                if migration.version in done:
+                    already.append(migration.version)
+                    continue
+                async with conn.transaction():
+                    await conn.execute(migration.sql.encode())
+                    await conn.execute(_migrations.RECORD, (migration.version, migration.name))
+                applied.append(migration.version)
+            version = await cls._column(conn, "select public.credit_schema_version()")
+            await conn.execute(_migrations.RELOAD_POSTGREST)
+            await conn.commit()
+        finally:
+            await conn.rollback()
+            await conn.execute("select pg_advisory_unlock(%s)", [_migrations.SETUP_LOCK_KEY])
+            await conn.commit()
+        return SetupResult(tuple(applied), tuple(already), str(version[0]) if version else "")
+
+
+# -- sync flavour: generated from the async source above by scripts/unasync.py; do not edit --
 class PostgresStore:
     """Calls ducto's functions over a psycopg connection pool.
 
@@ -96,21 +221,24 @@ class PostgresStore:
         self._pool = pool
         if dsn is not None:
             # each RPC is one statement and its own transaction: autocommit saves the
-            # BEGIN/COMMIT round trips
+            # BEGIN/COMMIT round trips; the pool opens on first use
             self._pool = ConnectionPool(
-                dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=True
+                dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False
             )
         self._attempts = attempts
 
     def call(self, call: RpcCall) -> list[dict[str, Any]]:
         """Run ``call``: in the bound connection, or in a pooled one (retried when safe)."""
         if self._connection is not None:
-            return self._execute(self._connection, call)
-        assert self._pool is not None
+            try:
+                return self._execute(self._connection, call)
+            except psycopg.Error as exc:
+                raise _error(exc) from exc
+        pool = self._opened_pool()
         for attempt in range(self._attempts):
             try:
-                with self._pool.connection() as conn:
-                    return self._execute_raw(conn, call)
+                with pool.connection() as conn:
+                    return self._execute(conn, call)
             except psycopg.Error as exc:
                 if not _retryable(exc, call, attempt, self._attempts):
                     raise _error(exc) from exc
@@ -125,17 +253,18 @@ class PostgresStore:
         """
         if self._pool is None:
             raise StoreError("setup() needs a store with a pool, not a bound connection")
+        pool = self._opened_pool()
         try:
-            with self._pool.connection() as conn:
-                return _setup(conn)
+            with pool.connection() as conn:
+                return self._setup(conn)
         except psycopg.Error as exc:
             raise _error(exc) from exc
 
     @contextmanager
     def transaction(self) -> Iterator[PostgresStore]:
         """A store bound to one pooled connection, in one transaction, for several calls."""
-        assert self._pool is not None, "a store bound to a connection has no pool"
-        with self._pool.connection() as conn:
+        pool = self._opened_pool()
+        with pool.connection() as conn, conn.transaction():
             yield PostgresStore(connection=conn)
 
     def close(self) -> None:
@@ -143,113 +272,50 @@ class PostgresStore:
         if self._owns_pool and self._pool is not None:
             self._pool.close()
 
-    def _execute(self, conn: psycopg.Connection[Any], call: RpcCall) -> list[dict[str, Any]]:
-        try:
-            return self._execute_raw(conn, call)
-        except psycopg.Error as exc:
-            raise _error(exc) from exc
+    def _opened_pool(self) -> ConnectionPool:
+        assert self._pool is not None, "a store bound to a connection has no pool"
+        if self._owns_pool:
+            self._pool.open()  # once; then a no-op
+        return self._pool
 
     @staticmethod
-    def _execute_raw(conn: psycopg.Connection[Any], call: RpcCall) -> list[dict[str, Any]]:
+    def _execute(conn: psycopg.Connection[Any], call: RpcCall) -> list[dict[str, Any]]:
         query, params = _query(call)
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(query, params)
             return cur.fetchall()
 
-
-def _setup(conn: psycopg.Connection[Any]) -> SetupResult:
-    conn.commit()
-    conn.execute("select pg_advisory_lock(%s)", [_migrations.SETUP_LOCK_KEY])
-    conn.commit()  # the session lock outlives the transaction
-    try:
-        conn.execute(_migrations.PREPARE_RECORD)
-        done = {row[0] for row in conn.execute(_migrations.APPLIED_BY_DUCTO)}
-        has_cli_history = conn.execute(_migrations.HAS_CLI_HISTORY).fetchone()
-        if has_cli_history and has_cli_history[0]:
-            done |= {row[0] for row in conn.execute(_migrations.APPLIED_BY_CLI)}
-        conn.commit()
-        applied, already = [], []
-        for migration in _migrations.bundled():
-            if migration.version in done:
-                already.append(migration.version)
-                continue
-            with conn.transaction():
-                conn.execute(migration.sql.encode())
-                conn.execute(_migrations.RECORD, (migration.version, migration.name))
-            applied.append(migration.version)
-        version = conn.execute("select public.credit_schema_version()").fetchone()
-        conn.execute(_migrations.RELOAD_POSTGREST)
-        conn.commit()
-    finally:
-        conn.rollback()
-        conn.execute("select pg_advisory_unlock(%s)", [_migrations.SETUP_LOCK_KEY])
-        conn.commit()
-    return SetupResult(tuple(applied), tuple(already), str(version[0]) if version else "")
-
-
-class AsyncPostgresStore:
-    """The async flavour of :class:`PostgresStore`, over psycopg's async pool."""
-
-    def __init__(
-        self,
-        dsn: str | None = None,
-        *,
-        pool: AsyncConnectionPool | None = None,
-        connection: psycopg.AsyncConnection[Any] | None = None,
-        max_size: int = 10,
-        attempts: int = 2,
-    ) -> None:
-        if sum(x is not None for x in (dsn, pool, connection)) != 1:
-            raise ValueError("pass exactly one of dsn, pool or connection")
-        self._connection = connection
-        self._owns_pool = dsn is not None
-        self._pool = pool
-        if dsn is not None:
-            self._pool = AsyncConnectionPool(
-                dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False
-            )
-        self._attempts = attempts
-
-    async def call(self, call: RpcCall) -> list[dict[str, Any]]:
-        """Run ``call``: in the bound connection, or in a pooled one (retried when safe)."""
-        if self._connection is not None:
-            try:
-                return await self._execute_raw(self._connection, call)
-            except psycopg.Error as exc:
-                raise _error(exc) from exc
-        assert self._pool is not None
-        if self._owns_pool:
-            await self._pool.open()
-        for attempt in range(self._attempts):
-            try:
-                async with self._pool.connection() as conn:
-                    return await self._execute_raw(conn, call)
-            except psycopg.Error as exc:
-                if not _retryable(exc, call, attempt, self._attempts):
-                    raise _error(exc) from exc
-        raise AssertionError("unreachable")
-
-    async def setup(self) -> SetupResult:
-        """:meth:`PostgresStore.setup`, run in a worker thread on its own connection."""
-        conninfo = self._pool.conninfo if self._pool is not None else None
-        if not isinstance(conninfo, str):
-            raise StoreError("setup() needs a store made from a DSN or a pool with a DSN")
-        store = PostgresStore(conninfo, max_size=1)
-        try:
-            return await asyncio.to_thread(store.setup)
-        finally:
-            store.close()
-
-    async def close(self) -> None:
-        """Close the pool if the store created it."""
-        if self._owns_pool and self._pool is not None:
-            await self._pool.close()
-
     @staticmethod
-    async def _execute_raw(
-        conn: psycopg.AsyncConnection[Any], call: RpcCall
-    ) -> list[dict[str, Any]]:
-        query, params = _query(call)
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query, params)
-            return await cur.fetchall()
+    def _column(conn: psycopg.Connection[Any], query: str) -> list[Any]:
+        """The first column of what ``query`` returns."""
+        cur = conn.execute(query)
+        return [row[0] for row in cur.fetchall()]
+
+    @classmethod
+    def _setup(cls, conn: psycopg.Connection[Any]) -> SetupResult:
+        conn.commit()
+        conn.execute("select pg_advisory_lock(%s)", [_migrations.SETUP_LOCK_KEY])
+        conn.commit()  # the session lock outlives the transaction
+        try:
+            conn.execute(_migrations.PREPARE_RECORD)
+            done = set(cls._column(conn, _migrations.APPLIED_BY_DUCTO))
+            if cls._column(conn, _migrations.HAS_CLI_HISTORY) == [True]:
+                done |= set(cls._column(conn, _migrations.APPLIED_BY_CLI))
+            conn.commit()
+            applied, already = [], []
+            for migration in _migrations.bundled():
+                if migration.version in done:
+                    already.append(migration.version)
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())
+                    conn.execute(_migrations.RECORD, (migration.version, migration.name))
+                applied.append(migration.version)
+            version = cls._column(conn, "select public.credit_schema_version()")
+            conn.execute(_migrations.RELOAD_POSTGREST)
+            conn.commit()
+        finally:
+            conn.rollback()
+            conn.execute("select pg_advisory_unlock(%s)", [_migrations.SETUP_LOCK_KEY])
+            conn.commit()
+        return SetupResult(tuple(applied), tuple(already), str(version[0]) if version else "")

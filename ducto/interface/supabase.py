@@ -68,6 +68,64 @@ def _error(response: httpx.Response, body: object) -> DuctoError:
     )
 
 
+# -- async source: scripts/unasync.py writes the sync flavour below from it --
+class AsyncHttpxSupabaseStore:
+    """Calls ducto's RPCs through Supabase's REST API (PostgREST) with httpx.
+
+    Transport errors are retried only for calls that cannot take effect twice (read-only,
+    idempotent by nature, or carrying an idempotency key).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        *,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        attempts: int = 3,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(timeout=timeout)
+        self._base = url.rstrip("/")
+        self._headers = _headers(key)
+        self._attempts = attempts
+
+    async def call(self, call: RpcCall) -> list[dict[str, Any]]:
+        """POST ``call`` to ``/rest/v1/rpc/<function>`` and return its rows."""
+        path, body = _request(call)
+        for attempt in range(self._attempts):
+            try:
+                response = await self._client.post(
+                    self._base + path, content=body, headers=self._headers
+                )
+            except httpx.TransportError as exc:
+                if not call.retry_safe or attempt + 1 == self._attempts:
+                    raise StoreError(f"{call.function}: {exc!r}") from exc
+                await asyncio.sleep(0.05 * 2**attempt)
+                continue
+            return _rows(response)
+        raise AssertionError("unreachable")
+
+    async def setup(self) -> SetupResult:
+        """Check that the schema is installed and current; DDL cannot go through PostgREST.
+
+        Raises:
+            SchemaError: naming the command that installs or upgrades the schema.
+        """
+        try:
+            rows = await self.call(_rpc.schema_version())
+        except SchemaError:
+            return _migrations.check_installed(None)
+        return _migrations.check_installed(str(rows[0]["value"]))
+
+    async def close(self) -> None:
+        """Close the HTTP client if the store created it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+
+# -- sync flavour: generated from the async source above by scripts/unasync.py; do not edit --
 class HttpxSupabaseStore:
     """Calls ducto's RPCs through Supabase's REST API (PostgREST) with httpx.
 
@@ -120,51 +178,3 @@ class HttpxSupabaseStore:
         """Close the HTTP client if the store created it."""
         if self._owns_client:
             self._client.close()
-
-
-class AsyncHttpxSupabaseStore:
-    """The async flavour of :class:`HttpxSupabaseStore`, over ``httpx.AsyncClient``."""
-
-    def __init__(
-        self,
-        url: str,
-        key: str,
-        *,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        attempts: int = 3,
-        client: httpx.AsyncClient | None = None,
-    ) -> None:
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=timeout)
-        self._base = url.rstrip("/")
-        self._headers = _headers(key)
-        self._attempts = attempts
-
-    async def call(self, call: RpcCall) -> list[dict[str, Any]]:
-        """POST ``call`` to ``/rest/v1/rpc/<function>`` and return its rows."""
-        path, body = _request(call)
-        for attempt in range(self._attempts):
-            try:
-                response = await self._client.post(
-                    self._base + path, content=body, headers=self._headers
-                )
-            except httpx.TransportError as exc:
-                if not call.retry_safe or attempt + 1 == self._attempts:
-                    raise StoreError(f"{call.function}: {exc!r}") from exc
-                await asyncio.sleep(0.05 * 2**attempt)
-                continue
-            return _rows(response)
-        raise AssertionError("unreachable")
-
-    async def setup(self) -> SetupResult:
-        """:meth:`HttpxSupabaseStore.setup`: check that the schema is installed and current."""
-        try:
-            rows = await self.call(_rpc.schema_version())
-        except SchemaError:
-            return _migrations.check_installed(None)
-        return _migrations.check_installed(str(rows[0]["value"]))
-
-    async def close(self) -> None:
-        """Close the HTTP client if the store created it."""
-        if self._owns_client:
-            await self._client.aclose()

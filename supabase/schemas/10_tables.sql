@@ -37,7 +37,10 @@ create function credit_private.journal_row_ok(
     p_usage jsonb,
     p_model text,
     p_pricing_version bigint,
-    p_job_name text
+    p_job_name text,
+    p_idempotency_key text,
+    p_request_hash uuid,
+    p_available_after bigint
 )
 returns boolean
 language plpgsql
@@ -45,24 +48,33 @@ immutable
 set search_path = ''
 as $$
 begin
-    -- the rules of the checks it replaces, one per line, in their order
+    -- the journal's row rules, one per line
     return p_seq > 0
         -- credits carry a positive amount, debits a negative one
         and (
             (p_type in ('grant', 'purchase', 'adjustment', 'promotion', 'refund') and p_amount > 0)
             or (p_type in ('usage', 'fixed_job', 'capture', 'expiry') and p_amount < 0)
         )
+        -- a refund, and only a refund, names the row it refunds
         and (p_type = 'refund') = (p_refund_of is not null)
+        -- a capture, and only a capture, names its hold
         and (p_type = 'capture') = (p_reservation_id is not null)
         and jsonb_typeof(p_metadata) = 'object'
-        -- what priced a row (see 20261127000500_credit_pricing.sql)
+        -- usage only on a priced usage or capture row, and model is the usage's model
         and (p_usage is null or (p_type in ('usage', 'capture') and p_pricing_version is not null))
         and (p_model is not distinct from p_usage ->> 'model')
-        and ((p_job_name is not null) = (p_type = 'fixed_job' and p_pricing_version is not null));
+        -- a job name on a priced fixed-job row, and nowhere else
+        and ((p_job_name is not null) = (p_type = 'fixed_job' and p_pricing_version is not null))
+        -- what was available after a one-call debit or team charge
+        and (p_available_after is null or p_type in ('usage', 'fixed_job'))
+        -- a key record only on a keyed one-call debit, with what its replay returns
+        and (p_request_hash is null or (
+            p_idempotency_key is not null and p_available_after is not null
+        ));
 end;
 $$;
 revoke all on function credit_private.journal_row_ok(
-    text, bigint, bigint, uuid, uuid, jsonb, jsonb, text, bigint, text
+    text, bigint, bigint, uuid, uuid, jsonb, jsonb, text, bigint, text, text, uuid, bigint
 ) from public, anon, authenticated, service_role;
 
 create function credit_private.grant_row_ok(
@@ -146,16 +158,19 @@ create table public.credit_transactions (
     model text,
     job_name text,
     attributed_user_id text,
+    request_hash uuid,
+    available_after bigint,
     unique (account_id, seq),
     -- seq > 0; credits (grant, purchase, adjustment, promotion, refund) carry a positive
     -- amount, debits (usage, fixed_job, capture, expiry) a negative one; a refund and only a
     -- refund names the row it refunds, a capture and only a capture its hold; metadata is a
     -- JSON object; usage only on a priced usage or capture row, model = usage's model; a
-    -- job_name on a priced fixed_job row and nowhere else
+    -- job_name on a priced fixed_job row and nowhere else; available_after only on a usage
+    -- or fixed_job row; a key record (request_hash) only on a keyed one with available_after
     constraint credit_transactions_row_check check (
         credit_private.journal_row_ok(
             type, amount, seq, refund_of, reservation_id, metadata, usage, model,
-            pricing_version, job_name
+            pricing_version, job_name, idempotency_key, request_hash, available_after
         )
     )
 );
@@ -168,13 +183,20 @@ comment on column public.credit_transactions.grant_id is
 comment on column public.credit_transactions.pricing_version is
 'The pricing version that priced this row (usage, fixed_job, or a capture settled by usage).';
 comment on column public.credit_transactions.usage is
-'The usage metrics priced, normalised: credit_calculate_cost(usage, pricing_version) re-prices'
-' the row.';
+'The usage metrics priced, normalised by credit_private.check_usage (the model and every count'
+' not at its default of 0, or 1 request): credit_calculate_cost(usage, pricing_version)'
+' re-prices the row.';
 comment on column public.credit_transactions.model is 'usage->>''model'', for reports by model.';
 comment on column public.credit_transactions.job_name is 'The fixed-cost job of a fixed_job row.';
 comment on column public.credit_transactions.attributed_user_id is
 'The member a team pool''s debit is attributed to (a refund of it inherits it); null on'
 ' rows of a user''s own account, which are that user''s.';
+comment on column public.credit_transactions.request_hash is
+'For a keyed one-call debit, which is its own key record: a fingerprint of the request the'
+' key names (credit_private.request_hash). A replay must match it.';
+comment on column public.credit_transactions.available_after is
+'For a one-call debit or a team charge: the credits available after it (a replay returns it'
+' again).';
 -- No foreign key from pricing_version to credit_pricing_config: versions are never deleted
 -- (append-only), and a key check on every charge would lock the one active version row
 -- from every session.
@@ -189,6 +211,9 @@ create index credit_transactions_refund_of_idx
 on public.credit_transactions (refund_of) where refund_of is not null;
 create index credit_transactions_reservation_idx
 on public.credit_transactions (reservation_id) where reservation_id is not null;
+-- the keys of one-call debits, which their journal rows record (credit_private.find_replay)
+create unique index credit_transactions_key_idx
+on public.credit_transactions (account_id, idempotency_key) where request_hash is not null;
 -- a member's spend from a pool in a period, read by every team debit with a limit
 create index credit_transactions_attribution_idx
 on public.credit_transactions (account_id, attributed_user_id, created_at) include (amount)
@@ -201,28 +226,6 @@ for each row execute function credit_private.refuse_journal_change();
 create trigger credit_transactions_no_truncate
 before truncate on public.credit_transactions
 for each statement execute function credit_private.refuse_journal_change();
-
-create function credit_private.inherit_attribution()
-returns trigger
-language plpgsql
-set search_path = ''
-as $$
-begin
-    -- a refund is attributed to whoever the refunded row was, so a member's net spend
-    -- (their limit, spend_by_user) counts refunds of their debits
-    select o.attributed_user_id into new.attributed_user_id
-    from public.credit_transactions as o
-    where o.id = new.refund_of;
-    return new;
-end;
-$$;
-revoke all on function credit_private.inherit_attribution()
-from public, anon, authenticated, service_role;
-
-create trigger credit_transactions_inherit_attribution
-before insert on public.credit_transactions
-for each row when (new.refund_of is not null)
-execute function credit_private.inherit_attribution();
 
 -- ---------------------------------------------------------------- grants
 
@@ -341,7 +344,8 @@ create table public.credit_idempotency_keys (
     primary key (account_id, idempotency_key)
 );
 comment on table public.credit_idempotency_keys is
-'The first result of each keyed operation. Keys are unique per account and never expire.';
+'The first result of each keyed operation but a one-call debit, whose journal row is its key'
+' record. Keys are unique per account across both, and never expire.';
 
 -- ---------------------------------------------------------------- pricing
 

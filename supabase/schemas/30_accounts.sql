@@ -58,7 +58,9 @@ create function credit_private.append_transaction(
     p_pricing_version bigint default null,
     p_usage jsonb default null,
     p_job_name text default null,
-    p_attributed_user_id text default null
+    p_attributed_user_id text default null,
+    p_request_hash uuid default null,
+    p_available_after bigint default null
 )
 returns public.credit_transactions
 language plpgsql
@@ -79,19 +81,21 @@ begin
     insert into public.credit_transactions (
         id, account_id, seq, user_id, type, amount, balance_after, grant_id,
         reservation_id, refund_of, idempotency_key, metadata, created_at, pricing_version,
-        usage, model, job_name, attributed_user_id
+        usage, model, job_name, attributed_user_id, request_hash, available_after
     )
     select
         gen_random_uuid(), p_account_id, a.version, a.user_id, p_type, p_amount, a.balance,
         p_grant_id, p_reservation_id, p_refund_of, p_idempotency_key, p_metadata, p_now,
-        p_pricing_version, p_usage, p_usage ->> 'model', p_job_name, p_attributed_user_id
+        p_pricing_version, p_usage, p_usage ->> 'model', p_job_name, p_attributed_user_id,
+        p_request_hash, p_available_after
     from account as a
     returning * into v_row;
     return v_row;
 end;
 $$;
 revoke all on function credit_private.append_transaction(
-    bigint, text, bigint, timestamptz, jsonb, text, uuid, uuid, uuid, bigint, jsonb, text, text
+    bigint, text, bigint, timestamptz, jsonb, text, uuid, uuid, uuid, bigint, jsonb, text, text,
+    uuid, bigint
 ) from public, anon, authenticated, service_role;
 
 create function public.credit_get_balance(p_user_id text)

@@ -27,7 +27,7 @@ revoke all on function credit_private.available(bigint, timestamptz)
 from public, anon, authenticated, service_role;
 
 create function credit_private.admit(
-    p_user_id text, p_available bigint, p_amount bigint, p_min_balance bigint
+    p_user_id text, p_team_id uuid, p_available bigint, p_amount bigint, p_min_balance bigint
 )
 returns bigint
 language plpgsql
@@ -35,7 +35,8 @@ immutable
 set search_path = ''
 as $$
 begin
-    if p_available - p_amount < p_min_balance then
+    -- admission against the floor: a user's charge or hold (DC010), a team pool's (DC084)
+    if p_available - p_amount < p_min_balance and p_team_id is null then
         perform credit_private.fail(
             'DC010',
             format('insufficient credits for user %s: available %s, needed %s with min_balance %s',
@@ -47,11 +48,24 @@ begin
                 'min_balance', p_min_balance
             )
         );
+    elsif p_available - p_amount < p_min_balance then
+        perform credit_private.fail(
+            'DC084',
+            format('team %s has too few credits: available %s, needed %s with min_balance %s',
+                p_team_id, p_available, p_amount, p_min_balance),
+            jsonb_build_object(
+                'team_id', p_team_id,
+                'user_id', p_user_id,
+                'available', p_available,
+                'needed', p_amount,
+                'min_balance', p_min_balance
+            )
+        );
     end if;
     return p_available;
 end;
 $$;
-revoke all on function credit_private.admit(text, bigint, bigint, bigint)
+revoke all on function credit_private.admit(text, uuid, bigint, bigint, bigint)
 from public, anon, authenticated, service_role;
 
 create function credit_private.create_grant(
@@ -226,37 +240,21 @@ $$;
 revoke all on function credit_private.expire_grants(bigint, timestamptz)
 from public, anon, authenticated, service_role;
 
-create function credit_private.available_now(p_account_id bigint, p_now timestamptz)
-returns bigint
-language plpgsql
-volatile
-set search_path = ''
-as $$
-begin
-    -- the caller holds the account lock; no expiry work unless a grant is due (rare)
-    if exists (
-        select from public.credit_grants as g
-        where g.account_id = p_account_id and g.spendable and g.expires_at <= p_now
-    ) then
-        perform credit_private.expire_grants(p_account_id, p_now);
-    end if;
-    return credit_private.available(p_account_id, p_now);
-end;
-$$;
-revoke all on function credit_private.available_now(bigint, timestamptz)
-from public, anon, authenticated, service_role;
-
 create function credit_private.debit(
     p_account_id bigint,
+    p_user_id text,
+    p_team_id uuid,
     p_type text,
     p_amount bigint,
+    p_floor bigint,
     p_now timestamptz,
     p_metadata jsonb,
     p_idempotency_key text,
+    p_request_hash uuid,
     p_pricing_version bigint,
     p_usage jsonb,
     p_job_name text,
-    p_attributed_user_id text
+    p_reservation_id uuid
 )
 returns public.credit_transactions
 language plpgsql
@@ -264,27 +262,57 @@ volatile
 set search_path = ''
 as $$
 declare
+    v_available bigint;
     v_row public.credit_transactions;
 begin
-    -- the caller holds the account lock and has admitted p_amount
+    -- The one debit of the ledger: a one-call deduct (by amount, usage or job), a team
+    -- charge (p_team_id: the pool's account, floor and refusal, attributed to the member
+    -- p_user_id) and a settled hold (p_reservation_id, no floor: usage that happened is
+    -- charged, what grants cannot pay becomes debt). The caller holds the account lock.
+    -- Expire what is due (rare), admit against the floor, journal, draw. A keyed one-call
+    -- debit's row is its key record (p_request_hash). The row returned has no id when
+    -- nothing was journaled (0 credits).
+    if exists (
+        select from public.credit_grants as g
+        where g.account_id = p_account_id and g.spendable and g.expires_at <= p_now
+    ) then
+        perform credit_private.expire_grants(p_account_id, p_now);
+    end if;
+    v_available := coalesce(credit_private.available(p_account_id, p_now), 0);
+    if p_floor is not null then
+        v_available := credit_private.admit(
+            p_user_id, p_team_id, v_available, p_amount, p_floor
+        );
+    end if;
     if p_amount = 0 then
         -- usage priced at 0 credits: admitted, nothing to journal
         select a.balance into v_row.balance_after
         from public.credit_accounts as a
         where a.id = p_account_id;
-        return v_row;
+    else
+        v_row := credit_private.append_transaction(
+            p_account_id, p_type, -p_amount, p_now, p_metadata, p_idempotency_key,
+            p_reservation_id => p_reservation_id, p_pricing_version => p_pricing_version,
+            p_usage => p_usage, p_job_name => p_job_name,
+            p_attributed_user_id => case when p_team_id is not null then p_user_id end,
+            p_request_hash => p_request_hash,
+            -- a hold's capture leaves out what the settle reports: the hold is still active
+            p_available_after => case when p_reservation_id is null then
+                v_available - p_amount
+            end
+        );
+        -- what no grant can pay becomes debt (the draws record it)
+        perform credit_private.draw(p_account_id, v_row.id, p_amount, p_now);
     end if;
-    v_row := credit_private.append_transaction(
-        p_account_id, p_type, -p_amount, p_now, p_metadata, p_idempotency_key,
-        p_pricing_version => p_pricing_version, p_usage => p_usage, p_job_name => p_job_name,
-        p_attributed_user_id => p_attributed_user_id
-    );
-    perform credit_private.draw(p_account_id, v_row.id, p_amount, p_now);
+    if p_reservation_id is null then
+        v_row.available_after := v_available - p_amount;
+    end if;
     return v_row;
 end;
 $$;
 revoke all on function credit_private.debit(
-    bigint, text, bigint, timestamptz, jsonb, text, bigint, jsonb, text, text
+    bigint, text, uuid, text, bigint, bigint, timestamptz, jsonb, text, uuid, bigint, jsonb, text,
+    uuid
 ) from public, anon, authenticated, service_role;
 
 create function credit_private.deduct(
@@ -310,7 +338,6 @@ declare
     v_cost public.credit_cost_result;
     v_account public.credit_accounts;
     v_replay jsonb;
-    v_available bigint;
     v_transaction public.credit_transactions;
     v_result public.credit_deduct_result;
 begin
@@ -339,21 +366,23 @@ begin
         v_amount := v_cost.credits;
         v_min_balance := v_cost.min_balance;
     end if;
-    v_available := credit_private.admit(
-        p_user_id, coalesce(credit_private.available_now(v_account.id, v_now), 0), v_amount,
-        v_min_balance
-    );
+    -- with a key, the journal row is the key's record
     v_transaction := credit_private.debit(
-        v_account.id, p_type, v_amount, v_now, p_metadata, p_idempotency_key,
+        v_account.id, p_user_id, null, p_type, v_amount, v_min_balance, v_now, p_metadata,
+        p_idempotency_key,
+        case when p_idempotency_key is not null then
+            credit_private.request_hash(p_type, p_request)
+        end,
         v_cost.pricing_version, p_usage, p_job_name, null
     );
-
     v_result := row(
         v_transaction.id, null::uuid, p_user_id, v_amount, 0::bigint,
-        coalesce(v_transaction.balance_after, 0), v_available - v_amount, v_now, false,
+        coalesce(v_transaction.balance_after, 0), v_transaction.available_after, v_now, false,
         v_cost.pricing_version
     );
-    if p_idempotency_key is not null and v_account.id is not null then
+    -- a charge priced at 0 credits journals nothing: its key is remembered apart
+    if p_idempotency_key is not null and v_transaction.id is null and v_account.id is not null
+        then
         perform credit_private.remember(
             v_account.id, p_idempotency_key, p_type, p_request, to_jsonb(v_result), v_now
         );

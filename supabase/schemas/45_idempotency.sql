@@ -1,6 +1,30 @@
--- ducto: idempotency. A keyed operation remembers its request and its result, per account
--- and forever: the same request again is a replay of the first result, another request
--- under the same key is refused (DC020).
+-- ducto: idempotency. A keyed operation happens at most once per account and key, forever:
+-- the same request again is a replay of the first result, another request under the same
+-- key is refused (DC020) and writes nothing.
+--
+-- Where a key is recorded:
+--   * a one-call debit (credit_deduct_credits, _usage, _fixed) that journals a row records
+--     its key on that row: idempotency_key, request_hash (a fingerprint of the request)
+--     and available_after; its result is rebuilt from the row. No second row per charge.
+--   * every other keyed operation (and a debit priced at 0 credits, which journals
+--     nothing) records its request and result in credit_idempotency_keys.
+-- find_replay looks in both, so a key is unique per account across every operation.
+-- Callers hold the account lock, so a concurrent first use of the key has committed.
+
+create function credit_private.request_hash(p_operation text, p_request jsonb)
+returns uuid
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+    -- jsonb's text form is canonical (keys sorted, no duplicates), so equal requests have
+    -- equal fingerprints
+    return md5(p_operation || ' ' || p_request::text)::uuid;
+end;
+$$;
+revoke all on function credit_private.request_hash(text, jsonb)
+from public, anon, authenticated, service_role;
 
 create function credit_private.find_replay(
     p_account_id bigint, p_key text, p_operation text, p_request jsonb
@@ -11,33 +35,56 @@ stable
 set search_path = ''
 as $$
 declare
-    v_stored public.credit_idempotency_keys;
+    v_debit public.credit_transactions;
+    v_operation text;
+    v_result jsonb;
+    v_same boolean;
 begin
     if p_key is null or p_account_id is null then
         return null;
     end if;
-    -- callers hold the account lock, so a concurrent first use of the key has committed
-    select * into v_stored
-    from public.credit_idempotency_keys
-    where account_id = p_account_id and idempotency_key = p_key;
-    if not found then
-        return null;
+    select * into v_debit
+    from public.credit_transactions as t
+    where t.account_id = p_account_id and t.idempotency_key = p_key and t.request_hash is not null;
+    if found then
+        v_operation := v_debit.type;
+        v_same := v_debit.request_hash = credit_private.request_hash(p_operation, p_request);
+        v_result := jsonb_build_object(
+            'transaction_id', v_debit.id,
+            'user_id', v_debit.user_id,
+            'amount', -v_debit.amount,
+            'overage', 0,
+            'balance_after', v_debit.balance_after,
+            'available_after', v_debit.available_after,
+            'created_at', v_debit.created_at,
+            'is_replay', false,
+            'pricing_version', v_debit.pricing_version
+        );
+    else
+        select k.operation, k.operation = p_operation and k.request = p_request, k.result
+        into v_operation, v_same, v_result
+        from public.credit_idempotency_keys as k
+        where k.account_id = p_account_id and k.idempotency_key = p_key;
+        if not found then
+            return null;
+        end if;
     end if;
-    if v_stored.operation <> p_operation or v_stored.request <> p_request then
+    if not v_same then
+        -- the detail names the caller's own request, never the first one: that may be
+        -- another caller's
         perform credit_private.fail(
             'DC020',
             format('idempotency key %s was already used for %s with other parameters',
-                quote_literal(p_key), v_stored.operation),
+                quote_literal(p_key), v_operation),
             jsonb_build_object(
                 'idempotency_key', p_key,
-                'operation', v_stored.operation,
-                'original_request', v_stored.request,
+                'operation', v_operation,
                 'request', p_request
             ),
             'use a new idempotency key for a different operation'
         );
     end if;
-    return v_stored.result;
+    return v_result;
 end;
 $$;
 revoke all on function credit_private.find_replay(bigint, text, text, jsonb)

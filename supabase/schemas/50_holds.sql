@@ -80,8 +80,7 @@ declare
     v_replay jsonb;
     v_cost public.credit_cost_result;
     v_actual bigint := p_actual;
-    v_transaction_id uuid;
-    v_balance_after bigint;
+    v_capture public.credit_transactions;
     v_result public.credit_deduct_result;
 begin
     -- Settle a hold by an amount (p_actual) or by usage (p_usage, priced by the active
@@ -139,30 +138,21 @@ begin
         v_cost := credit_private.price(p_usage, null);
         v_actual := v_cost.credits;
     end if;
-    perform credit_private.expire_grants(v_reservation.account_id, v_now);
-    if v_actual > 0 then
-        v_transaction_id := (credit_private.append_transaction(
-            v_reservation.account_id, 'capture', -v_actual, v_now,
-            v_reservation.metadata || p_metadata, p_idempotency_key,
-            p_reservation_id => p_reservation_id,
-            p_pricing_version => v_cost.pricing_version, p_usage => p_usage
-        )).id;
-        perform credit_private.draw(
-            v_reservation.account_id, v_transaction_id, v_actual, v_now
-        );
-    end if;
-    select a.balance into v_balance_after
-    from public.credit_accounts as a
-    where a.id = v_reservation.account_id;
+    -- no floor: what was used beyond the grants becomes debt
+    v_capture := credit_private.debit(
+        v_reservation.account_id, v_reservation.user_id, null, 'capture', v_actual, null, v_now,
+        v_reservation.metadata || p_metadata, p_idempotency_key, null, v_cost.pricing_version,
+        p_usage, null, p_reservation_id
+    );
 
     update public.credit_reservations
     set
-        status = 'settled', settled_amount = v_actual, transaction_id = v_transaction_id,
+        status = 'settled', settled_amount = v_actual, transaction_id = v_capture.id,
         resolved_at = v_now, usage = p_usage
     where id = p_reservation_id;
     v_result := row(
-        v_transaction_id, p_reservation_id, v_reservation.user_id, v_actual,
-        greatest(v_actual - v_reservation.amount, 0), v_balance_after,
+        v_capture.id, p_reservation_id, v_reservation.user_id, v_actual,
+        greatest(v_actual - v_reservation.amount, 0), v_capture.balance_after,
         credit_private.available(v_reservation.account_id, v_now), v_now, false,
         v_cost.pricing_version
     );
@@ -238,7 +228,7 @@ begin
         perform credit_private.expire_grants(v_account.id, v_now);
     end if;
     v_available := credit_private.admit(
-        p_user_id, coalesce(credit_private.available(v_account.id, v_now), 0), v_amount,
+        p_user_id, null, coalesce(credit_private.available(v_account.id, v_now), 0), v_amount,
         v_min_balance
     );
 

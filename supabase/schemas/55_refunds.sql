@@ -184,7 +184,10 @@ begin
     v_transaction_id := (credit_private.append_transaction(
         v_account.id, 'refund', v_amount, v_now,
         v_metadata || jsonb_strip_nulls(jsonb_build_object('reason', p_reason)),
-        p_idempotency_key, p_refund_of => p_transaction_id
+        p_idempotency_key, p_refund_of => p_transaction_id,
+        -- a refund is attributed to whoever the refunded row was, so a member's net spend
+        -- (their limit, spend_by_user) counts refunds of their debits
+        p_attributed_user_id => v_original.attributed_user_id
     )).id;
     perform credit_private.restore(v_account.id, v_transaction_id, p_transaction_id, v_amount, v_now);
     -- credits given back to a grant that has expired since expire at once

@@ -273,25 +273,27 @@ immutable
 set search_path = ''
 as $$
 declare
+    -- the token kinds are disjoint counts (docs/pricing.md)
+    v_counts constant text[] := array[
+        'input_tokens', 'output_tokens', 'cached_input_tokens', 'cache_creation_tokens',
+        'cache_creation_1h_tokens', 'reasoning_tokens', 'tool_calls', 'requests'
+    ];
+    v_unknown jsonb;
     v_field text;
     v_count jsonb;
     v_whole numeric;
     v_usage jsonb;
 begin
+    -- Every charge priced by usage runs this: plain expressions, no query, until an error.
     if jsonb_typeof(p_metrics) is distinct from 'object' then
         perform credit_private.fail(
             'DC007', 'usage metrics must be a JSON object',
             jsonb_build_object('argument', 'metrics')
         );
     end if;
-    select k into v_field
-    from jsonb_object_keys(p_metrics) as k
-    where k <> all(array[
-        'model', 'input_tokens', 'output_tokens', 'cached_input_tokens', 'cache_creation_tokens',
-        'cache_creation_1h_tokens', 'reasoning_tokens', 'tool_calls', 'requests'
-    ])
-    limit 1;
-    if v_field is not null then
+    v_unknown := p_metrics - 'model' - v_counts;
+    if v_unknown <> '{}'::jsonb then
+        v_field := (select k from jsonb_object_keys(v_unknown) as k limit 1);
         perform credit_private.fail(
             'DC007', format('usage metrics: %s is not a known field', to_jsonb(v_field)),
             jsonb_build_object('argument', 'metrics', 'field', v_field)
@@ -307,14 +309,10 @@ begin
         );
     end if;
     v_usage := jsonb_build_object('model', p_metrics -> 'model');
-    -- the token kinds are disjoint counts (docs/pricing.md); one request unless told
-    foreach v_field in array array[
-        'input_tokens', 'output_tokens', 'cached_input_tokens', 'cache_creation_tokens',
-        'cache_creation_1h_tokens', 'reasoning_tokens', 'tool_calls', 'requests'
-    ] loop
-        v_count := coalesce(
-            p_metrics -> v_field, case when v_field = 'requests' then '1' else '0' end::jsonb
-        );
+    foreach v_field in array v_counts loop
+        v_count := p_metrics -> v_field;
+        -- absent: its default (0; 1 request), which the usage leaves out
+        continue when v_count is null;
         -- two steps: SQL does not promise to short-circuit OR, and only a number casts
         if jsonb_typeof(v_count) = 'number' then
             v_whole := v_count::numeric;
@@ -329,7 +327,9 @@ begin
                 jsonb_build_object('argument', 'metrics', 'field', v_field)
             );
         end if;
-        v_usage := v_usage || jsonb_build_object(v_field, v_whole::bigint);
+        if v_whole <> (case when v_field = 'requests' then 1 else 0 end) then
+            v_usage := v_usage || jsonb_build_object(v_field, v_whole::bigint);
+        end if;
     end loop;
     return v_usage;
 end;
@@ -366,6 +366,7 @@ immutable
 set search_path = ''
 as $$
 declare
+    v_name jsonb := p_usage -> 'model';
     v_model text := lower(p_usage ->> 'model');
     v_rates jsonb;
     v_matched text;
@@ -373,21 +374,31 @@ declare
     v_credits numeric;
 begin
     -- The one definition of a cost (docs/pricing.md; ducto.pricing mirrors it).
-    -- p_config comes from check_pricing_config and p_usage from check_usage.
+    -- p_config comes from check_pricing_config and p_usage from check_usage, which leaves
+    -- out counts at their default (0; 1 request).
     -- The entry: the exact name, else the matching pattern with the most literal
     -- characters, else the first of those in the list; else the default.
-    select e.entry, e.entry ->> 'model' into v_rates, v_matched
-    from jsonb_array_elements(p_config -> 'models') with ordinality as e (entry, ord)
-    where case
-        when strpos(e.entry ->> 'model', '*') = 0 then lower(e.entry ->> 'model') = v_model
-        -- model names have no % or \; _ is escaped, * becomes %
-        else v_model like replace(replace(lower(e.entry ->> 'model'), '_', '\_'), '*', '%')
-    end
-    order by
-        strpos(e.entry ->> 'model', '*') = 0 desc,
-        length(replace(e.entry ->> 'model', '*', '')) desc,
-        e.ord
-    limit 1;
+    -- First the name as written (no query; model names have no *, and names compare
+    -- without case, so at most one entry is the exact name), then without case and the
+    -- patterns.
+    v_rates := jsonb_path_query_first(
+        p_config -> 'models', '$[*] ? (@.model == $m)', jsonb_build_object('m', v_name)
+    );
+    v_matched := v_rates ->> 'model';
+    if v_rates is null then
+        select e.entry, e.entry ->> 'model' into v_rates, v_matched
+        from jsonb_array_elements(p_config -> 'models') with ordinality as e (entry, ord)
+        where case
+            when strpos(e.entry ->> 'model', '*') = 0 then lower(e.entry ->> 'model') = v_model
+            -- model names have no % or \; _ is escaped, * becomes %
+            else v_model like replace(replace(lower(e.entry ->> 'model'), '_', '\_'), '*', '%')
+        end
+        order by
+            strpos(e.entry ->> 'model', '*') = 0 desc,
+            length(replace(e.entry ->> 'model', '*', '')) desc,
+            e.ord
+        limit 1;
+    end if;
     if v_rates is null then
         v_rates := p_config -> 'default';
         if jsonb_typeof(v_rates) is distinct from 'object' then
@@ -402,16 +413,19 @@ begin
 
     -- numeric multiplication and addition are exact: no rounding until the last step
     v_exact := (
-        (p_usage ->> 'input_tokens')::numeric * (v_rates ->> 'input')::numeric
-        + (p_usage ->> 'output_tokens')::numeric * (v_rates ->> 'output')::numeric
-        + (p_usage ->> 'cached_input_tokens')::numeric * (v_rates ->> 'cached_input')::numeric
-        + (p_usage ->> 'cache_creation_tokens')::numeric * (v_rates ->> 'cache_creation')::numeric
-        + (p_usage ->> 'cache_creation_1h_tokens')::numeric
+        coalesce((p_usage ->> 'input_tokens')::numeric, 0) * (v_rates ->> 'input')::numeric
+        + coalesce((p_usage ->> 'output_tokens')::numeric, 0) * (v_rates ->> 'output')::numeric
+        + coalesce((p_usage ->> 'cached_input_tokens')::numeric, 0)
+        * (v_rates ->> 'cached_input')::numeric
+        + coalesce((p_usage ->> 'cache_creation_tokens')::numeric, 0)
+        * (v_rates ->> 'cache_creation')::numeric
+        + coalesce((p_usage ->> 'cache_creation_1h_tokens')::numeric, 0)
         * (v_rates ->> 'cache_creation_1h')::numeric
-        + (p_usage ->> 'reasoning_tokens')::numeric * (v_rates ->> 'reasoning')::numeric
+        + coalesce((p_usage ->> 'reasoning_tokens')::numeric, 0)
+        * (v_rates ->> 'reasoning')::numeric
     ) * 0.000001
-    + (p_usage ->> 'tool_calls')::numeric * (v_rates ->> 'tool_call')::numeric
-    + (p_usage ->> 'requests')::numeric * (v_rates ->> 'request')::numeric;
+    + coalesce((p_usage ->> 'tool_calls')::numeric, 0) * (v_rates ->> 'tool_call')::numeric
+    + coalesce((p_usage ->> 'requests')::numeric, 1) * (v_rates ->> 'request')::numeric;
     if p_config ->> 'unit' = 'usd' then
         v_exact := v_exact * (p_config ->> 'credits_per_usd')::numeric
             * (1 + (p_config ->> 'markup')::numeric);

@@ -242,7 +242,6 @@ declare
     v_cost public.credit_cost_result;
     v_floor bigint;
     v_spent bigint;
-    v_available bigint;
     v_transaction public.credit_transactions;
     v_result public.credit_team_deduct_result;
 begin
@@ -299,30 +298,14 @@ begin
 
     -- after the checks that only read: a charge over its member's limit does no expiry
     -- work before it is refused
-    v_available := credit_private.available_now(v_team.account_id, v_now);
-    if v_available - v_cost.credits < v_floor then
-        perform credit_private.fail(
-            'DC084',
-            format('team %s has too few credits: available %s, needed %s with min_balance %s',
-                p_team_id, v_available, v_cost.credits, v_floor),
-            jsonb_build_object(
-                'team_id', p_team_id,
-                'user_id', p_user_id,
-                'available', v_available,
-                'needed', v_cost.credits,
-                'min_balance', v_floor
-            )
-        );
-    end if;
-
     v_transaction := credit_private.debit(
-        v_team.account_id, 'usage', v_cost.credits, v_now, p_metadata, p_idempotency_key,
-        v_cost.pricing_version, p_usage, null, p_user_id
+        v_team.account_id, p_user_id, p_team_id, 'usage', v_cost.credits, v_floor, v_now,
+        p_metadata, p_idempotency_key, null, v_cost.pricing_version, p_usage, null, null
     );
 
     v_result := row(
         v_transaction.id, p_team_id, p_user_id, v_cost.credits, v_transaction.balance_after,
-        v_available - v_cost.credits, v_spent + v_cost.credits, v_member.spend_limit,
+        v_transaction.available_after, v_spent + v_cost.credits, v_member.spend_limit,
         v_member.limit_period, v_now, false, v_cost.pricing_version
     );
     perform credit_private.remember(

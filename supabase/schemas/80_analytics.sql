@@ -64,31 +64,71 @@ grant execute on function credit_private.check_window(
     timestamptz, timestamptz
 ) to service_role;
 
+-- The sums every analytics function reports, in one place.
+create function credit_private.spend(p_start timestamptz, p_end timestamptz, p_by text)
+returns table (
+    key text,
+    spent bigint,
+    refunded bigint,
+    charges bigint,
+    refunds bigint,
+    users bigint,
+    credited bigint,
+    expired bigint
+)
+language plpgsql
+stable
+set search_path = ''
+set plan_cache_mode = force_custom_plan
+as $$
+begin
+    -- What counts in [p_start, p_end), one row per group of p_by: 'day' (UTC), 'model',
+    -- 'user', or null for the whole window (every kind of row; no row for an empty one).
+    -- Planned for each call, so p_by is a constant to the planner: the group key is one
+    -- column, and the join that finds a refund's model is planned only for 'model'.
+    return query
+    select
+        case p_by
+            when 'day' then ((a.created_at at time zone 'UTC')::date)::text
+            when 'model' then a.model
+            when 'user' then a.user_id
+        end,
+        coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0)::bigint,
+        coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0)::bigint,
+        count(*) filter (where a.kind = 'charge'),
+        count(*) filter (where a.kind = 'refund'),
+        count(distinct a.user_id) filter (where a.kind = 'charge'),
+        coalesce(sum(a.amount) filter (where a.kind = 'credit'), 0)::bigint,
+        coalesce(sum(a.amount) filter (where a.kind = 'expiry'), 0)::bigint
+    from credit_private.journal_activity as a
+    where
+        a.created_at >= p_start and a.created_at < p_end
+        and (p_by is null or a.kind in ('charge', 'refund'))
+    group by 1;
+end;
+$$;
+revoke all on function credit_private.spend(timestamptz, timestamptz, text)
+from public, anon, authenticated, service_role;
+grant execute on function credit_private.spend(timestamptz, timestamptz, text)
+to service_role;
+
 create function public.credit_aggregate_stats(p_start timestamptz, p_end timestamptz)
 returns public.credit_stats_result
 language plpgsql
 stable
 set search_path = ''
-set plan_cache_mode = force_custom_plan
 as $$
 declare
     v_result public.credit_stats_result;
 begin
     perform credit_private.check_window(p_start, p_end);
     select
-        p_start, p_end,
-        coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0),
-        coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0),
-        coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0)
-        - coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0),
-        coalesce(sum(a.amount) filter (where a.kind = 'credit'), 0),
-        coalesce(sum(a.amount) filter (where a.kind = 'expiry'), 0),
-        count(*) filter (where a.kind = 'charge'),
-        count(*) filter (where a.kind = 'refund'),
-        count(distinct a.user_id) filter (where a.kind = 'charge')
+        p_start, p_end, coalesce(s.spent, 0), coalesce(s.refunded, 0),
+        coalesce(s.spent - s.refunded, 0), coalesce(s.credited, 0), coalesce(s.expired, 0),
+        coalesce(s.charges, 0), coalesce(s.refunds, 0), coalesce(s.users, 0)
     into v_result
-    from credit_private.journal_activity as a
-    where a.created_at >= p_start and a.created_at < p_end;
+    from (select) as one
+    left join credit_private.spend(p_start, p_end, null) as s on true;
     return v_result;
 end;
 $$;
@@ -104,40 +144,20 @@ returns setof public.credit_daily_spend_row
 language plpgsql
 stable
 set search_path = ''
-set plan_cache_mode = force_custom_plan
 as $$
 begin
     perform credit_private.check_window(p_start, p_end);
     -- every UTC day the window touches, zeros included, oldest first
     return query
-    with days as (
-        select a.created_at at time zone 'UTC' as utc, a.user_id, a.kind, a.amount
-        from credit_private.journal_activity as a
-        where
-            a.created_at >= p_start and a.created_at < p_end
-            and a.kind in ('charge', 'refund')
-    ),
-
-    per_day as (
-        select
-            d.utc::date as day,
-            coalesce(sum(d.amount) filter (where d.kind = 'charge'), 0)::bigint as spent,
-            coalesce(sum(d.amount) filter (where d.kind = 'refund'), 0)::bigint as refunded,
-            count(*) filter (where d.kind = 'charge') as charges,
-            count(distinct d.user_id) filter (where d.kind = 'charge') as users
-        from days as d
-        group by 1
-    )
-
     select
-        s.day::date, coalesce(p.spent, 0), coalesce(p.refunded, 0),
-        coalesce(p.spent - p.refunded, 0), coalesce(p.charges, 0), coalesce(p.users, 0)
+        d.day::date, coalesce(s.spent, 0), coalesce(s.refunded, 0),
+        coalesce(s.spent - s.refunded, 0), coalesce(s.charges, 0), coalesce(s.users, 0)
     from generate_series(
         (p_start at time zone 'UTC')::date,
         ((p_end - interval '1 microsecond') at time zone 'UTC')::date,
         interval '1 day'
-    ) as s (day)
-    left join per_day as p on s.day::date = p.day
+    ) as d (day)
+    left join credit_private.spend(p_start, p_end, 'day') as s on d.day::date::text = s.key
     order by 1;
 end;
 $$;
@@ -152,25 +172,13 @@ returns setof public.credit_model_spend_row
 language plpgsql
 stable
 set search_path = ''
-set plan_cache_mode = force_custom_plan
 as $$
 begin
     perform credit_private.check_window(p_start, p_end);
     -- model is null for charges priced by amount (and fixed jobs), which have none
     return query
-    select
-        a.model,
-        coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0)::bigint,
-        coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0)::bigint,
-        (coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0)
-        - coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0))::bigint,
-        count(*) filter (where a.kind = 'charge'),
-        count(distinct a.user_id) filter (where a.kind = 'charge')
-    from credit_private.journal_activity as a
-    where
-        a.created_at >= p_start and a.created_at < p_end
-        and a.kind in ('charge', 'refund')
-    group by a.model
+    select s.key, s.spent, s.refunded, s.spent - s.refunded, s.charges, s.users
+    from credit_private.spend(p_start, p_end, 'model') as s
     order by 4 desc, 1 nulls last;
 end;
 $$;
@@ -186,23 +194,12 @@ returns setof public.credit_user_spend_row
 language plpgsql
 stable
 set search_path = ''
-set plan_cache_mode = force_custom_plan
 as $$
 begin
     perform credit_private.check_window(p_start, p_end);
     return query
-    select
-        a.user_id,
-        coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0)::bigint,
-        coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0)::bigint,
-        (coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0)
-        - coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0))::bigint,
-        count(*) filter (where a.kind = 'charge')
-    from credit_private.journal_activity as a
-    where
-        a.created_at >= p_start and a.created_at < p_end
-        and a.kind in ('charge', 'refund')
-    group by a.user_id
+    select s.key, s.spent, s.refunded, s.spent - s.refunded, s.charges
+    from credit_private.spend(p_start, p_end, 'user') as s
     order by 4 desc, 1;
 end;
 $$;

@@ -4,7 +4,7 @@ The stack's settings come from the environment, as printed by
 ``scripts/local-stack up`` (``make test`` sets them)::
 
     eval "$(scripts/local-stack up)"
-    .venv/bin/python -m pytest tests
+    .venv/bin/python -m pytest tests/integration
 
 A test that asks for one of these fixtures fails with a clear message when the
 variable is missing.
@@ -241,14 +241,17 @@ def bare_manager(manager: CreditManager) -> CreditManager:
 @pytest.fixture
 def new_database(database_url: str) -> Iterator[Callable[..., str]]:
     """Makes fresh databases in the stack's cluster with the Supabase bootstrap and returns
-    their URLs (``migrated=True``: ducto's migrations pushed by the CLI too); drops them
-    afterwards."""
+    their URLs (``migrated=True``: ducto's migrations pushed by the CLI too;
+    ``revoked_defaults=True``: with Supabase's default privileges on public revoked); drops
+    them afterwards."""
     made: list[str] = []
 
-    def make(*, migrated: bool = False) -> str:
+    def make(*, migrated: bool = False, revoked_defaults: bool = False) -> str:
         name = f"ducto_test_{uuid.uuid4().hex[:10]}"
         made.append(name)
         flags = [] if migrated else ["--no-migrations"]
+        if revoked_defaults:
+            flags.append("--revoked-defaults")
         return run(["scripts/local-stack", "db-create", name, *flags]).strip()
 
     yield make

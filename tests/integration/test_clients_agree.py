@@ -43,7 +43,7 @@ from conftest import make_user_token, stack_env
 from ducto import CreditManager, PricingConfigData, UsageMetrics
 from ducto.interface import PostgresStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MIGRATION_NAME = re.compile(r"^([0-9]+)_.*\.sql$")
 
 # 1 credit per input token, 2 per output token; no floor.

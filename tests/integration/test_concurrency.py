@@ -324,6 +324,50 @@ def test_same_key_from_every_worker_has_one_effect(
     assert len(accounts_of(ledger, user)) == 1
 
 
+def test_one_key_across_both_key_records_has_one_effect(database_url: str, ledger: Ledger) -> None:
+    """16 workers send one key at the same moment, half to a deduct (whose journal row is
+    its key record) and half to a hold (recorded in credit_idempotency_keys): whichever
+    came first happened once, its repeats are replays, and the other operation is DC020."""
+    user = new_prefix("both")
+    key = f"both-{uuid.uuid4()}"
+    ledger.add(user, 100)
+    moment = threading.Barrier(WORKERS, timeout=BARRIER_TIMEOUT)
+
+    def work(index: int, worker: Ledger) -> tuple[str, Outcome]:
+        refused = frozenset({"DC020"})
+        moment.wait()
+        if index % 2:
+            return "reserve", attempt(lambda: worker.reserve(user, 9, idempotency_key=key), refused)
+        return "deduct", attempt(lambda: worker.deduct(user, 7, idempotency_key=key), refused)
+
+    outcomes = run_workers(
+        database_url, WORKERS, work, application=f"ducto-{user}", barriers=[moment]
+    )
+    winners = {operation for operation, outcome in outcomes if outcome.reply is not None}
+    assert len(winners) == 1, outcomes
+    [winner] = winners
+    assert all(
+        (o.reply is not None) == (operation == winner) and (o.code is None) == (o.reply is not None)
+        for operation, o in outcomes
+    )
+    replies = [o.reply for _, o in outcomes if o.reply is not None]
+    assert sum(not r["is_replay"] for r in replies) == 1
+    assert Counter(o.code for _, o in outcomes if o.reply is None) == {"DC020": WORKERS // 2}
+    held = ledger.balance(user)
+    deducted = ledger.one(
+        """select count(*) as n from credit_transactions
+           where user_id = %s and idempotency_key = %s and request_hash is not null""",
+        (user, key),
+    )["n"]
+    holds = ledger.one("select count(*) as n from credit_reservations where user_id = %s", (user,))[
+        "n"
+    ]
+    if winner == "deduct":
+        assert (deducted, holds, held["balance"], held["held"]) == (1, 0, 93, 0)
+    else:
+        assert (deducted, holds, held["balance"], held["held"]) == (0, 1, 100, 9)
+
+
 # ---------------------------------------------------------------- concurrent refunds
 
 

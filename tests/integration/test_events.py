@@ -1,8 +1,7 @@
-"""Lifecycle events (docs/events.md): the emitter, the managers' events on the real stack,
-and how an app follows balance changes from the database itself.
+"""Lifecycle events (docs/events.md): the managers' events on the real stack, and how an
+app follows balance changes from the database itself (the emitter on its own:
+tests/unit/test_events_emitter.py).
 
-- ``CreditEventEmitter`` on its own: subscribe and unsubscribe, one type or all, a
-  failing subscriber logged and skipped;
 - a manager with an emitter, over every store flavour: each operation emits its events,
   a replay emits none, a refusal emits ``insufficient_credits``, a low balance is told,
   and a subscriber that raises changes neither the result nor the ledger (nor rolls back
@@ -31,63 +30,6 @@ from helpers_api import Api, expect_ok, new_user_id
 from ducto import CreditManager, InsufficientCreditsError, MemberLimitExceededError, UsageMetrics
 from ducto.events import CreditEvent, CreditEventEmitter, CreditEventType
 from ducto.interface import PostgresStore
-from ducto.models import AddCreditsResult
-
-
-def added(user_id: str = "u", amount: int = 5, *, is_replay: bool = False) -> AddCreditsResult:
-    now = datetime.now(UTC)
-    return AddCreditsResult(
-        "t", "g", user_id, amount, "grant", "paid", 50, None, amount, now, is_replay
-    )
-
-
-# ---------------------------------------------------------------- the emitter on its own
-
-
-def test_subscribers_get_their_events_until_they_unsubscribe() -> None:
-    emitter = CreditEventEmitter()
-    typed: list[CreditEvent] = []
-    every: list[CreditEvent] = []
-    stop = emitter.subscribe(CreditEventType.CREDITS_ADDED, typed.append)
-    emitter.subscribe(None, every.append)
-    emitter.subscribe(CreditEventType.CREDITS_REFUNDED, lambda e: pytest.fail("wrong type"))
-
-    emitter.observe(added(amount=7))
-    assert [(e.type, e.user_id, e.amount, e.balance) for e in typed] == [
-        (CreditEventType.CREDITS_ADDED, "u", 7, 7)
-    ]
-    assert every == typed
-    stop()
-    emitter.observe(added())
-    assert len(typed) == 1 and len(every) == 2
-
-
-def test_a_replay_emits_nothing() -> None:
-    emitter = CreditEventEmitter()
-    seen: list[CreditEvent] = []
-    emitter.subscribe(None, seen.append)
-    emitter.observe(added(is_replay=True))
-    assert seen == []
-
-
-def test_a_failing_subscriber_is_logged_and_the_others_still_run(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    emitter = CreditEventEmitter()
-    seen: list[CreditEvent] = []
-
-    def broken(event: CreditEvent) -> None:
-        raise RuntimeError("subscriber bug")
-
-    emitter.subscribe(None, broken)
-    emitter.subscribe(None, seen.append)
-    with caplog.at_level(logging.ERROR, logger="ducto.events"):
-        emitter.observe(added())
-    assert len(seen) == 1
-    [record] = caplog.records
-    assert record.name == "ducto.events" and "credits_added" in record.getMessage()
-    assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
-
 
 # ---------------------------------------------------------------- a manager's events
 

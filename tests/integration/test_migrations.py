@@ -31,7 +31,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SUPABASE = ROOT / "node_modules" / ".bin" / "supabase"
 MIGRATIONS = ROOT / "supabase" / "migrations"
 COMPAT = ROOT / "scripts" / "supabase-compat.sql"

@@ -111,7 +111,8 @@ SWEEP_FIELDS = {
 def funded(service: Api) -> JSON:
     """One account in a known state, shared by the error tests (which write nothing).
 
-    add 100 (paid) -> usage 10 -> usage 3 with key ``k1`` -> hold 20 (active)
+    add 100 (paid) -> usage 10 -> usage 3 with key ``k1`` (its journal row is the key's
+    record) -> hold 20 (active) with key ``hold-1`` (recorded in credit_idempotency_keys)
     -> hold 7 released -> hold 5 settled with 5: balance 82, held 20, available 62.
     """
     user = new_user_id()
@@ -123,7 +124,12 @@ def funded(service: Api) -> JSON:
             {"p_user_id": user, "p_amount": 3, "p_idempotency_key": "k1"},
         )
     )
-    active = expect_ok(service.rpc("credit_reserve_credits", {"p_user_id": user, "p_amount": 20}))
+    active = expect_ok(
+        service.rpc(
+            "credit_reserve_credits",
+            {"p_user_id": user, "p_amount": 20, "p_idempotency_key": "hold-1"},
+        )
+    )
     released = expect_ok(service.rpc("credit_reserve_credits", {"p_user_id": user, "p_amount": 7}))
     expect_ok(
         service.rpc("credit_release_reservation", {"p_reservation_id": released["reservation_id"]})
@@ -625,7 +631,6 @@ ERROR_CASES: list[ErrorCase] = [
         {
             "idempotency_key": "k1",
             "operation": "usage",
-            "original_request": {"amount": 3, "min_balance": 0, "metadata": {}},
             "request": {"amount": 4, "min_balance": 0, "metadata": {}},
         },
         ("'k1'",),
@@ -638,7 +643,6 @@ ERROR_CASES: list[ErrorCase] = [
         {
             "idempotency_key": "k1",
             "operation": "usage",
-            "original_request": {"amount": 3, "min_balance": 0, "metadata": {}},
             "request": {
                 "amount": 3,
                 "tx_type": "adjustment",
@@ -769,12 +773,15 @@ def test_insufficient_credits_does_not_consume_the_key(
     expect_ok(service.rpc("credit_add_credits", {"p_user_id": user, "p_amount": 5}))
     result = expect_ok(service.rpc("credit_deduct_credits", args))
     assert (result["amount"], result["balance_after"], result["is_replay"]) == (8, 2, False)
-    keys = db.execute(
-        "select count(*) from public.credit_idempotency_keys k"
-        " join public.credit_accounts a on a.id = k.account_id where a.user_id = %s",
+    # one key record: the debit's journal row (a one-call debit keeps none elsewhere)
+    records = db.execute(
+        "select (select count(*) from public.credit_transactions t"
+        "        where t.account_id = a.id and t.request_hash is not null),"
+        "       (select count(*) from public.credit_idempotency_keys k where k.account_id = a.id)"
+        " from public.credit_accounts a where a.user_id = %s",
         (user,),
     ).fetchone()
-    assert keys == (1,)
+    assert records == (1, 0)
 
 
 # ---------------------------------------------------------------------------

@@ -13,34 +13,17 @@ the objects that differ and a diff of each.
 from __future__ import annotations
 
 import difflib
-import subprocess
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "supabase" / "schemas"
 CATALOG = Path(__file__).with_name("catalog.sql")
 
 Catalog = dict[tuple[str, str], str]
-
-
-def local_stack(*args: str) -> str:
-    done = subprocess.run(
-        ["scripts/local-stack", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 def apply_schemas(url: str) -> None:
@@ -86,33 +69,14 @@ def differences(migrated: Catalog, declared: Catalog) -> list[str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def databases(database_url: str) -> Iterator[dict[str, str]]:
-    run = uuid.uuid4().hex[:8]
-    names: list[str] = []
-    urls: dict[str, str] = {}
-    try:
-        for mode in ("legacy", "revoked"):
-            flags = ["--revoked-defaults"] if mode == "revoked" else []
-            for form in ("migrations", "schemas"):
-                name = f"ducto_schemas_{run}_{mode}_{form}"
-                names.append(name)
-                more = [] if form == "migrations" else ["--no-migrations"]
-                urls[f"{mode}/{form}"] = local_stack("db-create", name, *flags, *more)
-            apply_schemas(urls[f"{mode}/schemas"])
-        yield urls
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            for name in names:
-                conn.execute(
-                    sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-                )
-
-
-@pytest.mark.parametrize("mode", ["legacy", "revoked"])
-def test_schemas_build_what_the_migrations_build(databases: dict[str, str], mode: str) -> None:
-    migrated = catalog(databases[f"{mode}/migrations"])
-    declared = catalog(databases[f"{mode}/schemas"])
+@pytest.mark.parametrize("revoked_defaults", [False, True], ids=["legacy", "revoked"])
+def test_schemas_build_what_the_migrations_build(
+    new_database: Callable[..., str], revoked_defaults: bool
+) -> None:
+    migrated = catalog(new_database(migrated=True, revoked_defaults=revoked_defaults))
+    declared_url = new_database(revoked_defaults=revoked_defaults)
+    apply_schemas(declared_url)
+    declared = catalog(declared_url)
     kinds = {kind for kind, _ in migrated}
     # the comparison covers every kind of object the ledger has
     assert {"function", "relation", "column", "constraint", "policy", "trigger", "type"} <= kinds
@@ -122,36 +86,24 @@ def test_schemas_build_what_the_migrations_build(databases: dict[str, str], mode
     )
 
 
-def test_a_difference_is_found(databases: dict[str, str], database_url: str) -> None:
-    """The comparison sees a changed body, comment, grant and index: one of each, made in a
-    copy of the schemas' database, is reported by object."""
-    copy = f"ducto_schemas_copy_{uuid.uuid4().hex[:8]}"
-    source = databases["legacy/schemas"].rsplit("/", 1)[1].split("?")[0]
-    with psycopg.connect(database_url, autocommit=True) as conn:
+def test_a_difference_is_found(new_database: Callable[..., str]) -> None:
+    """The comparison sees a changed body, comment, grant and index: one of each, made in
+    one of two databases built from the schemas, is reported by object."""
+    first, second = new_database(), new_database()
+    for url in (first, second):
+        apply_schemas(url)
+    with psycopg.connect(second, autocommit=True) as conn:
         conn.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(copy), sql.Identifier(source)
-            )
+            """
+            create or replace function public.credit_schema_version()
+            returns text language sql immutable set search_path = ''
+            as $$ select 'changed'::text $$;
+            comment on column public.credit_grants.spendable is 'changed';
+            grant select on table public.credit_idempotency_keys to authenticated;
+            drop index public.credit_grants_expiry_idx;
+            """
         )
-    try:
-        url = databases["legacy/schemas"].replace(f"/{source}", f"/{copy}")
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(
-                """
-                create or replace function public.credit_schema_version()
-                returns text language sql immutable set search_path = ''
-                as $$ select 'changed'::text $$;
-                comment on column public.credit_grants.spendable is 'changed';
-                grant select on table public.credit_idempotency_keys to authenticated;
-                drop index public.credit_grants_expiry_idx;
-                """
-            )
-        problems = differences(catalog(databases["legacy/schemas"]), catalog(url))
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(copy))
-            )
+    problems = differences(catalog(first), catalog(second))
     assert [p.splitlines()[0] for p in problems] == [
         "differs: column public.credit_grants.spendable",
         "differs: function public.credit_schema_version()",

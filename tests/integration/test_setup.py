@@ -13,11 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-import pytest
 from helpers_process import ROOT, SUPABASE, run
 
-from ducto import CreditManager, SchemaError, SetupResult
-from ducto._migrations import bundled, check_installed, latest_version
+from ducto import CreditManager, SetupResult
+from ducto._migrations import bundled, latest_version
 from ducto.interface import HttpxSupabaseStore, PostgresStore
 
 VERSIONS = tuple(m.version for m in bundled())
@@ -128,11 +127,3 @@ def test_http_setup_checks_the_installed_version(supabase_url: str, service_role
         assert CreditManager(store).setup() == SetupResult((), (), latest_version())
     finally:
         store.close()
-
-
-@pytest.mark.parametrize("installed", [None, "20200101000000"])
-def test_http_setup_names_the_command_when_the_schema_is_missing_or_old(
-    installed: str | None,
-) -> None:
-    with pytest.raises(SchemaError, match="supabase db push"):
-        check_installed(installed)

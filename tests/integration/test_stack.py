@@ -37,7 +37,7 @@ class MakeUserToken(Protocol):
     ) -> str: ...
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 USER_ID = "6f1c1a9e-4a5e-4b1e-9d5c-2f5c3d9b8a01"
 PROBE_SCHEMA = "graphql_public"
 

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg.rows import dict_row
 
 from ducto import CreditManager, SetupResult
 from ducto._migrations import PREPARE_RECORD, RECORD, bundled, latest_version
 from ducto.interface import PostgresStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PRICING = json.loads((ROOT / "examples" / "pricing.json").read_text(encoding="utf-8"))
 TEAM = "7a3a1c2e-0000-4000-8000-000000000001"
 T0 = "2030-01-01 00:00:00+00"
@@ -68,9 +69,9 @@ def setup(url: str) -> SetupResult:
         store.close()
 
 
-def rows(conn: psycopg.Connection[Any], query: str) -> list[dict[str, Any]]:
+def rows(conn: psycopg.Connection[Any], query: str, *params: object) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query).fetchall()
+        return cur.execute(query, params).fetchall()
 
 
 def one(conn: psycopg.Connection[Any], query: str, *params: object) -> Any:
@@ -79,8 +80,9 @@ def one(conn: psycopg.Connection[Any], query: str, *params: object) -> Any:
     return row[0]
 
 
-def write_ledger(conn: psycopg.Connection[Any]) -> None:
-    """Rows of every kind, written by the schema before the upgrade."""
+def write_ledger(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
+    """Rows of every kind, written by the schema before the upgrade; the first results of
+    the calls in RETRIED."""
     conn.execute("select set_config('ducto.now', %s, false)", (T0,))
     conn.execute(
         "select credit_publish_pricing(%s::jsonb, 'before upgrade')", (json.dumps(PRICING),)
@@ -126,13 +128,44 @@ def write_ledger(conn: psycopg.Connection[Any]) -> None:
     conn.execute("select credit_settle_reservation(%s, 25)", (hold,))
     charge = one(conn, "select transaction_id from credit_deduct_credits('alice', 40)")
     conn.execute("select credit_refund_transaction(%s, 15, 'upgrade test')", (charge,))
+    for key in ("hold-1", "hold-2"):
+        conn.execute("select credit_reserve_credits('alice', 5, p_idempotency_key => %s)", (key,))
+    return {call: rows(conn, f"select * from {call}", *params)[0] for call, params in RETRIED}
+
+
+# Calls made before the upgrade and retried after it: each must be a replay of its first
+# result. The schema before recorded the keys in credit_idempotency_keys, and the usages
+# in full; the schema after stores usages compact.
+RETRIED: list[tuple[str, tuple[object, ...]]] = [
+    (
+        "credit_deduct_usage('alice', %s::jsonb, '{}', 'chat-1')",
+        (json.dumps({"model": "gpt-4o", "input_tokens": 300, "output_tokens": 20}),),
+    ),
+    (
+        "credit_deduct_team(%s::uuid, 'carol', %s::jsonb, '{}', 'team-1')",
+        (TEAM, json.dumps({"model": "gpt-4o-mini", "input_tokens": 1000})),
+    ),
+    ("credit_deduct_credits('alice', 5, 0, '{}', 'plain-1')", ()),
+    # a hold settled by usage with a key, and one without (a replay by the hold)
+    (
+        "credit_settle_usage((select (k.result ->> 'reservation_id')::uuid"
+        " from credit_idempotency_keys as k where k.idempotency_key = 'hold-1'),"
+        " %s::jsonb, '{}', 'settle-1')",
+        (json.dumps({"model": "o3", "input_tokens": 100}),),
+    ),
+    (
+        "credit_settle_usage((select (k.result ->> 'reservation_id')::uuid"
+        " from credit_idempotency_keys as k where k.idempotency_key = 'hold-2'), %s::jsonb)",
+        (json.dumps({"model": "o3", "input_tokens": 200, "requests": 1}),),
+    ),
+]
 
 
 def test_the_newest_migration_keeps_a_ledger_in_use(new_database: Callable[..., str]) -> None:
     url = new_database()
     install_all_but_the_newest(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        write_ledger(conn)
+        firsts = write_ledger(conn)
         conn.execute("select set_config('ducto.now', %s, false)", (T_LATER,))
         old = {name: rows(conn, query) for name, query in SNAPSHOT.items()}
         assert one(conn, "select debt from credit_accounts where user_id = 'bob'") == 15
@@ -175,6 +208,30 @@ def test_the_newest_migration_keeps_a_ledger_in_use(new_database: Callable[..., 
             one(conn, "select count(*) from credit_transactions where type = 'expiry'")
             == expired_before + 1
         )
+        # Keys used before the upgrade still name their first request: a retry is a
+        # replay of the first result, another request under the key is refused.
+        for call, params in RETRIED:
+            replay = rows(conn, f"select * from {call}", *params)[0]
+            assert replay == {**firsts[call], "is_replay": True}, call
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute("select credit_deduct_credits('alice', 6, 0, '{}', 'plain-1')")
+        assert refused.value.sqlstate == "DC020"
+        # A key used after it is recorded on the charge's journal row, and replays too.
+        again = [
+            rows(conn, "select * from credit_deduct_credits('alice', 7, 0, '{}', 'plain-2')")[0]
+            for _ in range(2)
+        ]
+        assert (again[0]["is_replay"], again[1]["is_replay"]) == (False, True)
+        assert {**again[1], "is_replay": False} == again[0]
+        assert (
+            one(
+                conn,
+                """select count(*) from credit_transactions
+                   where idempotency_key = 'plain-2' and request_hash is not null""",
+            )
+            == 1
+        )
+
         # Bob's debt is paid first by new credits; his used-up grant is never drawn from.
         conn.execute("select credit_add_credits('bob', 50)")
         assert one(conn, "select debt from credit_accounts where user_id = 'bob'") == 0

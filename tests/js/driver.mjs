@@ -1,5 +1,5 @@
 // A supabase-js client that takes its orders from another process, one JSON object per
-// line on stdin, and answers one per line on stdout: how tests/test_clients_agree.py
+// line on stdin, and answers one per line on stdout: how tests/integration/test_clients_agree.py
 // interleaves JavaScript calls with Python's and the edge functions'. It calls the ledger
 // only through examples/supabase-js/ledger.mjs.
 //

@@ -85,11 +85,20 @@ select results_eq(
     'The key debited once: balance 90, one usage row.'
 );
 select results_eq(
-    $$select k.operation, k.request from credit_idempotency_keys as k
-      join credit_accounts as a on a.id = k.account_id
-      where a.user_id = 'test_owner' and k.idempotency_key = 'k1'$$,
-    $$values ('usage', '{"amount": 10, "min_balance": 0, "metadata": {}}'::jsonb)$$,
-    'The key row stores the operation and its normalised parameters.'
+    $$select
+          t.type,
+          t.request_hash = credit_private.request_hash(
+              'usage', '{"amount": 10, "min_balance": 0, "metadata": {}}'
+          ),
+          t.available_after,
+          (select count(*) from credit_idempotency_keys as k
+           where k.account_id = a.id and k.idempotency_key = 'k1')
+      from credit_transactions as t
+      join credit_accounts as a on a.id = t.account_id
+      where a.user_id = 'test_owner' and t.idempotency_key = 'k1'$$,
+    $$values ('usage', true, 90::bigint, 0::bigint)$$,
+    'The debit''s journal row is its key record: the operation, a fingerprint of its'
+    || ' normalised parameters and what a replay returns; no row of its own.'
 );
 select throws_ok(
     $$select credit_deduct_credits('test_owner', 11, p_idempotency_key => 'k1')$$, 'DC020',

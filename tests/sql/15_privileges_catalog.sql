@@ -145,6 +145,8 @@ select set_eq(
         'public.credit_top_users(integer, timestamp with time zone, timestamp with time zone)'
         || ' | service_role | EXECUTE',
         'credit_private.check_window(timestamp with time zone, timestamp with time zone)'
+        || ' | service_role | EXECUTE',
+        'credit_private.spend(timestamp with time zone, timestamp with time zone, text)'
         || ' | service_role | EXECUTE'
     ],
     'Function privileges are exactly the allowlist: service_role executes every RPC and the'
@@ -277,7 +279,8 @@ select set_eq(
           'credit_private.fail(text, text, jsonb, text)', 'credit_private.check_usage(jsonb)',
           'credit_private.pricing(bigint)', 'credit_private.price(jsonb, bigint)',
           'credit_private.cost(jsonb, jsonb)',
-          'credit_private.check_window(timestamp with time zone, timestamp with time zone)'],
+          'credit_private.check_window(timestamp with time zone, timestamp with time zone)',
+          'credit_private.spend(timestamp with time zone, timestamp with time zone, text)'],
     'In credit_private, service_role can execute only the helpers its read RPCs call (none'
     || ' of them writes).'
 );

@@ -5,7 +5,7 @@
 --
 -- Actors (auth.uid() is a uuid, so user ids are uuid strings):
 --   test_owner     aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa  100 credits, deduct 10, hold 5
---   test_stranger  bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb  50 credits, deduct 3, hold 2
+--   test_stranger  bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb  50 credits, deduct 3, hold 2 (both keyed)
 --
 -- Ids needed inside role switches are kept in psql variables (\gset): a temp table made
 -- by the owner could not be read by the API roles. Claims are set with SET LOCAL, the same
@@ -30,7 +30,9 @@ from credit_deduct_credits(
     'bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb', 3, p_idempotency_key => 'stranger-k'
 ) \gset
 select reservation_id as stranger_hold_id
-from credit_reserve_credits('bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb', 2) \gset
+from credit_reserve_credits(
+    'bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb', 2, p_idempotency_key => 'stranger-hold'
+) \gset
 
 -- =============================================================== authenticated: test_owner
 

@@ -4,7 +4,7 @@
 --
 -- Actors: test_owner (1,000 credits), test_member (8 credits).
 begin;
-select plan(29);
+select plan(32);
 
 set local timezone to 'UTC';
 set local ducto.now to '2030-01-01 00:00:00+00';
@@ -135,13 +135,50 @@ select results_eq(
     $$select t.type, t.amount, t.model, t.pricing_version, t.usage, t.metadata
       from credit_transactions as t where t.id = (select transaction_id from usage_1)$$,
     $$select 'usage', -5::bigint, 'chat-small', version,
-        '{"model": "chat-small", "input_tokens": 3000, "output_tokens": 500,
-          "cached_input_tokens": 0, "cache_creation_tokens": 0, "cache_creation_1h_tokens": 0,
-          "reasoning_tokens": 0,
-          "tool_calls": 0, "requests": 1}'::jsonb,
+        '{"model": "chat-small", "input_tokens": 3000, "output_tokens": 500}'::jsonb,
         '{"turn": 1}'::jsonb
       from v3$$,
-    'The journal row records the version, the model and the normalised usage.'
+    'The journal row records the version, the model and the normalised usage: the counts'
+    || ' not at their default (0, or 1 request).'
+);
+select is(
+    credit_private.check_usage(
+        '{"model": "m", "input_tokens": 0, "tool_calls": 2, "requests": 1, "reasoning_tokens": 7}'
+    ),
+    '{"model": "m", "tool_calls": 2, "reasoning_tokens": 7}'::jsonb,
+    'check_usage leaves out the counts at their default: 0 tokens or tool calls, 1 request.'
+);
+select is(
+    credit_private.check_usage('{"model": "m", "requests": 3}'),
+    '{"model": "m", "requests": 3}'::jsonb,
+    'A request count other than 1 is kept.'
+);
+select is(
+    (
+        select (credit_private.cost(
+            '{"unit": "credits", "rounding": "ceil", "min_balance": 0, "models": [],
+              "default": {"input": 1000000, "output": 0, "cached_input": 0,
+                          "cache_creation": 0, "cache_creation_1h": 0, "reasoning": 0,
+                          "tool_call": 2, "request": 3}}',
+            u
+        )).credits
+        from (values
+            ('{"model": "m", "input_tokens": 4, "output_tokens": 0, "cached_input_tokens": 0,
+               "cache_creation_tokens": 0, "cache_creation_1h_tokens": 0,
+               "reasoning_tokens": 0, "tool_calls": 0, "requests": 1}'::jsonb)
+        ) as full_form (u)
+    ),
+    (
+        select (credit_private.cost(
+            '{"unit": "credits", "rounding": "ceil", "min_balance": 0, "models": [],
+              "default": {"input": 1000000, "output": 0, "cached_input": 0,
+                          "cache_creation": 0, "cache_creation_1h": 0, "reasoning": 0,
+                          "tool_call": 2, "request": 3}}',
+            '{"model": "m", "input_tokens": 4}'
+        )).credits
+    ),
+    'A usage stored in full (before compact usages) prices the same as its compact form:'
+    || ' 4 tokens + 1 request = 7.'
 );
 select is(
     (select (credit_calculate_cost(t.usage, t.pricing_version)).credits

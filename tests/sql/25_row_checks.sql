@@ -8,7 +8,7 @@
 -- written directly has priority 90, so deducts draw from the 100 first); the
 -- statements run as the superuser that owns the tables.
 begin;
-select plan(31);
+select plan(35);
 
 set local ducto.now to '2030-01-01 00:00:00+00';
 
@@ -79,6 +79,13 @@ select lives_ok(
     $$select pg_temp.journal_insert('{}')$$,
     'A journal row that keeps every rule is written.'
 );
+select lives_ok(
+    $$select pg_temp.journal_insert(
+        '{"seq": 1001, "idempotency_key": "k", "available_after": 90,
+          "request_hash": "00000000-0000-0000-0000-000000000001"}'
+    )$$,
+    'A keyed debit''s row that is its key record is written.'
+);
 
 select throws_ok(
     format('select pg_temp.journal_insert(%L)', c.change),
@@ -118,7 +125,20 @@ from (values
     ),
     (16, '{"model": "m"}', 'no model without usage'),
     (17, '{"job_name": "render"}', 'only a fixed job names a job'),
-    (18, '{"type": "fixed_job", "pricing_version": 1}', 'a priced fixed job names its job')
+    (18, '{"type": "fixed_job", "pricing_version": 1}', 'a priced fixed job names its job'),
+    (
+        19, '{"type": "expiry", "available_after": 5}',
+        'available_after only on a usage or fixed-job row'
+    ),
+    (
+        20, '{"request_hash": "00000000-0000-0000-0000-000000000001", "available_after": 5}',
+        'a key record names its key'
+    ),
+    (
+        21, '{"request_hash": "00000000-0000-0000-0000-000000000001",'
+        || ' "idempotency_key": "k"}',
+        'a key record has what its replay returns'
+    )
 ) as c (n, change, rule)
 order by c.n;
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-
-from helpers_process import ROOT
+from pathlib import Path
 
 import ducto
 from ducto._migrations import latest_version
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_changelog_names_this_version_and_its_schema() -> None:

@@ -1,0 +1,139 @@
+"""The ``ducto`` command's parsing, in process (typer's CliRunner), with no database: the
+store the command would open is replaced by one that records the calls it is sent.
+
+- a wrong command line exits 2 with click's usage message and opens no store;
+- what a command line says reaches the manager as the call's arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ducto import AddCreditsResult, __version__
+from ducto._rpc import RpcCall
+from ducto.cli import _session, app
+from ducto.cli._session import Target
+
+#: the variables that pick the database: unset in every run
+CONNECTION = ("DATABASE_URL", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "DUCTO_DATA_DIR")
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+ADDED = AddCreditsResult("t", "g", "alice", 5, "purchase", "paid", 50, None, 5, NOW, False)
+ANSWERS: dict[str, list[dict[str, Any]]] = {
+    "credit_add_credits": [dataclasses.asdict(ADDED)],
+    "credit_top_users": [],
+}
+
+
+class Store:
+    """Records the target it was opened for and every call; answers from ``ANSWERS``."""
+
+    def __init__(self) -> None:
+        self.targets: list[Target] = []
+        self.calls: list[RpcCall] = []
+
+    def open(self, target: Target, stack: object) -> Store:
+        self.targets.append(target)
+        return self
+
+    def call(self, call: RpcCall) -> list[dict[str, Any]]:
+        self.calls.append(call)
+        return ANSWERS[call.function]
+
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch) -> Store:
+    recording = Store()
+    monkeypatch.setattr(_session, "_open_store", recording.open)
+    return recording
+
+
+def ducto(*args: str, code: int = 0, **settings: str) -> str:
+    """Run ``ducto args`` with ``settings`` as the only connection variables; after checking
+    its exit code, its stdout (its stderr when it failed)."""
+    env: dict[str, str | None] = {name: None for name in CONNECTION}
+    env.update(settings)
+    result = CliRunner().invoke(app, list(args), env=env)
+    assert result.exit_code == code, result.stdout + result.stderr
+    return result.stderr if code else result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["credits", "add", "u", "0"], "'amount': Input should be greater"),
+        (["credits", "add", "u", "five"], "'amount': Input should be a valid"),
+        (["credits", "add", "u", "5", "--metadata", "[1]"], "must be a JSON object"),
+        (["credits", "add", "u", "5", "--metadata", "{nope"], "not JSON"),
+        (["credits", "add", "u", "5", "--expires-in", "soon"], "not a duration"),
+        (["credits", "add", "u", "5", "--expires-at", "tomorrow"], "not an ISO 8601 time"),
+        (
+            ["credits", "add", "u", "5", "--expires-at", "2030-01-01", "--expires-in", "1d"],
+            "not both",
+        ),
+        (
+            ["credits", "add", "u", "5", "--expires-in", "1d", "--key", "k"],
+            "--expires-at with --key",
+        ),
+        (["credits", "deduct", "u"], "--model (usage) or --job"),
+        (["credits", "deduct", "u", "--model", "m", "--job", "j"], "not both"),
+        (["credits", "deduct", "u", "--model", "m", "--input-tokens", "-1"], "--input-tokens"),
+        (["stats", "daily", "--limit", "3"], "only the top report takes a limit"),
+        (["stats", "top", "--limit", "0"], "--limit"),
+        (["stats", "--start", "2026-01-01", "--last", "1d"], "not both"),
+        (["stats", "--start", "2026-01-02", "--end", "2026-01-01"], "is empty"),
+        (["stats", "weekly"], "'weekly' is not one of"),
+        (["credit", "add"], "No such command"),
+    ],
+)
+def test_a_wrong_command_line_exits_2_before_any_store_opens(
+    store: Store, args: list[str], says: str
+) -> None:
+    assert says in ducto(*args, code=2, DATABASE_URL="postgresql://nowhere/db")
+    assert store.targets == []
+
+
+def test_credits_add_sends_what_the_command_line_says(store: Store) -> None:
+    out = ducto(
+        "credits", "add", "alice", "5", "--type", "purchase", "--key", "order-17",
+        "--metadata", '{"order": 17}', "--expires-at", "2030-01-01T12:00", "--json",
+        DATABASE_URL="postgresql://db/ledger", SUPABASE_URL="https://ignored.example",
+    )  # fmt: skip
+    [target] = store.targets
+    assert target.kind == "postgres"  # a database URL wins over a Supabase URL
+    [call] = store.calls
+    assert call.function == "credit_add_credits"
+    assert {name: call.args[name] for name in call.args if name != "p_user_id"} == {
+        "p_amount": 5,
+        "p_tx_type": "purchase",
+        "p_category": "paid",
+        "p_priority": 50,
+        "p_expires_at": datetime(2030, 1, 1, 12, tzinfo=UTC),  # no zone given: UTC
+        "p_metadata": {"order": 17},
+        "p_idempotency_key": "order-17",
+    }
+    assert json.loads(out)["transaction_id"] == ADDED.transaction_id
+
+
+def test_stats_top_sends_its_window_and_limit(store: Store) -> None:
+    out = ducto(
+        "--supabase-url", "https://project.supabase.co", "--service-role-key", "key",
+        "stats", "top", "--limit", "3", "--start", "2026-01-01", "--end", "2026-01-08", "--json",
+    )  # fmt: skip
+    [target] = store.targets
+    assert target.kind == "supabase"
+    [call] = store.calls
+    assert (call.function, dict(call.args)) == (
+        "credit_top_users",
+        {"p_limit": 3, "p_start": NOW, "p_end": datetime(2026, 1, 8, tzinfo=UTC)},
+    )
+    assert json.loads(out) == []
+
+
+def test_version() -> None:
+    assert ducto("--version") == f"ducto {__version__}\n"
