@@ -16,13 +16,15 @@
 --   * credit_private.check_usage leaves counts at their default (0, or 1 request) out of
 --     the usage it returns, which the journal stores: a typical usage takes about a third
 --     of the bytes. credit_private.cost reads a missing count as its default, so rows of
---     either form price the same. The stored requests of keyed usage charges and the
+--     either form price the same. check_usage runs no query, cost finds a model named as
+--     in the config by a JSON path, and pricing() decompresses the config once. The stored requests of keyed usage charges and the
 --     usages of settled holds are rewritten to the compact form, so a request retried
 --     across this migration is still a replay.
 --   * One debit: the user deduct (by amount, usage or job), the team charge and the settle
 --     of a hold expire what is due, are admitted against their floor (none for a settle),
 --     journal and draw in credit_private.debit; credit_private.admit refuses a user's
---     charge (DC010) or a team pool's (DC084). credit_private.available_now is gone.
+--     charge (DC010) or a team pool's (DC084). credit_private.available_now and
+--     credit_private.draw are gone (the debit draws itself).
 --   * The journal's row check gains the rules of the new columns.
 --   * A refund is attributed to the refunded row's member by the refund itself; the
 --     trigger credit_transactions_inherit_attribution, which read that row again, is gone.
@@ -145,7 +147,6 @@ stable
 set search_path = ''
 as $$
 declare
-    v_debit public.credit_transactions;
     v_operation text;
     v_result jsonb;
     v_same boolean;
@@ -153,31 +154,35 @@ begin
     if p_key is null or p_account_id is null then
         return null;
     end if;
-    select * into v_debit
-    from public.credit_transactions as t
-    where t.account_id = p_account_id and t.idempotency_key = p_key and t.request_hash is not null;
-    if found then
-        v_operation := v_debit.type;
-        v_same := v_debit.request_hash = credit_private.request_hash(p_operation, p_request);
-        v_result := jsonb_build_object(
-            'transaction_id', v_debit.id,
-            'user_id', v_debit.user_id,
-            'amount', -v_debit.amount,
-            'overage', 0,
-            'balance_after', v_debit.balance_after,
-            'available_after', v_debit.available_after,
-            'created_at', v_debit.created_at,
-            'is_replay', false,
-            'pricing_version', v_debit.pricing_version
-        );
-    else
+    -- one probe of each record (a key is in at most one of them)
+    select r.operation, r.same, r.result into v_operation, v_same, v_result
+    from (
+        select
+            t.type as operation,
+            t.request_hash = credit_private.request_hash(p_operation, p_request) as same,
+            jsonb_build_object(
+                'transaction_id', t.id,
+                'user_id', t.user_id,
+                'amount', -t.amount,
+                'overage', 0,
+                'balance_after', t.balance_after,
+                'available_after', t.available_after,
+                'created_at', t.created_at,
+                'is_replay', false,
+                'pricing_version', t.pricing_version
+            ) as result
+        from public.credit_transactions as t
+        where
+            t.account_id = p_account_id and t.idempotency_key = p_key
+            and t.request_hash is not null
+        union all
         select k.operation, k.operation = p_operation and k.request = p_request, k.result
-        into v_operation, v_same, v_result
         from public.credit_idempotency_keys as k
-        where k.account_id = p_account_id and k.idempotency_key = p_key;
-        if not found then
-            return null;
-        end if;
+        where k.account_id = p_account_id and k.idempotency_key = p_key
+    ) as r
+    limit 1;
+    if not found then
+        return null;
     end if;
     if not v_same then
         -- the detail names the caller's own request, never the first one: that may be
@@ -210,6 +215,7 @@ drop function credit_private.debit(
 );
 drop function credit_private.available_now(bigint, timestamptz);
 drop function credit_private.admit(text, bigint, bigint, bigint);
+drop function credit_private.draw(bigint, uuid, bigint, timestamptz);
 create function credit_private.append_transaction(
     p_account_id bigint,
     p_type text,
@@ -329,6 +335,9 @@ as $$
 declare
     v_available bigint;
     v_row public.credit_transactions;
+    v_grant_id uuid;
+    v_drawn bigint;
+    v_debt bigint;
 begin
     -- The one debit of the ledger: a one-call deduct (by amount, usage or job), a team
     -- charge (p_team_id: the pool's account, floor and refusal, attributed to the member
@@ -354,23 +363,90 @@ begin
         select a.balance into v_row.balance_after
         from public.credit_accounts as a
         where a.id = p_account_id;
-    else
-        v_row := credit_private.append_transaction(
-            p_account_id, p_type, -p_amount, p_now, p_metadata, p_idempotency_key,
-            p_reservation_id => p_reservation_id, p_pricing_version => p_pricing_version,
-            p_usage => p_usage, p_job_name => p_job_name,
-            p_attributed_user_id => case when p_team_id is not null then p_user_id end,
-            p_request_hash => p_request_hash,
-            -- a hold's capture leaves out what the settle reports: the hold is still active
-            p_available_after => case when p_reservation_id is null then
-                v_available - p_amount
-            end
-        );
-        -- what no grant can pay becomes debt (the draws record it)
-        perform credit_private.draw(p_account_id, v_row.id, p_amount, p_now);
+        v_row.available_after := v_available;
+        return v_row;
     end if;
-    if p_reservation_id is null then
-        v_row.available_after := v_available - p_amount;
+    v_row := credit_private.append_transaction(
+        p_account_id, p_type, -p_amount, p_now, p_metadata, p_idempotency_key,
+        p_reservation_id => p_reservation_id, p_pricing_version => p_pricing_version,
+        p_usage => p_usage, p_job_name => p_job_name,
+        p_attributed_user_id => case when p_team_id is not null then p_user_id end,
+        p_request_hash => p_request_hash,
+        -- a hold's capture leaves out what the settle reports: the hold is still active
+        p_available_after => case when p_reservation_id is null then v_available - p_amount end
+    );
+
+    -- The draws: most debits fit in the first grant in burn-down order; take it there
+    -- directly, and note the draw in the same statement.
+    with taken as (
+        update public.credit_grants as g
+        set remaining = g.remaining - p_amount
+        where
+            g.id = (
+                select f.id
+                from public.credit_grants as f
+                where
+                    f.account_id = p_account_id
+                    and f.spendable
+                    and (f.expires_at is null or f.expires_at > p_now)
+                order by f.priority, f.expires_at nulls last, f.created_at, f.id
+                limit 1
+            )
+            and g.remaining >= p_amount
+        returning g.id
+    )
+
+    insert into public.credit_grant_draws (transaction_id, grant_id, amount)
+    select v_row.id, t.id, p_amount
+    from taken as t
+    returning grant_id into v_grant_id;
+    if v_grant_id is not null then
+        return v_row;
+    end if;
+
+    -- Otherwise take p_amount across grants in burn-down order, in one statement.
+    with ordered as (
+        select
+            g.id,
+            g.remaining,
+            sum(g.remaining) over (
+                order by g.priority, g.expires_at nulls last, g.created_at, g.id
+            ) - g.remaining as drawn_before
+        from public.credit_grants as g
+        where
+            g.account_id = p_account_id
+            and g.spendable
+            and (g.expires_at is null or g.expires_at > p_now)
+    ),
+
+    taken as (
+        select o.id, o.drawn_before, least(o.remaining, p_amount - o.drawn_before) as amount
+        from ordered as o
+        where o.drawn_before < p_amount
+    ),
+
+    spent as (
+        update public.credit_grants as g
+        set remaining = g.remaining - t.amount
+        from taken as t
+        where g.id = t.id
+    ),
+
+    noted as (
+        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
+        select v_row.id, t.id, t.amount
+        from taken as t
+        order by t.drawn_before
+    )
+
+    select coalesce(sum(t.amount), 0)::bigint into v_drawn from taken as t;
+
+    -- what no grant could pay is debt: usage that happened is never dropped
+    v_debt := p_amount - v_drawn;
+    if v_debt > 0 then
+        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
+        values (v_row.id, null, v_debt);
+        update public.credit_accounts set debt = debt + v_debt where id = p_account_id;
     end if;
     return v_row;
 end;
@@ -1208,6 +1284,49 @@ $$;
 revoke all on function credit_private.cost(jsonb, jsonb)
 from public, anon, authenticated, service_role;
 grant execute on function credit_private.cost(jsonb, jsonb) to service_role;
+
+create or replace function credit_private.pricing(p_version bigint)
+returns public.credit_pricing_config
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+    v_pricing public.credit_pricing_config;
+begin
+    if p_version is null then
+        -- the active version is the newest: publishes are serialised, so versions are
+        -- in commit order
+        select * into v_pricing
+        from public.credit_pricing_config
+        order by version desc
+        limit 1;
+        if not found then
+            perform credit_private.fail(
+                'DC063', 'no pricing is published: publish a pricing config first', null,
+                'credit_publish_pricing, or CreditManager.publish_pricing'
+            );
+        end if;
+    else
+        select * into v_pricing
+        from public.credit_pricing_config
+        where version = p_version;
+        if not found then
+            perform credit_private.fail(
+                'DC064', format('pricing version %s does not exist', p_version),
+                jsonb_build_object('version', p_version)
+            );
+        end if;
+    end if;
+    -- A config of more than a few models is stored compressed, and every -> on it would
+    -- decompress it again; || returns it decompressed once, for the cost's many reads.
+    v_pricing.config := v_pricing.config || '{}'::jsonb;
+    return v_pricing;
+end;
+$$;
+revoke all on function credit_private.pricing(bigint)
+from public, anon, authenticated, service_role;
+grant execute on function credit_private.pricing(bigint) to service_role;
 
 -- What check_usage now returns for the same metrics: requests keyed before this migration
 -- and retried after it must still match.

@@ -112,97 +112,6 @@ revoke all on function credit_private.create_grant(
     bigint, uuid, uuid, text, integer, bigint, timestamptz, timestamptz
 ) from public, anon, authenticated, service_role;
 
-create function credit_private.draw(
-    p_account_id bigint, p_transaction_id uuid, p_amount bigint, p_now timestamptz
-)
-returns bigint
-language plpgsql
-volatile
-set search_path = ''
-as $$
-declare
-    v_drawn bigint;
-    v_debt bigint;
-    v_grant_id uuid;
-begin
-    -- Most debits fit in the first grant in burn-down order: take it there directly, and
-    -- note the draw in the same statement.
-    with taken as (
-        update public.credit_grants as g
-        set remaining = g.remaining - p_amount
-        where
-            g.id = (
-                select f.id
-                from public.credit_grants as f
-                where
-                    f.account_id = p_account_id
-                    and f.spendable
-                    and (f.expires_at is null or f.expires_at > p_now)
-                order by f.priority, f.expires_at nulls last, f.created_at, f.id
-                limit 1
-            )
-            and g.remaining >= p_amount
-        returning g.id
-    )
-
-    insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-    select p_transaction_id, t.id, p_amount
-    from taken as t
-    returning grant_id into v_grant_id;
-    if v_grant_id is not null then
-        return 0::bigint;
-    end if;
-
-    -- Otherwise take p_amount across grants in burn-down order, in one statement.
-    with ordered as (
-        select
-            g.id,
-            g.remaining,
-            sum(g.remaining) over (
-                order by g.priority, g.expires_at nulls last, g.created_at, g.id
-            ) - g.remaining as drawn_before
-        from public.credit_grants as g
-        where
-            g.account_id = p_account_id
-            and g.spendable
-            and (g.expires_at is null or g.expires_at > p_now)
-    ),
-
-    taken as (
-        select o.id, o.drawn_before, least(o.remaining, p_amount - o.drawn_before) as amount
-        from ordered as o
-        where o.drawn_before < p_amount
-    ),
-
-    spent as (
-        update public.credit_grants as g
-        set remaining = g.remaining - t.amount
-        from taken as t
-        where g.id = t.id
-    ),
-
-    noted as (
-        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-        select p_transaction_id, t.id, t.amount
-        from taken as t
-        order by t.drawn_before
-    )
-
-    select coalesce(sum(t.amount), 0)::bigint into v_drawn from taken as t;
-
-    -- what no grant could pay is debt: usage that happened is never dropped
-    v_debt := p_amount - v_drawn;
-    if v_debt > 0 then
-        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-        values (p_transaction_id, null, v_debt);
-        update public.credit_accounts set debt = debt + v_debt where id = p_account_id;
-    end if;
-    return v_debt;
-end;
-$$;
-revoke all on function credit_private.draw(bigint, uuid, bigint, timestamptz)
-from public, anon, authenticated, service_role;
-
 create function credit_private.expire_grants(
     p_account_id bigint,
     p_now timestamptz,
@@ -264,6 +173,9 @@ as $$
 declare
     v_available bigint;
     v_row public.credit_transactions;
+    v_grant_id uuid;
+    v_drawn bigint;
+    v_debt bigint;
 begin
     -- The one debit of the ledger: a one-call deduct (by amount, usage or job), a team
     -- charge (p_team_id: the pool's account, floor and refusal, attributed to the member
@@ -289,23 +201,90 @@ begin
         select a.balance into v_row.balance_after
         from public.credit_accounts as a
         where a.id = p_account_id;
-    else
-        v_row := credit_private.append_transaction(
-            p_account_id, p_type, -p_amount, p_now, p_metadata, p_idempotency_key,
-            p_reservation_id => p_reservation_id, p_pricing_version => p_pricing_version,
-            p_usage => p_usage, p_job_name => p_job_name,
-            p_attributed_user_id => case when p_team_id is not null then p_user_id end,
-            p_request_hash => p_request_hash,
-            -- a hold's capture leaves out what the settle reports: the hold is still active
-            p_available_after => case when p_reservation_id is null then
-                v_available - p_amount
-            end
-        );
-        -- what no grant can pay becomes debt (the draws record it)
-        perform credit_private.draw(p_account_id, v_row.id, p_amount, p_now);
+        v_row.available_after := v_available;
+        return v_row;
     end if;
-    if p_reservation_id is null then
-        v_row.available_after := v_available - p_amount;
+    v_row := credit_private.append_transaction(
+        p_account_id, p_type, -p_amount, p_now, p_metadata, p_idempotency_key,
+        p_reservation_id => p_reservation_id, p_pricing_version => p_pricing_version,
+        p_usage => p_usage, p_job_name => p_job_name,
+        p_attributed_user_id => case when p_team_id is not null then p_user_id end,
+        p_request_hash => p_request_hash,
+        -- a hold's capture leaves out what the settle reports: the hold is still active
+        p_available_after => case when p_reservation_id is null then v_available - p_amount end
+    );
+
+    -- The draws: most debits fit in the first grant in burn-down order; take it there
+    -- directly, and note the draw in the same statement.
+    with taken as (
+        update public.credit_grants as g
+        set remaining = g.remaining - p_amount
+        where
+            g.id = (
+                select f.id
+                from public.credit_grants as f
+                where
+                    f.account_id = p_account_id
+                    and f.spendable
+                    and (f.expires_at is null or f.expires_at > p_now)
+                order by f.priority, f.expires_at nulls last, f.created_at, f.id
+                limit 1
+            )
+            and g.remaining >= p_amount
+        returning g.id
+    )
+
+    insert into public.credit_grant_draws (transaction_id, grant_id, amount)
+    select v_row.id, t.id, p_amount
+    from taken as t
+    returning grant_id into v_grant_id;
+    if v_grant_id is not null then
+        return v_row;
+    end if;
+
+    -- Otherwise take p_amount across grants in burn-down order, in one statement.
+    with ordered as (
+        select
+            g.id,
+            g.remaining,
+            sum(g.remaining) over (
+                order by g.priority, g.expires_at nulls last, g.created_at, g.id
+            ) - g.remaining as drawn_before
+        from public.credit_grants as g
+        where
+            g.account_id = p_account_id
+            and g.spendable
+            and (g.expires_at is null or g.expires_at > p_now)
+    ),
+
+    taken as (
+        select o.id, o.drawn_before, least(o.remaining, p_amount - o.drawn_before) as amount
+        from ordered as o
+        where o.drawn_before < p_amount
+    ),
+
+    spent as (
+        update public.credit_grants as g
+        set remaining = g.remaining - t.amount
+        from taken as t
+        where g.id = t.id
+    ),
+
+    noted as (
+        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
+        select v_row.id, t.id, t.amount
+        from taken as t
+        order by t.drawn_before
+    )
+
+    select coalesce(sum(t.amount), 0)::bigint into v_drawn from taken as t;
+
+    -- what no grant could pay is debt: usage that happened is never dropped
+    v_debt := p_amount - v_drawn;
+    if v_debt > 0 then
+        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
+        values (v_row.id, null, v_debt);
+        update public.credit_accounts set debt = debt + v_debt where id = p_account_id;
     end if;
     return v_row;
 end;

@@ -35,7 +35,6 @@ stable
 set search_path = ''
 as $$
 declare
-    v_debit public.credit_transactions;
     v_operation text;
     v_result jsonb;
     v_same boolean;
@@ -43,31 +42,35 @@ begin
     if p_key is null or p_account_id is null then
         return null;
     end if;
-    select * into v_debit
-    from public.credit_transactions as t
-    where t.account_id = p_account_id and t.idempotency_key = p_key and t.request_hash is not null;
-    if found then
-        v_operation := v_debit.type;
-        v_same := v_debit.request_hash = credit_private.request_hash(p_operation, p_request);
-        v_result := jsonb_build_object(
-            'transaction_id', v_debit.id,
-            'user_id', v_debit.user_id,
-            'amount', -v_debit.amount,
-            'overage', 0,
-            'balance_after', v_debit.balance_after,
-            'available_after', v_debit.available_after,
-            'created_at', v_debit.created_at,
-            'is_replay', false,
-            'pricing_version', v_debit.pricing_version
-        );
-    else
+    -- one probe of each record (a key is in at most one of them)
+    select r.operation, r.same, r.result into v_operation, v_same, v_result
+    from (
+        select
+            t.type as operation,
+            t.request_hash = credit_private.request_hash(p_operation, p_request) as same,
+            jsonb_build_object(
+                'transaction_id', t.id,
+                'user_id', t.user_id,
+                'amount', -t.amount,
+                'overage', 0,
+                'balance_after', t.balance_after,
+                'available_after', t.available_after,
+                'created_at', t.created_at,
+                'is_replay', false,
+                'pricing_version', t.pricing_version
+            ) as result
+        from public.credit_transactions as t
+        where
+            t.account_id = p_account_id and t.idempotency_key = p_key
+            and t.request_hash is not null
+        union all
         select k.operation, k.operation = p_operation and k.request = p_request, k.result
-        into v_operation, v_same, v_result
         from public.credit_idempotency_keys as k
-        where k.account_id = p_account_id and k.idempotency_key = p_key;
-        if not found then
-            return null;
-        end if;
+        where k.account_id = p_account_id and k.idempotency_key = p_key
+    ) as r
+    limit 1;
+    if not found then
+        return null;
     end if;
     if not v_same then
         -- the detail names the caller's own request, never the first one: that may be

@@ -485,6 +485,9 @@ begin
             );
         end if;
     end if;
+    -- A config of more than a few models is stored compressed, and every -> on it would
+    -- decompress it again; || returns it decompressed once, for the cost's many reads.
+    v_pricing.config := v_pricing.config || '{}'::jsonb;
     return v_pricing;
 end;
 $$;
