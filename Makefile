@@ -8,7 +8,8 @@
 #   make docs        the docs site into build/docs, warnings as errors (make test runs it)
 #   make stack-up    start the local stack; prints its exports
 #   make stack-down  stop it and delete its data
-#   make bench       the debits against TPC-B-like, a minimal ledger and pgledger (not a test)
+#   make bench       the debits against TPC-B-like, a minimal ledger and pgledger; the same
+#                    call through PostgREST and over the driver (not a test)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -74,7 +75,10 @@ stack-up: install
 stack-down:
 	@scripts/local-stack down
 
-# Not a test, never part of `make test`: bench/run says how to tune it (BENCH_SECONDS,
-# BENCH_CLIENTS, BENCH_REPEATS, BENCH_CHARGES, BENCH_PORT).
+# Not a test, never part of `make test`: bench/run and bench/postgrest say how to tune them
+# (BENCH_SECONDS, BENCH_CLIENTS, BENCH_REPEATS, BENCH_CHARGES, BENCH_PORT). wrk, the HTTP load
+# of bench/postgrest, is installed here only: the tests do not need it.
 bench: install
+	@$(MAKE) --no-print-directory apt APT_TOOLS="$(APT_TOOLS) wrk"
 	bench/run
+	bench/postgrest
