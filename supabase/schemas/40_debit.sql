@@ -360,8 +360,7 @@ begin
         v_cost.pricing_version
     );
     -- a charge priced at 0 credits journals nothing: its key is remembered apart
-    if p_idempotency_key is not null and v_transaction.id is null and v_account.id is not null
-        then
+    if v_transaction.id is null and p_idempotency_key is not null and v_account.id is not null then
         perform credit_private.remember(
             v_account.id, p_idempotency_key, p_type, p_request, to_jsonb(v_result), v_now
         );
