@@ -2,7 +2,7 @@
 blocks, not the journal.
 
 Run against a running stack (``eval "$(scripts/local-stack up)"``); it makes a database of
-its own there (``scripts/local-stack db-create ducto_bench_stats --replace``):
+its own there (``scripts/local-stack db-create ducto_bench_stats --replace --test-clock``):
 
     .venv/bin/python bench/stats.py [rows, default 1000000] [days, default 100]
 
@@ -169,9 +169,10 @@ def log(message: str) -> None:
 
 
 def make_database() -> str:
-    """A fresh database with ducto's migrations on the running stack; its URL."""
+    """A fresh database with ducto's migrations on the running stack, and the tests' clock
+    (the journal is written over past days); its URL."""
     return subprocess.run(
-        [str(ROOT / "scripts" / "local-stack"), "db-create", DATABASE, "--replace"],
+        [str(ROOT / "scripts" / "local-stack"), "db-create", DATABASE, "--replace", "--test-clock"],
         check=True,
         capture_output=True,
         text=True,

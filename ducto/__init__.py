@@ -8,6 +8,7 @@ from ducto.errors import (
     MemberLimitExceededError,
     NotFoundError,
     NotTeamMemberError,
+    OverageLimitError,
     PermissionDeniedError,
     PricingConfigError,
     PricingNotLoadedError,
@@ -55,7 +56,7 @@ from ducto.pricing import (
 )
 from ducto.usage import UsageMetrics
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "AddCreditsResult",
@@ -84,6 +85,7 @@ __all__ = [
     "ModelRates",
     "NotFoundError",
     "NotTeamMemberError",
+    "OverageLimitError",
     "PermissionDeniedError",
     "PlanResult",
     "PricingConfigData",

@@ -53,6 +53,11 @@ def _amount(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
+def _max_overage(value: int | None) -> int | None:
+    # None: the ledger's default bound, 9 times the hold
+    return None if value is None else _amount(value, "max_overage", 0)
+
+
 def _text(value: object, name: str, code: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidInputError(f"{name} must be a non-empty string, got {value!r}", code=code)
@@ -164,7 +169,10 @@ def reserve_credits(
 
 
 def settle_reservation(
-    reservation_id: str, actual_amount: int, metadata: CreditMetadata | None
+    reservation_id: str,
+    actual_amount: int,
+    metadata: CreditMetadata | None,
+    max_overage: int | None,
 ) -> RpcCall:
     """``credit_settle_reservation``: charge the actual amount of a hold."""
     return RpcCall(
@@ -173,6 +181,7 @@ def settle_reservation(
             "p_reservation_id": _text(reservation_id, "reservation_id", "DC031"),
             "p_actual_amount": _amount(actual_amount, "actual_amount", 0),
             "p_metadata": _metadata(metadata),
+            "p_max_overage": _max_overage(max_overage),
         },
         # settling twice with the same amount is a replay
         retry_safe=True,
@@ -265,6 +274,7 @@ def settle_usage(
     metrics: UsageMetrics,
     metadata: CreditMetadata | None,
     idempotency_key: str | None,
+    max_overage: int | None,
 ) -> RpcCall:
     """``credit_settle_usage``: charge a hold by the usage measured, priced in SQL."""
     return RpcCall(
@@ -274,6 +284,7 @@ def settle_usage(
             "p_metrics": _metrics(metrics),
             "p_metadata": _metadata(metadata),
             "p_idempotency_key": _key(idempotency_key),
+            "p_max_overage": _max_overage(max_overage),
         },
         # the same usage settles once; a key makes any repeat a replay
         retry_safe=True,

@@ -4,7 +4,8 @@ Hierarchy::
 
     DuctoError                        any error from ducto (code, message, detail, hint)
     ├── InvalidInputError             an argument was refused before anything was written
-    │   └── PricingConfigError        a pricing config was refused
+    │   ├── PricingConfigError        a pricing config was refused
+    │   └── OverageLimitError         a settle would charge beyond its hold's overage bound
     ├── InsufficientCreditsError      the account cannot pay, or would go below its floor
     │   ├── MemberLimitExceededError  a team member would exceed their spending limit
     │   └── TeamPoolExhaustedError    a team's pool cannot pay above its floor
@@ -66,6 +67,10 @@ class InvalidInputError(DuctoError, ValueError):
 
 class PricingConfigError(InvalidInputError):
     """Raised when a pricing config is refused; the active pricing is left unchanged."""
+
+
+class OverageLimitError(InvalidInputError):
+    """Raised when a settle would charge more beyond its hold than allowed (max_overage)."""
 
 
 class InsufficientCreditsError(DuctoError):
@@ -133,6 +138,8 @@ SQLSTATE_ERRORS: Mapping[str, type[DuctoError]] = {
     "DC005": InvalidInputError,
     "DC006": InvalidInputError,
     "DC007": InvalidInputError,
+    # the balance would pass the largest balance (2^53 - 1)
+    "DC008": InvalidInputError,
     # invalid_text_representation: a transaction or reservation id that is not a UUID
     "22P02": InvalidInputError,
     "DC010": InsufficientCreditsError,
@@ -141,6 +148,7 @@ SQLSTATE_ERRORS: Mapping[str, type[DuctoError]] = {
     "DC031": NotFoundError,
     "DC040": ReservationStateError,
     "DC041": ReservationStateError,
+    "DC042": OverageLimitError,
     "DC050": RefundError,
     "DC051": RefundError,
     "DC060": PricingConfigError,

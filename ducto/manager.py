@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from ducto import _rpc
 from ducto._rpc import RpcCall
 from ducto.errors import (
+    IdempotencyConflictError,
     InsufficientCreditsError,
     InvalidInputError,
     PricingNotLoadedError,
@@ -253,6 +254,7 @@ class AsyncCreditManager:
         operation_type: str = "usage",
         min_balance: int | None = None,
         timeout_seconds: int = 900,
+        max_overage: int | None = None,
     ) -> AsyncIterator[MeteredCall]:
         """Hold an estimate around a model call, then charge what it actually used.
 
@@ -262,8 +264,12 @@ class AsyncCreditManager:
         the recorded usage, priced by the database (an overage beyond the hold is
         charged too), even when the block raised after recording; with nothing recorded it
         is released. ``idempotency_key`` names the request: a retried request with the same
-        key is not charged again (its new hold is released and ``result`` is the first
-        charge, with ``is_replay``).
+        key is not charged again. A retry that measured the same usage gets the first
+        charge as ``result``, with ``is_replay``; one that measured other usage raises
+        ``IdempotencyConflictError`` (the key's first charge stands). Either way its new
+        hold is released. ``max_overage`` bounds the charge beyond the hold, as in
+        ``settle_reservation``; beyond it ``OverageLimitError`` leaves the hold active, to
+        be settled (``meter.reservation``) or to time out.
         """
         hold = await self.reserve_credits(
             user_id,
@@ -280,8 +286,16 @@ class AsyncCreditManager:
             if meter.usage is None:
                 await self.release_reservation(hold.reservation_id)
             else:
-                call = _rpc.settle_usage(hold.reservation_id, meter.usage, None, idempotency_key)
-                meter.result = await self._one(DeductionResult, call)
+                call = _rpc.settle_usage(
+                    hold.reservation_id, meter.usage, None, idempotency_key, max_overage
+                )
+                try:
+                    meter.result = await self._one(DeductionResult, call)
+                except IdempotencyConflictError:
+                    # the key's request was charged already, with other usage: this hold
+                    # is not charged, and not left to count against the account
+                    await self.release_reservation(hold.reservation_id)
+                    raise
         if meter.usage is None:
             raise _no_usage(hold)
 
@@ -349,10 +363,20 @@ class AsyncCreditManager:
         return await self._one(ReserveResult, call)
 
     async def settle_reservation(
-        self, reservation_id: str, actual_amount: int, metadata: CreditMetadata | None = None
+        self,
+        reservation_id: str,
+        actual_amount: int,
+        metadata: CreditMetadata | None = None,
+        *,
+        max_overage: int | None = None,
     ) -> DeductionResult:
-        """Charge the actual amount of a reservation; an overage beyond the hold is kept."""
-        call = _rpc.settle_reservation(reservation_id, actual_amount, metadata)
+        """Charge the actual amount of a reservation; an overage beyond the hold is kept.
+
+        The overage is bounded: at most ``max_overage`` credits beyond the hold, by default
+        9 times the hold (a settle charges at most 10 times what it held). Beyond it,
+        ``OverageLimitError``: nothing is charged and the hold stays as it was.
+        """
+        call = _rpc.settle_reservation(reservation_id, actual_amount, metadata, max_overage)
         return await self._one(DeductionResult, call)
 
     async def release_reservation(self, reservation_id: str) -> ReleaseResult:
@@ -664,6 +688,7 @@ class CreditManager:
         operation_type: str = "usage",
         min_balance: int | None = None,
         timeout_seconds: int = 900,
+        max_overage: int | None = None,
     ) -> Iterator[MeteredCall]:
         """Hold an estimate around a model call, then charge what it actually used.
 
@@ -673,8 +698,12 @@ class CreditManager:
         the recorded usage, priced by the database (an overage beyond the hold is
         charged too), even when the block raised after recording; with nothing recorded it
         is released. ``idempotency_key`` names the request: a retried request with the same
-        key is not charged again (its new hold is released and ``result`` is the first
-        charge, with ``is_replay``).
+        key is not charged again. A retry that measured the same usage gets the first
+        charge as ``result``, with ``is_replay``; one that measured other usage raises
+        ``IdempotencyConflictError`` (the key's first charge stands). Either way its new
+        hold is released. ``max_overage`` bounds the charge beyond the hold, as in
+        ``settle_reservation``; beyond it ``OverageLimitError`` leaves the hold active, to
+        be settled (``meter.reservation``) or to time out.
         """
         hold = self.reserve_credits(
             user_id,
@@ -691,8 +720,16 @@ class CreditManager:
             if meter.usage is None:
                 self.release_reservation(hold.reservation_id)
             else:
-                call = _rpc.settle_usage(hold.reservation_id, meter.usage, None, idempotency_key)
-                meter.result = self._one(DeductionResult, call)
+                call = _rpc.settle_usage(
+                    hold.reservation_id, meter.usage, None, idempotency_key, max_overage
+                )
+                try:
+                    meter.result = self._one(DeductionResult, call)
+                except IdempotencyConflictError:
+                    # the key's request was charged already, with other usage: this hold
+                    # is not charged, and not left to count against the account
+                    self.release_reservation(hold.reservation_id)
+                    raise
         if meter.usage is None:
             raise _no_usage(hold)
 
@@ -760,10 +797,20 @@ class CreditManager:
         return self._one(ReserveResult, call)
 
     def settle_reservation(
-        self, reservation_id: str, actual_amount: int, metadata: CreditMetadata | None = None
+        self,
+        reservation_id: str,
+        actual_amount: int,
+        metadata: CreditMetadata | None = None,
+        *,
+        max_overage: int | None = None,
     ) -> DeductionResult:
-        """Charge the actual amount of a reservation; an overage beyond the hold is kept."""
-        call = _rpc.settle_reservation(reservation_id, actual_amount, metadata)
+        """Charge the actual amount of a reservation; an overage beyond the hold is kept.
+
+        The overage is bounded: at most ``max_overage`` credits beyond the hold, by default
+        9 times the hold (a settle charges at most 10 times what it held). Beyond it,
+        ``OverageLimitError``: nothing is charged and the hold stays as it was.
+        """
+        call = _rpc.settle_reservation(reservation_id, actual_amount, metadata, max_overage)
         return self._one(DeductionResult, call)
 
     def release_reservation(self, reservation_id: str) -> ReleaseResult:

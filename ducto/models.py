@@ -375,6 +375,8 @@ def _converter(hint: Any) -> Callable[[Any], Any]:
         return lambda v: date.fromisoformat(v) if isinstance(v, str) else v
     if hint is str:  # psycopg returns uuid columns as UUID
         return lambda v: str(v) if isinstance(v, uuid.UUID) else v
+    if hint is int:  # a numeric total (analytics): psycopg gives a Decimal
+        return lambda v: int(v) if isinstance(v, Decimal) else v
     if hint is Decimal:  # numeric: psycopg gives a Decimal, the HTTP stores parse one
         return lambda v: v if isinstance(v, Decimal) else Decimal(v)
     if isinstance(hint, type) and issubclass(hint, BaseModel):  # a jsonb document

@@ -35,10 +35,12 @@
 -- pricing, plan and team errors are listed in their files:
 --   DC001 invalid amount        DC002 invalid user id       DC003 invalid metadata
 --   DC004 invalid idem. key     DC005 invalid expiry        DC006 invalid argument
+--   DC008 the balance would pass the largest balance, 2^53 - 1
 --   DC010 insufficient credits  DC020 idempotency conflict
 --   DC030 transaction not found DC031 reservation not found
 --   DC040 reservation not active (released or settled)
 --   DC041 reservation already settled with another amount
+--   DC042 a settle beyond its hold's overage bound
 --   DC050 refund exceeds what is refundable
 --   DC051 transaction not refundable
 --   DC900 journal is append-only

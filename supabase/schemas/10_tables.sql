@@ -414,11 +414,12 @@ create table public.credit_allowance_grants (
     allowance bigint not null check (allowance > 0),
     rollover bigint not null check (rollover >= 0),
     created_at timestamptz not null,
-    primary key (account_id, period, period_start)
+    primary key (account_id, period, period_start, plan_id)
 );
 comment on table public.credit_allowance_grants is
-'One row per account and period an allowance was granted for; the grant expires at the'
-' period''s end. plan_id records the plan that granted it.';
+'One row per account, period and plan an allowance was granted for; the grant expires at'
+' the period''s end. After a plan change within a period, allowance is what the new plan'
+' added to reach its level.';
 
 -- ---------------------------------------------------------------- teams
 

@@ -178,11 +178,11 @@ create type public.credit_team_member_result as (
 create type public.credit_stats_result as (
     window_start timestamptz,
     window_end timestamptz,
-    spent bigint,
-    refunded bigint,
-    net_spent bigint,
-    credited bigint,
-    expired bigint,
+    spent numeric,
+    refunded numeric,
+    net_spent numeric,
+    credited numeric,
+    expired numeric,
     charges bigint,
     refunds bigint,
     users bigint
@@ -190,35 +190,35 @@ create type public.credit_stats_result as (
 
 create type public.credit_daily_spend_row as (
     day date,
-    spent bigint,
-    refunded bigint,
-    net_spent bigint,
+    spent numeric,
+    refunded numeric,
+    net_spent numeric,
     charges bigint,
     users bigint
 );
 
 create type public.credit_model_spend_row as (
     model text,
-    spent bigint,
-    refunded bigint,
-    net_spent bigint,
+    spent numeric,
+    refunded numeric,
+    net_spent numeric,
     charges bigint,
     users bigint
 );
 
 create type public.credit_user_spend_row as (
     user_id text,
-    spent bigint,
-    refunded bigint,
-    net_spent bigint,
+    spent numeric,
+    refunded numeric,
+    net_spent numeric,
     charges bigint
 );
 
 create type public.credit_top_user_row as (
     rank bigint,
     user_id text,
-    net_spent bigint,
-    spent bigint,
-    refunded bigint,
+    net_spent numeric,
+    spent numeric,
+    refunded numeric,
     charges bigint
 );

@@ -12,11 +12,11 @@ stable
 set search_path = ''
 as $$
 begin
-    -- The one clock of the ledger. Tests move time with set_config('ducto.now', ...);
-    -- PostgREST clients cannot set it, and a trusted caller moving its own clock only
-    -- changes what it sees as expired. (plpgsql, not sql: a sql function with SET is
-    -- planned again on every call.)
-    return coalesce(nullif(current_setting('ducto.now', true), '')::timestamptz, now());
+    -- The one clock of the ledger: the transaction's start. No setting moves it, so no
+    -- role can backdate a journal row or spend a grant after its expiry. The test suite
+    -- replaces this function with one it can move (tests/test-clock.sql); an install never
+    -- has it. (plpgsql, not sql: a sql function with SET is planned again on every call.)
+    return now();
 end;
 $$;
 revoke all on function credit_private.clock()
@@ -165,7 +165,7 @@ begin
         perform credit_private.fail(
             'DC006',
             format('%s must be one of %s, got %s',
-                p_name, array_to_string(p_allowed, ', '), coalesce(quote_literal(p_value), 'null')),
+                p_name, array_to_string(p_allowed, ', '), coalesce(quote_literal(left(p_value, 100)), 'null')),
             jsonb_build_object('argument', p_name, 'allowed', to_jsonb(p_allowed))
         );
     end if;

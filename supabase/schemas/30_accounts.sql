@@ -90,6 +90,18 @@ begin
         p_request_hash, p_available_after
     from account as a
     returning * into v_row;
+    -- the largest balance is the largest amount: every balance stays exact in JavaScript
+    -- and a sum of balances far from bigint's end
+    if v_row.balance_after > 9007199254740991 then
+        perform credit_private.fail(
+            'DC008',
+            format('the balance of %s would be %s, above the largest balance 9007199254740991',
+                quote_literal(v_row.user_id), v_row.balance_after),
+            jsonb_build_object(
+                'user_id', v_row.user_id, 'amount', p_amount, 'maximum', 9007199254740991
+            )
+        );
+    end if;
     return v_row;
 end;
 $$;

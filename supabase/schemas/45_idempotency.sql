@@ -74,13 +74,13 @@ begin
     end if;
     if not v_same then
         -- the detail names the caller's own request, never the first one: that may be
-        -- another caller's
+        -- another caller's; and the caller's key as given, without a member's scope
         perform credit_private.fail(
             'DC020',
             format('idempotency key %s was already used for %s with other parameters',
-                quote_literal(p_key), v_operation),
+                quote_literal(split_part(p_key, chr(31), -1)), v_operation),
             jsonb_build_object(
-                'idempotency_key', p_key,
+                'idempotency_key', split_part(p_key, chr(31), -1),
                 'operation', v_operation,
                 'request', p_request
             ),

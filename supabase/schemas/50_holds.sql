@@ -1,6 +1,8 @@
 -- ducto: holds (reservations). A hold counts against available credits until it is
 -- settled with the actual cost (overage kept as a charge, beyond what was held), released,
--- or times out.
+-- or times out. A settle's overage is bounded: by default at most 9 times the hold (so a
+-- settle charges at most 10 times what it held), or what the call allows (p_max_overage);
+-- beyond it the settle is refused (DC042), nothing is written and the hold stays as it was.
 
 create function credit_private.lock_reservation(p_reservation_id uuid)
 returns public.credit_reservations
@@ -67,7 +69,8 @@ create function credit_private.settle(
     p_actual bigint,
     p_usage jsonb,
     p_metadata jsonb,
-    p_idempotency_key text
+    p_idempotency_key text,
+    p_max_overage numeric
 )
 returns public.credit_deduct_result
 language plpgsql
@@ -76,6 +79,12 @@ set search_path = ''
 as $$
 declare
     v_now timestamptz := credit_private.clock();
+    -- what a key names: the usage or the amount (any hold of the account, any metadata)
+    v_request jsonb := jsonb_build_object('usage', p_usage, 'amount', p_actual);
+    -- null: the default bound, 9 times the hold
+    v_max_overage bigint := case when p_max_overage is not null then
+        credit_private.whole(p_max_overage, 'max_overage', 0)
+    end;
     v_reservation public.credit_reservations;
     v_replay jsonb;
     v_cost public.credit_cost_result;
@@ -85,11 +94,12 @@ declare
 begin
     -- Settle a hold by an amount (p_actual) or by usage (p_usage, priced by the active
     -- version). With a key, the key names the request: its first settle stands, and a
-    -- retried request's new hold is let go instead of charged again.
+    -- retried request (the same usage or amount) has its new hold let go instead of
+    -- charged again; another request under the key is refused and its hold kept.
     v_reservation := credit_private.lock_reservation(p_reservation_id);
     if p_idempotency_key is not null then
         v_replay := credit_private.find_replay(
-            v_reservation.account_id, p_idempotency_key, 'settle_usage', '{}'
+            v_reservation.account_id, p_idempotency_key, 'settle_usage', v_request
         );
         if v_replay is not null then
             if v_reservation.status = 'active' then
@@ -138,6 +148,23 @@ begin
         v_cost := credit_private.price(p_usage, null);
         v_actual := v_cost.credits;
     end if;
+    v_max_overage := coalesce(v_max_overage, 9 * v_reservation.amount);
+    if v_actual - v_reservation.amount > v_max_overage then
+        perform credit_private.fail(
+            'DC042',
+            format('settling reservation %s for %s credits is %s over its hold of %s,'
+                || ' beyond the %s allowed', p_reservation_id, v_actual,
+                v_actual - v_reservation.amount, v_reservation.amount,
+                v_max_overage),
+            jsonb_build_object(
+                'reservation_id', p_reservation_id,
+                'held', v_reservation.amount,
+                'actual_amount', v_actual,
+                'max_overage', v_max_overage
+            ),
+            'pass a larger max_overage if this usage is right; the hold is still active'
+        );
+    end if;
     -- no floor: what was used beyond the grants becomes debt
     v_capture := credit_private.debit(
         v_reservation.account_id, v_reservation.user_id, null, 'capture', v_actual, null, v_now,
@@ -159,13 +186,13 @@ begin
     update public.credit_reservations set result = to_jsonb(v_result)
     where id = p_reservation_id;
     perform credit_private.remember(
-        v_reservation.account_id, p_idempotency_key, 'settle_usage', '{}', to_jsonb(v_result),
-        v_now
+        v_reservation.account_id, p_idempotency_key, 'settle_usage', v_request,
+        to_jsonb(v_result), v_now
     );
     return v_result;
 end;
 $$;
-revoke all on function credit_private.settle(uuid, bigint, jsonb, jsonb, text)
+revoke all on function credit_private.settle(uuid, bigint, jsonb, jsonb, text, numeric)
 from public, anon, authenticated, service_role;
 
 create function public.credit_reserve_credits(
@@ -258,7 +285,8 @@ grant execute on function public.credit_reserve_credits(
 create function public.credit_settle_reservation(
     p_reservation_id uuid,
     p_actual_amount numeric,
-    p_metadata jsonb default '{}'
+    p_metadata jsonb default '{}',
+    p_max_overage numeric default null
 )
 returns public.credit_deduct_result
 language plpgsql
@@ -271,12 +299,16 @@ declare
     v_actual bigint := credit_private.whole(p_actual_amount, 'actual_amount', 0);
     v_metadata jsonb := credit_private.check_metadata(p_metadata);
 begin
-    return credit_private.settle(p_reservation_id, v_actual, null, v_metadata, null);
+    return credit_private.settle(
+        p_reservation_id, v_actual, null, v_metadata, null, p_max_overage
+    );
 end;
 $$;
-revoke all on function public.credit_settle_reservation(uuid, numeric, jsonb)
+revoke all on function public.credit_settle_reservation(uuid, numeric, jsonb, numeric)
 from public, anon, authenticated, service_role;
-grant execute on function public.credit_settle_reservation(uuid, numeric, jsonb) to service_role;
+grant execute on function public.credit_settle_reservation(
+    uuid, numeric, jsonb, numeric
+) to service_role;
 
 create function public.credit_release_reservation(p_reservation_id uuid)
 returns public.credit_release_result

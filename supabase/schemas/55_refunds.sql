@@ -141,7 +141,7 @@ begin
     if v_original.type not in ('usage', 'fixed_job', 'capture') then
         perform credit_private.fail(
             'DC051',
-            format('transaction %s is a %s; only usage, fixed_job and capture transactions'
+            format('transaction %s is of type %s; only usage, fixed_job and capture transactions'
                 || ' can be refunded', p_transaction_id, v_original.type),
             jsonb_build_object('transaction_id', p_transaction_id, 'type', v_original.type)
         );

@@ -304,7 +304,7 @@ begin
         perform credit_private.fail(
             'DC007',
             format('usage metrics: model must be a model name (1 to 200 of A-Z a-z 0-9 . _ : / @'
-                || ' + -), got %s', coalesce(p_metrics -> 'model', 'null')),
+                || ' + -), got %s', coalesce(left((p_metrics -> 'model')::text, 100), 'null')),
             jsonb_build_object('argument', 'metrics', 'field', 'model')
         );
     end if;
@@ -349,7 +349,7 @@ begin
         perform credit_private.fail(
             'DC006',
             format('job_name must be 1 to 64 of A-Z a-z 0-9 . _ : -, got %s',
-                coalesce(to_jsonb(p_job_name), 'null')),
+                coalesce(to_jsonb(left(p_job_name, 100)), 'null')),
             jsonb_build_object('argument', 'job_name')
         );
     end if;
@@ -694,7 +694,8 @@ create function public.credit_settle_usage(
     p_reservation_id uuid,
     p_metrics jsonb,
     p_metadata jsonb default '{}',
-    p_idempotency_key text default null
+    p_idempotency_key text default null,
+    p_max_overage numeric default null
 )
 returns public.credit_deduct_result
 language plpgsql
@@ -708,9 +709,13 @@ declare
     v_metadata jsonb := credit_private.check_metadata(p_metadata);
     v_key text := credit_private.check_key(p_idempotency_key);
 begin
-    return credit_private.settle(p_reservation_id, null, v_usage, v_metadata, v_key);
+    return credit_private.settle(
+        p_reservation_id, null, v_usage, v_metadata, v_key, p_max_overage
+    );
 end;
 $$;
-revoke all on function public.credit_settle_usage(uuid, jsonb, jsonb, text)
+revoke all on function public.credit_settle_usage(uuid, jsonb, jsonb, text, numeric)
 from public, anon, authenticated, service_role;
-grant execute on function public.credit_settle_usage(uuid, jsonb, jsonb, text) to service_role;
+grant execute on function public.credit_settle_usage(
+    uuid, jsonb, jsonb, text, numeric
+) to service_role;

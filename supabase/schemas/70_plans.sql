@@ -5,8 +5,10 @@
 --   credit_user_plans        the plan assigned to a user; a user without one is on the
 --                            default plan (at most one plan is the default), or on none
 --   credit_allowance_grants  the allowance granted to an account for a period: at most one
---                            per account, period unit and period start (the idempotency of
---                            credit_grant_allowances)
+--                            per account, period unit, period start and plan (the
+--                            idempotency of credit_grant_allowances); after a plan change
+--                            within a period the new plan tops the live allowance up to
+--                            its own level, never both in full
 --
 -- Feature values follow a truthy convention: absent, JSON null and false mean "no"; true,
 -- a number or a string (and an object or array) mean "yes", and the value is returned so
@@ -40,9 +42,9 @@ revoke all on function credit_private.period_bounds(text, timestamptz)
 from public, anon, authenticated, service_role;
 
 create function credit_private.grant_allowance(
-    p_user_id text, p_plan public.credit_plans, p_now timestamptz
+    p_user_id text, p_plan public.credit_plans, p_now timestamptz,
+    out granted bigint, out rollover bigint
 )
-returns bigint
 language plpgsql
 volatile
 set search_path = ''
@@ -51,13 +53,14 @@ declare
     v_period record := credit_private.period_bounds(p_plan.allowance_period, p_now);
     v_previous_start timestamptz;
     v_account public.credit_accounts;
-    v_rollover bigint := 0;
+    v_live bigint;
     v_grant_id uuid := gen_random_uuid();
     v_transaction_id uuid;
 begin
-    -- Grants the plan's allowance for the current period, once: returns the rollover
-    -- carried in, or null when the period was granted already. The caller holds no lock;
-    -- the account lock serialises concurrent runs, and the second one finds the row.
+    -- Grants the plan's allowance for the current period, once: granted (the allowance
+    -- credited, rollover apart) and the rollover carried in, or nulls when there was
+    -- nothing to grant. The caller holds no lock; the account lock serialises concurrent
+    -- runs, and the second one finds the row.
     v_account := credit_private.lock_account(p_user_id, true);
     if exists (
         select from public.credit_allowance_grants as ag
@@ -65,50 +68,69 @@ begin
             ag.account_id = v_account.id
             and ag.period = p_plan.allowance_period
             and ag.period_start = v_period.period_start
+            and ag.plan_id = p_plan.id
     ) then
-        return null;
+        return;
     end if;
     -- journals the expiry of the previous period's grant, which the rollover reads
     perform credit_private.expire_grants(v_account.id, p_now);
 
-    if p_plan.rollover_cap > 0 then
-        v_previous_start := (credit_private.period_bounds(
-            p_plan.allowance_period, v_period.period_start - interval '1 microsecond'
-        )).period_start;
-        -- what the previous period's allowance had left when it expired
-        select least(coalesce(sum(d.amount), 0), p_plan.rollover_cap)::bigint into v_rollover
-        from public.credit_allowance_grants as ag
-        inner join public.credit_grant_draws as d on ag.grant_id = d.grant_id
-        inner join public.credit_transactions as t on d.transaction_id = t.id
-        where
-            ag.account_id = v_account.id
-            and ag.period = p_plan.allowance_period
-            and ag.period_start = v_previous_start
-            and t.type = 'expiry';
+    -- After a plan change within a period, an allowance of the old plan (or of another
+    -- period length) is still live: the new plan tops it up to its own level for the
+    -- rest of that period, and never grants both in full. A downgrade takes nothing back.
+    select sum(g.remaining) into v_live
+    from public.credit_allowance_grants as ag
+    inner join public.credit_grants as g on ag.grant_id = g.id
+    where ag.account_id = v_account.id and g.expires_at > p_now;
+    rollover := 0;
+    if v_live is not null then
+        granted := p_plan.allowance - v_live;
+        if granted <= 0 then
+            granted := null;
+            rollover := null;
+            return;
+        end if;
+    else
+        granted := p_plan.allowance;
+        if p_plan.rollover_cap > 0 then
+            v_previous_start := (credit_private.period_bounds(
+                p_plan.allowance_period, v_period.period_start - interval '1 microsecond'
+            )).period_start;
+            -- what the previous period's allowance had left when it expired
+            select least(coalesce(sum(d.amount), 0), p_plan.rollover_cap)::bigint
+            into rollover
+            from public.credit_allowance_grants as ag
+            inner join public.credit_grant_draws as d on ag.grant_id = d.grant_id
+            inner join public.credit_transactions as t on d.transaction_id = t.id
+            where
+                ag.account_id = v_account.id
+                and ag.period = p_plan.allowance_period
+                and ag.period_start = v_previous_start
+                and t.type = 'expiry';
+        end if;
     end if;
 
     v_transaction_id := (credit_private.append_transaction(
-        v_account.id, 'grant', p_plan.allowance + v_rollover, p_now,
+        v_account.id, 'grant', granted + rollover, p_now,
         jsonb_build_object(
             'plan_id', p_plan.id,
             'period', p_plan.allowance_period,
             'period_start', v_period.period_start,
-            'allowance', p_plan.allowance,
-            'rollover', v_rollover
+            'allowance', granted,
+            'rollover', rollover
         ),
         p_grant_id => v_grant_id
     )).id;
     perform credit_private.create_grant(
-        v_account.id, v_transaction_id, v_grant_id, 'promotional', 50,
-        p_plan.allowance + v_rollover, v_period.period_end, p_now
+        v_account.id, v_transaction_id, v_grant_id, 'promotional', 50, granted + rollover,
+        v_period.period_end, p_now
     );
     insert into public.credit_allowance_grants (
         account_id, period, period_start, plan_id, grant_id, allowance, rollover, created_at
     ) values (
         v_account.id, p_plan.allowance_period, v_period.period_start, p_plan.id, v_grant_id,
-        p_plan.allowance, v_rollover, p_now
+        granted, rollover, p_now
     );
-    return v_rollover;
 end;
 $$;
 revoke all on function credit_private.grant_allowance(
@@ -299,8 +321,8 @@ begin
     perform from public.credit_plans as p where p.id = p_plan_id;
     if not found then
         perform credit_private.fail(
-            'DC080', format('plan %s does not exist', quote_literal(p_plan_id)),
-            jsonb_build_object('plan_id', p_plan_id)
+            'DC080', format('plan %s does not exist', quote_literal(left(p_plan_id, 100))),
+            jsonb_build_object('plan_id', left(p_plan_id, 100))
         );
     end if;
     insert into public.credit_user_plans as up (user_id, plan_id, assigned_at)
@@ -324,7 +346,7 @@ as $$
 declare
     v_now timestamptz := credit_private.clock();
     v_user record;
-    v_rollover bigint;
+    v_granted record;
     v_result public.credit_allowance_result := row(0, 0, 0, 0::bigint, 0::bigint);
 begin
     -- For every assigned user whose plan has an allowance (or only p_user_id): grant the
@@ -345,14 +367,14 @@ begin
         where p.allowance is not null and (p_user_id is null or up.user_id = p_user_id)
         order by a.id nulls last, up.user_id
     loop
-        v_rollover := credit_private.grant_allowance(v_user.user_id, v_user.plan, v_now);
+        v_granted := credit_private.grant_allowance(v_user.user_id, v_user.plan, v_now);
         v_result.users := v_result.users + 1;
-        if v_rollover is null then
+        if v_granted.granted is null then
             v_result.already_granted := v_result.already_granted + 1;
         else
             v_result.granted := v_result.granted + 1;
-            v_result.amount := v_result.amount + (v_user.plan).allowance + v_rollover;
-            v_result.rollover := v_result.rollover + v_rollover;
+            v_result.amount := v_result.amount + v_granted.granted + v_granted.rollover;
+            v_result.rollover := v_result.rollover + v_granted.rollover;
         end if;
     end loop;
     return v_result;

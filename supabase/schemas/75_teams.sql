@@ -236,6 +236,11 @@ declare
     v_request jsonb := case when p_idempotency_key is not null then jsonb_build_object(
         'user_id', p_user_id, 'usage', p_usage, 'metadata', p_metadata
     ) end;
+    -- A member's keys are the member's own: recorded under member id, U+001F, key (neither
+    -- may hold a control character, so no other key looks the same). No member can
+    -- replay, block or learn another's request, and a pool's own keys (its top-ups and
+    -- refunds by the service role) never meet a member's.
+    v_key text := p_user_id || chr(31) || p_idempotency_key;
     v_team public.credit_teams;
     v_replay jsonb;
     v_member public.credit_team_members;
@@ -250,7 +255,7 @@ begin
     v_team := credit_private.lock_team(p_team_id);
     if p_idempotency_key is not null then
         v_replay := credit_private.find_replay(
-            v_team.account_id, p_idempotency_key, 'team_usage', v_request
+            v_team.account_id, v_key, 'team_usage', v_request
         );
         if v_replay is not null then
             v_result := jsonb_populate_record(null::public.credit_team_deduct_result, v_replay);
@@ -309,7 +314,7 @@ begin
         v_member.limit_period, v_now, false, v_cost.pricing_version
     );
     perform credit_private.remember(
-        v_team.account_id, p_idempotency_key, 'team_usage', v_request, to_jsonb(v_result), v_now
+        v_team.account_id, v_key, 'team_usage', v_request, to_jsonb(v_result), v_now
     );
     return v_result;
 end;

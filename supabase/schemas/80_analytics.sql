@@ -14,7 +14,8 @@
 --   expired    expiry rows: credits that lapsed, never spend
 -- A row is attributed to its user: the account's user, or for a team pool's rows the
 -- member who spent (credit_transactions.attributed_user_id, inherited by refunds). A
--- refund counts for the model of the charge it refunds. Days are UTC days.
+-- refund counts for the model of the charge it refunds. Days are UTC days. Sums of credits
+-- are numeric: a window's total can pass bigint's range even though each row cannot.
 
 create view credit_private.journal_activity with (security_invoker = true) as
 select
@@ -68,13 +69,13 @@ grant execute on function credit_private.check_window(
 create function credit_private.spend(p_start timestamptz, p_end timestamptz, p_by text)
 returns table (
     key text,
-    spent bigint,
-    refunded bigint,
+    spent numeric,
+    refunded numeric,
     charges bigint,
     refunds bigint,
     users bigint,
-    credited bigint,
-    expired bigint
+    credited numeric,
+    expired numeric
 )
 language plpgsql
 stable
@@ -93,13 +94,13 @@ begin
             when 'model' then a.model
             when 'user' then a.user_id
         end,
-        coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0)::bigint,
-        coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0)::bigint,
+        coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0),
+        coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0),
         count(*) filter (where a.kind = 'charge'),
         count(*) filter (where a.kind = 'refund'),
         count(distinct a.user_id) filter (where a.kind = 'charge'),
-        coalesce(sum(a.amount) filter (where a.kind = 'credit'), 0)::bigint,
-        coalesce(sum(a.amount) filter (where a.kind = 'expiry'), 0)::bigint
+        coalesce(sum(a.amount) filter (where a.kind = 'credit'), 0),
+        coalesce(sum(a.amount) filter (where a.kind = 'expiry'), 0)
     from credit_private.journal_activity as a
     where
         a.created_at >= p_start and a.created_at < p_end

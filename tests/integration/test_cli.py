@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from helpers_process import ROOT, SUPABASE, run
+from helpers_process import ROOT, SUPABASE, install_test_clock, run
 from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
@@ -158,6 +158,7 @@ def test_stats_after_charges_on_two_days(new_database: Callable[..., str]) -> No
     url = new_database()
     cli = Cli(DATABASE_URL=url)
     cli("setup")
+    install_test_clock(url)
     cli("pricing", "publish", str(PRICING))
     cli("credits", "add", "ann", "1000")
     cli("credits", "add", "ben", "1000")

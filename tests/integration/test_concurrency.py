@@ -108,11 +108,12 @@ class Ledger:
     def reserve(self, user_id: str, amount: int, **args: Any) -> DictRow:
         return self.call("credit_reserve_credits", user_id=user_id, amount=amount, **args)
 
-    def settle(self, reservation_id: Any, actual_amount: int) -> DictRow:
+    def settle(self, reservation_id: Any, actual_amount: int, **args: Any) -> DictRow:
         return self.call(
             "credit_settle_reservation",
             reservation_id=reservation_id,
             actual_amount=actual_amount,
+            **args,
         )
 
     def release(self, reservation_id: Any) -> DictRow:
@@ -401,7 +402,8 @@ def test_concurrent_refunds_never_exceed_the_charge(database_url: str, ledger: L
 # ---------------------------------------------------------------- C2 mixed operations
 
 DEDUCT_ERRORS = frozenset({"DC010"})
-SETTLE_ERRORS = frozenset({"DC040", "DC041"})
+# DC042: an overage beyond the default bound (9 times the hold); the hold stays active
+SETTLE_ERRORS = frozenset({"DC040", "DC041", "DC042"})
 RELEASE_ERRORS = frozenset({"DC040"})
 REFUND_ERRORS = frozenset({"DC050"})
 NO_ERRORS: frozenset[str] = frozenset()
@@ -1198,7 +1200,7 @@ def test_refund_after_paid_debt_refills_the_drawn_grant(ledger: Ledger) -> None:
     tomorrow = datetime.now(UTC) + timedelta(days=1)
     promo = ledger.add(user, 3, category="promotional", priority=10, expires_at=tomorrow)
     hold = ledger.reserve(user, 1)["reservation_id"]
-    capture = ledger.settle(hold, 13)  # 3 from the promotional grant, 10 of debt
+    capture = ledger.settle(hold, 13, max_overage=12)  # 3 from the promotional grant, 10 of debt
     assert capture["balance_after"] == -10
     ledger.add(user, 6)  # pays 6 of the debt
     first = ledger.refund(capture["transaction_id"], 10)  # the debt part: 4 forgiven, 6 back

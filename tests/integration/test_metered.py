@@ -15,7 +15,9 @@ import pytest
 
 from ducto import (
     AsyncCreditManager,
+    BalanceResult,
     CreditManager,
+    IdempotencyConflictError,
     InsufficientCreditsError,
     InvalidInputError,
     UsageMetrics,
@@ -135,14 +137,22 @@ def test_a_retried_request_is_charged_once(
     user = funded(sync_manager)
     with sync_manager.metered_call(user, ESTIMATE, idempotency_key="turn-9") as first:
         first.record(UsageMetrics(model="chat-model", input_tokens=5000))
-    # the client retries the request: the model runs again, measuring other usage
+    # the client retries the request and the model reports the same usage: a replay
     with sync_manager.metered_call(user, ESTIMATE, idempotency_key="turn-9") as retry:
-        retry.record(UsageMetrics(model="chat-model", input_tokens=7000))
+        retry.record(UsageMetrics(model="chat-model", input_tokens=5000))
     assert first.result is not None and retry.result is not None
     assert retry.result.is_replay
     assert retry.result.transaction_id == first.result.transaction_id
-    assert holds(db, user) == [("settled", 5), ("released", None)]
-    assert sync_manager.get_balance(user).balance == 95
+    # a retry that measured other usage is another request under a used key: refused,
+    # and its hold let go
+    with (
+        pytest.raises(IdempotencyConflictError, match="turn-9"),
+        sync_manager.metered_call(user, ESTIMATE, idempotency_key="turn-9") as other,
+    ):
+        other.record(UsageMetrics(model="chat-model", input_tokens=7000))
+    assert other.result is None
+    assert holds(db, user) == [("settled", 5), ("released", None), ("released", None)]
+    assert sync_manager.get_balance(user) == BalanceResult(user, 95, 0, 95)
     assert not sync_manager.verify_ledger()
 
 
@@ -197,7 +207,7 @@ def test_async_metered_call(
                 meter.record(UsageMetrics(model="chat-model", output_tokens=2000))
             assert meter.result is not None and meter.result.amount == 8
             async with manager.metered_call(user, ESTIMATE, idempotency_key="a-1") as again:
-                again.record(UsageMetrics(model="chat-model", output_tokens=1000))
+                again.record(UsageMetrics(model="chat-model", output_tokens=2000))
             assert again.result is not None and again.result.is_replay
             with pytest.raises(ModelCallFailed):
                 async with manager.metered_call(user, 3):

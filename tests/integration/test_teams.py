@@ -86,8 +86,12 @@ def test_team_lifecycle(manager: CreditManager, bare_manager: CreditManager) -> 
     keyed = manager.deduct_team(team, member, units(3), idempotency_key="turn-1")
     again = manager.deduct_team(team, member, units(3), idempotency_key="turn-1")
     assert again.is_replay and again.transaction_id == keyed.transaction_id
-    with pytest.raises(IdempotencyConflictError):
-        manager.deduct_team(team, owner, units(3), idempotency_key="turn-1")
+    with pytest.raises(IdempotencyConflictError) as conflict:
+        manager.deduct_team(team, member, units(4), idempotency_key="turn-1")
+    assert conflict.value.details["idempotency_key"] == "turn-1"
+    # a member's keys are the member's own: the owner's "turn-1" is another request
+    mine = manager.deduct_team(team, owner, units(3), idempotency_key="turn-1")
+    assert not mine.is_replay and mine.transaction_id != keyed.transaction_id
 
     # each refusal is its own typed error, and a kind of "not enough credits" or "not allowed"
     with pytest.raises(MemberLimitExceededError) as over:
@@ -97,7 +101,7 @@ def test_team_lifecycle(manager: CreditManager, bare_manager: CreditManager) -> 
     with pytest.raises(NotTeamMemberError) as outsider:
         manager.deduct_team(team, stranger, units(1))
     assert isinstance(outsider.value, PermissionDeniedError) and outsider.value.code == "DC082"
-    assert manager.deduct_team(team, owner, units(75)).available_after == 10
+    assert manager.deduct_team(team, owner, units(72)).available_after == 10
     with pytest.raises(TeamPoolExhaustedError) as empty:
         manager.deduct_team(team, owner, units(1))
     assert isinstance(empty.value, InsufficientCreditsError) and empty.value.code == "DC084"

@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers_process import install_test_clock
 from psycopg.rows import dict_row
 
 from ducto import CreditManager, SetupResult
@@ -173,6 +174,8 @@ def test_the_newest_migration_keeps_a_ledger_in_use(new_database: Callable[..., 
 
     versions = tuple(m.version for m in bundled())
     assert setup(url) == SetupResult(versions[-1:], versions[:-1], latest_version())
+    # a migration that defines the clock brings back now(), as in every install
+    install_test_clock(url)
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("select set_config('ducto.now', %s, false)", (T_LATER,))

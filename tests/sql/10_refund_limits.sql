@@ -146,7 +146,7 @@ select results_eq(
 select throws_ok(
     format('select credit_refund_transaction(%L)', (select transaction_id from full_refund)),
     'DC051',
-    format('transaction %s is a refund; only usage, fixed_job and capture transactions'
+    format('transaction %s is of type refund; only usage, fixed_job and capture transactions'
         || ' can be refunded', (select transaction_id from full_refund)),
     'Refunding a refund is DC051.'
 );

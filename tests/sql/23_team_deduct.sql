@@ -1,14 +1,14 @@
 -- credit_deduct_team: usage priced under the active pricing and charged to a team's pool,
 -- attributed to the member; a non-member (DC082), a member over their limit (DC083) and a
 -- pool that cannot pay above its floor (DC084) are refused and nothing is written; limits
--- count net spend per calendar period, refunds included; keys are the pool's.
+-- count net spend per calendar period, refunds included; a member's keys are the member's.
 --
 -- Pricing: model 'unit' costs 1 credit per request, so {"model": "unit", "requests": n}
 -- costs n; 'other' costs the same; 'free' costs nothing.
 -- Actors: team T (floor 10, pool 100); test_owner (owner, no limit); test_member (member,
 -- 30 a day); test_stranger (no member).
 begin;
-select plan(39);
+select plan(41);
 
 set local timezone to 'UTC';
 set local ducto.now to '2030-01-01 10:00:00+00';
@@ -267,14 +267,27 @@ select is(
 select throws_ok(
     $$select credit_deduct_team('11111111-1111-4111-8111-111111111111', 'test_member',
         '{"model": "unit", "requests": 3}', p_idempotency_key => 'turn-1')$$,
-    'DC020', null,
-    'The same key from another member is DC020: keys are the pool''s.'
+    'DC083', null,
+    'The same key from another member is that member''s own: neither a replay nor a'
+    || ' conflict, the charge is judged as any (here over the member''s limit).'
 );
 select throws_ok(
     $$select credit_deduct_team('11111111-1111-4111-8111-111111111111', 'test_owner',
         '{"model": "unit", "requests": 4}', p_idempotency_key => 'turn-1')$$,
-    'DC020', null,
-    'The same key with other usage is DC020.'
+    'DC020',
+    'idempotency key ''turn-1'' was already used for team_usage with other parameters',
+    'The same key with other usage is DC020, naming the key as the member gave it.'
+);
+select is(
+    (select count(*) from credit_idempotency_keys
+     where idempotency_key = 'test_owner' || chr(31) || 'turn-1'),
+    1::bigint,
+    'The key is recorded under the member''s id.'
+);
+select is(
+    (select count(*) from credit_idempotency_keys where idempotency_key = 'turn-1'),
+    0::bigint,
+    'No pool-wide record of it: no other member can meet it.'
 );
 
 -- ---------------------------------------------------------------- attribution and the ledger

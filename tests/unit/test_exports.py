@@ -37,6 +37,7 @@ def test_package_exports() -> None:
         "ModelRates",
         "NotFoundError",
         "NotTeamMemberError",
+        "OverageLimitError",
         "PermissionDeniedError",
         "PlanResult",
         "PricingConfigData",

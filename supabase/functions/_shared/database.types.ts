@@ -495,6 +495,7 @@ export type Database = {
           p_reservation_id: string;
           p_actual_amount: number;
           p_metadata?: Json;
+          p_max_overage?: number;
         };
         Returns: Database["public"]["CompositeTypes"]["credit_deduct_result"];
       };
@@ -504,6 +505,7 @@ export type Database = {
           p_metrics: Json;
           p_metadata?: Json;
           p_idempotency_key?: string;
+          p_max_overage?: number;
         };
         Returns: Database["public"]["CompositeTypes"]["credit_deduct_result"];
       };
