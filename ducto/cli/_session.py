@@ -17,6 +17,7 @@ import psycopg
 import typer
 from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
+from rich.markup import escape
 
 from ducto.embedded import POSTGRES_MAJOR, EmbeddedPostgres, default_data_dir
 from ducto.errors import (
@@ -82,7 +83,7 @@ class Target:
 
 def fail(message: str, code: ExitCode) -> typer.Exit:
     """Print ``error: message`` (one line) on stderr; the Exit to raise for ``code``."""
-    line = " ".join(message.split())
+    line = escape(" ".join(message.split()))  # a value like '[red]' is text, not a style
     stderr.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(int(code))
 
