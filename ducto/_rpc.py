@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from ducto.errors import InvalidInputError
+from ducto._messages import shown
+from ducto.errors import InvalidInputError, RefundError
 from ducto.models import CreditMetadata, from_row
 from ducto.pricing import PricingConfigData
 from ducto.usage import UsageMetrics
@@ -47,7 +48,8 @@ def _amount(value: object, name: str, minimum: int = 1) -> int:
         )
     if not minimum <= value <= MAX_AMOUNT:
         raise InvalidInputError(
-            f"{name} must be a whole number of credits from {minimum} to {MAX_AMOUNT}, got {value}",
+            f"{name} must be a whole number of credits from {minimum} to {MAX_AMOUNT},"
+            f" got {shown(value)}",
             code="DC001",
         )
     return value
@@ -58,10 +60,50 @@ def _max_overage(value: int | None) -> int | None:
     return None if value is None else _amount(value, "max_overage", 0)
 
 
+def _no_nul(value: str, name: str, code: str) -> str:
+    # PostgreSQL text cannot hold a NUL: psycopg refuses to send one and PostgREST's
+    # database answers 22P05, neither naming the argument
+    if "\x00" in value:
+        raise InvalidInputError(
+            f"{name} must not contain a NUL character (\\x00), got {shown(value)}", code=code
+        )
+    return value
+
+
 def _text(value: object, name: str, code: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise InvalidInputError(f"{name} must be a non-empty string, got {value!r}", code=code)
-    return value
+        raise InvalidInputError(f"{name} must be a non-empty string, got {shown(value)}", code=code)
+    return _no_nul(value, name, code)
+
+
+def _word(value: object, name: str) -> str:
+    """A string argument the ledger checks against its set (tx_type, category, role...)."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be a string, got {shown(value)}", code="DC006")
+    return _no_nul(value, name, "DC006")
+
+
+def _optional_word(value: object, name: str) -> str | None:
+    return None if value is None else _word(value, name)
+
+
+def _user(value: str | uuid.UUID) -> str:
+    # a Supabase user id is a UUID: its text form is what auth.uid()::text gives
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return _text(value, "user_id", "DC002")
+
+
+def _uuid(value: object, name: str) -> str:
+    """A transaction, reservation or team id: a UUID, as text or ``uuid.UUID``."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, str) and "\x00" not in value:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            pass
+    raise InvalidInputError(f"{name} must be a UUID, got {shown(value)}", code="DC006")
 
 
 def _metadata(value: CreditMetadata | None) -> dict[str, Any]:
@@ -78,19 +120,35 @@ def _json_object(value: Mapping[str, Any] | None, name: str, code: str) -> dict[
         plain: dict[str, Any] = json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"{name} must be JSON-serialisable: {exc}", code=code) from exc
+    if _has_nul(plain):  # jsonb cannot hold one either
+        raise InvalidInputError(
+            f"{name} must not contain a NUL character (\\x00) in a key or a string", code=code
+        )
     return plain
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 def _key(value: str | None) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise InvalidInputError("idempotency_key must be a string", code="DC004")
-    return value
+        raise InvalidInputError(
+            f"idempotency_key must be a string, got {shown(value)}", code="DC004"
+        )
+    return _no_nul(value, "idempotency_key", "DC004")
 
 
 def add_credits(
-    user_id: str,
+    user_id: str | uuid.UUID,
     amount: int,
     tx_type: str,
     metadata: CreditMetadata | None,
@@ -108,10 +166,10 @@ def add_credits(
     return RpcCall(
         "credit_add_credits",
         {
-            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_user_id": _user(user_id),
             "p_amount": _amount(amount, "amount"),
-            "p_tx_type": tx_type,
-            "p_category": category,
+            "p_tx_type": _word(tx_type, "tx_type"),
+            "p_category": _word(category, "category"),
             "p_priority": priority,
             "p_expires_at": expires_at,
             "p_metadata": _metadata(metadata),
@@ -122,7 +180,7 @@ def add_credits(
 
 
 def deduct_credits(
-    user_id: str,
+    user_id: str | uuid.UUID,
     amount: int,
     min_balance: int,
     metadata: CreditMetadata | None,
@@ -132,7 +190,7 @@ def deduct_credits(
     return RpcCall(
         "credit_deduct_credits",
         {
-            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_user_id": _user(user_id),
             "p_amount": _amount(amount, "amount"),
             "p_min_balance": _amount(min_balance, "min_balance", 0),
             "p_metadata": _metadata(metadata),
@@ -143,7 +201,7 @@ def deduct_credits(
 
 
 def reserve_credits(
-    user_id: str,
+    user_id: str | uuid.UUID,
     amount: int,
     operation_type: str,
     min_balance: int,
@@ -156,9 +214,9 @@ def reserve_credits(
     return RpcCall(
         "credit_reserve_credits",
         {
-            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_user_id": _user(user_id),
             "p_amount": _amount(amount, "amount"),
-            "p_operation_type": operation_type,
+            "p_operation_type": _word(operation_type, "operation_type"),
             "p_min_balance": _amount(min_balance, "min_balance", 0),
             "p_timeout_seconds": timeout_seconds,
             "p_metadata": _metadata(metadata),
@@ -169,7 +227,7 @@ def reserve_credits(
 
 
 def settle_reservation(
-    reservation_id: str,
+    reservation_id: str | uuid.UUID,
     actual_amount: int,
     metadata: CreditMetadata | None,
     max_overage: int | None,
@@ -178,7 +236,7 @@ def settle_reservation(
     return RpcCall(
         "credit_settle_reservation",
         {
-            "p_reservation_id": _text(reservation_id, "reservation_id", "DC031"),
+            "p_reservation_id": _uuid(reservation_id, "reservation_id"),
             "p_actual_amount": _amount(actual_amount, "actual_amount", 0),
             "p_metadata": _metadata(metadata),
             "p_max_overage": _max_overage(max_overage),
@@ -188,29 +246,38 @@ def settle_reservation(
     )
 
 
-def release_reservation(reservation_id: str) -> RpcCall:
+def release_reservation(reservation_id: str | uuid.UUID) -> RpcCall:
     """``credit_release_reservation``: let a hold go."""
     return RpcCall(
         "credit_release_reservation",
-        {"p_reservation_id": _text(reservation_id, "reservation_id", "DC031")},
+        {"p_reservation_id": _uuid(reservation_id, "reservation_id")},
         retry_safe=True,
     )
 
 
 def refund_transaction(
-    transaction_id: str,
+    transaction_id: str | uuid.UUID | None,
     amount: int | None,
     reason: str | None,
     metadata: CreditMetadata | None,
     idempotency_key: str | None = None,
 ) -> RpcCall:
-    """``credit_refund_transaction``: refund a charge fully (amount None) or partly."""
+    """``credit_refund_transaction``: refund a charge fully (amount None) or partly.
+
+    ``transaction_id`` is None in the result of a charge of 0 credits: nothing to refund.
+    """
+    if transaction_id is None:
+        raise RefundError(
+            "transaction_id is None: a charge of 0 credits has no transaction, so there is"
+            " nothing to refund",
+            code="DC050",
+        )
     return RpcCall(
         "credit_refund_transaction",
         {
-            "p_transaction_id": _text(transaction_id, "transaction_id", "DC030"),
+            "p_transaction_id": _uuid(transaction_id, "transaction_id"),
             "p_amount": None if amount is None else _amount(amount, "amount"),
-            "p_reason": reason,
+            "p_reason": _optional_word(reason, "reason"),
             "p_metadata": _metadata(metadata),
             "p_idempotency_key": _key(idempotency_key),
         },
@@ -232,7 +299,7 @@ def _metrics(value: UsageMetrics) -> dict[str, Any]:
 
 
 def deduct_usage(
-    user_id: str,
+    user_id: str | uuid.UUID,
     metrics: UsageMetrics,
     metadata: CreditMetadata | None,
     idempotency_key: str | None,
@@ -241,7 +308,7 @@ def deduct_usage(
     return RpcCall(
         "credit_deduct_usage",
         {
-            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_user_id": _user(user_id),
             "p_metrics": _metrics(metrics),
             "p_metadata": _metadata(metadata),
             "p_idempotency_key": _key(idempotency_key),
@@ -251,7 +318,7 @@ def deduct_usage(
 
 
 def deduct_fixed(
-    user_id: str,
+    user_id: str | uuid.UUID,
     job_name: str,
     metadata: CreditMetadata | None,
     idempotency_key: str | None,
@@ -260,7 +327,7 @@ def deduct_fixed(
     return RpcCall(
         "credit_deduct_fixed",
         {
-            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_user_id": _user(user_id),
             "p_job_name": _text(job_name, "job_name", "DC006"),
             "p_metadata": _metadata(metadata),
             "p_idempotency_key": _key(idempotency_key),
@@ -270,7 +337,7 @@ def deduct_fixed(
 
 
 def settle_usage(
-    reservation_id: str,
+    reservation_id: str | uuid.UUID,
     metrics: UsageMetrics,
     metadata: CreditMetadata | None,
     idempotency_key: str | None,
@@ -280,7 +347,7 @@ def settle_usage(
     return RpcCall(
         "credit_settle_usage",
         {
-            "p_reservation_id": _text(reservation_id, "reservation_id", "DC031"),
+            "p_reservation_id": _uuid(reservation_id, "reservation_id"),
             "p_metrics": _metrics(metrics),
             "p_metadata": _metadata(metadata),
             "p_idempotency_key": _key(idempotency_key),
@@ -298,7 +365,10 @@ def publish_pricing(config: PricingConfigData, label: str | None) -> RpcCall:
             f"config must be a PricingConfigData, got {type(config).__name__}", code="DC060"
         )
     # not retry_safe: a second send would publish a second (identical) version
-    return RpcCall("credit_publish_pricing", {"p_config": config.to_json(), "p_label": label})
+    return RpcCall(
+        "credit_publish_pricing",
+        {"p_config": config.to_json(), "p_label": _optional_word(label, "label")},
+    )
 
 
 def get_pricing(version: int | None) -> RpcCall:
@@ -320,11 +390,11 @@ def calculate_cost(metrics: UsageMetrics, version: int | None) -> RpcCall:
     )
 
 
-def get_balance(user_id: str) -> RpcCall:
+def get_balance(user_id: str | uuid.UUID) -> RpcCall:
     """``credit_get_balance``: balance, held and available credits."""
     return RpcCall(
         "credit_get_balance",
-        {"p_user_id": _text(user_id, "user_id", "DC002")},
+        {"p_user_id": _user(user_id)},
         retry_safe=True,
     )
 
@@ -369,7 +439,7 @@ def upsert_plan(
             "p_name": _text(name, "name", "DC006"),
             "p_features": _json_object(features, "features", "DC006"),
             "p_allowance": _optional_amount(allowance, "allowance", 1),
-            "p_allowance_period": allowance_period,
+            "p_allowance_period": _optional_word(allowance_period, "allowance_period"),
             "p_rollover_cap": _optional_amount(rollover_cap, "rollover_cap", 0),
             "p_is_default": bool(is_default),
         },
@@ -378,42 +448,40 @@ def upsert_plan(
     )
 
 
-def assign_plan(user_id: str, plan_id: str | None) -> RpcCall:
+def assign_plan(user_id: str | uuid.UUID, plan_id: str | None) -> RpcCall:
     """``credit_assign_plan``: put a user on a plan (None: back to the default plan)."""
     return RpcCall(
         "credit_assign_plan",
         {
-            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_user_id": _user(user_id),
             "p_plan_id": None if plan_id is None else _text(plan_id, "plan_id", "DC006"),
         },
         retry_safe=True,
     )
 
 
-def get_user_plan(user_id: str) -> RpcCall:
+def get_user_plan(user_id: str | uuid.UUID) -> RpcCall:
     """``credit_get_user_plan``: the plan a user is on, with its features."""
-    return RpcCall(
-        "credit_get_user_plan", {"p_user_id": _text(user_id, "user_id", "DC002")}, retry_safe=True
-    )
+    return RpcCall("credit_get_user_plan", {"p_user_id": _user(user_id)}, retry_safe=True)
 
 
-def check_feature(user_id: str, feature: str) -> RpcCall:
+def check_feature(user_id: str | uuid.UUID, feature: str) -> RpcCall:
     """``credit_check_feature``: whether a user's plan grants a feature, and its value."""
     return RpcCall(
         "credit_check_feature",
         {
-            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_user_id": _user(user_id),
             "p_feature": _text(feature, "feature", "DC006"),
         },
         retry_safe=True,
     )
 
 
-def grant_allowances(user_id: str | None) -> RpcCall:
+def grant_allowances(user_id: str | uuid.UUID | None) -> RpcCall:
     """``credit_grant_allowances``: this period's allowances, once per user and period."""
     return RpcCall(
         "credit_grant_allowances",
-        {"p_user_id": None if user_id is None else _text(user_id, "user_id", "DC002")},
+        {"p_user_id": None if user_id is None else _user(user_id)},
         retry_safe=True,
     )
 
@@ -452,26 +520,21 @@ def spend_by_user(start: datetime, end: datetime) -> RpcCall:
 def top_users(limit: int, start: datetime, end: datetime) -> RpcCall:
     """``credit_top_users``: the ``limit`` users with the highest net spend in [start, end)."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-        raise InvalidInputError(f"limit must be an int from 1 to 1000, got {limit!r}", code="DC006")
+        raise InvalidInputError(
+            f"limit must be an int from 1 to 1000, got {shown(limit)}", code="DC006"
+        )
     return _window("credit_top_users", start, end, p_limit=limit)
 
 
 # ---------------------------------------------------------------- teams
 
 
-def _team_id(value: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise InvalidInputError(f"team_id must be a UUID, got {value!r}", code="DC006") from exc
-
-
-def upsert_team(team_id: str, name: str, min_balance: int) -> RpcCall:
+def upsert_team(team_id: str | uuid.UUID, name: str, min_balance: int) -> RpcCall:
     """``credit_upsert_team``: create or rename a team (and its pool), set its floor."""
     return RpcCall(
         "credit_upsert_team",
         {
-            "p_team_id": _team_id(team_id),
+            "p_team_id": _uuid(team_id, "team_id"),
             "p_name": _text(name, "name", "DC006"),
             "p_min_balance": _amount(min_balance, "min_balance", 0),
         },
@@ -480,35 +543,39 @@ def upsert_team(team_id: str, name: str, min_balance: int) -> RpcCall:
 
 
 def set_team_member(
-    team_id: str, user_id: str, role: str, spend_limit: int | None, limit_period: str | None
+    team_id: str | uuid.UUID,
+    user_id: str | uuid.UUID,
+    role: str,
+    spend_limit: int | None,
+    limit_period: str | None,
 ) -> RpcCall:
     """``credit_set_team_member``: add a member or change their role and limit."""
     return RpcCall(
         "credit_set_team_member",
         {
-            "p_team_id": _team_id(team_id),
-            "p_user_id": _text(user_id, "user_id", "DC002"),
-            "p_role": role,
+            "p_team_id": _uuid(team_id, "team_id"),
+            "p_user_id": _user(user_id),
+            "p_role": _word(role, "role"),
             "p_spend_limit": _optional_amount(spend_limit, "spend_limit", 0),
-            "p_limit_period": limit_period,
+            "p_limit_period": _optional_word(limit_period, "limit_period"),
         },
         retry_safe=True,
     )
 
 
-def remove_team_member(team_id: str, user_id: str) -> RpcCall:
+def remove_team_member(team_id: str | uuid.UUID, user_id: str | uuid.UUID) -> RpcCall:
     """``credit_remove_team_member``: whether there was such a member to remove."""
     return RpcCall(
         "credit_remove_team_member",
-        {"p_team_id": _team_id(team_id), "p_user_id": _text(user_id, "user_id", "DC002")},
+        {"p_team_id": _uuid(team_id, "team_id"), "p_user_id": _user(user_id)},
         retry_safe=True,
         returns_scalar=True,
     )
 
 
 def deduct_team(
-    team_id: str,
-    user_id: str,
+    team_id: str | uuid.UUID,
+    user_id: str | uuid.UUID,
     metrics: UsageMetrics,
     metadata: CreditMetadata | None,
     idempotency_key: str | None,
@@ -517,8 +584,8 @@ def deduct_team(
     return RpcCall(
         "credit_deduct_team",
         {
-            "p_team_id": _team_id(team_id),
-            "p_user_id": _text(user_id, "user_id", "DC002"),
+            "p_team_id": _uuid(team_id, "team_id"),
+            "p_user_id": _user(user_id),
             "p_metrics": _metrics(metrics),
             "p_metadata": _metadata(metadata),
             "p_idempotency_key": _key(idempotency_key),

@@ -20,6 +20,7 @@ Hierarchy::
     ├── UnknownJobError               the pricing has no such fixed-cost job
     ├── SchemaError                   the database's ledger schema is missing or outdated
     └── StoreError                    the store failed in a way ducto did not expect
+        └── StoreConnectionError      the store cannot reach the database or the API
 
 Every error the database raises carries a SQLSTATE; :func:`error_from_sqlstate` maps it
 to the class above, for the psycopg store and the PostgREST store alike.
@@ -127,6 +128,13 @@ class SchemaError(DuctoError):
 
 class StoreError(DuctoError):
     """Raised when the store fails in a way ducto does not expect (the code says how)."""
+
+
+class StoreConnectionError(StoreError, ConnectionError):
+    """Raised when a store cannot connect; ``detail`` is the driver's or the OS's reason.
+
+    Nothing was sent, so the call had no effect.
+    """
 
 
 #: SQLSTATE -> exception class. The DC codes are ducto's own (docs/ledger.md).

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
+from uuid import UUID
 
 from ducto import _rpc
 from ducto._rpc import RpcCall
@@ -204,7 +205,7 @@ class AsyncCreditManager:
 
     async def deduct(
         self,
-        user_id: str,
+        user_id: str | UUID,
         metrics: UsageMetrics,
         idempotency_key: str | None = None,
         metadata: CreditMetadata | None = None,
@@ -227,7 +228,7 @@ class AsyncCreditManager:
 
     async def deduct_fixed(
         self,
-        user_id: str,
+        user_id: str | UUID,
         job_name: str,
         idempotency_key: str | None = None,
         metadata: CreditMetadata | None = None,
@@ -246,7 +247,7 @@ class AsyncCreditManager:
     @asynccontextmanager
     async def metered_call(
         self,
-        user_id: str,
+        user_id: str | UUID,
         estimate: UsageMetrics | int,
         *,
         idempotency_key: str | None = None,
@@ -305,7 +306,7 @@ class AsyncCreditManager:
 
     async def add_credits(
         self,
-        user_id: str,
+        user_id: str | UUID,
         amount: int,
         tx_type: str = "adjustment",
         metadata: CreditMetadata | None = None,
@@ -334,7 +335,7 @@ class AsyncCreditManager:
 
     async def reserve_credits(
         self,
-        user_id: str,
+        user_id: str | UUID,
         amount: int,
         operation_type: str = "usage",
         metadata: CreditMetadata | None = None,
@@ -364,7 +365,7 @@ class AsyncCreditManager:
 
     async def settle_reservation(
         self,
-        reservation_id: str,
+        reservation_id: str | UUID,
         actual_amount: int,
         metadata: CreditMetadata | None = None,
         *,
@@ -379,25 +380,30 @@ class AsyncCreditManager:
         call = _rpc.settle_reservation(reservation_id, actual_amount, metadata, max_overage)
         return await self._one(DeductionResult, call)
 
-    async def release_reservation(self, reservation_id: str) -> ReleaseResult:
+    async def release_reservation(self, reservation_id: str | UUID) -> ReleaseResult:
         """Let a reservation go without charging it."""
         call = _rpc.release_reservation(reservation_id)
         return await self._one(ReleaseResult, call)
 
     async def refund_credits(
         self,
-        transaction_id: str,
+        transaction_id: str | UUID | None,
         amount: int | None = None,
         reason: str | None = None,
         metadata: CreditMetadata | None = None,
         *,
         idempotency_key: str | None = None,
     ) -> RefundResult:
-        """Refund a previous credit deduction, fully (amount None) or partly."""
+        """Refund a previous credit deduction, fully (amount None) or partly.
+
+        ``transaction_id`` is the ``transaction_id`` of a charge's result, as text or a
+        ``uuid.UUID``. A charge of 0 credits has none (None): refunding it raises
+        ``RefundError``, since nothing was charged.
+        """
         call = _rpc.refund_transaction(transaction_id, amount, reason, metadata, idempotency_key)
         return await self._one(RefundResult, call)
 
-    async def get_balance(self, user_id: str) -> BalanceResult:
+    async def get_balance(self, user_id: str | UUID) -> BalanceResult:
         """Get a user's current credit balance, held credits and available credits."""
         return await self._one(BalanceResult, _rpc.get_balance(user_id))
 
@@ -445,11 +451,11 @@ class AsyncCreditManager:
         )
         return await self._one(PlanResult, call)
 
-    async def assign_plan(self, user_id: str, plan_id: str | None) -> GetUserPlanResult:
+    async def assign_plan(self, user_id: str | UUID, plan_id: str | None) -> GetUserPlanResult:
         """Put a user on a plan; None removes the assignment (back to the default plan)."""
         return await self._one(GetUserPlanResult, _rpc.assign_plan(user_id, plan_id))
 
-    async def get_user_plan(self, user_id: str) -> GetUserPlanResult:
+    async def get_user_plan(self, user_id: str | UUID) -> GetUserPlanResult:
         """Fetch user's current plan (including feature entitlements).
 
         A user without an assignment gets the default plan (``is_default``), or no plan and
@@ -457,7 +463,7 @@ class AsyncCreditManager:
         """
         return await self._one(GetUserPlanResult, _rpc.get_user_plan(user_id))
 
-    async def check_feature(self, user_id: str, feature: str) -> CheckFeatureResult:
+    async def check_feature(self, user_id: str | UUID, feature: str) -> CheckFeatureResult:
         """Check whether a user's plan has a specific feature entitlement.
 
         Feature values follow a truthy convention: False / None / absent => has_feature
@@ -467,7 +473,7 @@ class AsyncCreditManager:
         call = _rpc.check_feature(user_id, feature)
         return await self._one(CheckFeatureResult, call)
 
-    async def grant_allowances(self, user_id: str | None = None) -> AllowanceResult:
+    async def grant_allowances(self, user_id: str | UUID | None = None) -> AllowanceResult:
         """Grant this period's plan allowances, once per user and period (all users or one)."""
         return await self._one(AllowanceResult, _rpc.grant_allowances(user_id))
 
@@ -498,7 +504,7 @@ class AsyncCreditManager:
 
     # ------------------------------------------------------------ teams
 
-    async def upsert_team(self, team_id: str, name: str, min_balance: int = 0) -> TeamResult:
+    async def upsert_team(self, team_id: str | UUID, name: str, min_balance: int = 0) -> TeamResult:
         """Create a team with its credit pool, or rename it and move its floor.
 
         The pool is the account ``team:<team_id>`` (``TeamResult.account_user_id``): top it
@@ -508,8 +514,8 @@ class AsyncCreditManager:
 
     async def set_team_member(
         self,
-        team_id: str,
-        user_id: str,
+        team_id: str | UUID,
+        user_id: str | UUID,
         role: str = "member",
         *,
         spend_limit: int | None = None,
@@ -523,15 +529,15 @@ class AsyncCreditManager:
         call = _rpc.set_team_member(team_id, user_id, role, spend_limit, limit_period)
         return await self._one(TeamMemberResult, call)
 
-    async def remove_team_member(self, team_id: str, user_id: str) -> bool:
+    async def remove_team_member(self, team_id: str | UUID, user_id: str | UUID) -> bool:
         """Remove a member; False when they were not one. Their past charges stay theirs."""
         rows = await self.store.call(_rpc.remove_team_member(team_id, user_id))
         return bool(rows[0]["value"])
 
     async def deduct_team(
         self,
-        team_id: str,
-        user_id: str,
+        team_id: str | UUID,
+        user_id: str | UUID,
         metrics: UsageMetrics,
         idempotency_key: str | None = None,
         metadata: CreditMetadata | None = None,
@@ -638,7 +644,7 @@ class CreditManager:
 
     def deduct(
         self,
-        user_id: str,
+        user_id: str | UUID,
         metrics: UsageMetrics,
         idempotency_key: str | None = None,
         metadata: CreditMetadata | None = None,
@@ -661,7 +667,7 @@ class CreditManager:
 
     def deduct_fixed(
         self,
-        user_id: str,
+        user_id: str | UUID,
         job_name: str,
         idempotency_key: str | None = None,
         metadata: CreditMetadata | None = None,
@@ -680,7 +686,7 @@ class CreditManager:
     @contextmanager
     def metered_call(
         self,
-        user_id: str,
+        user_id: str | UUID,
         estimate: UsageMetrics | int,
         *,
         idempotency_key: str | None = None,
@@ -739,7 +745,7 @@ class CreditManager:
 
     def add_credits(
         self,
-        user_id: str,
+        user_id: str | UUID,
         amount: int,
         tx_type: str = "adjustment",
         metadata: CreditMetadata | None = None,
@@ -768,7 +774,7 @@ class CreditManager:
 
     def reserve_credits(
         self,
-        user_id: str,
+        user_id: str | UUID,
         amount: int,
         operation_type: str = "usage",
         metadata: CreditMetadata | None = None,
@@ -798,7 +804,7 @@ class CreditManager:
 
     def settle_reservation(
         self,
-        reservation_id: str,
+        reservation_id: str | UUID,
         actual_amount: int,
         metadata: CreditMetadata | None = None,
         *,
@@ -813,25 +819,30 @@ class CreditManager:
         call = _rpc.settle_reservation(reservation_id, actual_amount, metadata, max_overage)
         return self._one(DeductionResult, call)
 
-    def release_reservation(self, reservation_id: str) -> ReleaseResult:
+    def release_reservation(self, reservation_id: str | UUID) -> ReleaseResult:
         """Let a reservation go without charging it."""
         call = _rpc.release_reservation(reservation_id)
         return self._one(ReleaseResult, call)
 
     def refund_credits(
         self,
-        transaction_id: str,
+        transaction_id: str | UUID | None,
         amount: int | None = None,
         reason: str | None = None,
         metadata: CreditMetadata | None = None,
         *,
         idempotency_key: str | None = None,
     ) -> RefundResult:
-        """Refund a previous credit deduction, fully (amount None) or partly."""
+        """Refund a previous credit deduction, fully (amount None) or partly.
+
+        ``transaction_id`` is the ``transaction_id`` of a charge's result, as text or a
+        ``uuid.UUID``. A charge of 0 credits has none (None): refunding it raises
+        ``RefundError``, since nothing was charged.
+        """
         call = _rpc.refund_transaction(transaction_id, amount, reason, metadata, idempotency_key)
         return self._one(RefundResult, call)
 
-    def get_balance(self, user_id: str) -> BalanceResult:
+    def get_balance(self, user_id: str | UUID) -> BalanceResult:
         """Get a user's current credit balance, held credits and available credits."""
         return self._one(BalanceResult, _rpc.get_balance(user_id))
 
@@ -879,11 +890,11 @@ class CreditManager:
         )
         return self._one(PlanResult, call)
 
-    def assign_plan(self, user_id: str, plan_id: str | None) -> GetUserPlanResult:
+    def assign_plan(self, user_id: str | UUID, plan_id: str | None) -> GetUserPlanResult:
         """Put a user on a plan; None removes the assignment (back to the default plan)."""
         return self._one(GetUserPlanResult, _rpc.assign_plan(user_id, plan_id))
 
-    def get_user_plan(self, user_id: str) -> GetUserPlanResult:
+    def get_user_plan(self, user_id: str | UUID) -> GetUserPlanResult:
         """Fetch user's current plan (including feature entitlements).
 
         A user without an assignment gets the default plan (``is_default``), or no plan and
@@ -891,7 +902,7 @@ class CreditManager:
         """
         return self._one(GetUserPlanResult, _rpc.get_user_plan(user_id))
 
-    def check_feature(self, user_id: str, feature: str) -> CheckFeatureResult:
+    def check_feature(self, user_id: str | UUID, feature: str) -> CheckFeatureResult:
         """Check whether a user's plan has a specific feature entitlement.
 
         Feature values follow a truthy convention: False / None / absent => has_feature
@@ -901,7 +912,7 @@ class CreditManager:
         call = _rpc.check_feature(user_id, feature)
         return self._one(CheckFeatureResult, call)
 
-    def grant_allowances(self, user_id: str | None = None) -> AllowanceResult:
+    def grant_allowances(self, user_id: str | UUID | None = None) -> AllowanceResult:
         """Grant this period's plan allowances, once per user and period (all users or one)."""
         return self._one(AllowanceResult, _rpc.grant_allowances(user_id))
 
@@ -932,7 +943,7 @@ class CreditManager:
 
     # ------------------------------------------------------------ teams
 
-    def upsert_team(self, team_id: str, name: str, min_balance: int = 0) -> TeamResult:
+    def upsert_team(self, team_id: str | UUID, name: str, min_balance: int = 0) -> TeamResult:
         """Create a team with its credit pool, or rename it and move its floor.
 
         The pool is the account ``team:<team_id>`` (``TeamResult.account_user_id``): top it
@@ -942,8 +953,8 @@ class CreditManager:
 
     def set_team_member(
         self,
-        team_id: str,
-        user_id: str,
+        team_id: str | UUID,
+        user_id: str | UUID,
         role: str = "member",
         *,
         spend_limit: int | None = None,
@@ -957,15 +968,15 @@ class CreditManager:
         call = _rpc.set_team_member(team_id, user_id, role, spend_limit, limit_period)
         return self._one(TeamMemberResult, call)
 
-    def remove_team_member(self, team_id: str, user_id: str) -> bool:
+    def remove_team_member(self, team_id: str | UUID, user_id: str | UUID) -> bool:
         """Remove a member; False when they were not one. Their past charges stay theirs."""
         rows = self.store.call(_rpc.remove_team_member(team_id, user_id))
         return bool(rows[0]["value"])
 
     def deduct_team(
         self,
-        team_id: str,
-        user_id: str,
+        team_id: str | UUID,
+        user_id: str | UUID,
         metrics: UsageMetrics,
         idempotency_key: str | None = None,
         metadata: CreditMetadata | None = None,

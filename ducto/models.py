@@ -56,8 +56,11 @@ class ReserveResult:
 class DeductionResult:
     """Credits charged by a deduction or a settled reservation.
 
-    ``overage`` is how much a settled amount exceeded its hold; ``transaction_id`` is None
-    only when 0 credits were charged (a hold settled with 0, or usage priced at 0).
+    ``overage`` is how much a settled amount exceeded its hold. ``transaction_id`` names
+    the journal row of the charge; it is None only when 0 credits were charged (a hold
+    settled with 0, or usage priced at 0), since the journal has no row of 0 credits.
+    ``refund_credits(result.transaction_id)`` type-checks as it is and, for a charge of 0
+    credits, raises ``RefundError``: there is nothing to refund.
     ``pricing_version`` is the pricing that priced a usage or fixed-job charge (None for
     a charge by amount).
     """

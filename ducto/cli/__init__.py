@@ -15,6 +15,7 @@ import typer
 
 from ducto import __version__
 from ducto.cli import credits, operate, pricing, stats
+from ducto.cli._command import Ducto
 from ducto.cli._session import Target
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
     help="Operate ducto's credit ledger: install it, charge credits, report spend, check it.",
     no_args_is_help=True,
     add_completion=False,
+    cls=Ducto,
     pretty_exceptions_enable=False,
 )
 

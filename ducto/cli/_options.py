@@ -41,6 +41,12 @@ WindowLast = Annotated[
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
+#: The longest window a report covers (every report, so that any of them answers in
+#: moments: ``daily`` has a row per day). Longer periods are reported window by window.
+MAX_WINDOW = timedelta(days=366)
+#: The longest a reservation may wait before it times out (the ledger's bound).
+MAX_HOLD = timedelta(days=7)
+
 
 def metadata(value: str | None) -> dict[str, Any] | None:
     """The ``--metadata`` JSON object."""
@@ -62,7 +68,34 @@ def duration(value: str, option: str) -> timedelta:
         raise typer.BadParameter(
             f"{value!r} is not a duration like 90s, 15m, 12h, 30d or 2w", param_hint=option
         )
-    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        return timedelta(**{_UNITS[match[2]]: int(match[1])})
+    except OverflowError as exc:
+        raise typer.BadParameter(f"{value!r} is too long", param_hint=option) from exc
+
+
+def hold_timeout(value: str) -> int:
+    """``--timeout``: seconds from 1 to 7 days, the range the ledger accepts for a hold."""
+    length = duration(value, "--timeout")
+    if not timedelta(seconds=1) <= length <= MAX_HOLD:
+        raise typer.BadParameter(
+            f"{value!r} is not between 1s and {MAX_HOLD.days}d", param_hint="--timeout"
+        )
+    return int(length.total_seconds())
+
+
+def amount(value: int | None) -> int | None:
+    """AMOUNT and --amount: whole credits, at least 1 (a negative number reaches here)."""
+    if value is not None and value < 1:
+        raise typer.BadParameter(f"{value} is not a positive whole number of credits")
+    return value
+
+
+def cost(value: int) -> int:
+    """A settled AMOUNT: whole credits, 0 or more."""
+    if value < 0:
+        raise typer.BadParameter(f"{value} is not a whole number of credits, 0 or more")
+    return value
 
 
 def moment(value: str, option: str) -> datetime:
@@ -94,11 +127,30 @@ def expiry(expires_at: str | None, expires_in: str | None, key: str | None) -> d
 
 def window(start: str | None, end: str | None, last: str | None) -> tuple[datetime, datetime]:
     """The window ``[start, end)`` of ``--start``, ``--end`` (default now) and ``--last``
-    (default 30d, counted back from the end; not with ``--start``)."""
+    (default 30d, counted back from the end; not with ``--start``), at most
+    :data:`MAX_WINDOW` long."""
     if start and last:
         raise typer.BadParameter("give --start or --last, not both")
     until = moment(end, "--end") if end else datetime.now(UTC)
-    since = moment(start, "--start") if start else until - duration(last or "30d", "--last")
+    if start:
+        since = moment(start, "--start")
+    else:
+        last = last or "30d"
+        length = duration(last, "--last")
+        if length > MAX_WINDOW:
+            raise typer.BadParameter(f"{last!r} is {_TOO_LONG}", param_hint="--last")
+        try:
+            since = until - length
+        except OverflowError as exc:  # before the year 1
+            raise typer.BadParameter(f"{last!r} before {until} is before the year 1") from exc
     if since >= until:
         raise typer.BadParameter(f"the window [{since}, {until}) is empty: start is not before end")
+    if until - since > MAX_WINDOW:
+        raise typer.BadParameter(f"the window is {until - since} long: {_TOO_LONG}")
     return since, until
+
+
+_TOO_LONG = (
+    f"more than {MAX_WINDOW.days} days, the longest a report covers "
+    "(report a longer period window by window)"
+)

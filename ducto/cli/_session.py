@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
-import psycopg
 import typer
 from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
+from rich.markup import escape
 
 from ducto.embedded import POSTGRES_MAJOR, EmbeddedPostgres, default_data_dir
 from ducto.errors import (
@@ -82,7 +82,7 @@ class Target:
 
 def fail(message: str, code: ExitCode) -> typer.Exit:
     """Print ``error: message`` (one line) on stderr; the Exit to raise for ``code``."""
-    line = " ".join(message.split())
+    line = escape(" ".join(message.split()))  # a value like '[red]' is text, not a style
     stderr.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(int(code))
 
@@ -136,15 +136,7 @@ def _open_store(target: Target, stack: ExitStack) -> PostgresStore | HttpxSupaba
             # registered first: an interrupted start still stops what it started
             stack.callback(embedded.stop)
             url = embedded.start()
-    _check_connection(url)
+    # a wrong URL fails at the first call, with the server's reason (StoreConnectionError)
     store = PostgresStore(url, max_size=2)
     stack.callback(store.close)
     return store
-
-
-def _check_connection(url: str) -> None:
-    # the pool would retry a bad URL until its timeout and then report only the timeout
-    try:
-        psycopg.connect(url, connect_timeout=10).close()
-    except psycopg.Error as exc:
-        raise StoreError(f"cannot connect to the database: {exc}") from exc

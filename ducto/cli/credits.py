@@ -2,33 +2,62 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 from ducto.cli import _options
+from ducto.cli._command import NumbersAsValues
 from ducto.cli._options import IdempotencyKey, JsonFlag, Metadata
 from ducto.cli._output import credits, show, text
 from ducto.cli._session import session
 from ducto.usage import UsageMetrics
 
-app = typer.Typer(help="Add, look up, hold, charge and refund a user's credits.")
+app = typer.Typer(
+    help="Add, look up, hold, charge and refund a user's credits.", no_args_is_help=True
+)
 
-UserId = Annotated[str, typer.Argument(help="The user's id (auth.uid() on Supabase).")]
-Amount = Annotated[int, typer.Argument(min=1, help="Whole credits.")]
-ReservationId = Annotated[str, typer.Argument(help="The id `ducto credits reserve` printed.")]
+UserId = Annotated[
+    str, typer.Argument(metavar="USER", help="The user's id (auth.uid() on Supabase).")
+]
+Amount = Annotated[
+    int,
+    typer.Argument(metavar="AMOUNT", callback=_options.amount, help="Whole credits, at least 1."),
+]
+ReservationId = Annotated[
+    str, typer.Argument(metavar="RESERVATION", help="The id `ducto credits reserve` printed.")
+]
 
 
-@app.command()
+class TxType(StrEnum):
+    """What a grant is (the ledger's transaction types for added credits)."""
+
+    GRANT = "grant"
+    PURCHASE = "purchase"
+    ADJUSTMENT = "adjustment"
+    PROMOTION = "promotion"
+
+
+class Category(StrEnum):
+    """Whether granted credits were paid for."""
+
+    PAID = "paid"
+    PROMOTIONAL = "promotional"
+
+
+@app.command(cls=NumbersAsValues)
 def add(
     ctx: typer.Context,
     user_id: UserId,
     amount: Amount,
-    tx_type: Annotated[
-        str, typer.Option("--type", help="grant, purchase, adjustment or promotion.")
-    ] = "adjustment",
-    category: Annotated[str, typer.Option(help="paid or promotional.")] = "paid",
-    priority: Annotated[int, typer.Option(help="0 (spent first) to 100 (spent last).")] = 50,
+    tx_type: Annotated[TxType, typer.Option("--type", help="What the grant is.")] = (
+        TxType.ADJUSTMENT
+    ),
+    category: Annotated[Category, typer.Option(help="Paid for or not.")] = Category.PAID,
+    priority: Annotated[
+        int, typer.Option(min=0, max=100, help="0 (spent first) to 100 (spent last).")
+    ] = 50,
     expires_at: Annotated[
         str | None, typer.Option(help="When they expire (ISO 8601; UTC unless a zone is given).")
     ] = None,
@@ -46,10 +75,10 @@ def add(
         result = manager.add_credits(
             user_id,
             amount,
-            tx_type,
+            tx_type.value,
             meta,
             expires,
-            category=category,
+            category=category.value,
             priority=priority,
             idempotency_key=key,
         )
@@ -105,7 +134,12 @@ def deduct(
     The database prices and charges it in one transaction, keeping the pricing's floor; the
     token counts are disjoint (docs/pricing.md).
     """
-    if (model is None) == (job is None):
+    if model is None and job is None:
+        raise typer.BadParameter(
+            "say what to charge: --model M with its token counts (usage), "
+            "or --job NAME (a fixed-cost job)"
+        )
+    if model is not None and job is not None:
         raise typer.BadParameter("give --model (usage) or --job (a fixed-cost job), not both")
     meta = _options.metadata(metadata)
     with session(ctx.obj) as manager:
@@ -134,7 +168,7 @@ def deduct(
     )
 
 
-@app.command()
+@app.command(cls=NumbersAsValues)
 def reserve(
     ctx: typer.Context,
     user_id: UserId,
@@ -151,7 +185,7 @@ def reserve(
     as_json: JsonFlag = False,
 ) -> None:
     """Hold credits for an operation whose cost is not known yet (settle or release it)."""
-    seconds = int(_options.duration(timeout, "--timeout").total_seconds())
+    seconds = _options.hold_timeout(timeout)
     meta = _options.metadata(metadata)
     with session(ctx.obj) as manager:
         result = manager.reserve_credits(
@@ -172,11 +206,16 @@ def reserve(
     )
 
 
-@app.command()
+@app.command(cls=NumbersAsValues)
 def settle(
     ctx: typer.Context,
     reservation_id: ReservationId,
-    actual_amount: Annotated[int, typer.Argument(min=0, help="What the operation cost.")],
+    actual_amount: Annotated[
+        int,
+        typer.Argument(
+            metavar="AMOUNT", callback=_options.cost, help="What the operation cost (0 or more)."
+        ),
+    ],
     metadata: Metadata = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -209,7 +248,9 @@ def release(ctx: typer.Context, reservation_id: ReservationId, as_json: JsonFlag
 @app.command()
 def refund(
     ctx: typer.Context,
-    transaction_id: Annotated[str, typer.Argument(help="The charge to refund.")],
+    transaction_id: Annotated[
+        str, typer.Argument(metavar="TRANSACTION", help="The charge to refund.")
+    ],
     amount: Annotated[
         int | None, typer.Option(min=1, help="Refund this much (default: all that is left).")
     ] = None,

@@ -37,10 +37,11 @@ def setup(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 def status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Show the connection, the installed schema version and whether it is current.
 
-    Exits 4 when the schema is missing or older than this ducto needs.
+    Exits 4 when the schema is missing or older than this ducto needs. The embedded
+    database, like for every command, is brought up to date first.
     """
     target: Target = ctx.obj
-    with session(target, setup_embedded=False) as manager:
+    with session(target) as manager:
         installed = manager.schema_version()
         pricing = _active_pricing(manager) if installed else None
     expected = _migrations.latest_version()
@@ -123,7 +124,7 @@ def sweep(
     )
 
 
-sql = typer.Typer(help="ducto's SQL, for deploying it with the supabase CLI.")
+sql = typer.Typer(help="ducto's SQL, for deploying it with the supabase CLI.", no_args_is_help=True)
 
 
 @sql.command("export")

@@ -9,18 +9,88 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from ducto import _migrations
+from ducto._messages import cut, one_line, shown
 from ducto._rpc import RpcCall
-from ducto.errors import DuctoError, StoreError, error_from_sqlstate
+from ducto.errors import (
+    DuctoError,
+    InvalidInputError,
+    StoreConnectionError,
+    StoreError,
+    error_from_sqlstate,
+)
 from ducto.models import SetupResult
+
+#: Seconds a store waits for the database to accept a new connection.
+DEFAULT_CONNECT_TIMEOUT = 5
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 #: admin_shutdown, crash_shutdown, cannot_connect_now: the server went away
 _SHUTDOWN = frozenset({"57P01", "57P02", "57P03"})
+
+
+def _dsn_connect_timeout(value: str | int | None) -> int:
+    """A DSN's ``connect_timeout`` as libpq reads it (at least 2 s), else ducto's default."""
+    if not value:
+        return DEFAULT_CONNECT_TIMEOUT
+    try:
+        return max(int(value), 2)
+    except ValueError:
+        raise InvalidInputError(
+            f"dsn has a connect_timeout that is not whole seconds: {shown(value)}", code="DC006"
+        ) from None
+
+
+class _Database:
+    """Where a store's own pool connects: its DSN, connect timeout and a printable name."""
+
+    def __init__(self, dsn: str, connect_timeout: int | None) -> None:
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.Error as exc:
+            raise InvalidInputError(
+                f"dsn is not a PostgreSQL connection string: {cut(one_line(str(exc)))}",
+                code="DC006",
+            ) from exc
+        if connect_timeout is None:
+            connect_timeout = _dsn_connect_timeout(params.get("connect_timeout"))
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int):
+            raise InvalidInputError(
+                f"connect_timeout must be whole seconds (int), got {shown(connect_timeout)}",
+                code="DC006",
+            )
+        if connect_timeout < 2:  # libpq's minimum; 0 would mean wait forever
+            raise InvalidInputError(
+                f"connect_timeout must be at least 2 seconds, got {connect_timeout}", code="DC006"
+            )
+        self.dsn = dsn
+        self.connect_timeout = connect_timeout
+        # never the password
+        user = f"{params['user']}@" if params.get("user") else ""
+        port = f":{params['port']}" if params.get("port") else ""
+        self.name = (
+            f"{user}{params.get('host') or 'the local socket'}{port}/{params.get('dbname', '')}"
+        )
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of every new connection."""
+        # each RPC is one statement and its own transaction: autocommit saves the
+        # BEGIN/COMMIT round trips
+        return {"autocommit": True, "connect_timeout": self.connect_timeout}
+
+    def unreachable(self, exc: psycopg.Error) -> StoreConnectionError:
+        """The error for a connection attempt that failed with ``exc``."""
+        reason = one_line(str(exc).removeprefix("connection failed: "))
+        if "timeout expired" in reason:
+            reason += f" (no answer within connect_timeout={self.connect_timeout} s)"
+        return StoreConnectionError(
+            f"cannot connect to the database {self.name}: {reason}", detail=reason
+        )
 
 
 @functools.lru_cache(maxsize=256)
@@ -78,6 +148,13 @@ class AsyncPostgresStore:
     Pass a DSN (the store owns its pool), an existing ``AsyncConnectionPool``, or an
     ``AsyncConnection``: with a connection, every call runs inside the caller's current
     transaction and commits or rolls back with it (the store never commits it).
+
+    With a DSN, ``connect_timeout`` is how many seconds (at least 2) a new connection may
+    take; None takes the DSN's ``connect_timeout`` (2 at least, as libpq reads it), else
+    :data:`DEFAULT_CONNECT_TIMEOUT`.
+    The first call connects once before opening the pool, so a wrong DSN, a refused
+    password or a server that does not answer raises ``StoreConnectionError`` with the
+    reason within that time.
     """
 
     def __init__(
@@ -88,17 +165,22 @@ class AsyncPostgresStore:
         connection: psycopg.AsyncConnection[Any] | None = None,
         max_size: int = 10,
         attempts: int = 2,
+        connect_timeout: int | None = None,
     ) -> None:
         if sum(x is not None for x in (dsn, pool, connection)) != 1:
             raise ValueError("pass exactly one of dsn, pool or connection")
         self._connection = connection
-        self._owns_pool = dsn is not None
+        self._database = None if dsn is None else _Database(dsn, connect_timeout)
         self._pool = pool
-        if dsn is not None:
-            # each RPC is one statement and its own transaction: autocommit saves the
-            # BEGIN/COMMIT round trips; the pool opens on first use
+        self._pool_opened = False
+        if self._database is not None:
+            # opened on first use, once a connection has succeeded
             self._pool = AsyncConnectionPool(
-                dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False
+                self._database.dsn,
+                min_size=1,
+                max_size=max_size,
+                kwargs=self._database.connect_kwargs(),
+                open=False,
             )
         self._attempts = attempts
 
@@ -114,6 +196,8 @@ class AsyncPostgresStore:
             try:
                 async with pool.connection() as conn:
                     return await self._execute(conn, call)
+            except PoolTimeout as exc:  # waiting again would not help
+                raise await self._no_connection(pool, exc) from exc
             except psycopg.Error as exc:
                 if not _retryable(exc, call, attempt, self._attempts):
                     raise _error(exc) from exc
@@ -132,6 +216,8 @@ class AsyncPostgresStore:
         try:
             async with pool.connection() as conn:
                 return await self._setup(conn)
+        except PoolTimeout as exc:
+            raise await self._no_connection(pool, exc) from exc
         except psycopg.Error as exc:
             raise _error(exc) from exc
 
@@ -144,14 +230,39 @@ class AsyncPostgresStore:
 
     async def close(self) -> None:
         """Close the pool if the store created it."""
-        if self._owns_pool and self._pool is not None:
+        if self._database is not None and self._pool is not None:
             await self._pool.close()
 
     async def _opened_pool(self) -> AsyncConnectionPool:
         assert self._pool is not None, "a store bound to a connection has no pool"
-        if self._owns_pool:
-            await self._pool.open()  # once; then a no-op
+        if self._database is not None and not self._pool_opened:
+            # a pool that cannot connect retries in the background, logging each failure,
+            # and its caller learns only that no connection came: connect once first
+            await self._check_connection(self._database)
+            await self._pool.open()
+            self._pool_opened = True
         return self._pool
+
+    @staticmethod
+    async def _check_connection(database: _Database) -> None:
+        """Open and close one connection; raise StoreConnectionError with the reason."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(database.dsn, **database.connect_kwargs())
+        except psycopg.Error as exc:
+            raise database.unreachable(exc) from exc
+        await conn.close()
+
+    async def _no_connection(self, pool: AsyncConnectionPool, exc: PoolTimeout) -> DuctoError:
+        """Why the pool gave no connection: the database is unreachable, or all are busy."""
+        if self._database is not None:
+            try:
+                await self._check_connection(self._database)
+            except StoreConnectionError as unreachable:
+                return unreachable
+        return StoreError(
+            f"no connection of the pool came free within {pool.timeout:g} s"
+            f" (max_size={pool.max_size}): every one was busy"
+        )
 
     @staticmethod
     async def _execute(conn: psycopg.AsyncConnection[Any], call: RpcCall) -> list[dict[str, Any]]:
@@ -203,6 +314,13 @@ class PostgresStore:
     Pass a DSN (the store owns its pool), an existing ``ConnectionPool``, or a
     ``Connection``: with a connection, every call runs inside the caller's current
     transaction and commits or rolls back with it (the store never commits it).
+
+    With a DSN, ``connect_timeout`` is how many seconds (at least 2) a new connection may
+    take; None takes the DSN's ``connect_timeout`` (2 at least, as libpq reads it), else
+    :data:`DEFAULT_CONNECT_TIMEOUT`.
+    The first call connects once before opening the pool, so a wrong DSN, a refused
+    password or a server that does not answer raises ``StoreConnectionError`` with the
+    reason within that time.
     """
 
     def __init__(
@@ -213,17 +331,22 @@ class PostgresStore:
         connection: psycopg.Connection[Any] | None = None,
         max_size: int = 10,
         attempts: int = 2,
+        connect_timeout: int | None = None,
     ) -> None:
         if sum(x is not None for x in (dsn, pool, connection)) != 1:
             raise ValueError("pass exactly one of dsn, pool or connection")
         self._connection = connection
-        self._owns_pool = dsn is not None
+        self._database = None if dsn is None else _Database(dsn, connect_timeout)
         self._pool = pool
-        if dsn is not None:
-            # each RPC is one statement and its own transaction: autocommit saves the
-            # BEGIN/COMMIT round trips; the pool opens on first use
+        self._pool_opened = False
+        if self._database is not None:
+            # opened on first use, once a connection has succeeded
             self._pool = ConnectionPool(
-                dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False
+                self._database.dsn,
+                min_size=1,
+                max_size=max_size,
+                kwargs=self._database.connect_kwargs(),
+                open=False,
             )
         self._attempts = attempts
 
@@ -239,6 +362,8 @@ class PostgresStore:
             try:
                 with pool.connection() as conn:
                     return self._execute(conn, call)
+            except PoolTimeout as exc:  # waiting again would not help
+                raise self._no_connection(pool, exc) from exc
             except psycopg.Error as exc:
                 if not _retryable(exc, call, attempt, self._attempts):
                     raise _error(exc) from exc
@@ -257,6 +382,8 @@ class PostgresStore:
         try:
             with pool.connection() as conn:
                 return self._setup(conn)
+        except PoolTimeout as exc:
+            raise self._no_connection(pool, exc) from exc
         except psycopg.Error as exc:
             raise _error(exc) from exc
 
@@ -269,14 +396,39 @@ class PostgresStore:
 
     def close(self) -> None:
         """Close the pool if the store created it."""
-        if self._owns_pool and self._pool is not None:
+        if self._database is not None and self._pool is not None:
             self._pool.close()
 
     def _opened_pool(self) -> ConnectionPool:
         assert self._pool is not None, "a store bound to a connection has no pool"
-        if self._owns_pool:
-            self._pool.open()  # once; then a no-op
+        if self._database is not None and not self._pool_opened:
+            # a pool that cannot connect retries in the background, logging each failure,
+            # and its caller learns only that no connection came: connect once first
+            self._check_connection(self._database)
+            self._pool.open()
+            self._pool_opened = True
         return self._pool
+
+    @staticmethod
+    def _check_connection(database: _Database) -> None:
+        """Open and close one connection; raise StoreConnectionError with the reason."""
+        try:
+            conn = psycopg.Connection.connect(database.dsn, **database.connect_kwargs())
+        except psycopg.Error as exc:
+            raise database.unreachable(exc) from exc
+        conn.close()
+
+    def _no_connection(self, pool: ConnectionPool, exc: PoolTimeout) -> DuctoError:
+        """Why the pool gave no connection: the database is unreachable, or all are busy."""
+        if self._database is not None:
+            try:
+                self._check_connection(self._database)
+            except StoreConnectionError as unreachable:
+                return unreachable
+        return StoreError(
+            f"no connection of the pool came free within {pool.timeout:g} s"
+            f" (max_size={pool.max_size}): every one was busy"
+        )
 
     @staticmethod
     def _execute(conn: psycopg.Connection[Any], call: RpcCall) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from decimal import Decimal
 from typing import Any
@@ -16,11 +17,68 @@ from typing import Any
 import httpx
 
 from ducto import _migrations, _rpc
+from ducto._messages import cut, one_line, shown
 from ducto._rpc import RpcCall, json_default
-from ducto.errors import DuctoError, SchemaError, StoreError, error_from_sqlstate
+from ducto.errors import (
+    DuctoError,
+    InvalidInputError,
+    SchemaError,
+    StoreConnectionError,
+    StoreError,
+    error_from_sqlstate,
+)
 from ducto.models import SetupResult
 
+#: 10 s for an answer, 5 s to connect; pass ``timeout=`` to change them.
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+
+def _base_url(url: object) -> str:
+    """The project's URL without a trailing slash; anything but http(s)://host is refused."""
+    try:
+        parsed = httpx.URL(url) if isinstance(url, str) else None
+    except httpx.InvalidURL:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidInputError(
+            f"url must be the project's http:// or https:// URL, got {shown(url)}",
+            code="DC006",
+        )
+    return str(url).rstrip("/")
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a transport error, as the OS words it."""
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    if isinstance(exc, ConnectionError) and exc.errno:
+        # the same words from the sync and the async transports (asyncio adds its own)
+        return f"[Errno {exc.errno}] {os.strerror(exc.errno)}"
+    return one_line(str(exc)) or type(exc).__name__
+
+
+def _transport_error(
+    exc: httpx.TransportError, url: httpx.URL, call: RpcCall, timeout: httpx.Timeout
+) -> StoreError:
+    """The ducto error for a request that got no HTTP answer (no credentials in it)."""
+    where = str(url.copy_with(userinfo=b""))
+    reason = _reason(exc)
+    if isinstance(exc, httpx.ConnectTimeout):
+        reason = f"no connection within {timeout.connect:g} s (the connect timeout)"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        # the request was never sent: the call had no effect
+        return StoreConnectionError(f"cannot connect to {where}: {reason}", detail=reason)
+    if isinstance(exc, httpx.TimeoutException):
+        reason = f"no answer within {timeout.read:g} s"
+    return StoreError(
+        f"{call.function}: {reason} ({where}); the call may or may not have taken effect",
+        detail=reason,
+    )
+
+
+#: The gateway lost PostgREST (502, 504) or PostgREST lost the database (503, PGRST00x):
+#: the request may have run or not, so only a call that cannot take effect twice is retried
+_UNREACHED = frozenset({502, 503, 504})
 
 
 def _headers(key: str) -> dict[str, str]:
@@ -60,11 +118,18 @@ def _error(response: httpx.Response, body: object) -> DuctoError:
             body.get("details"),
             body.get("hint"),
         )
-    message = body.get("message") if isinstance(body, dict) else None
     # the gateway refused the key, or something answered that is not PostgREST
+    message = body.get("message") if isinstance(body, dict) else None
+    if not message:
+        text = one_line(response.text) if body is None else ""
+        message = cut(text) or response.reason_phrase
+    where = response.request.url.copy_with(userinfo=b"")
     return error_from_sqlstate(
         "42501" if response.status_code in (401, 403) else None,
-        f"HTTP {response.status_code}: {message or response.text[:200]}",
+        f"HTTP {response.status_code}: {message} ({response.request.method} {where})",
+        hint="the url must be the project's URL, the one whose /rest/v1/ is its REST API"
+        if response.status_code == 404
+        else None,
     )
 
 
@@ -72,8 +137,9 @@ def _error(response: httpx.Response, body: object) -> DuctoError:
 class AsyncHttpxSupabaseStore:
     """Calls ducto's RPCs through Supabase's REST API (PostgREST) with httpx.
 
-    Transport errors are retried only for calls that cannot take effect twice (read-only,
-    idempotent by nature, or carrying an idempotency key).
+    Transport errors, and the gateway or PostgREST answering 502, 503 or 504 (restarting,
+    or cut off from the database), are retried only for calls that cannot take effect
+    twice (read-only, idempotent by nature, or carrying an idempotency key).
     """
 
     def __init__(
@@ -85,9 +151,9 @@ class AsyncHttpxSupabaseStore:
         attempts: int = 3,
         client: httpx.AsyncClient | None = None,
     ) -> None:
+        self._base = _base_url(url)
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(timeout=timeout)
-        self._base = url.rstrip("/")
         self._headers = _headers(key)
         self._attempts = attempts
 
@@ -101,7 +167,15 @@ class AsyncHttpxSupabaseStore:
                 )
             except httpx.TransportError as exc:
                 if not call.retry_safe or attempt + 1 == self._attempts:
-                    raise StoreError(f"{call.function}: {exc!r}") from exc
+                    url = httpx.URL(self._base + path)
+                    raise _transport_error(exc, url, call, self._client.timeout) from exc
+                await asyncio.sleep(0.05 * 2**attempt)
+                continue
+            if (
+                call.retry_safe
+                and response.status_code in _UNREACHED
+                and attempt + 1 < self._attempts
+            ):
                 await asyncio.sleep(0.05 * 2**attempt)
                 continue
             return _rows(response)
@@ -129,8 +203,9 @@ class AsyncHttpxSupabaseStore:
 class HttpxSupabaseStore:
     """Calls ducto's RPCs through Supabase's REST API (PostgREST) with httpx.
 
-    Transport errors are retried only for calls that cannot take effect twice (read-only,
-    idempotent by nature, or carrying an idempotency key).
+    Transport errors, and the gateway or PostgREST answering 502, 503 or 504 (restarting,
+    or cut off from the database), are retried only for calls that cannot take effect
+    twice (read-only, idempotent by nature, or carrying an idempotency key).
     """
 
     def __init__(
@@ -142,9 +217,9 @@ class HttpxSupabaseStore:
         attempts: int = 3,
         client: httpx.Client | None = None,
     ) -> None:
+        self._base = _base_url(url)
         self._owns_client = client is None
         self._client = client or httpx.Client(timeout=timeout)
-        self._base = url.rstrip("/")
         self._headers = _headers(key)
         self._attempts = attempts
 
@@ -156,7 +231,15 @@ class HttpxSupabaseStore:
                 response = self._client.post(self._base + path, content=body, headers=self._headers)
             except httpx.TransportError as exc:
                 if not call.retry_safe or attempt + 1 == self._attempts:
-                    raise StoreError(f"{call.function}: {exc!r}") from exc
+                    url = httpx.URL(self._base + path)
+                    raise _transport_error(exc, url, call, self._client.timeout) from exc
+                time.sleep(0.05 * 2**attempt)
+                continue
+            if (
+                call.retry_safe
+                and response.status_code in _UNREACHED
+                and attempt + 1 < self._attempts
+            ):
                 time.sleep(0.05 * 2**attempt)
                 continue
             return _rows(response)

@@ -49,11 +49,11 @@ class Cli:
         self.env: dict[str, str | None] = {name: None for name in CONNECTION} | env
 
     def __call__(self, *args: str, code: int = 0) -> Result:
-        """Run ``ducto args``; check its exit code, and that a failure says one line on
-        stderr (stdout carries only a result or a report)."""
+        """Run ``ducto args``; check its exit code, and that a failure, a wrong command line
+        too, says one line on stderr (stdout carries only a result or a report)."""
         result = self._run(args)
         assert result.code == code, result.stdout + result.stderr
-        if code not in (0, 2):  # 2: click's own usage message
+        if code != 0:
             assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
         return result
 
@@ -261,12 +261,28 @@ def test_usage_and_connection_errors() -> None:
     assert "cannot connect" in unreachable("credits", "balance", "u", code=3).stderr
     unreachable("credits", "add", "u", "0", code=2)  # refused before connecting
     unreachable("credits", "add", "u", "5", "--metadata", "[1]", code=2)
+    # the values the ledger would refuse are usage errors naming the option, before connecting
+    for option, value in (("--priority", "500"), ("--type", "gift"), ("--category", "x")):
+        said = unreachable("credits", "add", "u", "5", option, value, code=2).stderr
+        assert f"'{option}'" in said
+    for timeout in ("0s", "8d"):
+        said = unreachable("credits", "reserve", "u", "5", "--timeout", timeout, code=2).stderr
+        assert "--timeout" in said
+    negative = unreachable("credits", "add", "alice", "-5", code=2).stderr
+    assert "'AMOUNT': -5 is not a positive whole number of credits" in negative
+    neither = unreachable("credits", "deduct", "alice", code=2).stderr
+    assert "--model" in neither and "--job" in neither and "not both" not in neither
+    long = unreachable("stats", "daily", "--start", "0001-01-01", "--json", code=2)
+    assert "more than 366 days" in long.stderr and long.stdout == ""
     assert Cli(subprocess=True)("--version").stdout == f"ducto {__version__}\n"
 
 
 def test_embedded_database_by_default(tmp_path: Path) -> None:
     data_dir = tmp_path / "pgdata"
     cli = Cli(subprocess=True, DUCTO_DATA_DIR=str(data_dir))
+    # the first command on a fresh folder, status too, finds the schema brought up to date
+    status = cli.json("status")
+    assert (status["database"]["kind"], status["schema"]["state"]) == ("embedded", "current")
     cli("credits", "add", "bob", "5")
     # a second process finds the same data, and each one stops the server it started
     assert cli.json("credits", "balance", "bob")["balance"] == 5

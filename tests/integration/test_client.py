@@ -69,7 +69,7 @@ def test_lifecycle(manager: CreditManager) -> None:
     assert (settled.amount, settled.overage, settled.balance_after) == (45, 15, 75)
     assert settled.available_after == 75
 
-    refund = manager.refund_credits(settled.transaction_id or "", 5, reason="slow answer")
+    refund = manager.refund_credits(settled.transaction_id, 5, reason="slow answer")
     assert (refund.amount, refund.total_refunded, refund.refundable_remaining) == (5, 5, 40)
     assert refund.balance_after == 80
 

@@ -1,7 +1,7 @@
 """The ``ducto`` command's parsing, in process (typer's CliRunner), with no database: the
 store the command would open is replaced by one that records the calls it is sent.
 
-- a wrong command line exits 2 with click's usage message and opens no store;
+- a wrong command line exits 2 with one line naming what is wrong, and opens no store;
 - what a command line says reaches the manager as the call's arguments.
 """
 
@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from ducto import AddCreditsResult, __version__
 from ducto._rpc import RpcCall
-from ducto.cli import _session, app
+from ducto.cli import _options, _session, app
 from ducto.cli._session import Target
 
 #: the variables that pick the database: unset in every run
@@ -27,6 +27,7 @@ ADDED = AddCreditsResult("t", "g", "alice", 5, "purchase", "paid", 50, None, 5, 
 ANSWERS: dict[str, list[dict[str, Any]]] = {
     "credit_add_credits": [dataclasses.asdict(ADDED)],
     "credit_top_users": [],
+    "credit_daily_spend": [],
 }
 
 
@@ -66,8 +67,22 @@ def ducto(*args: str, code: int = 0, **settings: str) -> str:
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["credits", "add", "u", "0"], "'amount': Input should be greater"),
-        (["credits", "add", "u", "five"], "'amount': Input should be a valid"),
+        (["credits", "add", "u", "0"], "'AMOUNT': 0 is not a positive whole number"),
+        (["credits", "add", "u", "-5"], "'AMOUNT': -5 is not a positive whole number"),
+        (["credits", "add", "u", "-5", "--type", "grant"], "-5 is not a positive"),
+        (["credits", "add", "u", "five"], "'AMOUNT': Input should be a valid"),
+        (["credits", "add", "u", "5", "--bogus"], "No such option: --bogus"),
+        (["credits", "add", "u", "5", "--priority", "101"], "'--priority'"),
+        (["credits", "add", "u", "5", "--priority", "-1"], "'--priority'"),
+        (["credits", "add", "u", "5", "--type", "gift"], "'--type': Value error, 'gift'"),
+        (["credits", "add", "u", "5", "--category", "free"], "'--category'"),
+        (["credits", "add", "u", "5", "--type", "[red]x"], "'[red]x' is not one of"),  # no markup
+        (["credits", "reserve", "u", "-1"], "'AMOUNT': -1 is not a positive"),
+        (["credits", "reserve", "u", "5", "--timeout", "0s"], "--timeout: '0s' is not between"),
+        (["credits", "reserve", "u", "5", "--timeout", "8d"], "--timeout: '8d' is not between"),
+        (["credits", "reserve", "u", "5", "--timeout", "soon"], "--timeout: 'soon' is not a"),
+        (["credits", "settle", "r", "-3"], "'AMOUNT': -3 is not a whole number of credits, 0"),
+        (["credits", "refund"], "Missing argument 'TRANSACTION'"),
         (["credits", "add", "u", "5", "--metadata", "[1]"], "must be a JSON object"),
         (["credits", "add", "u", "5", "--metadata", "{nope"], "not JSON"),
         (["credits", "add", "u", "5", "--expires-in", "soon"], "not a duration"),
@@ -80,13 +95,19 @@ def ducto(*args: str, code: int = 0, **settings: str) -> str:
             ["credits", "add", "u", "5", "--expires-in", "1d", "--key", "k"],
             "--expires-at with --key",
         ),
-        (["credits", "deduct", "u"], "--model (usage) or --job"),
+        (["credits", "deduct", "u"], "say what to charge: --model M with its token counts"),
         (["credits", "deduct", "u", "--model", "m", "--job", "j"], "not both"),
         (["credits", "deduct", "u", "--model", "m", "--input-tokens", "-1"], "--input-tokens"),
         (["stats", "daily", "--limit", "3"], "only the top report takes a limit"),
         (["stats", "top", "--limit", "0"], "--limit"),
         (["stats", "--start", "2026-01-01", "--last", "1d"], "not both"),
         (["stats", "--start", "2026-01-02", "--end", "2026-01-01"], "is empty"),
+        # every report has the same bound: 366 days
+        (["stats", "daily", "--start", "0001-01-01"], "more than 366 days, the longest"),
+        (["stats", "--start", "2025-01-01", "--end", "2026-01-02T00:00:01"], "366 days, 0:00:01"),
+        (["stats", "users", "--last", "367d"], "--last: '367d' is more than 366 days"),
+        (["stats", "top", "--last", "99999999999w"], "--last: '99999999999w' is too long"),
+        (["stats", "models", "--end", "0001-01-02"], "before the year 1"),
         (["stats", "weekly"], "'weekly' is not one of"),
         (["credit", "add"], "No such command"),
     ],
@@ -94,8 +115,31 @@ def ducto(*args: str, code: int = 0, **settings: str) -> str:
 def test_a_wrong_command_line_exits_2_before_any_store_opens(
     store: Store, args: list[str], says: str
 ) -> None:
-    assert says in ducto(*args, code=2, DATABASE_URL="postgresql://nowhere/db")
+    said = ducto(*args, code=2, DATABASE_URL="postgresql://nowhere/db")
+    assert says in said
+    # one line, like every other failure, with where to read more
+    assert said.startswith("error: ") and said.count("\n") == 1
+    assert "(see: ducto " in said and said.endswith(" --help)\n")
     assert store.targets == []
+
+
+@pytest.mark.parametrize("days", ["366d", "52w"])
+def test_a_window_up_to_366_days_is_reported(store: Store, days: str) -> None:
+    ducto("stats", "daily", "--last", days, "--end", "2026-01-01", "--json", DATABASE_URL="x")
+    [call] = store.calls
+    assert call.args["p_end"] - call.args["p_start"] == _options.duration(days, "--last")
+
+
+def test_the_bounds_reach_the_store(store: Store) -> None:
+    ducto(
+        "credits", "add", "alice", "1", "--priority", "0", "--type", "grant", "--json",
+        DATABASE_URL="postgresql://db/ledger",
+    )  # fmt: skip
+    ducto("credits", "add", "alice", "1", "--priority", "100", DATABASE_URL="x")
+    assert [(c.args["p_priority"], c.args["p_tx_type"]) for c in store.calls] == [
+        (0, "grant"),
+        (100, "adjustment"),
+    ]
 
 
 def test_credits_add_sends_what_the_command_line_says(store: Store) -> None:

@@ -54,6 +54,7 @@ def test_package_exports() -> None:
         "SetupResult",
         "SpendByModelRow",
         "SpendByUserRow",
+        "StoreConnectionError",
         "StoreError",
         "SweepResult",
         "TeamDeductionResult",

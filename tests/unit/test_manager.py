@@ -36,11 +36,12 @@ from ducto._rpc import RpcCall
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 NAIVE = datetime(2026, 1, 1)
 TEAM = str(uuid.uuid4())
+HOLD_ID, CHARGE_ID = str(uuid.uuid4()), str(uuid.uuid4())
 USAGE = UsageMetrics(model="m", input_tokens=10)
 ENGINE = PricingEngine({"models": [{"model": "m", "input": 1000, "output": 1000}], "default": None})
-HOLD = ReserveResult("r1", "u", 7, "usage", NOW, 3, NOW, False)
-RELEASED = ReleaseResult("r1", "u", 7, "released", 10, False)
-SETTLED = DeductionResult("t1", "r1", "u", 9, 2, 1, 1, NOW, False, 1)
+HOLD = ReserveResult(HOLD_ID, "u", 7, "usage", NOW, 3, NOW, False)
+RELEASED = ReleaseResult(HOLD_ID, "u", 7, "released", 10, False)
+SETTLED = DeductionResult(CHARGE_ID, HOLD_ID, "u", 9, 2, 1, 1, NOW, False, 1)
 #: rows a test's store answers, by function
 ANSWERS = {
     "credit_reserve_credits": dataclasses.asdict(HOLD),
@@ -107,11 +108,11 @@ REFUSED: dict[str, Case] = {
     "naive expiry": (lambda m: m.add_credits("u", 1, expires_at=NAIVE), "DC005"),
     "reserve 0": (lambda m: m.reserve_credits("u", 0), "DC001"),
     "negative floor": (lambda m: m.reserve_credits("u", 1, min_balance=-1), "DC001"),
-    "settle no hold": (lambda m: m.settle_reservation("", 1), "DC031"),
-    "settle negative": (lambda m: m.settle_reservation("r", -1), "DC001"),
-    "release no hold": (lambda m: m.release_reservation(""), "DC031"),
-    "refund no charge": (lambda m: m.refund_credits(""), "DC030"),
-    "refund 0": (lambda m: m.refund_credits("t", 0), "DC001"),
+    "settle no hold": (lambda m: m.settle_reservation("", 1), "DC006"),
+    "settle negative": (lambda m: m.settle_reservation(HOLD_ID, -1), "DC001"),
+    "release no hold": (lambda m: m.release_reservation(""), "DC006"),
+    "refund no charge": (lambda m: m.refund_credits(""), "DC006"),
+    "refund 0": (lambda m: m.refund_credits(CHARGE_ID, 0), "DC001"),
     "metrics not UsageMetrics": (lambda m: m.calculate_cost({"model": "m"}), "DC007"),
     "pricing not a config": (lambda m: m.publish_pricing({"default": None}), "DC060"),
     "bad pricing dict": (lambda m: m.publish_pricing_from_dict({"models": []}), "DC060"),

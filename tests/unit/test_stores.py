@@ -37,6 +37,7 @@ from ducto import (
 )
 from ducto._migrations import latest_version
 from ducto._rpc import RpcCall
+from ducto.errors import StoreConnectionError
 from ducto.interface import AsyncHttpxSupabaseStore, HttpxSupabaseStore, PostgresStore
 
 Rows = list[dict[str, Any]]
@@ -186,7 +187,7 @@ def test_http_transport_errors_are_retried_only_when_safe(
         sent.append(request)
         raise httpx.ConnectError("connection refused", request=request)
 
-    with pytest.raises(StoreError, match="ConnectError") as caught:
+    with pytest.raises(StoreConnectionError, match="connection refused") as caught:
         http.call(handler, call, attempts=3)
     assert len(sent) == tries
     assert isinstance(caught.value.__cause__, httpx.ConnectError)

@@ -86,6 +86,44 @@ export function bearerAuthorization(req: Request): { header: string; token: stri
   return { header, token: match[1] };
 }
 
+/**
+ * How a caller authenticates to a function that passes its credential on to the API:
+ * - `bearer`: an `Authorization: Bearer <JWT>` header (a user's access token or a legacy
+ *   `anon`/`service_role` key), passed on as is;
+ * - `apikey`: one of Supabase's API keys, `sb_secret_...` or `sb_publishable_...` (not
+ *   JWTs), in the `apikey` header or as the bearer token, or both when they are the same
+ *   value (as Supabase's gateway requires). A bare legacy key in `apikey` is one too.
+ * The gateway behind SUPABASE_URL decides what an API key stands for (a secret key runs
+ * as service_role, a publishable key as anon) and refuses one it never issued, so the
+ * function never compares a key itself.
+ */
+export type Credential = { kind: "bearer"; authorization: string } | {
+  kind: "apikey";
+  apikey: string;
+};
+
+export function callerCredential(req: Request): Credential {
+  const apikey = req.headers.get("apikey") || null;
+  if (!req.headers.has("Authorization")) {
+    if (apikey !== null) return { kind: "apikey", apikey };
+    throw new HttpError(
+      401,
+      "unauthorized",
+      "an apikey header or an Authorization: Bearer <token> header is required",
+    );
+  }
+  const { header, token } = bearerAuthorization(req);
+  if (!token.startsWith("sb_")) return { kind: "bearer", authorization: header };
+  if (apikey !== null && apikey !== token) {
+    throw new HttpError(
+      401,
+      "unauthorized",
+      "an sb_ key as the bearer token must be the same as the apikey header",
+    );
+  }
+  return { kind: "apikey", apikey: token };
+}
+
 /** The request body, which must be a JSON object. */
 export async function jsonObject(req: Request): Promise<Record<string, unknown>> {
   let body: unknown;
@@ -134,10 +172,11 @@ export function unwrap<T>(
 ): T {
   const { data, error, status } = answer;
   if (error) {
-    // status 0: the request never got an answer
+    // status 0: the request never got an answer. A 401 without a code is the gateway's
+    // (PostgREST's always have one): it refused the apikey, a key it never issued.
     throw new HttpError(
       status || 502,
-      error.code || "upstream_error",
+      error.code || (status === 401 ? "invalid_api_key" : "upstream_error"),
       error.message,
       error.details || null,
       error.hint || null,

@@ -7,8 +7,9 @@
 // A Stripe Checkout Session is a credit purchase when the product created it with
 // `client_reference_id` = the user id and `metadata.credits` = the credits bought. Its
 // `checkout.session.completed` event (once paid) or `checkout.session.async_payment_succeeded`
-// adds them with credit_add_credits as a `purchase`, keyed by the event id: a redelivered
-// event is a replay and adds nothing. Other events are acknowledged and ignored.
+// adds them with credit_add_credits as a `purchase`, keyed by the checkout session id: one
+// session is one payment, so every event that announces it, however often, after the
+// first is a replay and adds nothing. Other events are acknowledged and ignored.
 
 import { allowMethod, HttpError, json, serve, unwrap } from "../_shared/http.ts";
 import type { Json } from "../_shared/database.types.ts";
@@ -18,6 +19,8 @@ import { verifySignature } from "../_shared/webhook-signature.ts";
 type JsonObject = { [key: string]: Json | undefined };
 
 type Purchase = {
+  /** The checkout session id: the key of the purchase's one grant. */
+  sessionId: string;
   userId: string;
   credits: number;
   metadata: Json;
@@ -50,14 +53,20 @@ function purchaseOf(event: JsonObject): Purchase | null {
   if (typeof session.client_reference_id !== "string" || !session.client_reference_id) {
     invalidEvent("the checkout session has no client_reference_id (the user id)");
   }
+  if (typeof session.id !== "string" || !session.id) {
+    invalidEvent("the checkout session has no id");
+  }
   return {
+    sessionId: session.id,
     userId: session.client_reference_id,
     credits: Number(credits),
+    // Only what every event announcing the session carries alike (not the event's id or
+    // type): the key's replay compares the whole request, metadata included, so another
+    // announcement of the same payment must send the same one to be answered as a replay.
     metadata: {
       source: "stripe",
-      event_id: event.id,
-      event_type: event.type,
-      checkout_session_id: session.id ?? null,
+      checkout_session_id: session.id,
+      payment_intent: typeof session.payment_intent === "string" ? session.payment_intent : null,
       amount_total: session.amount_total ?? null,
       currency: session.currency ?? null,
     },
@@ -92,8 +101,10 @@ async function topUp(req: Request): Promise<Response> {
       p_tx_type: "purchase",
       p_category: "paid",
       p_metadata: purchase.metadata,
-      // the provider's event id: a redelivery returns the first result and adds nothing
-      p_idempotency_key: event.id,
+      // The payment, not the event: Stripe may announce one paid session by two events
+      // (completed, then async_payment_succeeded) and redeliver each; all but the first
+      // return the first result and add nothing.
+      p_idempotency_key: purchase.sessionId,
     }),
   );
   return json({

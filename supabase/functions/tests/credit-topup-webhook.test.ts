@@ -21,23 +21,40 @@ const cryptoProvider = Stripe.createSubtleCryptoProvider();
 
 type Session = Record<string, unknown>;
 
+const stripeId = (prefix: string) => `${prefix}_${crypto.randomUUID().replaceAll("-", "")}`;
+
 function checkoutEvent(userId: string | null, credits: unknown, session: Session = {}) {
   return {
-    id: `evt_${crypto.randomUUID().replaceAll("-", "")}`,
+    id: stripeId("evt"),
     object: "event",
     type: "checkout.session.completed",
     data: {
       object: {
-        id: `cs_test_${crypto.randomUUID().replaceAll("-", "")}`,
+        id: stripeId("cs_test"),
         object: "checkout.session",
         client_reference_id: userId,
         payment_status: "paid",
+        payment_intent: stripeId("pi"),
         amount_total: 1900,
         currency: "usd",
         metadata: credits === undefined ? {} : { credits },
         ...session,
       },
     },
+  };
+}
+
+/** Another event (its own id) of `type` about the same checkout session as `event`. */
+function laterEvent(
+  event: ReturnType<typeof checkoutEvent>,
+  type: string,
+  session: Session = {},
+) {
+  return {
+    ...event,
+    id: stripeId("evt"),
+    type,
+    data: { object: { ...event.data.object, ...session } },
   };
 }
 
@@ -61,7 +78,7 @@ async function deliverSigned(event: unknown): Promise<Response> {
   return deliver(payload, await sign(payload));
 }
 
-Deno.test("a paid checkout adds its credits as a purchase keyed by the event id", async () => {
+Deno.test("a paid checkout adds its credits as a purchase keyed by the session id", async () => {
   const user = newUserId();
   const event = checkoutEvent(user, "500");
   const body = await expectStatus(await deliverSigned(event), 200);
@@ -76,17 +93,78 @@ Deno.test("a paid checkout adds its credits as a purchase keyed by the event id"
   assert.equal(rows[0].id, body.transaction_id);
   assert.equal(rows[0].type, "purchase");
   assert.equal(rows[0].amount, 500);
-  assert.equal(rows[0].idempotency_key, event.id);
+  assert.equal(rows[0].idempotency_key, event.data.object.id);
   assert.deepEqual(rows[0].metadata, {
     source: "stripe",
-    event_id: event.id,
-    event_type: "checkout.session.completed",
     checkout_session_id: event.data.object.id,
+    payment_intent: event.data.object.payment_intent,
     amount_total: 1900,
     currency: "usd",
   });
   const balance = await serviceRpc("credit_get_balance", { p_user_id: user });
   assert.equal(balance.balance, 500);
+});
+
+Deno.test("both events announcing one paid checkout credit it once", async () => {
+  const user = newUserId();
+  const completed = checkoutEvent(user, "250");
+  const succeeded = laterEvent(completed, "checkout.session.async_payment_succeeded");
+  const first = await expectStatus(await deliverSigned(completed), 200);
+  assert.equal(first.credited, true);
+  const before = await ledgerRows(user);
+
+  const second = await expectStatus(await deliverSigned(succeeded), 200);
+  assert.equal(second.credited, false);
+  assert.equal(second.replay, true);
+  assert.equal(second.transaction_id, first.transaction_id);
+  assert.equal(second.balance_after, 250);
+  assert.deepEqual(await ledgerRows(user), before);
+  assert.equal((await serviceRpc("credit_get_balance", { p_user_id: user })).balance, 250);
+});
+
+Deno.test("the same session sent again under new event ids is a replay", async () => {
+  const user = newUserId();
+  const event = checkoutEvent(user, "40");
+  const first = await expectStatus(await deliverSigned(event), 200);
+  const before = await ledgerRows(user);
+  for (const type of ["checkout.session.completed", "checkout.session.async_payment_succeeded"]) {
+    const again = await expectStatus(await deliverSigned(laterEvent(event, type)), 200);
+    assert.equal(again.replay, true, type);
+    assert.equal(again.transaction_id, first.transaction_id);
+  }
+  assert.deepEqual(await ledgerRows(user), before);
+});
+
+Deno.test("an unpaid completed checkout adds nothing; its async success adds once", async () => {
+  const user = newUserId();
+  const completed = checkoutEvent(user, "60", { payment_status: "unpaid" });
+  const pending = await expectStatus(await deliverSigned(completed), 200);
+  assert.deepEqual(pending, { received: true, credited: false });
+  assert.deepEqual(await journal(user), []);
+
+  const succeeded = laterEvent(completed, "checkout.session.async_payment_succeeded", {
+    payment_status: "paid",
+  });
+  const paid = await expectStatus(await deliverSigned(succeeded), 200);
+  assert.equal(paid.credited, true);
+  assert.equal(paid.amount, 60);
+  const before = await ledgerRows(user);
+
+  // Stripe resends the success (its own id again, or a new one), and the completed
+  // event may arrive late: none of them adds anything more
+  const late = [
+    succeeded,
+    laterEvent(succeeded, "checkout.session.async_payment_succeeded"),
+    completed,
+  ];
+  for (const event of late) {
+    const body = await expectStatus(await deliverSigned(event), 200);
+    assert.equal(body.credited, false);
+  }
+  assert.deepEqual(await ledgerRows(user), before);
+  const rows = await journal(user);
+  assert.equal(rows.length, 1);
+  assert.equal(rows[0].idempotency_key, completed.data.object.id);
 });
 
 Deno.test("a redelivered event adds nothing, freshly signed or byte for byte", async () => {
@@ -180,6 +258,8 @@ Deno.test("a signed event with a bad purchase is refused and writes nothing", as
     checkoutEvent(user, "ten"),
     checkoutEvent(user, 10),
     checkoutEvent(null, "10"),
+    checkoutEvent(user, "10", { id: null }), // no session id to key the purchase by
+    checkoutEvent(user, "10", { id: "" }),
     { ...checkoutEvent(user, "10"), id: null },
   ];
   for (const event of bad) {
@@ -204,28 +284,32 @@ Deno.test("only POST is accepted", async () => {
   assert.equal(error.code, "method_not_allowed");
 });
 
-Deno.test("concurrent deliveries credit each event exactly once", async () => {
+Deno.test("concurrent deliveries credit each checkout exactly once", async () => {
   const user = newUserId();
-  const events = Array.from({ length: 8 }, (_, i) => checkoutEvent(user, String(i + 1)));
+  const sessions = Array.from({ length: 8 }, (_, i) => checkoutEvent(user, String(i + 1)));
+  // each session announced by both events, each event delivered twice, all at once
+  const events = sessions.flatMap((event) => [
+    event,
+    laterEvent(event, "checkout.session.async_payment_succeeded"),
+  ]);
   const signed = await Promise.all(events.map(async (event) => {
     const payload = JSON.stringify(event);
     return { payload, signature: await sign(payload) };
   }));
-  // every event four times at once, all in flight together
-  const deliveries = signed.flatMap((one) => Array(4).fill(one));
+  const deliveries = signed.flatMap((one) => [one, one]);
   const answers = await Promise.all(
     deliveries.map(async ({ payload, signature }) =>
       expectStatus(await deliver(payload, signature), 200)
     ),
   );
-  assert.equal(answers.filter((answer) => answer.credited).length, events.length);
+  assert.equal(answers.filter((answer) => answer.credited).length, sessions.length);
 
   const rows = await journal(user);
   assert.deepEqual(
     rows.map((row) => row.idempotency_key).sort(),
-    events.map((event) => event.id).sort(),
+    sessions.map((event) => event.data.object.id).sort(),
   );
-  const total = events.reduce((sum, _, i) => sum + i + 1, 0);
+  const total = sessions.reduce((sum, _, i) => sum + i + 1, 0);
   assert.equal(rows.at(-1)?.balance_after, total);
   assert.equal((await serviceRpc("credit_get_balance", { p_user_id: user })).balance, total);
   assert.deepEqual(await ledgerIssues(), []);

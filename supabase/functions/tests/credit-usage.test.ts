@@ -1,6 +1,7 @@
-// credit-usage against the stack: the service role charges usage priced by the database;
-// users, anon and bad tokens charge nothing; malformed bodies write nothing; concurrent
-// charges honour the floor and charge each idempotency key once.
+// credit-usage against the stack: the service role (its legacy JWT key or a secret key)
+// charges usage priced by the database; users, anon, publishable keys and bad tokens or
+// keys charge nothing; malformed bodies write nothing; concurrent charges honour the floor
+// and charge each idempotency key once.
 
 import assert from "node:assert/strict";
 import usageFunction from "../credit-usage/index.ts";
@@ -12,6 +13,8 @@ import {
   ledgerIssues,
   ledgerRows,
   newUserId,
+  PUBLISHABLE_KEY,
+  SECRET_KEY,
   SERVICE_KEY,
   serviceRpc,
   SUPABASE_URL,
@@ -32,8 +35,12 @@ const version = (await serviceRpc("credit_publish_pricing", {
 })).version;
 
 function charge(body: unknown, bearer: string | null = SERVICE_KEY): Promise<Response> {
-  const headers: Record<string, string> = { "Content-Type": "application/json" };
-  if (bearer) headers.Authorization = `Bearer ${bearer}`;
+  return chargeWith(body, bearer ? { Authorization: `Bearer ${bearer}` } : {});
+}
+
+/** A charge with these credential headers (`apikey`, `Authorization`). */
+function chargeWith(body: unknown, credentials: Record<string, string>): Promise<Response> {
+  const headers = { "Content-Type": "application/json", ...credentials };
   const text = typeof body === "string" ? body : JSON.stringify(body);
   return callFunction("credit-usage", { method: "POST", headers, body: text });
 }
@@ -96,13 +103,14 @@ Deno.test("users, anon and bad tokens cannot charge", async () => {
     [await userToken(user), 403, "42501"], // even charging oneself
     [await userToken(newUserId()), 403, "42501"],
     [ANON_KEY, 401, "42501"],
-    [null, 401, "UNAUTHORIZED_NO_AUTH_HEADER"],
+    [null, 401, "unauthorized"],
     [
       await userToken(user, { secret: "a-forged-secret-of-at-least-32-characters" }),
       401,
-      "UNAUTHORIZED_LEGACY_JWT",
+      "PGRST301",
     ],
-    [await userToken(user, { expiresIn: -60 }), 401, "UNAUTHORIZED_LEGACY_JWT"],
+    [await userToken(user, { expiresIn: -60 }), 401, "PGRST301"],
+    ["not-a-jwt", 401, "PGRST301"],
   ];
   for (const [bearer, status, code] of refused) {
     const error = await expectStatus(await charge(request, bearer), status);
@@ -117,6 +125,58 @@ Deno.test("users, anon and bad tokens cannot charge", async () => {
     }),
   );
   assert.equal((await expectStatus(forged, 401)).code, "PGRST301");
+  assert.deepEqual(await ledgerRows(user), before);
+});
+
+Deno.test("a secret key (sb_secret_) charges as the service role", async () => {
+  const user = await userWith(1000);
+  // in apikey alone, or also as the bearer token (supabase-js sends both)
+  const shapes: Record<string, string>[] = [
+    { apikey: SECRET_KEY },
+    { apikey: SECRET_KEY, Authorization: `Bearer ${SECRET_KEY}` },
+    { Authorization: `Bearer ${SECRET_KEY}` },
+  ];
+  for (const [i, credentials] of shapes.entries()) {
+    const request = { user_id: user, metrics: metrics(10), idempotency_key: `secret-${i}` };
+    const body = await expectStatus(await chargeWith(request, credentials), 200);
+    assert.equal(body.amount, 10);
+    assert.equal(body.balance_after, 1000 - 10 * (i + 1));
+    // a retry with the same key answers the first charge
+    const again = await expectStatus(await chargeWith(request, credentials), 200);
+    assert.equal(again.is_replay, true);
+    assert.equal(again.transaction_id, body.transaction_id);
+  }
+  const rows = (await journal(user)).filter((row) => row.type === "usage");
+  assert.deepEqual(rows.map((row) => row.idempotency_key), ["secret-0", "secret-1", "secret-2"]);
+});
+
+Deno.test("publishable, forged and mismatched keys cannot charge", async () => {
+  const user = await userWith(100);
+  const before = await ledgerRows(user);
+  const request = { user_id: user, metrics: metrics(1) };
+  const forged = `sb_secret_${crypto.randomUUID().replaceAll("-", "")}`;
+  const altered = `${SECRET_KEY.slice(0, -1)}${SECRET_KEY.endsWith("A") ? "B" : "A"}`;
+  const refused: [Record<string, string>, number, string][] = [
+    // the gateway runs a publishable key as anon, who may not charge
+    [{ apikey: PUBLISHABLE_KEY }, 401, "42501"],
+    [{ apikey: PUBLISHABLE_KEY, Authorization: `Bearer ${PUBLISHABLE_KEY}` }, 401, "42501"],
+    [{ Authorization: `Bearer ${PUBLISHABLE_KEY}` }, 401, "42501"],
+    // a secret key the project never issued
+    [{ apikey: forged }, 401, "invalid_api_key"],
+    [{ Authorization: `Bearer ${forged}` }, 401, "invalid_api_key"],
+    [{ apikey: altered }, 401, "invalid_api_key"],
+    [{ apikey: "sb_secret_" }, 401, "invalid_api_key"],
+    // a user's token wins over a secret apikey, as at Supabase's gateway
+    [{ apikey: SECRET_KEY, Authorization: `Bearer ${await userToken(user)}` }, 403, "42501"],
+    // an sb_ bearer token must be the apikey itself
+    [{ apikey: PUBLISHABLE_KEY, Authorization: `Bearer ${SECRET_KEY}` }, 401, "unauthorized"],
+    [{ apikey: forged, Authorization: `Bearer ${SECRET_KEY}` }, 401, "unauthorized"],
+    [{ apikey: SECRET_KEY, Authorization: "Basic c2VjcmV0" }, 401, "unauthorized"],
+  ];
+  for (const [credentials, status, code] of refused) {
+    const error = await expectStatus(await chargeWith(request, credentials), status);
+    assert.equal(error.code, code, `${JSON.stringify(credentials)}: ${JSON.stringify(error)}`);
+  }
   assert.deepEqual(await ledgerRows(user), before);
 });
 

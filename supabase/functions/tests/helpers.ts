@@ -18,6 +18,9 @@ export function stackEnv(name: string): string {
 export const SUPABASE_URL = stackEnv("SUPABASE_URL");
 export const ANON_KEY = stackEnv("SUPABASE_ANON_KEY");
 export const SERVICE_KEY = stackEnv("SUPABASE_SERVICE_ROLE_KEY");
+// Supabase's API keys that are not JWTs: the gateway runs them as anon and service_role
+export const PUBLISHABLE_KEY = stackEnv("SUPABASE_PUBLISHABLE_KEY");
+export const SECRET_KEY = stackEnv("SUPABASE_SECRET_KEY");
 
 export function newUserId(): string {
   return crypto.randomUUID();
