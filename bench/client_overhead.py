@@ -5,6 +5,11 @@ same RPC with the bare driver (psycopg on one connection; httpx on one client), 
 alternating rounds; the script prints the median time per call of each and their ratio.
 Target: the manager costs less than 10% over the bare driver.
 
+Then the stores over an app's supabase-py client against ``HttpxSupabaseStore``, the same
+call through the same gateway: ``SupabaseStore`` (and ``AsyncSupabaseStore`` against
+``AsyncHttpxSupabaseStore``), where the ratio printed is the HTTP store's rate over the
+supabase-py store's (throughput, higher is better). Target: at least 0.9.
+
 Run against a running stack (``eval "$(scripts/local-stack up)"``):
 
     .venv/bin/python bench/client_overhead.py [calls per round, default 2000]
@@ -12,6 +17,7 @@ Run against a running stack (``eval "$(scripts/local-stack up)"``):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
@@ -23,9 +29,16 @@ from collections.abc import Callable
 import httpx
 import psycopg
 from psycopg.types.json import Jsonb
+from supabase import acreate_client, create_client
 
-from ducto import CreditManager
-from ducto.interface import HttpxSupabaseStore, PostgresStore
+from ducto import AsyncCreditManager, CreditManager
+from ducto.interface import (
+    AsyncHttpxSupabaseStore,
+    AsyncSupabaseStore,
+    HttpxSupabaseStore,
+    PostgresStore,
+    SupabaseStore,
+)
 
 ROUNDS = 5
 
@@ -36,18 +49,68 @@ def per_call(loop: Callable[[int], None], calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def medians(first: Callable[[int], None], second: Callable[[int], None]) -> tuple[float, float]:
+    """The median time per call of each loop, over alternating rounds."""
+    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    first(50)  # warm up connections and plans
+    second(50)
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(ROUNDS):
+        times[0].append(per_call(first, calls))
+        times[1].append(per_call(second, calls))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def compare(
     name: str, manager_loop: Callable[[int], None], bare_loop: Callable[[int], None]
 ) -> None:
-    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-    manager_loop(50)  # warm up connections and plans
-    bare_loop(50)
-    managed, bare = [], []
-    for _ in range(ROUNDS):
-        managed.append(per_call(manager_loop, calls))
-        bare.append(per_call(bare_loop, calls))
-    m, b = statistics.median(managed), statistics.median(bare)
+    m, b = medians(manager_loop, bare_loop)
     print(f"{name:<34} manager {m * 1e6:8.1f} us  bare {b * 1e6:8.1f} us  ratio {m / b:5.3f}")
+
+
+def compare_stores(
+    name: str, store_loop: Callable[[int], None], httpx_loop: Callable[[int], None]
+) -> None:
+    s, h = medians(store_loop, httpx_loop)
+    print(f"{name:<34} supabase-py {s * 1e6:8.1f} us  httpx {h * 1e6:8.1f} us  ratio {h / s:5.3f}")
+
+
+def supabase_py(url: str, key: str, user: str) -> None:
+    """SupabaseStore and AsyncSupabaseStore against the HTTP stores, same call, same gateway."""
+    client = create_client(url, key)
+    over_client = CreditManager(SupabaseStore(client))
+    http_store = HttpxSupabaseStore(url, key)
+    over_httpx = CreditManager(http_store)
+    compare_stores(
+        "supabase-py: get_balance",
+        lambda n: [over_client.get_balance(user) for _ in range(n)] and None,
+        lambda n: [over_httpx.get_balance(user) for _ in range(n)] and None,
+    )
+    compare_stores(
+        "supabase-py: add_credits",
+        lambda n: [over_client.add_credits(user, 1) for _ in range(n)] and None,
+        lambda n: [over_httpx.add_credits(user, 1) for _ in range(n)] and None,
+    )
+    client.postgrest.aclose()
+    http_store.close()
+
+    with asyncio.Runner() as runner:
+        aclient = runner.run(acreate_client(url, key))
+        aover_client = AsyncCreditManager(AsyncSupabaseStore(aclient))
+        ahttp_store = AsyncHttpxSupabaseStore(url, key)
+        aover_httpx = AsyncCreditManager(ahttp_store)
+
+        async def balances(manager: AsyncCreditManager, n: int) -> None:
+            for _ in range(n):
+                await manager.get_balance(user)
+
+        compare_stores(
+            "supabase-py async: get_balance",
+            lambda n: runner.run(balances(aover_client, n)),
+            lambda n: runner.run(balances(aover_httpx, n)),
+        )
+        runner.run(aclient.postgrest.aclose())
+        runner.run(ahttp_store.close())
 
 
 def main() -> None:
@@ -105,6 +168,8 @@ def main() -> None:
             bare_http_balance,
         )
     http_store.close()
+
+    supabase_py(url, key, user)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ FILES = (
     "ducto/interface/base.py",
     "ducto/interface/postgres.py",
     "ducto/interface/supabase.py",
+    "ducto/interface/supabase_py.py",
 )
 SOURCE = "# -- async source: scripts/unasync.py writes the sync flavour below from it --"
 GENERATED = (
@@ -43,6 +44,7 @@ RULES = [
         (r"\bawait ", ""),
         (r"\baclose\b", "close"),
         (r"\basyncio\.sleep\b", "time.sleep"),
+        (r"\bacreate_client\b", "create_client"),  # supabase-py's async constructor
     )
 ]
 

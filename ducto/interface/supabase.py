@@ -94,19 +94,31 @@ def _request(call: RpcCall) -> tuple[str, bytes]:
     return f"/rest/v1/rpc/{call.function}", body.encode()
 
 
+def _decoded(content: bytes) -> object:
+    """A PostgREST body as JSON (None when it is not JSON).
+
+    Numbers with a fraction become Decimal: a numeric result (a cost) stays exact.
+    """
+    try:
+        return json.loads(content, parse_float=Decimal)
+    except ValueError:
+        return None
+
+
+def _rows_of(body: object) -> list[dict[str, Any]]:
+    """The rows of a successful RPC answer: one object, an array, or a scalar's value."""
+    if isinstance(body, dict):
+        return [body]
+    if isinstance(body, list):
+        return body
+    return [{"value": body}]  # a scalar function
+
+
 def _rows(response: httpx.Response) -> list[dict[str, Any]]:
     """The rows of a PostgREST answer, or the ducto exception its error body names."""
-    try:
-        # numbers with a fraction as Decimal: a numeric result (a cost) stays exact
-        body = json.loads(response.content, parse_float=Decimal)
-    except ValueError:
-        body = None
+    body = _decoded(response.content)
     if response.is_success:
-        if isinstance(body, dict):
-            return [body]
-        if isinstance(body, list):
-            return body
-        return [{"value": body}]  # a scalar function
+        return _rows_of(body)
     raise _error(response, body)
 
 

@@ -27,13 +27,16 @@ import pytest
 from helpers_api import Api
 from helpers_process import run
 from psycopg import sql
+from supabase import acreate_client, create_client
 
 from ducto import AsyncCreditManager, CreditEventEmitter, CreditManager, PricingEngine
 from ducto.interface import (
     AsyncHttpxSupabaseStore,
     AsyncPostgresStore,
+    AsyncSupabaseStore,
     HttpxSupabaseStore,
     PostgresStore,
+    SupabaseStore,
 )
 
 
@@ -75,7 +78,7 @@ def make_user_token(
     if extra:
         claims.update(extra)
     if alg == "none":
-        return jwt.encode(claims, None, algorithm="none")
+        return jwt.encode(claims, "", algorithm="none")  # "none" takes no key
     key = secret if secret is not None else stack_env("SUPABASE_JWT_SECRET")
     return jwt.encode(claims, key, algorithm=alg)
 
@@ -162,9 +165,16 @@ def service(gateway: httpx.Client, service_role_key: str) -> Api:
     return Api(gateway, service_role_key, service_role_key)
 
 
-# ---------------------------------------------------------------- the client, four ways
+# ---------------------------------------------------------------- the client, six ways
 
-FLAVOURS = ["postgres", "postgres-async", "http", "http-async"]
+FLAVOURS = [
+    "postgres",
+    "postgres-async",
+    "http",
+    "http-async",
+    "supabase-py",
+    "supabase-py-async",
+]
 
 
 class _Awaited:
@@ -208,16 +218,27 @@ def manager(
         http = HttpxSupabaseStore(supabase_url, service_role_key)
         yield CreditManager(http)
         http.close()
+    elif flavour == "supabase-py":
+        # the app's own client, as create_client() makes it, with the service-role key
+        client = create_client(supabase_url, service_role_key)
+        yield CreditManager(SupabaseStore(client))
+        client.postgrest.aclose()  # the app closes its own client (postgrest-py's name)
     else:
         with asyncio.Runner() as runner:
             if flavour == "postgres-async":
-                astore: AsyncPostgresStore | AsyncHttpxSupabaseStore = AsyncPostgresStore(
-                    database_url, max_size=2
+                astore: AsyncPostgresStore | AsyncHttpxSupabaseStore | AsyncSupabaseStore = (
+                    AsyncPostgresStore(database_url, max_size=2)
                 )
-            else:
+            elif flavour == "http-async":
                 astore = AsyncHttpxSupabaseStore(supabase_url, service_role_key)
+            else:
+                aclient = runner.run(acreate_client(supabase_url, service_role_key))
+                astore = AsyncSupabaseStore(aclient)
             yield cast(CreditManager, _Awaited(AsyncCreditManager(astore), runner))
-            runner.run(astore.close())
+            if isinstance(astore, AsyncSupabaseStore):  # the app closes its own client
+                runner.run(astore.client.postgrest.aclose())
+            else:
+                runner.run(astore.close())
 
 
 def sibling_manager(

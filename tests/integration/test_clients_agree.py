@@ -4,14 +4,16 @@ The stack's database is a fresh cluster that ``supabase db push --db-url`` set u
 (``scripts/local-stack up``; the first test checks the CLI's history). On it, three
 clients interleave operations on the same users:
 
-- Python: ``CreditManager`` over ``PostgresStore`` (psycopg, next to the database);
+- Python: ``CreditManager`` over ``PostgresStore`` (psycopg, next to the database), and
+  over the app's own supabase-py client, ``SupabaseStore`` and ``AsyncSupabaseStore``
+  (service role, through the gateway);
 - Deno: the edge functions through the gateway (``credit-usage`` with the service-role
   key, ``credit-topup-webhook`` with a signed event, ``credit-balance`` with the user's
   JWT);
 - JavaScript: ``examples/supabase-js/ledger.mjs`` under Node, driven line by line
   (``tests/js/driver.mjs``).
 
-After every step all three must report the same balance, held and available credits;
+After every step every client must report the same balance, held and available credits;
 the same usage costs the same credits whichever client charges it; an idempotency key
 used by one client is a replay for the others; and at the end all three read the same
 journal, which matches the arithmetic of the steps. A plan and a team pool set up by
@@ -21,6 +23,7 @@ supabase-js).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -30,18 +33,19 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psycopg
 import pytest
 from conftest import make_user_token, stack_env
+from supabase import acreate_client, create_client
 
-from ducto import CreditManager, PricingConfigData, UsageMetrics
-from ducto.interface import PostgresStore
+from ducto import AsyncCreditManager, CreditManager, PricingConfigData, UsageMetrics
+from ducto.interface import AsyncSupabaseStore, PostgresStore, SupabaseStore
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATION_NAME = re.compile(r"^([0-9]+)_.*\.sql$")
@@ -56,6 +60,8 @@ PRICING = {
 USAGE = UsageMetrics(model="clients-model", input_tokens=30, output_tokens=10)
 METRICS = asdict(USAGE)  # the same usage as JSON, for the Deno and JS clients
 COST = 30 * 1 + 10 * 2
+
+_T = TypeVar("_T")
 
 
 class JsClient:
@@ -155,6 +161,37 @@ def python(database_url: str) -> Iterator[CreditManager]:
     store.close()
 
 
+class SupabasePy:
+    """CreditManager over the app's own supabase-py clients, sync and async (service role)."""
+
+    def __init__(self, url: str, key: str, runner: asyncio.Runner) -> None:
+        self.runner = runner
+        self.client = create_client(url, key)
+        self.aclient = runner.run(acreate_client(url, key))
+        self.sync = CreditManager(SupabaseStore(self.client))
+        self.asynchronous = AsyncCreditManager(AsyncSupabaseStore(self.aclient))
+        # the pricing Python published, loaded from the database
+        self.sync.load_pricing_from_store()
+        self.run(self.asynchronous.load_pricing_from_store())
+
+    def run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        return self.runner.run(coroutine)
+
+    def close(self) -> None:
+        self.client.postgrest.aclose()
+        self.run(self.aclient.postgrest.aclose())
+
+
+@pytest.fixture(scope="module")
+def supabase_py(
+    python: CreditManager, supabase_url: str, service_role_key: str
+) -> Iterator[SupabasePy]:
+    with asyncio.Runner() as runner:
+        clients = SupabasePy(supabase_url, service_role_key, runner)
+        yield clients
+        clients.close()
+
+
 @pytest.fixture(scope="module")
 def js() -> Iterator[JsClient]:
     client = JsClient()
@@ -181,8 +218,13 @@ def test_the_database_came_from_supabase_db_push(database_url: str) -> None:
 
 
 def test_python_deno_and_js_share_one_ledger(
-    python: CreditManager, js: JsClient, deno: Functions, db: psycopg.Connection[Any]
+    python: CreditManager,
+    supabase_py: SupabasePy,
+    js: JsClient,
+    deno: Functions,
+    db: psycopg.Connection[Any],
 ) -> None:
+    sp, asp = supabase_py.sync, supabase_py.asynchronous
     alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
     tokens = {alice: make_user_token(alice), bob: make_user_token(bob)}
     run = uuid.uuid4().hex[:8]
@@ -190,12 +232,15 @@ def test_python_deno_and_js_share_one_ledger(
     held = {alice: 0, bob: 0}
 
     def all_agree(user: str) -> None:
-        """Python, the balance function and supabase-js see the expected numbers."""
+        """Python (psycopg; supabase-py, sync and async), the balance function and
+        supabase-js see the expected numbers."""
         by_python = asdict(python.get_balance(user))
+        by_supabase_py = asdict(sp.get_balance(user))
+        by_async_supabase_py = asdict(supabase_py.run(asp.get_balance(user)))
         by_deno = deno.account(tokens[user])
         by_js = js("balance", user=user, token=tokens[user])
         truth = (expected[user], held[user], expected[user] - held[user])
-        for view in (by_python, by_deno, by_js):
+        for view in (by_python, by_supabase_py, by_async_supabase_py, by_deno, by_js):
             assert (view["balance"], view["held"], view["available"]) == truth
 
     # credits in, one way per client
@@ -221,20 +266,36 @@ def test_python_deno_and_js_share_one_ledger(
     by_js = js("charge", user=alice, metrics=METRICS, key=f"js-{run}")
     expected[alice] -= COST
     all_agree(alice)
-    assert python.engine is not None
-    assert [by_python.amount, by_deno["amount"], by_js["amount"]] == [COST] * 3
-    assert python.engine.price(USAGE).credits == COST
+    by_sp = sp.deduct(alice, USAGE, idempotency_key=f"sp-{run}")
+    expected[alice] -= COST
+    all_agree(alice)
+    by_asp = supabase_py.run(asp.deduct(alice, USAGE, idempotency_key=f"asp-{run}"))
+    expected[alice] -= COST
+    all_agree(alice)
+    amounts = [by_python.amount, by_deno["amount"], by_js["amount"], by_sp.amount, by_asp.amount]
+    assert amounts == [COST] * 5
+    for engine in (python.engine, sp.engine, asp.engine):
+        assert engine is not None and engine.price(USAGE).credits == COST
+    assert supabase_py.run(asp.calculate_cost(USAGE)) == sp.calculate_cost(USAGE)
 
     # a key used by one client is a replay for the others: nothing is charged twice
     replays = [
         js("charge", user=alice, metrics=METRICS, key=f"py-{run}"),
         asdict(python.deduct(alice, USAGE, idempotency_key=f"deno-{run}")),
         deno.charge(alice, METRICS, f"js-{run}"),
+        asdict(sp.deduct(alice, USAGE, idempotency_key=f"asp-{run}")),
+        asdict(supabase_py.run(asp.deduct(alice, USAGE, idempotency_key=f"sp-{run}"))),
+        deno.charge(alice, METRICS, f"sp-{run}"),
+        asdict(sp.deduct(alice, USAGE, idempotency_key=f"py-{run}")),
     ]
     assert [r["transaction_id"] for r in replays] == [
         by_python.transaction_id,
         by_deno["transaction_id"],
         by_js["transaction_id"],
+        by_asp.transaction_id,
+        by_sp.transaction_id,
+        by_sp.transaction_id,
+        by_python.transaction_id,
     ]
     assert all(r["is_replay"] for r in replays)
     again = js(

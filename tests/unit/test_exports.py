@@ -71,9 +71,11 @@ def test_package_exports() -> None:
         "AsyncCreditStore",
         "AsyncHttpxSupabaseStore",
         "AsyncPostgresStore",
+        "AsyncSupabaseStore",
         "CreditStore",
         "HttpxSupabaseStore",
         "PostgresStore",
+        "SupabaseStore",
     ]
     assert ducto.embedded.__all__ == ["POSTGRES_MAJOR", "EmbeddedPostgres", "default_data_dir"]
 

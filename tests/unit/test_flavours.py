@@ -23,9 +23,11 @@ from ducto.interface import (
     AsyncCreditStore,
     AsyncHttpxSupabaseStore,
     AsyncPostgresStore,
+    AsyncSupabaseStore,
     CreditStore,
     HttpxSupabaseStore,
     PostgresStore,
+    SupabaseStore,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +36,7 @@ PAIRS = [
     (CreditStore, AsyncCreditStore),
     (PostgresStore, AsyncPostgresStore),
     (HttpxSupabaseStore, AsyncHttpxSupabaseStore),
+    (SupabaseStore, AsyncSupabaseStore),
 ]
 
 
