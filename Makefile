@@ -3,6 +3,9 @@
 #   make install     what the tests need: Debian packages (only when missing),
 #                    .venv (pip install -e '.[dev]'), node_modules (npm ci)
 #   make test        install, then scripts/run-tests
+#   make fuzz        long random sequences of every ledger operation against the reference
+#                    model (tests/integration/test_state_machine.py) on a stack of its own;
+#                    DUCTO_FUZZ_EXAMPLES sequences (default 2000) of DUCTO_FUZZ_STEPS steps
 #   make demo        the whole credit lifecycle on an embedded PostgreSQL (examples/demo.py);
 #                    needs Python only, no database, no configuration
 #   make docs        the docs site into build/docs, warnings as errors (make test runs it)
@@ -22,7 +25,7 @@ APT_PACKAGES := postgresql-15 postgresql-15-pgtap libtap-parser-sourcehandler-pg
 # Used by scripts/local-stack; present on most machines, installed if not.
 APT_TOOLS := curl openssl
 
-.PHONY: install apt test demo docs stack-up stack-down bench
+.PHONY: install apt test fuzz demo docs stack-up stack-down bench
 
 install: apt $(VENV)/.installed node_modules/.installed
 
@@ -61,6 +64,17 @@ node_modules/.installed: package-lock.json
 
 test: install
 	scripts/run-tests
+
+# A throw-away stack on the test ports (as scripts/run-tests), stopped whatever happens.
+fuzz: install
+	@stack=$$(mktemp -d "$${TMPDIR:-/tmp}/ducto-fuzz-stack.XXXXXX"); \
+	export DUCTO_STACK_DIR=$$stack DUCTO_API_PORT=$${DUCTO_TEST_API_PORT:-25321} \
+		DUCTO_PG_PORT=$${DUCTO_TEST_PG_PORT:-25322} DUCTO_PGRST_PORT=$${DUCTO_TEST_PGRST_PORT:-25330} \
+		DUCTO_PGRST_ADMIN_PORT=$${DUCTO_TEST_PGRST_ADMIN_PORT:-25331}; \
+	trap '[[ -f $$stack/.ducto-stack ]] && scripts/local-stack down || rmdir "$$stack"' EXIT; \
+	eval "$$(scripts/local-stack up)"; \
+	DUCTO_FUZZ_EXAMPLES=$${DUCTO_FUZZ_EXAMPLES:-2000} \
+		$(VENV)/bin/python -m pytest tests/integration/test_state_machine.py
 
 demo: $(VENV)/.demo-installed
 	$(VENV)/bin/python examples/demo.py

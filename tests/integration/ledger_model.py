@@ -1,43 +1,63 @@
-"""A pure-Python model of the credit ledger's documented rules (docs/ledger.md).
+"""A pure-Python model of the credit ledger's documented rules (docs/ledger.md,
+docs/plans-teams.md, docs/pricing.md).
 
-The state-machine test in ``test_concurrency.py`` applies the same random operations to
-the SQL ledger and to this model and compares every reply and every balance. The model
+The state machine in ``test_state_machine.py`` applies the same random operations to the
+SQL ledger and to this model and compares every reply and every balance. The model
 follows the documentation, not the SQL: where they differ, one of them is wrong.
 
-What it models (docs/ledger.md, "Rules"):
+What it models:
 
 - burn-down: priority, then soonest expiry (never-expiring last), then oldest;
 - a grant is spendable while ``now < expires_at``; every write on an account first
   journals the expiry of its expired grants;
 - floor: a deduct or reserve is admitted only if ``available - amount >= min_balance``;
-- holds: settle charges the actual amount, overage included; what grants cannot pay
-  becomes debt; new credits pay debt first;
+  a usage charge's floor is the pricing's ``min_balance``, a team charge's the larger of
+  the team's and the pricing's;
+- holds: settle charges the actual amount (or the priced usage), overage included; what
+  grants cannot pay becomes debt; new credits pay debt first;
 - refunds give credits back where they came from, the most recently drawn first: debt
   is forgiven first, then grants are refilled (and expire again at once if they have
   expired since); debt that newer credits have paid comes back as a new paid grant;
 - idempotency keys per account: a replay returns the first result (recognised before
-  checks that depend on the time), other parameters are ``DC020``, a failed operation
-  does not consume its key.
+  checks that depend on the time or the pricing), other parameters are ``DC020``, a
+  failed operation does not consume its key;
+- pricing: exact model names or the default, rates per 1M tokens and per request,
+  rounded once; fixed-cost jobs;
+- plans: one allowance grant per account, period unit and calendar period (UTC), expiring
+  at the period's end, with a rollover of what the previous period's grant had left when
+  it expired, up to the cap;
+- teams: the pool is an account; a member's net spend in the current period (charges
+  attributed to them minus refunds of those) stays within their limit.
+
+Three rules are about to change; each is in small methods of its own, so the model follows
+the change there: a settle under a used key (``_settle_key_replay``,
+``_settle_key_request``), the bound on a settle's overage (``_check_overage``) and
+allowances when a plan changes (``_allowance_due``).
 
 An operation that fails writes nothing (its SQL transaction rolls back): run each one in
 ``with model.atomic():``, which restores the model when it raises ModelError.
 
-Identifiers (transactions, reservations) are the ones the SQL ledger assigned: the
-caller passes them in. A grant is named by the journal row that created it (the
-``transaction_id`` column of ``credit_grants``), which needs no extra id.
+Identifiers (transactions, reservations, grants) are the ones the SQL ledger assigned:
+the caller passes them in. A grant is named by the journal row that created it (the
+``transaction_id`` column of ``credit_grants``).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from typing import Any
 
 Reply = dict[str, Any]
-"""The fields of an RPC's result row the model predicts (a subset of the row)."""
+"""The fields of an RPC's result row the model predicts."""
+
+Usage = tuple[tuple[str, Any], ...]
+"""Usage metrics as the ledger stores them: counts at their default left out, sorted."""
 
 
 class ModelError(Exception):
@@ -46,6 +66,75 @@ class ModelError(Exception):
     def __init__(self, code: str) -> None:
         super().__init__(code)
         self.code = code
+
+
+def normal_usage(metrics: Mapping[str, Any]) -> Usage:
+    """The stored form of usage metrics: 0 tokens and 1 request are the defaults."""
+    return tuple(
+        sorted(
+            (name, value)
+            for name, value in metrics.items()
+            if name == "model" or value != (1 if name == "requests" else 0)
+        )
+    )
+
+
+def period_bounds(period: str, at: datetime) -> tuple[datetime, datetime]:
+    """The calendar period (UTC) that contains ``at``: weeks start on Monday."""
+    day = at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return day, day + timedelta(days=1)
+    if period == "week":
+        start = day - timedelta(days=day.weekday())
+        return start, start + timedelta(days=7)
+    if period == "month":
+        start = day.replace(day=1)
+        after = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+        return start, after
+    assert period == "year"
+    start = day.replace(month=1, day=1)
+    return start, start.replace(year=start.year + 1)
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """A published pricing version: per model (exact, lower-case names) or the default,
+    ``input``/``output`` credits per 1M tokens and ``request`` credits per request."""
+
+    version: int
+    models: Mapping[str, Mapping[str, int]]
+    default: Mapping[str, int] | None
+    fixed_jobs: Mapping[str, int]
+    min_balance: int
+    rounding: str
+
+    @classmethod
+    def from_config(cls, version: int, config: Mapping[str, Any]) -> Pricing:
+        return cls(
+            version,
+            {entry["model"]: entry for entry in config.get("models", [])},
+            config["default"],
+            config.get("fixed_jobs", {}),
+            config.get("min_balance", 0),
+            config.get("rounding", "ceil"),
+        )
+
+    def cost(self, usage: Usage) -> int:
+        counts: dict[str, Any] = dict(usage)
+        rates = self.models.get(counts["model"], self.default)
+        if rates is None:
+            raise ModelError("DC061")
+        tokens: int = (
+            counts.get("input_tokens", 0) * rates["input"]
+            + counts.get("output_tokens", 0) * rates["output"]
+        )
+        requests: int = counts.get("requests", 1) * rates.get("request", 0)
+        exact = Fraction(tokens, 10**6) + requests
+        if self.rounding == "ceil":
+            return math.ceil(exact)
+        if self.rounding == "half_up":
+            return math.floor(exact + Fraction(1, 2))
+        return math.floor(exact)
 
 
 @dataclass
@@ -59,8 +148,9 @@ class Grant:
     remaining: int
     expires_at: datetime | None
     created_at: datetime
+    expired: int = 0  # what its expiry rows took, for an allowance's rollover
 
-    def expired(self, now: datetime) -> bool:
+    def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
     def burn_order(self) -> tuple[int, bool, datetime, datetime, str]:
@@ -84,6 +174,7 @@ class Hold:
     expires_at: datetime
     status: str = "active"
     settled_amount: int | None = None
+    settled_usage: Usage | None = None
     result: Reply | None = None
 
     def counts(self, now: datetime) -> bool:
@@ -92,12 +183,14 @@ class Hold:
 
 @dataclass
 class Charge:
-    """A refundable journal row (usage or capture) and where its credits came from."""
+    """A refundable journal row (usage, fixed_job or capture) and where its credits came
+    from; ``member`` is the team member a pool's charge is attributed to."""
 
     id: str
     user_id: str
     amount: int
     draws: list[tuple[str | None, int]]
+    member: str | None = None
     refunded: int = 0
 
 
@@ -116,10 +209,45 @@ class Account:
     version: int = 0
     grants: dict[str, Grant] = field(default_factory=dict)
     keys: dict[str, StoredKey] = field(default_factory=dict)
+    # a pool's journal rows attributed to members: (member, created_at, signed amount)
+    attributed: list[tuple[str, datetime, int]] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    id: str
+    name: str
+    allowance: int | None
+    period: str | None
+    rollover_cap: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class Member:
+    role: str
+    spend_limit: int | None
+    limit_period: str | None
+    joined_at: datetime
+
+
+@dataclass
+class Team:
+    id: str
+    name: str
+    min_balance: int
+    created_at: datetime
+    updated_at: datetime
+    members: dict[str, Member] = field(default_factory=dict)
+
+    @property
+    def pool(self) -> str:
+        return f"team:{self.id}"
 
 
 class LedgerModel:
-    """The documented ledger, one account per user, with a clock the caller moves."""
+    """The documented ledger, one account per user or pool, with a clock the caller moves."""
 
     def __init__(self, now: datetime) -> None:
         self.now = now
@@ -128,6 +256,12 @@ class LedgerModel:
         self.charges: dict[str, Charge] = {}
         # journal rows that exist but cannot be refunded (credits, refunds)
         self.other_rows: dict[str, str] = {}
+        self.pricing: Pricing | None = None
+        self.plans: dict[str, Plan] = {}
+        self.assignments: dict[str, tuple[str, datetime]] = {}
+        # the allowance grant of (user, period unit, period start), by its journal row
+        self.allowance_grants: dict[tuple[str, str, datetime], str] = {}
+        self.teams: dict[str, Team] = {}
 
     @contextmanager
     def atomic(self) -> Iterator[None]:
@@ -154,14 +288,14 @@ class LedgerModel:
         account = self.accounts.get(user_id)
         if account is None:
             return {"balance": 0, "held": 0, "available": 0}
-        unswept = sum(g.remaining for g in account.grants.values() if g.expired(self.now))
+        unswept = sum(g.remaining for g in account.grants.values() if g.is_expired(self.now))
         balance = account.balance - unswept
         held = self.held(account)
         return {"balance": balance, "held": held, "available": balance - held}
 
-    def available(self, account: Account) -> int:
+    def available(self, account: Account | None) -> int:
         """Balance minus active holds, for an account whose expiry is journalled."""
-        return account.balance - self.held(account)
+        return 0 if account is None else account.balance - self.held(account)
 
     # ------------------------------------------------------------ internals
 
@@ -171,15 +305,16 @@ class LedgerModel:
 
     def _expire(self, account: Account) -> None:
         for grant in account.grants.values():
-            if grant.remaining > 0 and grant.expired(self.now):
+            if grant.remaining > 0 and grant.is_expired(self.now):
                 self._journal(account, -grant.remaining)
+                grant.expired += grant.remaining
                 grant.remaining = 0
 
     def _draw(self, account: Account, amount: int) -> list[tuple[str | None, int]]:
         draws: list[tuple[str | None, int]] = []
         left = amount
         spendable = sorted(
-            (g for g in account.grants.values() if g.remaining > 0 and not g.expired(self.now)),
+            (g for g in account.grants.values() if g.remaining > 0 and not g.is_expired(self.now)),
             key=Grant.burn_order,
         )
         for grant in spendable:
@@ -194,6 +329,14 @@ class LedgerModel:
             account.debt += left
             draws.append((None, left))
         return draws
+
+    def _debit(self, account: Account, new_id: str, amount: int, member: str | None) -> None:
+        """Journal and draw a charge of at least 1 credit, refundable as ``new_id``."""
+        self._journal(account, -amount)
+        draws = self._draw(account, amount)
+        self.charges[new_id] = Charge(new_id, account.user_id, amount, draws, member)
+        if member is not None:
+            account.attributed.append((member, self.now, -amount))
 
     def _create_grant(
         self,
@@ -223,22 +366,33 @@ class LedgerModel:
 
     @staticmethod
     def _remember(
-        account: Account, key: str | None, operation: str, request: tuple[Any, ...], result: Reply
+        account: Account | None,
+        key: str | None,
+        operation: str,
+        request: tuple[Any, ...],
+        result: Reply,
     ) -> None:
-        if key is not None:
+        # a charge on an account that does not exist (0 credits) leaves no key behind
+        if key is not None and account is not None:
             account.keys[key] = StoredKey(operation, request, dict(result))
 
-    def _admit(self, account: Account | None, amount: int, min_balance: int) -> int:
-        available = 0 if account is None else self.available(account)
-        if account is None or available - amount < min_balance:
-            raise ModelError("DC010")
+    def _admit(self, account: Account | None, amount: int, floor: int, code: str = "DC010") -> int:
+        available = self.available(account)
+        if available - amount < floor:
+            raise ModelError(code)
         return available
 
-    # ------------------------------------------------------------ operations
+    def _priced(self) -> Pricing:
+        if self.pricing is None:
+            raise ModelError("DC063")
+        return self.pricing
+
+    # ------------------------------------------------------------ credits and charges
 
     def add(
         self,
         new_id: str,
+        grant_id: str,
         user_id: str,
         amount: int,
         *,
@@ -264,50 +418,89 @@ class LedgerModel:
         self.other_rows[new_id] = user_id
         result: Reply = {
             "transaction_id": new_id,
+            "grant_id": grant_id,
+            "user_id": user_id,
             "amount": amount,
             "tx_type": tx_type,
             "category": category,
             "priority": priority,
             "expires_at": expires_at,
             "balance_after": account.balance,
+            "created_at": self.now,
             "is_replay": False,
         }
         self._remember(account, key, "add_credits", request, result)
         return result
 
-    def deduct(
+    def _one_call_debit(
         self,
         new_id: str,
         user_id: str,
-        amount: int,
-        *,
-        min_balance: int = 0,
-        key: str | None = None,
+        operation: str,
+        request: tuple[Any, ...],
+        key: str | None,
+        amount: int | None,
+        floor: int,
     ) -> Reply:
-        """``credit_deduct_credits``."""
+        """A deduct by amount, usage (``amount`` None) or fixed job (``request[0]``)."""
         account = self.accounts.get(user_id)
-        request = (amount, min_balance)
-        replay = self._replay(account, key, "usage", request)
+        replay = self._replay(account, key, operation, request)
         if replay is not None:
             return replay
+        # priced after the replay lookup: a replay returns the original charge whatever
+        # was published since; the price and its floor come from one version
+        version = None
+        if amount is None:
+            pricing = self._priced()
+            if operation == "fixed_job":
+                if request[1] not in pricing.fixed_jobs:
+                    raise ModelError("DC062")
+                amount = pricing.fixed_jobs[request[1]]
+            else:
+                amount = pricing.cost(request[1])
+            floor, version = pricing.min_balance, pricing.version
         if account is not None:
             self._expire(account)
-        self._admit(account, amount, min_balance)
-        assert account is not None
-        self._journal(account, -amount)
-        draws = self._draw(account, amount)
-        self.charges[new_id] = Charge(new_id, user_id, amount, draws)
+        available = self._admit(account, amount, floor)
+        transaction_id = None
+        if amount > 0:
+            assert account is not None  # an account that does not exist has nothing to pay
+            transaction_id = new_id
+            self._debit(account, new_id, amount, None)
         result: Reply = {
-            "transaction_id": new_id,
+            "transaction_id": transaction_id,
             "reservation_id": None,
+            "user_id": user_id,
             "amount": amount,
             "overage": 0,
-            "balance_after": account.balance,
-            "available_after": self.available(account),
+            "balance_after": 0 if account is None else account.balance,
+            "available_after": available - amount,
+            "created_at": self.now,
             "is_replay": False,
+            "pricing_version": version,
         }
-        self._remember(account, key, "usage", request, result)
+        self._remember(account, key, operation, request, result)
         return result
+
+    def deduct(
+        self, new_id: str, user_id: str, amount: int, *, min_balance: int = 0, key: str | None
+    ) -> Reply:
+        """``credit_deduct_credits``."""
+        request = ("amount", amount, min_balance)
+        return self._one_call_debit(new_id, user_id, "usage", request, key, amount, min_balance)
+
+    def deduct_usage(
+        self, new_id: str, user_id: str, metrics: Mapping[str, Any], *, key: str | None
+    ) -> Reply:
+        """``credit_deduct_usage``: priced under the active version, its floor with it."""
+        request = ("usage", normal_usage(metrics))
+        return self._one_call_debit(new_id, user_id, "usage", request, key, None, 0)
+
+    def deduct_fixed(self, new_id: str, user_id: str, job: str, *, key: str | None) -> Reply:
+        """``credit_deduct_fixed``."""
+        return self._one_call_debit(new_id, user_id, "fixed_job", ("job", job), key, None, 0)
+
+    # ------------------------------------------------------------ holds
 
     def reserve(
         self,
@@ -333,47 +526,106 @@ class LedgerModel:
         self.holds[new_id] = Hold(new_id, user_id, amount, expires_at)
         result: Reply = {
             "reservation_id": new_id,
+            "user_id": user_id,
             "amount": amount,
+            "operation_type": "usage",
             "expires_at": expires_at,
             "available_after": available - amount,
+            "created_at": self.now,
             "is_replay": False,
         }
         self._remember(account, key, "reserve_credits", request, result)
         return result
 
-    def settle(self, new_id: str, reservation_id: str, actual: int) -> Reply:
-        """``credit_settle_reservation``; ``new_id`` names the capture row, if any."""
+    def settle(
+        self,
+        new_id: str,
+        reservation_id: str,
+        *,
+        actual: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        key: str | None = None,
+    ) -> Reply:
+        """``credit_settle_reservation`` (an amount) or ``credit_settle_usage`` (usage,
+        priced by the active version, with an optional key); ``new_id`` names the capture."""
         hold = self.holds.get(reservation_id)
         if hold is None:
             raise ModelError("DC031")
+        account = self.accounts[hold.user_id]
+        usage = None if metrics is None else normal_usage(metrics)
+        if key is not None:
+            replay = self._settle_key_replay(account, key, hold, actual, usage)
+            if replay is not None:
+                return replay
         if hold.status == "settled":
+            # again with the same amount or usage: a replay; anything else: a conflict
             assert hold.result is not None
-            if hold.settled_amount == actual:
+            same_amount = usage is not None or hold.settled_amount == actual
+            if hold.settled_usage == usage and same_amount:
                 return {**hold.result, "is_replay": True}
             raise ModelError("DC041")
         if hold.status == "released":
             raise ModelError("DC040")
         # active or timed out: the usage happened, so it is charged in full
-        account = self.accounts[hold.user_id]
+        version = None
+        if usage is not None:
+            pricing = self._priced()
+            actual, version = pricing.cost(usage), pricing.version
+        assert actual is not None
+        self._check_overage(hold, actual)
         self._expire(account)
         transaction_id: str | None = None
         if actual > 0:
             transaction_id = new_id
-            self._journal(account, -actual)
-            draws = self._draw(account, actual)
-            self.charges[new_id] = Charge(new_id, hold.user_id, actual, draws)
+            self._debit(account, new_id, actual, None)
         hold.status = "settled"
         hold.settled_amount = actual
+        hold.settled_usage = usage
         hold.result = {
             "transaction_id": transaction_id,
             "reservation_id": reservation_id,
+            "user_id": hold.user_id,
             "amount": actual,
             "overage": max(actual - hold.amount, 0),
             "balance_after": account.balance,
             "available_after": self.available(account),
+            "created_at": self.now,
             "is_replay": False,
+            "pricing_version": version,
         }
+        if key is not None:
+            request = self._settle_key_request(actual, usage)
+            account.keys[key] = StoredKey("settle_usage", request, dict(hold.result))
         return dict(hold.result)
+
+    @staticmethod
+    def _settle_key_request(actual: int, usage: Usage | None) -> tuple[Any, ...]:
+        """What a settle's key remembers of its request: today nothing. To become: the
+        usage (or amount), so that only the same request under the key is a replay."""
+        return ()
+
+    def _settle_key_replay(
+        self, account: Account, key: str, hold: Hold, actual: int | None, usage: Usage | None
+    ) -> Reply | None:
+        """A settle under a key the account has used.
+
+        Today the key is remembered without its request, so any settle under a key first
+        used by a settle replays that settle, whatever hold and usage, and lets the
+        retry's active hold go. To become: the same usage is a replay, any other request
+        ``DC020`` with the hold left active.
+        """
+        stored = account.keys.get(key)
+        if stored is None:
+            return None
+        if stored.operation != "settle_usage":
+            raise ModelError("DC020")
+        if hold.status == "active":
+            self._release(hold)
+        return {**stored.result, "is_replay": True}
+
+    def _check_overage(self, hold: Hold, actual: int) -> None:
+        """The bound on a settle's overage. Today there is none: any amount is charged.
+        To become: a settle beyond a per-call bound is refused, the hold left active."""
 
     def release(self, reservation_id: str) -> Reply:
         """``credit_release_reservation``."""
@@ -385,18 +637,24 @@ class LedgerModel:
             return {**hold.result, "is_replay": True}
         if hold.status == "settled":
             raise ModelError("DC040")
+        return self._release(hold)
+
+    def _release(self, hold: Hold) -> Reply:
         # a write on the account: expired grants are journalled first
         account = self.accounts[hold.user_id]
         self._expire(account)
         hold.status = "released"
         hold.result = {
-            "reservation_id": reservation_id,
+            "reservation_id": hold.id,
+            "user_id": hold.user_id,
             "amount": hold.amount,
             "status": "released",
             "available_after": self.available(account),
             "is_replay": False,
         }
         return dict(hold.result)
+
+    # ------------------------------------------------------------ refunds and the sweep
 
     def refund(
         self, new_id: str, transaction_id: str, amount: int | None = None, *, key: str | None = None
@@ -425,13 +683,18 @@ class LedgerModel:
         # credits given back to a grant that has expired since expire at once
         self._expire(account)
         self.other_rows[new_id] = owner
+        if charge.member is not None:
+            # a refund is attributed to the member the charge was: it lowers their spend
+            account.attributed.append((charge.member, self.now, refund))
         result: Reply = {
             "transaction_id": new_id,
             "refunded_transaction_id": transaction_id,
+            "user_id": owner,
             "amount": refund,
             "total_refunded": charge.refunded,
             "refundable_remaining": charge.amount - charge.refunded,
             "balance_after": account.balance,
+            "created_at": self.now,
             "is_replay": False,
         }
         self._remember(account, key, "refund_transaction", request, result)
@@ -468,3 +731,227 @@ class LedgerModel:
         for hold in self.holds.values():
             if hold.status == "active" and hold.expires_at <= self.now:
                 hold.status = "expired"
+
+    # ------------------------------------------------------------ pricing
+
+    def publish(self, version: int, config: Mapping[str, Any]) -> Reply:
+        """``credit_publish_pricing``: the new version is the active one."""
+        self.pricing = Pricing.from_config(version, config)
+        return {"version": version, "is_active": True, "created_at": self.now}
+
+    # ------------------------------------------------------------ plans
+
+    def upsert_plan(
+        self,
+        plan_id: str,
+        name: str,
+        allowance: int | None,
+        period: str | None,
+        rollover_cap: int | None,
+    ) -> Reply:
+        """``credit_upsert_plan`` (never the default plan: that one is shared by all)."""
+        before = self.plans.get(plan_id)
+        created_at = self.now if before is None else before.created_at
+        plan = Plan(plan_id, name, allowance, period, rollover_cap, created_at, self.now)
+        self.plans[plan_id] = plan
+        return {
+            "plan_id": plan_id,
+            "name": name,
+            "features": {},
+            "is_default": False,
+            "allowance": allowance,
+            "allowance_period": period,
+            "rollover_cap": rollover_cap,
+            "created_at": created_at,
+            "updated_at": self.now,
+        }
+
+    def assign_plan(self, user_id: str, plan_id: str | None) -> Reply:
+        """``credit_assign_plan``; None unassigns (the user falls back to the default plan,
+        which is not the model's: only ``is_default`` is predicted then)."""
+        if plan_id is None:
+            self.assignments.pop(user_id, None)
+            return {"user_id": user_id, "is_default": True, "assigned_at": None}
+        plan = self.plans.get(plan_id)
+        if plan is None:
+            raise ModelError("DC080")
+        before = self.assignments.get(user_id)
+        if before is None or before[0] != plan_id:
+            self.assignments[user_id] = (plan_id, self.now)
+        return {
+            "user_id": user_id,
+            "plan_id": plan_id,
+            "plan_name": plan.name,
+            "features": {},
+            "is_default": False,
+            "allowance": plan.allowance,
+            "allowance_period": plan.period,
+            "rollover_cap": plan.rollover_cap,
+            "assigned_at": self.assignments[user_id][1],
+        }
+
+    def grant_allowances(self, new_id: str, user_id: str) -> Reply:
+        """``credit_grant_allowances(user_id)``: the current period's allowance, once."""
+        nothing = {"users": 0, "granted": 0, "already_granted": 0, "amount": 0, "rollover": 0}
+        assigned = self.assignments.get(user_id)
+        plan = None if assigned is None else self.plans[assigned[0]]
+        if plan is None or plan.allowance is None:
+            return nothing
+        assert plan.period is not None
+        start, end = period_bounds(plan.period, self.now)
+        account = self.accounts.setdefault(user_id, Account(user_id))
+        due = self._allowance_due(user_id, plan, start)
+        if due is None:
+            return {**nothing, "users": 1, "already_granted": 1}
+        self._expire(account)
+        rollover = self._rollover(user_id, plan, start)
+        amount = due + rollover
+        self._journal(account, amount)
+        self._create_grant(account, new_id, "promotional", 50, amount, end)
+        self.other_rows[new_id] = user_id
+        self.allowance_grants[(user_id, plan.period, start)] = new_id
+        return {**nothing, "users": 1, "granted": 1, "amount": amount, "rollover": rollover}
+
+    def _allowance_due(self, user_id: str, plan: Plan, start: datetime) -> int | None:
+        """The allowance the period starting at ``start`` still gets (None: granted).
+
+        Today: the plan's allowance in full, once per account, period unit and period,
+        whatever plan granted it, so a plan of another unit grants again in full and one
+        of the same unit (or the same plan with a larger allowance) grants nothing more.
+        To become: a plan change tops up to the new plan's level for the rest of the
+        period.
+        """
+        assert plan.period is not None
+        if (user_id, plan.period, start) in self.allowance_grants:
+            return None
+        return plan.allowance
+
+    def _rollover(self, user_id: str, plan: Plan, start: datetime) -> int:
+        # what the previous period's allowance grant had left when it expired, up to the cap
+        if not plan.rollover_cap:
+            return 0
+        assert plan.period is not None
+        previous = period_bounds(plan.period, start - timedelta(microseconds=1))[0]
+        source = self.allowance_grants.get((user_id, plan.period, previous))
+        if source is None:
+            return 0
+        return min(self.accounts[user_id].grants[source].expired, plan.rollover_cap)
+
+    # ------------------------------------------------------------ teams
+
+    def upsert_team(self, team_id: str, name: str, min_balance: int) -> Reply:
+        """``credit_upsert_team``: the pool is the account ``team:<team id>``."""
+        team = self.teams.get(team_id)
+        pool = f"team:{team_id}"
+        account = self.accounts.setdefault(pool, Account(pool))
+        if team is None:
+            if account.version > 0:
+                raise ModelError("DC006")
+            team = self.teams[team_id] = Team(team_id, name, min_balance, self.now, self.now)
+        team.name, team.min_balance, team.updated_at = name, min_balance, self.now
+        return {
+            "team_id": team_id,
+            "name": name,
+            "account_user_id": pool,
+            "min_balance": min_balance,
+            "created_at": team.created_at,
+            "updated_at": self.now,
+        }
+
+    def _team(self, team_id: str) -> Team:
+        team = self.teams.get(team_id)
+        if team is None:
+            raise ModelError("DC081")
+        return team
+
+    def _member_spent(self, team: Team, user_id: str, period: str) -> int:
+        # net spend in the current period: charges minus refunds, each when it was made
+        start = period_bounds(period, self.now)[0]
+        return -sum(
+            amount
+            for member, at, amount in self.accounts[team.pool].attributed
+            if member == user_id and at >= start
+        )
+
+    def set_team_member(
+        self,
+        team_id: str,
+        user_id: str,
+        role: str,
+        spend_limit: int | None,
+        limit_period: str | None,
+    ) -> Reply:
+        """``credit_set_team_member``: adds a member, or changes one (``joined_at`` stays)."""
+        team = self._team(team_id)
+        before = team.members.get(user_id)
+        joined_at = self.now if before is None else before.joined_at
+        team.members[user_id] = Member(role, spend_limit, limit_period, joined_at)
+        spent = None
+        if limit_period is not None:
+            spent = self._member_spent(team, user_id, limit_period)
+        return {
+            "team_id": team_id,
+            "user_id": user_id,
+            "role": role,
+            "spend_limit": spend_limit,
+            "limit_period": limit_period,
+            "spent_in_period": spent,
+            "joined_at": joined_at,
+        }
+
+    def remove_team_member(self, team_id: str, user_id: str) -> Reply:
+        """``credit_remove_team_member``: whether there was such a member."""
+        team = self._team(team_id)
+        return {"credit_remove_team_member": team.members.pop(user_id, None) is not None}
+
+    def deduct_team(
+        self,
+        new_id: str,
+        team_id: str,
+        user_id: str,
+        metrics: Mapping[str, Any],
+        *,
+        key: str | None = None,
+    ) -> Reply:
+        """``credit_deduct_team``: a member's usage, charged to the pool."""
+        team = self._team(team_id)
+        account = self.accounts[team.pool]
+        usage = normal_usage(metrics)
+        request = (user_id, usage)
+        replay = self._replay(account, key, "team_usage", request)
+        if replay is not None:
+            return replay
+        member = team.members.get(user_id)
+        if member is None:
+            raise ModelError("DC082")
+        pricing = self._priced()
+        amount = pricing.cost(usage)
+        spent = None
+        if member.limit_period is not None:
+            assert member.spend_limit is not None
+            spent = self._member_spent(team, user_id, member.limit_period)
+            if spent + amount > member.spend_limit:
+                raise ModelError("DC083")
+        self._expire(account)
+        floor = max(team.min_balance, pricing.min_balance)
+        available = self._admit(account, amount, floor, "DC084")
+        transaction_id = None
+        if amount > 0:
+            transaction_id = new_id
+            self._debit(account, new_id, amount, user_id)
+        result: Reply = {
+            "transaction_id": transaction_id,
+            "team_id": team_id,
+            "user_id": user_id,
+            "amount": amount,
+            "balance_after": account.balance,
+            "available_after": available - amount,
+            "spent_in_period": None if spent is None else spent + amount,
+            "spend_limit": member.spend_limit,
+            "limit_period": member.limit_period,
+            "created_at": self.now,
+            "is_replay": False,
+            "pricing_version": pricing.version,
+        }
+        self._remember(account, key, "team_usage", request, result)
+        return result
