@@ -128,16 +128,23 @@ def _error(exc: psycopg.Error) -> DuctoError:
     )
 
 
-def _retryable(exc: psycopg.Error, call: RpcCall, attempt: int, attempts: int) -> bool:
-    # only a lost connection (no SQLSTATE, class 08, or the server going away), and only
-    # when a second send cannot have a second effect; a timeout or any error the server
-    # answered is the caller's to see
+def _lost(exc: psycopg.Error) -> bool:
+    """Whether ``exc`` is a lost connection (no SQLSTATE, class 08, or the server going
+    away): the call may have been sent, and even committed, without an answer."""
     lost = exc.sqlstate is None or exc.sqlstate.startswith("08") or exc.sqlstate in _SHUTDOWN
-    return (
-        isinstance(exc, psycopg.OperationalError)
-        and lost
-        and call.retry_safe
-        and (attempt + 1 < attempts)
+    return isinstance(exc, psycopg.OperationalError) and lost
+
+
+def _retryable(exc: psycopg.Error, call: RpcCall, attempt: int, attempts: int) -> bool:
+    # only a lost connection, and only when a second send cannot have a second effect; a
+    # timeout or any error the server answered is the caller's to see
+    return _lost(exc) and call.retry_safe and (attempt + 1 < attempts)
+
+
+def _outcome_unknown(call: RpcCall, reason: str, code: str | None = None) -> StoreError:
+    """The error for a call whose last attempt, or an earlier one, got no answer."""
+    return StoreError(
+        f"{call.function}: {reason}; the call may or may not have taken effect", code=code
     )
 
 
@@ -192,15 +199,23 @@ class AsyncPostgresStore:
             except psycopg.Error as exc:
                 raise _error(exc) from exc
         pool = await self._opened_pool()
+        lost = False  # an attempt went out and its answer never came
         for attempt in range(self._attempts):
             try:
                 async with pool.connection() as conn:
                     return await self._execute(conn, call)
             except PoolTimeout as exc:  # waiting again would not help
+                if lost:
+                    reason = f"connection lost, and none came free within {pool.timeout:g} s"
+                    raise _outcome_unknown(call, reason) from exc
                 raise await self._no_connection(pool, exc) from exc
             except psycopg.Error as exc:
                 if not _retryable(exc, call, attempt, self._attempts):
+                    if _lost(exc):
+                        reason = one_line(str(exc)) or type(exc).__name__
+                        raise _outcome_unknown(call, reason, exc.sqlstate) from exc
                     raise _error(exc) from exc
+                lost = True
         raise AssertionError("unreachable")
 
     async def setup(self) -> SetupResult:
@@ -358,15 +373,23 @@ class PostgresStore:
             except psycopg.Error as exc:
                 raise _error(exc) from exc
         pool = self._opened_pool()
+        lost = False  # an attempt went out and its answer never came
         for attempt in range(self._attempts):
             try:
                 with pool.connection() as conn:
                     return self._execute(conn, call)
             except PoolTimeout as exc:  # waiting again would not help
+                if lost:
+                    reason = f"connection lost, and none came free within {pool.timeout:g} s"
+                    raise _outcome_unknown(call, reason) from exc
                 raise self._no_connection(pool, exc) from exc
             except psycopg.Error as exc:
                 if not _retryable(exc, call, attempt, self._attempts):
+                    if _lost(exc):
+                        reason = one_line(str(exc)) or type(exc).__name__
+                        raise _outcome_unknown(call, reason, exc.sqlstate) from exc
                     raise _error(exc) from exc
+                lost = True
         raise AssertionError("unreachable")
 
     def setup(self) -> SetupResult:

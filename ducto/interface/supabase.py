@@ -76,6 +76,19 @@ def _transport_error(
     )
 
 
+#: Transport errors raised before the request went out
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+def _outcome_unknown(error: StoreError) -> StoreError:
+    """``error`` for a call one of whose attempts went out and got no answer: that attempt
+    may have taken effect, whatever the last one met."""
+    return StoreError(
+        f"{error.message}; an attempt got no answer, so the call may or may not have taken effect",
+        detail=error.detail,
+    )
+
+
 #: The gateway lost PostgREST (502, 504) or PostgREST lost the database (503, PGRST00x):
 #: the request may have run or not, so only a call that cannot take effect twice is retried
 _UNREACHED = frozenset({502, 503, 504})
@@ -172,6 +185,7 @@ class AsyncHttpxSupabaseStore:
     async def call(self, call: RpcCall) -> list[dict[str, Any]]:
         """POST ``call`` to ``/rest/v1/rpc/<function>`` and return its rows."""
         path, body = _request(call)
+        unanswered = False  # an attempt went out and its answer never came
         for attempt in range(self._attempts):
             try:
                 response = await self._client.post(
@@ -180,16 +194,24 @@ class AsyncHttpxSupabaseStore:
             except httpx.TransportError as exc:
                 if not call.retry_safe or attempt + 1 == self._attempts:
                     url = httpx.URL(self._base + path)
-                    raise _transport_error(exc, url, call, self._client.timeout) from exc
+                    error = _transport_error(exc, url, call, self._client.timeout)
+                    if unanswered and isinstance(error, StoreConnectionError):
+                        error = _outcome_unknown(error)
+                    raise error from exc
+                unanswered = unanswered or not isinstance(exc, _NOT_SENT)
                 await asyncio.sleep(0.05 * 2**attempt)
                 continue
-            if (
-                call.retry_safe
-                and response.status_code in _UNREACHED
-                and attempt + 1 < self._attempts
-            ):
-                await asyncio.sleep(0.05 * 2**attempt)
-                continue
+            if response.status_code in _UNREACHED:
+                # a 503 is PostgREST's own: it did not reach the database
+                unanswered = unanswered or response.status_code != 503
+                if call.retry_safe and attempt + 1 < self._attempts:
+                    await asyncio.sleep(0.05 * 2**attempt)
+                    continue
+                if unanswered:
+                    try:
+                        _rows(response)
+                    except StoreError as error:
+                        raise _outcome_unknown(error) from error
             return _rows(response)
         raise AssertionError("unreachable")
 
@@ -238,22 +260,31 @@ class HttpxSupabaseStore:
     def call(self, call: RpcCall) -> list[dict[str, Any]]:
         """POST ``call`` to ``/rest/v1/rpc/<function>`` and return its rows."""
         path, body = _request(call)
+        unanswered = False  # an attempt went out and its answer never came
         for attempt in range(self._attempts):
             try:
                 response = self._client.post(self._base + path, content=body, headers=self._headers)
             except httpx.TransportError as exc:
                 if not call.retry_safe or attempt + 1 == self._attempts:
                     url = httpx.URL(self._base + path)
-                    raise _transport_error(exc, url, call, self._client.timeout) from exc
+                    error = _transport_error(exc, url, call, self._client.timeout)
+                    if unanswered and isinstance(error, StoreConnectionError):
+                        error = _outcome_unknown(error)
+                    raise error from exc
+                unanswered = unanswered or not isinstance(exc, _NOT_SENT)
                 time.sleep(0.05 * 2**attempt)
                 continue
-            if (
-                call.retry_safe
-                and response.status_code in _UNREACHED
-                and attempt + 1 < self._attempts
-            ):
-                time.sleep(0.05 * 2**attempt)
-                continue
+            if response.status_code in _UNREACHED:
+                # a 503 is PostgREST's own: it did not reach the database
+                unanswered = unanswered or response.status_code != 503
+                if call.retry_safe and attempt + 1 < self._attempts:
+                    time.sleep(0.05 * 2**attempt)
+                    continue
+                if unanswered:
+                    try:
+                        _rows(response)
+                    except StoreError as error:
+                        raise _outcome_unknown(error) from error
             return _rows(response)
         raise AssertionError("unreachable")
 

@@ -5,7 +5,9 @@
 whose client sends ``first`` and then ``then`` (for a call in autocommit mode, or over
 HTTP, the idempotency key twice: the request that carries it) gets that request forwarded,
 and the server's answer to it thrown away with both sockets closed: the server committed,
-the client never heard.
+the client never heard. It may be armed several times over (each pair of markers loses
+one reply), before or while clients send. Armed with ``then_refuse``, the proxy also stops
+listening once that reply is lost: the client's retry finds the server gone.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class FaultProxy:
         self._listener.settimeout(0.1)  # so the accept loop notices a stop
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
-        self._markers: tuple[bytes, bytes] | None = None
+        self._armed: list[tuple[bytes, bytes, bool]] = []
         self.dropped = 0
         self._stopping = False
         self._accepting = threading.Thread(target=self._accept, daemon=True)
@@ -44,10 +46,11 @@ class FaultProxy:
         self._listener.close()
         self._accepting.join(timeout=5)
 
-    def lose_reply_after(self, first: bytes, then: bytes) -> None:
-        """Arm: lose the reply to the request in which ``then`` follows ``first``."""
+    def lose_reply_after(self, first: bytes, then: bytes, *, then_refuse: bool = False) -> None:
+        """Arm: lose the reply to the request in which ``then`` follows ``first`` (and
+        refuse every connection after it, with ``then_refuse``)."""
         with self._lock:
-            self._markers = (first, then)
+            self._armed.append((first, then, then_refuse))
 
     def _accept(self) -> None:
         while not self._stopping:
@@ -64,15 +67,16 @@ class FaultProxy:
     def _claim(self, seen: bytes) -> bool:
         """Whether a connection that has sent ``seen`` takes the armed fault."""
         with self._lock:
-            if self._markers is None:
-                return False
-            first, then = self._markers
-            position = seen.find(first)
-            if position < 0 or seen.find(then, position) < 0:
-                return False
-            self._markers = None
-            self.dropped += 1
-            return True
+            for armed in self._armed:
+                first, then, refuse = armed
+                position = seen.find(first)
+                if position >= 0 and seen.find(then, position) >= 0:
+                    self._armed.remove(armed)
+                    self.dropped += 1
+                    if refuse:
+                        self._listener.close()  # new connections are refused from now on
+                    return True
+            return False
 
 
 class _Link:

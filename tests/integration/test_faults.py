@@ -11,8 +11,10 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 from faultproxy import FaultProxy
+from psycopg_pool import ConnectionPool
 
 from ducto import AsyncCreditManager, CreditManager, StoreError
+from ducto.errors import StoreConnectionError
 from ducto.interface import (
     AsyncHttpxSupabaseStore,
     AsyncPostgresStore,
@@ -156,3 +158,51 @@ def test_a_lock_timeout_is_reported_not_retried_and_the_key_stays_free(database_
     assert not retried.is_replay
     assert retried.balance_after == 6
     assert journal_rows(database_url, user) == 2
+
+
+def test_a_retry_that_cannot_connect_after_a_lost_reply_leaves_the_outcome_unknown(
+    database_url: str,
+    db_proxy: tuple[FaultProxy, str],
+    supabase_url: str,
+    service_role_key: str,
+) -> None:
+    proxy, dsn = db_proxy
+    gateway = urlsplit(supabase_url)
+    assert gateway.hostname and gateway.port
+    user = f"fault-{uuid.uuid4()}"
+    direct_store = PostgresStore(database_url, max_size=1)
+    direct = CreditManager(direct_store)
+    direct.add_credits(user, 50)
+    pg_key, http_key = f"hold-{uuid.uuid4()}", f"hold-{uuid.uuid4()}"
+    errors: list[StoreError] = []
+    # the first attempt commits and its answer is lost; every retry finds the server gone
+    pool = ConnectionPool(
+        dsn, min_size=1, max_size=1, timeout=0.5, kwargs={"autocommit": True}, open=True
+    )
+    try:
+        proxy.lose_reply_after(pg_key.encode(), pg_key.encode(), then_refuse=True)
+        with pytest.raises(StoreError) as pg_error:
+            CreditManager(PostgresStore(pool=pool)).reserve_credits(user, 5, idempotency_key=pg_key)
+        errors.append(pg_error.value)
+    finally:
+        pool.close()
+    with FaultProxy(gateway.hostname, gateway.port) as http_proxy:
+        store = HttpxSupabaseStore(f"http://127.0.0.1:{http_proxy.port}", service_role_key)
+        try:
+            http_proxy.lose_reply_after(http_key.encode(), http_key.encode(), then_refuse=True)
+            with pytest.raises(StoreError) as http_error:
+                CreditManager(store).reserve_credits(user, 7, idempotency_key=http_key)
+            errors.append(http_error.value)
+        finally:
+            store.close()
+    # the ledger did act: the errors must not say that nothing was sent
+    for error in errors:
+        assert not isinstance(error, StoreConnectionError), error
+        assert "may or may not have taken effect" in error.message
+    # and a retry with the key settles it: both holds were made, once
+    try:
+        assert direct.reserve_credits(user, 5, idempotency_key=pg_key).is_replay
+        assert direct.reserve_credits(user, 7, idempotency_key=http_key).is_replay
+        assert direct.get_balance(user).held == 12
+    finally:
+        direct_store.close()
