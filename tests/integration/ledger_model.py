@@ -23,16 +23,16 @@ What it models:
   failed operation does not consume its key;
 - pricing: exact model names or the default, rates per 1M tokens and per request,
   rounded once; fixed-cost jobs;
-- plans: one allowance grant per account, period unit and calendar period (UTC), expiring
-  at the period's end, with a rollover of what the previous period's grant had left when
-  it expired, up to the cap;
+- holds: a settle's key names its usage (the same usage under it, on any hold, is a
+  replay that lets that hold go; other usage is ``DC020``, the hold kept); a settle's
+  overage is at most ``max_overage``, by default 9 times the hold (``DC042``);
+- plans: one allowance grant per account, period unit, calendar period (UTC) and plan,
+  expiring at the period's end, with a rollover of what the previous period's grants had
+  left when they expired, up to the cap; while an allowance is live (after a plan change
+  within a period), a plan tops it up to its own level instead;
 - teams: the pool is an account; a member's net spend in the current period (charges
-  attributed to them minus refunds of those) stays within their limit.
-
-Three rules are about to change; each is in small methods of its own, so the model follows
-the change there: a settle under a used key (``_settle_key_replay``,
-``_settle_key_request``), the bound on a settle's overage (``_check_overage``) and
-allowances when a plan changes (``_allowance_due``).
+  attributed to them minus refunds of those) stays within their limit; a member's keys are
+  the member's own.
 
 An operation that fails writes nothing (its SQL transaction rolls back): run each one in
 ``with model.atomic():``, which restores the model when it raises ModelError.
@@ -260,7 +260,8 @@ class LedgerModel:
         self.plans: dict[str, Plan] = {}
         self.assignments: dict[str, tuple[str, datetime]] = {}
         # the allowance grant of (user, period unit, period start), by its journal row
-        self.allowance_grants: dict[tuple[str, str, datetime], str] = {}
+        # (user, period unit, period start, plan) -> the grant's source
+        self.allowance_grants: dict[tuple[str, str, datetime, str], str] = {}
         self.teams: dict[str, Team] = {}
 
     @contextmanager
@@ -545,6 +546,7 @@ class LedgerModel:
         actual: int | None = None,
         metrics: Mapping[str, Any] | None = None,
         key: str | None = None,
+        max_overage: int | None = None,
     ) -> Reply:
         """``credit_settle_reservation`` (an amount) or ``credit_settle_usage`` (usage,
         priced by the active version, with an optional key); ``new_id`` names the capture."""
@@ -553,8 +555,10 @@ class LedgerModel:
             raise ModelError("DC031")
         account = self.accounts[hold.user_id]
         usage = None if metrics is None else normal_usage(metrics)
+        # what a key names: the usage, or the amount given
+        request = (usage, actual)
         if key is not None:
-            replay = self._settle_key_replay(account, key, hold, actual, usage)
+            replay = self._settle_key_replay(account, key, hold, request)
             if replay is not None:
                 return replay
         if hold.status == "settled":
@@ -572,7 +576,8 @@ class LedgerModel:
             pricing = self._priced()
             actual, version = pricing.cost(usage), pricing.version
         assert actual is not None
-        self._check_overage(hold, actual)
+        if actual - hold.amount > (9 * hold.amount if max_overage is None else max_overage):
+            raise ModelError("DC042")  # nothing written, the hold as it was
         self._expire(account)
         transaction_id: str | None = None
         if actual > 0:
@@ -594,38 +599,22 @@ class LedgerModel:
             "pricing_version": version,
         }
         if key is not None:
-            request = self._settle_key_request(actual, usage)
             account.keys[key] = StoredKey("settle_usage", request, dict(hold.result))
         return dict(hold.result)
 
-    @staticmethod
-    def _settle_key_request(actual: int, usage: Usage | None) -> tuple[Any, ...]:
-        """What a settle's key remembers of its request: today nothing. To become: the
-        usage (or amount), so that only the same request under the key is a replay."""
-        return ()
-
     def _settle_key_replay(
-        self, account: Account, key: str, hold: Hold, actual: int | None, usage: Usage | None
+        self, account: Account, key: str, hold: Hold, request: tuple[Any, ...]
     ) -> Reply | None:
-        """A settle under a key the account has used.
-
-        Today the key is remembered without its request, so any settle under a key first
-        used by a settle replays that settle, whatever hold and usage, and lets the
-        retry's active hold go. To become: the same usage is a replay, any other request
-        ``DC020`` with the hold left active.
-        """
+        """A settle under a key the account has used: the same request (usage) is a replay
+        that lets the retry's active hold go; anything else ``DC020``, the hold kept."""
         stored = account.keys.get(key)
         if stored is None:
             return None
-        if stored.operation != "settle_usage":
+        if stored.operation != "settle_usage" or stored.request != request:
             raise ModelError("DC020")
         if hold.status == "active":
             self._release(hold)
         return {**stored.result, "is_replay": True}
-
-    def _check_overage(self, hold: Hold, actual: int) -> None:
-        """The bound on a settle's overage. Today there is none: any amount is charged.
-        To become: a settle beyond a per-call bound is refused, the hold left active."""
 
     def release(self, reservation_id: str) -> Reply:
         """``credit_release_reservation``."""
@@ -800,42 +789,45 @@ class LedgerModel:
         assert plan.period is not None
         start, end = period_bounds(plan.period, self.now)
         account = self.accounts.setdefault(user_id, Account(user_id))
-        due = self._allowance_due(user_id, plan, start)
-        if due is None:
+        if (user_id, plan.period, start, plan.id) in self.allowance_grants:
             return {**nothing, "users": 1, "already_granted": 1}
         self._expire(account)
-        rollover = self._rollover(user_id, plan, start)
-        amount = due + rollover
+        due = self._allowance_due(account, plan, start)
+        if due is None:
+            return {**nothing, "users": 1, "already_granted": 1}
+        granted, rollover = due
+        amount = granted + rollover
         self._journal(account, amount)
         self._create_grant(account, new_id, "promotional", 50, amount, end)
         self.other_rows[new_id] = user_id
-        self.allowance_grants[(user_id, plan.period, start)] = new_id
+        self.allowance_grants[(user_id, plan.period, start, plan.id)] = new_id
         return {**nothing, "users": 1, "granted": 1, "amount": amount, "rollover": rollover}
 
-    def _allowance_due(self, user_id: str, plan: Plan, start: datetime) -> int | None:
-        """The allowance the period starting at ``start`` still gets (None: granted).
-
-        Today: the plan's allowance in full, once per account, period unit and period,
-        whatever plan granted it, so a plan of another unit grants again in full and one
-        of the same unit (or the same plan with a larger allowance) grants nothing more.
-        To become: a plan change tops up to the new plan's level for the rest of the
-        period.
-        """
-        assert plan.period is not None
-        if (user_id, plan.period, start) in self.allowance_grants:
-            return None
-        return plan.allowance
-
-    def _rollover(self, user_id: str, plan: Plan, start: datetime) -> int:
-        # what the previous period's allowance grant had left when it expired, up to the cap
+    def _allowance_due(
+        self, account: Account, plan: Plan, start: datetime
+    ) -> tuple[int, int] | None:
+        """What the plan grants for the period starting at ``start``: (allowance, rollover),
+        or None when nothing. While allowances are live (a plan change within a period),
+        the plan tops them up to its level, without rollover; else its allowance in full
+        and the rollover of the previous period's grants, up to the cap."""
+        assert plan.allowance is not None and plan.period is not None
+        live = [
+            account.grants[source]
+            for (user_id, _, _, _), source in self.allowance_grants.items()
+            if user_id == account.user_id and not account.grants[source].is_expired(self.now)
+        ]
+        if live:
+            due = plan.allowance - sum(grant.remaining for grant in live)
+            return (due, 0) if due > 0 else None
         if not plan.rollover_cap:
-            return 0
-        assert plan.period is not None
+            return plan.allowance, 0
         previous = period_bounds(plan.period, start - timedelta(microseconds=1))[0]
-        source = self.allowance_grants.get((user_id, plan.period, previous))
-        if source is None:
-            return 0
-        return min(self.accounts[user_id].grants[source].expired, plan.rollover_cap)
+        left = sum(
+            account.grants[source].expired
+            for (user_id, period, period_start, _), source in self.allowance_grants.items()
+            if (user_id, period, period_start) == (account.user_id, plan.period, previous)
+        )
+        return plan.allowance, min(left, plan.rollover_cap)
 
     # ------------------------------------------------------------ teams
 
@@ -918,6 +910,8 @@ class LedgerModel:
         account = self.accounts[team.pool]
         usage = normal_usage(metrics)
         request = (user_id, usage)
+        # a member's keys are the member's own
+        key = None if key is None else f"{user_id}\x1f{key}"
         replay = self._replay(account, key, "team_usage", request)
         if replay is not None:
             return replay

@@ -57,6 +57,7 @@ MODEL_CODES = frozenset(
         "DC031",
         "DC040",
         "DC041",
+        "DC042",
         "DC050",
         "DC051",
         "DC061",
@@ -277,7 +278,10 @@ class LedgerMachine(RuleBasedStateMachine):
             )
         if operation == "settle":
             return model.settle(
-                ids.transaction, str(args["reservation_id"]), actual=args["actual_amount"]
+                ids.transaction,
+                str(args["reservation_id"]),
+                actual=args["actual_amount"],
+                max_overage=args.get("max_overage"),
             )
         if operation == "settle_usage":
             return model.settle(
@@ -411,9 +415,10 @@ class LedgerMachine(RuleBasedStateMachine):
         self.step("reserve", args)
 
     @precondition(lambda self: bool(self.model.holds))
-    @rule(pick=PICK, actual=st.integers(0, 200))
-    def settle(self, pick: int, actual: int) -> None:
-        self.step("settle", {"reservation_id": self.pick_hold(pick), "actual_amount": actual})
+    @rule(pick=PICK, actual=st.integers(0, 200), bound=st.none() | st.integers(0, 200))
+    def settle(self, pick: int, actual: int, bound: int | None) -> None:
+        args = {"reservation_id": self.pick_hold(pick), "actual_amount": actual}
+        self.step("settle", args if bound is None else {**args, "max_overage": bound})
 
     @precondition(lambda self: bool(self.model.holds))
     @rule(pick=PICK, metrics=METRICS, key=KEY)
@@ -482,7 +487,11 @@ class LedgerMachine(RuleBasedStateMachine):
             return  # refused: the account cannot hold even that
         reservation = list(self.model.holds)[-1]
         balance = self.model.balance(self.users[user])["balance"]
-        self.step("settle", {"reservation_id": reservation, "actual_amount": balance + overage})
+        actual = balance + overage  # beyond the default bound too: allowed for this call
+        self.step(
+            "settle",
+            {"reservation_id": reservation, "actual_amount": actual, "max_overage": actual},
+        )
         capture = self.model.holds[reservation].result
         if capture is None or capture["transaction_id"] is None:
             return
