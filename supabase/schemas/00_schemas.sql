@@ -31,8 +31,9 @@
 -- function executable by anon/authenticated) cannot fire. Read RPCs are SECURITY INVOKER
 -- and rely on row-level security.
 --
--- Errors (SQLSTATE; PostgREST answers HTTP 400 for all of them; detail is JSON); the
--- pricing, plan and team errors are listed in their files:
+-- Errors (SQLSTATE; through PostgREST an HTTP status by meaning, chosen in
+-- credit_private.fail; detail is JSON); the pricing, plan and team errors are listed in
+-- their files:
 --   DC001 invalid amount        DC002 invalid user id       DC003 invalid metadata
 --   DC004 invalid idem. key     DC005 invalid expiry        DC006 invalid argument
 --   DC008 the balance would pass the largest balance, 2^53 - 1

@@ -1,9 +1,9 @@
 -- ducto: the ledger's clock, its errors and the checks of every RPC argument.
 --
 -- The helpers in credit_private are SECURITY INVOKER: they run with the rights of the RPC
--- that calls them (the owner, for the SECURITY DEFINER write RPCs). Only the clock and the
--- user id check are executable by API roles, because the read RPCs (security invoker)
--- call them.
+-- that calls them (the owner, for the SECURITY DEFINER write RPCs). Only the clock, the
+-- errors and the user id checks are executable by API roles, because the read RPCs
+-- (security invoker) call them.
 
 create function credit_private.clock()
 returns timestamptz
@@ -34,7 +34,31 @@ volatile
 set search_path = ''
 as $$
 begin
-    -- detail is JSON so every client can read the numbers without parsing the message
+    -- detail is JSON so every client can read the numbers without parsing the message.
+    -- Through PostgREST (it sets request.method for each request) the answer's HTTP status
+    -- says what kind of refusal it is and the body keeps ducto's code (PostgREST 12 takes
+    -- the body from a PGRST error's message, and wants details as text). Elsewhere (psql,
+    -- psycopg, pgTAP) the SQLSTATE is ducto's code itself.
+    if coalesce(current_setting('request.method', true), '') <> '' then
+        raise sqlstate 'PGRST' using
+            message = jsonb_build_object(
+                'code', p_code,
+                'message', p_message,
+                'details', coalesce(p_detail, '{}')::text,
+                'hint', p_hint
+            )::text,
+            -- PostgREST wants both keys of the detail
+            detail = jsonb_build_object('status', case
+                -- the request is valid, the account cannot pay it
+                when p_code in ('DC010', 'DC083', 'DC084') then 402
+                when p_code = 'DC082' then 403
+                when p_code in ('DC030', 'DC031', 'DC064', 'DC080', 'DC081') then 404
+                -- it conflicts with the ledger's state (a used key, a settled hold, ...)
+                when p_code in ('DC020', 'DC040', 'DC041', 'DC050', 'DC051', 'DC063') then 409
+                -- an argument refused (DC001-DC008, DC042, DC06x): nothing was written
+                else 422
+            end, 'headers', '{}'::jsonb)::text;
+    end if;
     if p_hint is null then
         raise exception using
             errcode = p_code, message = p_message, detail = coalesce(p_detail, '{}')::text;
@@ -101,6 +125,38 @@ $$;
 revoke all on function credit_private.check_user_id(text)
 from public, anon, authenticated, service_role;
 grant execute on function credit_private.check_user_id(text) to authenticated, service_role;
+
+create function credit_private.reader_id(p_user_id text, p_what text)
+returns text
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+    -- no user id: the signed-in user's own
+    v_user_id text := coalesce(p_user_id, (select auth.uid())::text);
+begin
+    -- The user whose p_what (balance, plan) a read RPC answers for, checked.
+    if v_user_id is null then
+        perform credit_private.fail(
+            'DC002',
+            format('user_id is required: only a signed-in user may leave it out, to read'
+                || ' their own %s', p_what),
+            jsonb_build_object('argument', 'user_id')
+        );
+    end if;
+    perform credit_private.check_user_id(v_user_id);
+    -- row-level security would answer zeros, or no plan, for someone else; say no instead
+    if current_user = 'authenticated' and v_user_id is distinct from (select auth.uid())::text then
+        raise exception 'a signed-in user may read only their own %', p_what
+            using errcode = '42501';
+    end if;
+    return v_user_id;
+end;
+$$;
+revoke all on function credit_private.reader_id(text, text)
+from public, anon, authenticated, service_role;
+grant execute on function credit_private.reader_id(text, text) to authenticated, service_role;
 
 create function credit_private.check_metadata(p_metadata jsonb)
 returns jsonb

@@ -110,7 +110,7 @@ revoke all on function credit_private.append_transaction(
     uuid, bigint
 ) from public, anon, authenticated, service_role;
 
-create function public.credit_get_balance(p_user_id text)
+create function public.credit_get_balance(p_user_id text default null)
 returns public.credit_balance_result
 language plpgsql
 stable
@@ -119,16 +119,12 @@ set search_path = ''
 as $$
 declare
     v_now timestamptz := credit_private.clock();
+    -- no user id: a signed-in user's own
+    v_user_id text := credit_private.reader_id(p_user_id, 'balance');
     v_result public.credit_balance_result;
 begin
-    perform credit_private.check_user_id(p_user_id);
-    -- row-level security would answer zeros for someone else's account; say no instead
-    if current_user = 'authenticated' and p_user_id is distinct from (select auth.uid())::text then
-        raise exception 'a signed-in user may read only their own balance'
-            using errcode = '42501';
-    end if;
     select
-        p_user_id,
+        v_user_id,
         -- expired grants not yet swept are not credits any more
         coalesce(a.balance, 0) - coalesce((
             select sum(g.remaining)::bigint
@@ -142,7 +138,7 @@ begin
         ), 0)
     into v_result.user_id, v_result.balance, v_result.held
     from (select 1) as one
-    left join public.credit_accounts as a on a.user_id = p_user_id;
+    left join public.credit_accounts as a on a.user_id = v_user_id;
     v_result.available := v_result.balance - v_result.held;
     return v_result;
 end;

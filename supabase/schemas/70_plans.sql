@@ -238,7 +238,7 @@ grant execute on function public.credit_upsert_plan(
     text, text, jsonb, numeric, text, numeric, boolean
 ) to service_role;
 
-create function public.credit_get_user_plan(p_user_id text)
+create function public.credit_get_user_plan(p_user_id text default null)
 returns public.credit_user_plan_result
 language plpgsql
 stable
@@ -246,21 +246,19 @@ security invoker
 set search_path = ''
 as $$
 declare
+    -- no user id: a signed-in user's own
+    v_user_id text := credit_private.reader_id(p_user_id, 'plan');
     v_result public.credit_user_plan_result;
 begin
-    perform credit_private.check_user_id(p_user_id);
-    -- row-level security would answer "no plan" for someone else; say no instead
-    if current_user = 'authenticated' and p_user_id is distinct from (select auth.uid())::text then
-        raise exception 'a signed-in user may read only their own plan'
-            using errcode = '42501';
-    end if;
     -- the assigned plan, else the default plan, else no plan and no features
     select
-        p_user_id, p.id, p.name, coalesce(p.features, '{}'), up.user_id is null, p.allowance,
-        p.allowance_period, p.rollover_cap, up.assigned_at
+        v_user_id, p.id, p.name, coalesce(p.features, '{}'),
+        -- on the default plan only when there is one
+        up.user_id is null and p.id is not null, p.allowance, p.allowance_period,
+        p.rollover_cap, up.assigned_at
     into v_result
     from (select 1) as one
-    left join public.credit_user_plans as up on up.user_id = p_user_id
+    left join public.credit_user_plans as up on up.user_id = v_user_id
     left join public.credit_plans as p on p.id = coalesce(
         up.plan_id,
         (select d.id from public.credit_plans as d where d.is_default)
@@ -292,7 +290,7 @@ begin
     v_value := v_plan.features -> p_feature;
     -- absent, null and false: no; true, numbers, strings, objects and arrays: yes
     return row(
-        p_user_id, p_feature,
+        v_plan.user_id, p_feature,
         coalesce(v_value not in ('null'::jsonb, 'false'::jsonb), false),
         nullif(v_value, 'null'::jsonb), v_plan.plan_id
     );

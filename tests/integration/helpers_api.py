@@ -32,6 +32,22 @@ LEDGER_TABLES = (
 # The body PostgREST answers for every error.
 ERROR_KEYS = {"code", "message", "details", "hint"}
 
+# The HTTP status of each ledger refusal through PostgREST, by meaning (docs/ledger.md,
+# "Errors"): the account cannot pay, not a member, not found, a conflict with the ledger's
+# state; every other ducto code is a refused argument.
+LEDGER_STATUS = {
+    **dict.fromkeys(("DC010", "DC083", "DC084"), 402),
+    "DC082": 403,
+    **dict.fromkeys(("DC030", "DC031", "DC064", "DC080", "DC081"), 404),
+    **dict.fromkeys(("DC020", "DC040", "DC041", "DC050", "DC051", "DC063"), 409),
+}
+
+
+def status_of(code: str) -> int:
+    """The HTTP status PostgREST answers with for an error ``code``: a ducto code's by its
+    meaning (422 for a refused argument), PostgreSQL's own input errors 400."""
+    return LEDGER_STATUS.get(code, 422) if code.startswith("DC") else 400
+
 
 def new_user_id() -> str:
     """A fresh user id (a uuid, as Supabase Auth's ``sub``), unused by any other test."""

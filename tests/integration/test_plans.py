@@ -54,7 +54,7 @@ def no_default_plan(database_url: str) -> Iterator[None]:
 def test_plan_lifecycle(manager: CreditManager, no_default_plan: None) -> None:
     user = new_user_id()
     nobody = manager.get_user_plan(user)
-    assert nobody == GetUserPlanResult(user, None, None, {}, True, None, None, None, None)
+    assert nobody == GetUserPlanResult(user, None, None, {}, False, None, None, None, None)
     assert manager.check_feature(user, "export") == CheckFeatureResult(
         user, "export", False, None, None
     )

@@ -3,9 +3,10 @@
 Every request goes to ``SUPABASE_URL/rest/v1/rpc/<function>`` with
 ``apikey: <service key>`` and ``Authorization: Bearer <service key>``, as an
 edge function or a Python backend does. Results must be the JSON objects the
-``credit_*_result`` types define; each error a caller can cause must arrive as
-HTTP 400 with the ducto SQLSTATE as ``code`` and its numbers as JSON in
-``details``; and malformed input must never write anything, which is checked
+``credit_*_result`` types define; each error a caller can cause must arrive with
+the HTTP status of its meaning (``helpers_api.status_of``: 402, 404, 409 or 422) and
+the ducto SQLSTATE as ``code``, its numbers as JSON in ``details``; and malformed
+input must never write anything, which is checked
 through a superuser connection.
 
 PostgREST 12.0.2 behaviour pinned here (what it really does, checked on the stack):
@@ -40,6 +41,7 @@ from helpers_api import (
     ledger_rows,
     new_user_id,
     row_count,
+    status_of,
 )
 
 MAX_AMOUNT = 9007199254740991  # 2^53 - 1
@@ -454,7 +456,7 @@ def test_sweep_expires_grants_and_holds(service: Api, db: psycopg.Connection[Any
 
 
 # ---------------------------------------------------------------------------
-# Each ducto error: HTTP 400, code = the SQLSTATE, numbers as JSON in details
+# Each ducto error: its status, code = the SQLSTATE, numbers as JSON in details
 # ---------------------------------------------------------------------------
 
 
@@ -741,14 +743,14 @@ def fill(value: Any, funded: JSON) -> Any:
 
 
 @pytest.mark.parametrize("case", ERROR_CASES, ids=[case.name for case in ERROR_CASES])
-def test_ducto_error_arrives_as_400_with_json_details(
+def test_ducto_error_arrives_with_its_status_and_json_details(
     service: Api, db: psycopg.Connection[Any], funded: JSON, case: ErrorCase
 ) -> None:
     user = funded["user_id"]
     before = ledger_rows(db, user)
     body = expect_error(
         service.rpc(case.function, fill(case.args, funded)),
-        400,
+        status_of(case.code),
         case.code,
         message_contains=fill(list(case.message_parts), funded),
     )
@@ -768,7 +770,7 @@ def test_insufficient_credits_does_not_consume_the_key(
     user = new_user_id()
     expect_ok(service.rpc("credit_add_credits", {"p_user_id": user, "p_amount": 5}))
     args = {"p_user_id": user, "p_amount": 8, "p_idempotency_key": "retry-me"}
-    body = expect_error(service.rpc("credit_deduct_credits", args), 400, "DC010")
+    body = expect_error(service.rpc("credit_deduct_credits", args), 402, "DC010")
     assert error_details(body) == {"user_id": user, "available": 5, "needed": 8, "min_balance": 0}
     expect_ok(service.rpc("credit_add_credits", {"p_user_id": user, "p_amount": 5}))
     result = expect_ok(service.rpc("credit_deduct_credits", args))
@@ -790,16 +792,16 @@ def test_insufficient_credits_does_not_consume_the_key(
 
 # (raw JSON value, SQLSTATE or PostgREST code, HTTP status)
 BAD_AMOUNTS: list[tuple[str, str, int]] = [
-    ("1.5", "DC001", 400),
-    ("0.0000001", "DC001", 400),
-    ('"NaN"', "DC001", 400),
-    ('"Infinity"', "DC001", 400),
-    ('"-Infinity"', "DC001", 400),
-    ("-1", "DC001", 400),
-    ("1e400", "DC001", 400),
-    (str(MAX_AMOUNT + 1), "DC001", 400),
-    ("9223372036854775808", "DC001", 400),
-    ("null", "DC001", 400),
+    ("1.5", "DC001", 422),
+    ("0.0000001", "DC001", 422),
+    ('"NaN"', "DC001", 422),
+    ('"Infinity"', "DC001", 422),
+    ('"-Infinity"', "DC001", 422),
+    ("-1", "DC001", 422),
+    ("1e400", "DC001", 422),
+    (str(MAX_AMOUNT + 1), "DC001", 422),
+    ("9223372036854775808", "DC001", 422),
+    ("null", "DC001", 422),
     ("true", "22P02", 400),
     ("false", "22P02", 400),
     ('"abc"', "22P02", 400),
@@ -830,7 +832,7 @@ AMOUNT_ARGUMENTS: list[tuple[str, str, int, dict[str, Any]]] = [
 BAD_INPUT_CASES = [
     pytest.param(function, argument, raw, code, status, others, id=f"{function}.{argument}={raw}")
     for function, argument, minimum, others in AMOUNT_ARGUMENTS
-    for raw, code, status in [*BAD_AMOUNTS, *([("0", "DC001", 400)] if minimum else [])]
+    for raw, code, status in [*BAD_AMOUNTS, *([("0", "DC001", 422)] if minimum else [])]
     # a null refund amount means "all of it"; a null min_balance is checked like the others
     if not (function == "credit_refund_transaction" and raw == "null")
 ]
@@ -918,7 +920,7 @@ def test_other_bad_arguments_are_refused_without_a_write(
     user = funded["user_id"]
     before = ledger_rows(db, user)
     body_text = f'{{"p_user_id": "{user}", "p_amount": 1, "{argument}": {raw}}}'
-    body = expect_error(service.rpc_raw("credit_add_credits", body_text), 400, code)
+    body = expect_error(service.rpc_raw("credit_add_credits", body_text), status_of(code), code)
     assert body["message"].startswith(message_start), body
     assert ledger_rows(db, user) == before
 
@@ -1016,7 +1018,7 @@ def test_get_on_a_write_rpc_that_fails_first_answers_its_error(service: Api) -> 
     missing = "00000000-0000-4000-8000-000000000000"
     expect_error(
         service.rpc_get("credit_release_reservation", {"p_reservation_id": missing}),
-        400,
+        404,
         "DC031",
     )
 

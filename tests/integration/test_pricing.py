@@ -208,7 +208,7 @@ def test_bad_config_refused_by_sql_and_nothing_changes(
 ) -> None:
     before = db.execute("select count(*), max(version) from credit_pricing_config").fetchone()
     response = service.rpc("credit_publish_pricing", {"p_config": config, "p_label": case})
-    body = expect_error(response, 400, "DC060")
+    body = expect_error(response, 422, "DC060")
     assert body["message"].startswith("invalid pricing config: ")
     after = db.execute("select count(*), max(version) from credit_pricing_config").fetchone()
     assert after == before
@@ -257,7 +257,7 @@ def test_bad_usage_refused_before_anything_is_written(
     service.rpc("credit_add_credits", {"p_user_id": user, "p_amount": 100})
     before = ledger_rows(db, user)
     response = service.rpc("credit_deduct_usage", {"p_user_id": user, "p_metrics": metrics})
-    body = expect_error(response, 400, "DC007")
+    body = expect_error(response, 422, "DC007")
     assert field in body["message"]
     assert ledger_rows(db, user) == before
     # and Python refuses the same before sending anything (a field it does not have, or

@@ -310,7 +310,7 @@ def test_refusals_through_postgrest_carry_their_codes(service: Api, team: JSON) 
                 "p_metrics": {"model": "unit"},
             },
         ),
-        400,
+        403,
         "DC082",
     )
     assert error_details(body) == {"team_id": team["team_id"], "user_id": team["carol"]}
@@ -323,7 +323,7 @@ def test_refusals_through_postgrest_carry_their_codes(service: Api, team: JSON) 
                 "p_metrics": {"model": "unit", "requests": 15},
             },
         ),
-        400,
+        402,
         "DC083",
     )
 

@@ -99,7 +99,7 @@ def test_a_used_settle_key_does_not_make_another_usage_free(
                 "p_idempotency_key": "req-1",
             },
         ),
-        400,
+        409,
         "DC020",
     )
     assert error_details(refused)["request"]["usage"] == usage(1_400_000)
@@ -158,7 +158,7 @@ def test_a_member_can_neither_block_nor_replay_nor_read_another_members_request(
     # her own retry is a replay; her own other request under it is refused, and the error
     # carries her request, never bob's
     assert expect_ok(team_charge(service, pool, "alice", 7, "chat-42"))["is_replay"]
-    refused = expect_error(team_charge(service, pool, "alice", 8, "chat-42"), 400, "DC020")
+    refused = expect_error(team_charge(service, pool, "alice", 8, "chat-42"), 409, "DC020")
     assert pool["bob"] not in refused["details"] and "bob's prompt" not in refused["details"]
     assert error_details(refused)["idempotency_key"] == "chat-42"
     # and bob's retry is still his replay
@@ -212,7 +212,7 @@ def test_a_settle_beyond_its_overage_bound_is_refused_and_the_hold_kept(
         service.rpc(
             "credit_settle_reservation", {"p_reservation_id": small, "p_actual_amount": 10_000}
         ),
-        400,
+        422,
         "DC042",
     )
     assert error_details(refused) == {
@@ -241,7 +241,7 @@ def test_a_settle_beyond_its_overage_bound_is_refused_and_the_hold_kept(
             "credit_settle_reservation",
             {"p_reservation_id": other, "p_actual_amount": 9, "p_max_overage": 3},
         ),
-        400,
+        422,
         "DC042",
     )
     wide = expect_ok(
@@ -260,7 +260,7 @@ def test_a_settle_beyond_its_overage_bound_is_refused_and_the_hold_kept(
                 "p_max_overage": -1,
             },
         ),
-        400,
+        422,
         "DC001",
     )
 
@@ -274,7 +274,7 @@ def test_the_largest_balance_is_refused_with_ducto_own_error(
     user = funded(service, MAX_AMOUNT)
     before = ledger_rows(db, user)
     body = expect_error(
-        service.rpc("credit_add_credits", {"p_user_id": user, "p_amount": 1}), 400, "DC008"
+        service.rpc("credit_add_credits", {"p_user_id": user, "p_amount": 1}), 422, "DC008"
     )
     assert error_details(body)["maximum"] == MAX_AMOUNT
     assert ledger_rows(db, user) == before

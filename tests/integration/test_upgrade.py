@@ -165,6 +165,7 @@ RETRIED: list[tuple[str, tuple[object, ...]]] = [
 def test_the_newest_migration_keeps_a_ledger_in_use(new_database: Callable[..., str]) -> None:
     url = new_database()
     install_all_but_the_newest(url)
+    install_test_clock(url)  # the ledger is written at set times
     with psycopg.connect(url, autocommit=True) as conn:
         firsts = write_ledger(conn)
         conn.execute("select set_config('ducto.now', %s, false)", (T_LATER,))

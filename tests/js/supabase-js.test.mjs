@@ -198,7 +198,7 @@ describe("a server with the service role", () => {
       for (const vector of VECTORS.vectors.filter((one) => one.config === name)) {
         const charge = chargeUsage(server, user, vector.metrics, { metadata: { v: vector.name } });
         if (vector.error) {
-          await refused(charge, vector.error, 400);
+          await refused(charge, vector.error, 422); // a refused argument
           continue;
         }
         const charged = await charge;

@@ -97,6 +97,8 @@ select set_eq(
         'credit_private.check_user_id(text) | service_role | EXECUTE',
         'credit_private.fail(text, text, jsonb, text) | authenticated | EXECUTE',
         'credit_private.fail(text, text, jsonb, text) | service_role | EXECUTE',
+        'credit_private.reader_id(text, text) | authenticated | EXECUTE',
+        'credit_private.reader_id(text, text) | service_role | EXECUTE',
         'public.credit_add_credits(text, numeric, text, text, integer, timestamp with time zone,'
         || ' jsonb, text) | service_role | EXECUTE',
         'public.credit_deduct_credits(text, numeric, numeric, jsonb, text) | service_role | EXECUTE',
@@ -150,10 +152,10 @@ select set_eq(
         || ' | service_role | EXECUTE'
     ],
     'Function privileges are exactly the allowlist: service_role executes every RPC and the'
-    || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id, fail,'
-    || ' and the pricing reads); authenticated only the readers of their own balance and plan'
-    || ' (credit_get_balance, credit_get_user_plan, credit_check_feature) and their three'
-    || ' helpers; nothing else.'
+    || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id,'
+    || ' reader_id, fail, and the pricing reads); authenticated only the readers of their own'
+    || ' balance and plan (credit_get_balance, credit_get_user_plan, credit_check_feature) and'
+    || ' their four helpers; nothing else.'
 );
 select set_eq(
     $$select acl_row from ducto_acl where object not like '%(%'$$,
@@ -243,8 +245,9 @@ select set_eq(
       where has_function_privilege('authenticated', oid, 'EXECUTE')$$,
     array['public.credit_get_balance(text)', 'public.credit_get_user_plan(text)',
           'public.credit_check_feature(text, text)', 'credit_private.clock()',
-          'credit_private.check_user_id(text)', 'credit_private.fail(text, text, jsonb, text)'],
-    'authenticated can execute the readers of their own balance and plan and the three'
+          'credit_private.check_user_id(text)', 'credit_private.fail(text, text, jsonb, text)',
+          'credit_private.reader_id(text, text)'],
+    'authenticated can execute the readers of their own balance and plan and the four'
     || ' helpers they call, nothing else.'
 );
 select set_eq(
@@ -276,6 +279,7 @@ select set_eq(
     $$select object from ducto_function
       where nspname = 'credit_private' and has_function_privilege('service_role', oid, 'EXECUTE')$$,
     array['credit_private.clock()', 'credit_private.check_user_id(text)',
+          'credit_private.reader_id(text, text)',
           'credit_private.fail(text, text, jsonb, text)', 'credit_private.check_usage(jsonb)',
           'credit_private.pricing(bigint)', 'credit_private.price(jsonb, bigint)',
           'credit_private.cost(jsonb, jsonb)',

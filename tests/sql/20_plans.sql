@@ -20,7 +20,7 @@ update credit_plans set is_default = false where is_default;
 select is(
     to_jsonb(credit_get_user_plan('test_member')),
     '{"user_id": "test_member", "plan_id": null, "plan_name": null, "features": {},
-      "is_default": true, "allowance": null, "allowance_period": null, "rollover_cap": null,
+      "is_default": false, "allowance": null, "allowance_period": null, "rollover_cap": null,
       "assigned_at": null}'::jsonb,
     'A user with no plan and no default plan gets no plan and empty features, not an error.'
 );

@@ -408,7 +408,7 @@ export type Database = {
       };
       credit_get_balance: {
         Args: {
-          p_user_id: string;
+          p_user_id?: string;
         };
         Returns: Database["public"]["CompositeTypes"]["credit_balance_result"];
       };
@@ -420,7 +420,7 @@ export type Database = {
       };
       credit_get_user_plan: {
         Args: {
-          p_user_id: string;
+          p_user_id?: string;
         };
         Returns: Database["public"]["CompositeTypes"]["credit_user_plan_result"];
       };

@@ -122,9 +122,9 @@ Deno.test("a user without an account has a zero balance, no teams and no transac
     teams: [],
     transactions: [],
   });
-  // whatever the default plan is, the user has no assignment
-  const { user_id, is_default, assigned_at } = plan as Record<string, unknown>;
-  assert.deepEqual([user_id, is_default, assigned_at], [user, true, null]);
+  // whatever the default plan is, the user has no assignment: on it if there is one
+  const { user_id, plan_id, is_default, assigned_at } = plan as Record<string, unknown>;
+  assert.deepEqual([user_id, is_default, assigned_at], [user, plan_id !== null, null]);
 });
 
 Deno.test("a user without an assignment is on the default plan, else on none", async () => {
@@ -155,13 +155,13 @@ Deno.test("a user without an assignment is on the default plan, else on none", a
       features: { export: false },
       is_default: true,
     });
-    // no default plan: no plan and no features, never an error
+    // no default plan: no plan and no features, never an error, and not on a default
     await upsertFree(false);
     assert.deepEqual(await planOf(), {
       plan_id: null,
       plan_name: null,
       features: {},
-      is_default: true,
+      is_default: false,
     });
   } finally {
     if (previous) {

@@ -90,7 +90,7 @@ Deno.test("an idempotency key charges once; reused for other usage it is refused
   assert.equal(again.is_replay, true);
   assert.equal(again.transaction_id, first.transaction_id);
   const before = await ledgerRows(user);
-  const conflict = await expectStatus(await charge({ ...request, metrics: metrics(8) }), 400);
+  const conflict = await expectStatus(await charge({ ...request, metrics: metrics(8) }), 409);
   assert.equal(conflict.code, "DC020");
   assert.deepEqual(await ledgerRows(user), before);
 });
@@ -195,13 +195,13 @@ Deno.test("malformed requests get a clear 4xx and write nothing", async () => {
     [{ user_id: user, metrics: metrics(1), metadata: "x" }, 400, "invalid_request"],
     [{ user_id: user, metrics: metrics(1), idempotencyKey: "k" }, 400, "invalid_request"],
     [{ user_id: user, metrics: metrics(1), amount: 0 }, 400, "invalid_request"],
-    [{ user_id: user, metrics: { ...metrics(1), cost: 0 } }, 400, "DC007"],
-    [{ user_id: user, metrics: metrics(-1) }, 400, "DC007"],
-    [{ user_id: user, metrics: metrics(1.5) }, 400, "DC007"],
-    [{ user_id: user, metrics: { model: "unpriced-model", input_tokens: 1 } }, 400, "DC061"],
-    [{ user_id: "", metrics: metrics(1) }, 400, "DC002"],
-    [{ user_id: user, metrics: metrics(1), idempotency_key: "" }, 400, "DC004"],
-    [{ user_id: user, metrics: metrics(96) }, 400, "DC010"], // 100 - 96 < the floor of 5
+    [{ user_id: user, metrics: { ...metrics(1), cost: 0 } }, 422, "DC007"],
+    [{ user_id: user, metrics: metrics(-1) }, 422, "DC007"],
+    [{ user_id: user, metrics: metrics(1.5) }, 422, "DC007"],
+    [{ user_id: user, metrics: { model: "unpriced-model", input_tokens: 1 } }, 422, "DC061"],
+    [{ user_id: "", metrics: metrics(1) }, 422, "DC002"],
+    [{ user_id: user, metrics: metrics(1), idempotency_key: "" }, 422, "DC004"],
+    [{ user_id: user, metrics: metrics(96) }, 402, "DC010"], // 100 - 96 < the floor of 5
   ];
   for (const [body, status, code] of refused) {
     const error = await expectStatus(await charge(body), status);
