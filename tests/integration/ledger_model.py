@@ -756,11 +756,12 @@ class LedgerModel:
         }
 
     def assign_plan(self, user_id: str, plan_id: str | None) -> Reply:
-        """``credit_assign_plan``; None unassigns (the user falls back to the default plan,
-        which is not the model's: only ``is_default`` is predicted then)."""
+        """``credit_assign_plan``; None unassigns (the user falls back to the default plan, if
+        the database has one, which is not the model's: only the assignment's end is
+        predicted then)."""
         if plan_id is None:
             self.assignments.pop(user_id, None)
-            return {"user_id": user_id, "is_default": True, "assigned_at": None}
+            return {"user_id": user_id, "assigned_at": None}
         plan = self.plans.get(plan_id)
         if plan is None:
             raise ModelError("DC080")
