@@ -114,6 +114,18 @@ Deno.test("a body over 16 MB is a 413 in PostgREST's shape, on both routes", asy
   }
 });
 
+Deno.test("a URI or a header over 8 KB is refused in PostgREST's shape", async () => {
+  const long = "x".repeat(9 * 1024);
+  const uri = await rest(`rpc/credit_get_balance?p_user_id=${long}`, {
+    headers: { apikey: ANON_KEY },
+  });
+  await expectError(uri, 414, "uri_too_long");
+  const header = await rest("rpc/credit_get_balance", {
+    headers: { apikey: ANON_KEY, "x-client-info": long },
+  });
+  await expectError(header, 431, "headers_too_large");
+});
+
 Deno.test("a function refuses another method with 405 and Allow", async () => {
   const token = await userToken(newUserId());
   const wrong: [string, string, string][] = [
