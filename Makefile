@@ -20,8 +20,9 @@ SHELL := /bin/bash
 
 PYTHON ?= python3
 VENV := .venv
+# chromium: tests/js/browser.test.mjs runs the supabase-js example in it, headless
 APT_PACKAGES := postgresql-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl \
-	postgresql-15-plpgsql-check nginx-light
+	postgresql-15-plpgsql-check nginx-light chromium
 # Used by scripts/local-stack; present on most machines, installed if not.
 APT_TOOLS := curl openssl
 

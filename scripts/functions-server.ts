@@ -9,7 +9,11 @@
 //   `[functions.<slug>] enabled, verify_jwt` from supabase/config.toml;
 // - when verify_jwt is on (the default), answers 401 unless the Authorization header
 //   holds a JWT signed with the project's secret and not expired, before the function
-//   runs (OPTIONS requests pass, for CORS preflights);
+//   runs (OPTIONS requests pass, for CORS preflights); like PostgREST, it accepts a token
+//   until 30 s after its `exp`, so both judge one token alike;
+// - answers its own errors (no such function, a refused JWT, a function that threw) with
+//   PostgREST's body, {code, message, details, hint}, and CORS's Allow-Origin, so a
+//   browser reads them;
 // - hands a function the request with the path /<slug>/..., and the environment less the
 //   JWT secret, which functions never see on Supabase.
 // Each module exports `default { fetch }`.
@@ -49,12 +53,25 @@ for await (const entry of Deno.readDir(new URL("functions/", SUPABASE_DIR))) {
   });
 }
 
-function unauthorized(code: string, message: string): Response {
-  return Response.json({ code, message, msg: message }, {
-    status: 401,
-    headers: { "sb-error-code": code },
+/** PostgREST's error body, readable by a browser on any origin. */
+function errorResponse(
+  status: number,
+  code: string,
+  message: string,
+  headers: Record<string, string> = {},
+): Response {
+  return Response.json({ code, message, details: null, hint: null }, {
+    status,
+    headers: { "Access-Control-Allow-Origin": "*", ...headers },
   });
 }
+
+function unauthorized(code: string, message: string): Response {
+  return errorResponse(401, code, message, { "sb-error-code": code });
+}
+
+// PostgREST allows a token's `exp` (and `iat`, `nbf`) to be off by 30 s: the same here.
+const CLOCK_SKEW_SECONDS = 30;
 
 /** Why the request's JWT is refused, or null when it is a valid one. */
 async function jwtRefusal(req: Request): Promise<Response | null> {
@@ -65,7 +82,10 @@ async function jwtRefusal(req: Request): Promise<Response | null> {
     return unauthorized("UNAUTHORIZED_INVALID_JWT_FORMAT", "Invalid JWT format");
   }
   try {
-    await jwtVerify(token, jwtSecret, { algorithms: ["HS256"] });
+    await jwtVerify(token, jwtSecret, {
+      algorithms: ["HS256"],
+      clockTolerance: CLOCK_SKEW_SECONDS,
+    });
   } catch {
     return unauthorized("UNAUTHORIZED_LEGACY_JWT", "Invalid JWT");
   }
@@ -84,7 +104,7 @@ Deno.serve({
   if (pathname === "/_internal/health") return Response.json({ message: "ok" });
   const slug = pathname.split("/")[1];
   const fn = functions.get(slug);
-  if (!fn) return Response.json({ message: "Function not found" }, { status: 404 });
+  if (!fn) return errorResponse(404, "NOT_FOUND", "Requested function was not found");
   if (fn.verifyJwt && req.method !== "OPTIONS") {
     const refusal = await jwtRefusal(req);
     if (refusal) return refusal;
@@ -93,8 +113,6 @@ Deno.serve({
     return await fn.fetch(req);
   } catch (error) {
     console.error(`${slug}:`, error);
-    return Response.json({ code: "WORKER_ERROR", message: "Function exited due to an error" }, {
-      status: 500,
-    });
+    return errorResponse(500, "WORKER_ERROR", "Function exited due to an error");
   }
 });

@@ -232,10 +232,15 @@ def test_postgrest_restarted_under_load(crash_stack: ThrowawayStack) -> None:
     finally:
         setup.close()
     unanswered = Counter[int]()
+    # the gateway's answers while PostgREST is away: PostgREST's error shape, as JSON
+    gateway_errors: list[tuple[str, object]] = []
 
     def count_unanswered(response: httpx.Response) -> None:
         if response.status_code >= 500:
             unanswered[response.status_code] += 1
+        if response.status_code == 502:
+            response.read()
+            gateway_errors.append((response.headers["content-type"], response.json()))
 
     client = httpx.Client(timeout=10, event_hooks={"response": [count_unanswered]})
     # retries of keyed calls that outlast a restart: 0.05 s doubling, 6 s in all
@@ -263,6 +268,10 @@ def test_postgrest_restarted_under_load(crash_stack: ThrowawayStack) -> None:
         **{f"http_{status}": n for status, n in sorted(unanswered.items())},
     )
     assert unanswered  # the restart did turn calls away
+    for content_type, body in gateway_errors:
+        assert content_type == "application/json"
+        assert isinstance(body, dict) and sorted(body) == ["code", "details", "hint", "message"]
+        assert body["code"] == "bad_gateway"
     assert counts.failed == 0  # and the store's retries saw every keyed call through
 
 

@@ -195,6 +195,16 @@ def bearer(api: Api) -> str:
     return api.headers["Authorization"].removeprefix("Bearer ")
 
 
+def gateway_refusal(response: httpx.Response) -> str:
+    """The message of the gateway's 401, after checking it has PostgREST's error shape."""
+    assert response.status_code == 401
+    body = response.json()
+    assert sorted(body) == ["code", "details", "hint", "message"]
+    assert (body["code"], body["details"]) == ("42501", None)
+    assert response.headers["access-control-allow-origin"] == "*"
+    return str(body["message"])
+
+
 # ---------------------------------------------------------------------------
 # The gateway: no project key, no entry
 # ---------------------------------------------------------------------------
@@ -208,7 +218,7 @@ def test_no_apikey_is_refused_by_the_gateway(
     no_key = Api(gateway, None, service_role_key)
     response = no_key.rpc("credit_add_credits", {"p_user_id": alice["user_id"], "p_amount": 1})
     assert response.status_code == 401
-    assert response.json() == {"message": "No API key found in request"}
+    assert gateway_refusal(response) == "No API key found in request"
     response = no_key.select("credit_accounts")
     assert response.status_code == 401
     assert ledger_rows(db, alice["user_id"]) == before
@@ -227,7 +237,7 @@ def test_unknown_apikey_is_refused_by_the_gateway(
         api = Api(gateway, key, service_role_key)
         response = api.rpc("credit_add_credits", {"p_user_id": alice["user_id"], "p_amount": 1})
         assert response.status_code == 401, key
-        assert response.json() == {"message": "Invalid API key"}
+        assert gateway_refusal(response) == "Invalid API key"
     assert ledger_rows(db, alice["user_id"]) == before
 
 

@@ -104,6 +104,16 @@ def probe_result(client: httpx.Client, headers: dict[str, str]) -> dict[str, Any
     return result
 
 
+def gateway_refusal(response: httpx.Response) -> str:
+    """The message of the gateway's 401, after checking it has PostgREST's error shape."""
+    assert response.status_code == 401
+    body = response.json()
+    assert sorted(body) == ["code", "details", "hint", "message"]
+    assert (body["code"], body["details"]) == ("42501", None)
+    assert response.headers["access-control-allow-origin"] == "*"
+    return str(body["message"])
+
+
 # ---------------------------------------------------------------------------
 # The gateway's API-key check, like Supabase's
 # ---------------------------------------------------------------------------
@@ -112,14 +122,14 @@ def probe_result(client: httpx.Client, headers: dict[str, str]) -> dict[str, Any
 def test_request_without_apikey_is_refused(gateway: httpx.Client) -> None:
     response = gateway.get("/rest/v1/")
     assert response.status_code == 401
-    assert response.json() == {"message": "No API key found in request"}
+    assert gateway_refusal(response) == "No API key found in request"
 
 
 def test_request_with_unknown_apikey_is_refused(gateway: httpx.Client, anon_key: str) -> None:
     for wrong in ("not-a-key", anon_key[:-1], anon_key.swapcase()):
         response = gateway.get("/rest/v1/", headers={"apikey": wrong})
         assert response.status_code == 401, wrong
-        assert response.json() == {"message": "Invalid API key"}
+        assert gateway_refusal(response) == "Invalid API key"
 
 
 def test_a_user_token_alone_is_not_an_api_key(
@@ -128,7 +138,7 @@ def test_a_user_token_alone_is_not_an_api_key(
     token = make_user_token(USER_ID)
     response = gateway.get("/rest/v1/", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
-    assert response.json() == {"message": "No API key found in request"}
+    assert gateway_refusal(response) == "No API key found in request"
 
 
 def test_anon_key_reaches_postgrest(gateway: httpx.Client, anon_key: str) -> None:
@@ -145,8 +155,10 @@ def test_service_role_key_reaches_postgrest(gateway: httpx.Client, service_role_
 
 
 def test_other_paths_are_not_routed(gateway: httpx.Client, anon_key: str) -> None:
-    response = gateway.get("/rest/v2/", headers={"apikey": anon_key})
-    assert response.status_code == 404
+    for path in ("/rest/v2/", "/", "/auth/v1/user"):
+        response = gateway.get(path, headers={"apikey": anon_key})
+        assert response.status_code == 404
+        assert response.json()["code"] == "route_not_found"
 
 
 # ---------------------------------------------------------------------------
@@ -218,16 +230,14 @@ def test_a_secret_key_in_authorization_does_not_lift_a_public_apikey(
     public_key = request.getfixturevalue(key_name)
     response = call_probe(gateway, {"apikey": public_key, "Authorization": f"Bearer {secret_key}"})
     assert response.status_code == 401
-    assert response.json() == {
-        "message": "An sb_ key in Authorization must equal the apikey header"
-    }
+    assert gateway_refusal(response) == "An sb_ key in Authorization must equal the apikey header"
 
 
 def test_an_unknown_new_style_key_is_refused(gateway: httpx.Client, secret_key: str) -> None:
     for wrong in (secret_key[:-1], secret_key + "x", "sb_secret_", secret_key.upper()):
         response = gateway.get("/rest/v1/", headers={"apikey": wrong})
         assert response.status_code == 401, wrong
-        assert response.json() == {"message": "Invalid API key"}
+        assert gateway_refusal(response) == "Invalid API key"
 
 
 @pytest.mark.usefixtures("probe")

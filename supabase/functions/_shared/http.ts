@@ -20,35 +20,53 @@ export class HttpError extends Error {
   }
 }
 
-// Browsers may call a function that sets `cors` (a signed-in user's own reads); the
-// caller's token, not a cookie, authenticates them, so any origin may.
-const CORS_HEADERS = {
-  "Access-Control-Allow-Origin": "*",
-  "Access-Control-Allow-Headers": "authorization, x-client-info, apikey, content-type",
-  "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-};
+// Every function answers CORS: the caller's token or key, never a cookie, authenticates
+// a request, so any origin may call; and a browser reads an error's body (an expired
+// session's 401) only when it carries Allow-Origin.
+// What supabase-js sends (`functions.invoke` adds x-region when a region is chosen).
+const ALLOW_HEADERS =
+  "authorization, apikey, content-type, x-client-info, x-region, x-retry-count, x-supabase-api-version";
+
+// Chromium caches a preflight for at most 2 hours.
+const MAX_AGE_SECONDS = "7200";
 
 export function json(body: unknown, status = 200): Response {
   return Response.json(body, { status });
 }
 
-function errorResponse(error: HttpError): Response {
+function errorResponse(error: HttpError, headers: Record<string, string> = {}): Response {
   const { code, message, details, hint } = error;
-  return json({ code, message, details, hint }, error.status);
+  return Response.json({ code, message, details, hint }, { status: error.status, headers });
 }
 
 /**
- * The function's `fetch`: runs `handler`, answers an {@link HttpError} as its error
- * body and anything unexpected as a 500 (logged, never shown to the caller).
+ * The function's `fetch` for requests of one `method`: answers a CORS preflight with that
+ * method, another method with 405 and `Allow`, runs `handler` on the rest and answers an
+ * {@link HttpError} as its error body and anything unexpected as a 500 (logged, never
+ * shown to the caller). Every answer carries CORS's Allow-Origin.
  */
 export function serve(
+  method: "GET" | "POST",
   handler: (req: Request) => Promise<Response>,
-  options: { cors?: boolean } = {},
 ): (req: Request) => Promise<Response> {
+  const allow = `${method}, OPTIONS`;
   return async (req) => {
     let response: Response;
-    if (options.cors && req.method === "OPTIONS") {
-      response = new Response(null, { status: 204 });
+    if (req.method === "OPTIONS") {
+      response = new Response(null, {
+        status: 204,
+        headers: {
+          Allow: allow,
+          "Access-Control-Allow-Methods": allow,
+          "Access-Control-Allow-Headers": ALLOW_HEADERS,
+          "Access-Control-Max-Age": MAX_AGE_SECONDS,
+        },
+      });
+    } else if (req.method !== method) {
+      response = errorResponse(
+        new HttpError(405, "method_not_allowed", `use ${method}, not ${req.method}`),
+        { Allow: allow },
+      );
     } else {
       try {
         response = await handler(req);
@@ -63,17 +81,9 @@ export function serve(
         }
       }
     }
-    if (options.cors) {
-      for (const [name, value] of Object.entries(CORS_HEADERS)) response.headers.set(name, value);
-    }
+    response.headers.set("Access-Control-Allow-Origin", "*");
     return response;
   };
-}
-
-export function allowMethod(req: Request, method: string): void {
-  if (req.method !== method) {
-    throw new HttpError(405, "method_not_allowed", `use ${method}, not ${req.method}`);
-  }
 }
 
 /** The caller's `Authorization` header, which must carry a bearer token. */
@@ -172,11 +182,12 @@ export function unwrap<T>(
 ): T {
   const { data, error, status } = answer;
   if (error) {
-    // status 0: the request never got an answer. A 401 without a code is the gateway's
-    // (PostgREST's always have one): it refused the apikey, a key it never issued.
+    // status 0: the request never got an answer. A 401 without a code is a gateway's
+    // refusal of the apikey (hosted Supabase's has no code; the local stack's says 42501,
+    // as PostgREST does for a role that may not act): 42501 either way.
     throw new HttpError(
       status || 502,
-      error.code || (status === 401 ? "invalid_api_key" : "upstream_error"),
+      error.code || (status === 401 ? "42501" : "upstream_error"),
       error.message,
       error.details || null,
       error.hint || null,

@@ -8,14 +8,7 @@
 // decide, so nobody reads another user's ledger, plan or teams here.
 
 import { decodeJwt } from "npm:jose@6.2.18";
-import {
-  allowMethod,
-  bearerAuthorization,
-  HttpError,
-  json,
-  serve,
-  unwrap,
-} from "../_shared/http.ts";
+import { bearerAuthorization, HttpError, json, serve, unwrap } from "../_shared/http.ts";
 import { callerClient, type Client } from "../_shared/supabase.ts";
 
 const DEFAULT_LIMIT = 20;
@@ -93,11 +86,10 @@ async function readAccount(client: Client, userId: string, limit: number) {
 }
 
 async function balance(req: Request): Promise<Response> {
-  allowMethod(req, "GET");
   const { header, token } = bearerAuthorization(req);
   const userId = userIdOf(token);
   const limit = limitOf(new URL(req.url));
   return json(await readAccount(callerClient(header), userId, limit));
 }
 
-export default { fetch: serve(balance, { cors: true }) } satisfies Deno.ServeDefaultExport;
+export default { fetch: serve("GET", balance) } satisfies Deno.ServeDefaultExport;

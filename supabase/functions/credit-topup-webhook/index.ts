@@ -11,7 +11,7 @@
 // session is one payment, so every event that announces it, however often, after the
 // first is a replay and adds nothing. Other events are acknowledged and ignored.
 
-import { allowMethod, HttpError, json, serve, unwrap } from "../_shared/http.ts";
+import { HttpError, json, serve, unwrap } from "../_shared/http.ts";
 import type { Json } from "../_shared/database.types.ts";
 import { serviceClient, setting } from "../_shared/supabase.ts";
 import { verifySignature } from "../_shared/webhook-signature.ts";
@@ -35,6 +35,8 @@ const PAID_EVENTS = new Set([
   "checkout.session.async_payment_succeeded",
 ]);
 
+const USER_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 function invalidEvent(message: string): never {
   throw new HttpError(400, "invalid_event", message);
 }
@@ -50,15 +52,24 @@ function purchaseOf(event: JsonObject): Purchase | null {
   if (typeof credits !== "string" || !/^[1-9][0-9]{0,15}$/.test(credits)) {
     invalidEvent(`metadata.credits must be a positive whole number, got "${credits}"`);
   }
-  if (typeof session.client_reference_id !== "string" || !session.client_reference_id) {
+  const reference = session.client_reference_id;
+  if (typeof reference !== "string" || !reference) {
     invalidEvent("the checkout session has no client_reference_id (the user id)");
+  }
+  // Supabase user ids are UUIDs: credits for anything else would land in an account no
+  // signed-in user can ever read.
+  if (!USER_ID.test(reference)) {
+    invalidEvent(
+      `client_reference_id must be a Supabase user id (a UUID), got ${JSON.stringify(reference)}`,
+    );
   }
   if (typeof session.id !== "string" || !session.id) {
     invalidEvent("the checkout session has no id");
   }
   return {
     sessionId: session.id,
-    userId: session.client_reference_id,
+    // the form auth.uid() has as text, which row-level security compares with
+    userId: reference.toLowerCase(),
     credits: Number(credits),
     // Only what every event announcing the session carries alike (not the event's id or
     // type): the key's replay compares the whole request, metadata included, so another
@@ -74,7 +85,6 @@ function purchaseOf(event: JsonObject): Purchase | null {
 }
 
 async function topUp(req: Request): Promise<Response> {
-  allowMethod(req, "POST");
   // the signature covers the exact bytes, so read them before anything parses them
   const body = new Uint8Array(await req.arrayBuffer());
   await verifySignature(
@@ -118,4 +128,4 @@ async function topUp(req: Request): Promise<Response> {
   });
 }
 
-export default { fetch: serve(topUp) } satisfies Deno.ServeDefaultExport;
+export default { fetch: serve("POST", topUp) } satisfies Deno.ServeDefaultExport;

@@ -17,20 +17,11 @@
 // Answers credit_deduct_result; a repeated idempotency key answers the first charge with
 // is_replay = true.
 
-import {
-  allowMethod,
-  callerCredential,
-  checkFields,
-  json,
-  jsonObject,
-  serve,
-  unwrap,
-} from "../_shared/http.ts";
+import { callerCredential, checkFields, json, jsonObject, serve, unwrap } from "../_shared/http.ts";
 import type { Json } from "../_shared/database.types.ts";
 import { credentialClient } from "../_shared/supabase.ts";
 
 async function chargeUsage(req: Request): Promise<Response> {
-  allowMethod(req, "POST");
   const credential = callerCredential(req);
   const body = await jsonObject(req);
   checkFields(body, {
@@ -50,4 +41,4 @@ async function chargeUsage(req: Request): Promise<Response> {
   return json(charged);
 }
 
-export default { fetch: serve(chargeUsage) } satisfies Deno.ServeDefaultExport;
+export default { fetch: serve("POST", chargeUsage) } satisfies Deno.ServeDefaultExport;

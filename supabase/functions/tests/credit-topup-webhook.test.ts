@@ -279,9 +279,28 @@ Deno.test("a signed event with a bad purchase is refused and writes nothing", as
   assert.deepEqual(await journal(user), []);
 });
 
+Deno.test("a client_reference_id that is not a user id (a UUID) is refused", async () => {
+  for (const reference of ["user_abc", `${newUserId()}x`, `team:${newUserId()}`]) {
+    const event = checkoutEvent(reference, "10");
+    const error = await expectStatus(await deliverSigned(event), 400);
+    assert.equal(error.code, "invalid_event");
+    assert.match(String(error.message), /client_reference_id must be a Supabase user id/);
+    assert.deepEqual(await journal(reference), []);
+  }
+});
+
+Deno.test("a user id in capitals credits the user's own account", async () => {
+  const user = newUserId();
+  const body = await expectStatus(await deliverSigned(checkoutEvent(user.toUpperCase(), "7")), 200);
+  assert.equal(body.user_id, user);
+  assert.equal((await journal(user)).length, 1);
+});
+
 Deno.test("only POST is accepted", async () => {
-  const error = await expectStatus(await callFunction("credit-topup-webhook"), 405);
+  const response = await callFunction("credit-topup-webhook");
+  const error = await expectStatus(response, 405);
   assert.equal(error.code, "method_not_allowed");
+  assert.equal(response.headers.get("allow"), "POST, OPTIONS");
 });
 
 Deno.test("concurrent deliveries credit each checkout exactly once", async () => {
