@@ -230,8 +230,9 @@ STRICTER_IN_SQL = {
 
 
 def test_never_null_fields_are_those_python_declares_without_none(database_url: str) -> None:
-    not_null: dict[str, frozenset[str]] = load_generator().NOT_NULL
     with psycopg.connect(database_url) as conn:
+        # what the generator uses: the types' @notNull comments, else its own list
+        not_null: dict[str, frozenset[str]] = load_generator().not_null_fields(conn)
         composite = {
             name
             for (name,) in conn.execute(
