@@ -2,19 +2,21 @@
 // ducto from JavaScript with supabase-js: the same RPCs the Python client and the edge
 // functions call, typed by the generated `Database` (supabase/functions/_shared).
 //
-//   import { userClient, myAccount, serverClient, chargeUsage } from "./ledger.mjs";
+//   import { chargeUsage, checkFeature, myAccount, serverClient, userClient } from "./ledger.mjs";
 //
 //   // in the browser or app, as the signed-in user (row-level security applies)
-//   const me = userClient(SUPABASE_URL, SUPABASE_ANON_KEY, () => session.access_token);
-//   const { balance, plan, teams, transactions } = await myAccount(me);
-//   if ((await checkFeature(me, userId, "export")).has_feature) showExportButton();
+//   const me = userClient(SUPABASE_URL, SUPABASE_ANON_KEY, async () => session.access_token);
+//   const { user_id, available, plan, teams, transactions } = await myAccount(me);
+//   if ((await checkFeature(me, user_id, "export")).has_feature) showExportButton();
 //
 //   // on a trusted server, as the service role: the database prices the usage
 //   const server = serverClient(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY);
-//   const charged = await chargeUsage(server, userId, { model: "gpt-4o", input_tokens: 900 });
+//   const charged = await chargeUsage(server, user_id, { model: "gpt-4o", input_tokens: 900 });
 //
+// (tests/js/snippets.test.mjs type-checks those lines, as an app would hold them.)
 // Every function throws a LedgerError carrying the database's code (docs/ledger.md,
-// "Errors") and the HTTP status.
+// "Errors") and the HTTP status. On Node 20, run with `node --experimental-websocket`:
+// supabase-js needs WebSocket, which Node 22 has built in.
 
 import { createClient } from "@supabase/supabase-js";
 
@@ -26,7 +28,7 @@ import { createClient } from "@supabase/supabase-js";
  * @typedef {import("../../supabase/functions/_shared/database.types.ts").RpcResult<"credit_get_user_plan">} UserPlan
  * @typedef {import("../../supabase/functions/_shared/database.types.ts").RpcResult<"credit_check_feature">} FeatureCheck
  * @typedef {import("../../supabase/functions/_shared/database.types.ts").TableRow<"credit_transactions">} Transaction
- * @typedef {import("../../supabase/functions/credit-balance/index.ts").Account} Account
+ * @typedef {import("../../supabase/functions/_shared/account.types.ts").Account} Account
  * @typedef {import("@supabase/supabase-js").SupabaseClient<Database>} Client
  */
 
@@ -102,24 +104,34 @@ export async function myAccount(client, limit = 20) {
 }
 
 /**
- * A user's balance through the RPC (a signed-in user may read only their own).
+ * A user's balance through the RPC: without `userId`, the signed-in user's own (a
+ * signed-in user may read only their own); the service role names the user.
  * @param {Client} client
- * @param {string} userId
+ * @param {string} [userId]
  * @returns {Promise<BalanceResult>}
  */
 export async function getBalance(client, userId) {
-  return unwrap(await client.rpc("credit_get_balance", { p_user_id: userId }));
+  return unwrap(
+    await (userId === undefined
+      ? client.rpc("credit_get_balance")
+      : client.rpc("credit_get_balance", { p_user_id: userId })),
+  );
 }
 
 /**
  * A user's plan and its features: the assigned plan, else the default plan, else none
- * (`plan_id` null, no features). A signed-in user may read only their own.
+ * (`plan_id` null, no features). Without `userId`, the signed-in user's own (a signed-in
+ * user may read only their own); the service role names the user.
  * @param {Client} client
- * @param {string} userId
+ * @param {string} [userId]
  * @returns {Promise<UserPlan>}
  */
 export async function getPlan(client, userId) {
-  return unwrap(await client.rpc("credit_get_user_plan", { p_user_id: userId }));
+  return unwrap(
+    await (userId === undefined
+      ? client.rpc("credit_get_user_plan")
+      : client.rpc("credit_get_user_plan", { p_user_id: userId })),
+  );
 }
 
 /**

@@ -7,14 +7,19 @@ import it, and ``deno check`` type-checks them against it. Here:
 - regenerating it from the stack's database (the migrations, applied by
   ``supabase db push``) gives the committed file byte for byte;
 - the generator maps what the catalog says (argument defaults, nullability, composite
-  and set-returning results, foreign keys) and refuses what it cannot type, checked on
-  a throw-away database of probe objects.
+  and set-returning results, foreign keys, a result type's ``@notNull`` comment) and
+  refuses what it cannot type, checked on a throw-away database of probe objects;
+- the result fields it types as never null are those the Python results (``ducto.models``,
+  ``ducto.pricing``) declare without ``None``: one contract for both clients.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import subprocess
 import sys
+import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 from psycopg import sql
+
+from ducto import models, pricing
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATOR = ROOT / "scripts" / "db_types.py"
@@ -74,6 +81,9 @@ returns public.credit_probe_result language sql as $$ select 1::bigint, true $$;
 create function public.credit_probe_set()
 returns setof public.credit_probe_result language sql as $$ select 1::bigint, true $$;
 create function public.credit_probe_void(p_x integer[]) returns void language sql as '';
+create type public.credit_probe_filled as (n bigint, note text, ok boolean);
+comment on type public.credit_probe_filled is 'A probe''s answer.
+@notNull n, ok';
 """
 
 
@@ -124,9 +134,16 @@ def test_generator_types_what_the_catalog_says(probe_url: str) -> None:
         };
         Returns: undefined;
       };""",
+        # no @notNull comment (and not in NOT_NULL): every field may be null
         """      credit_probe_result: {
         n: number | null;
         ok: boolean | null;
+      };""",
+        # the fields its comment's @notNull line names are never null
+        """      credit_probe_filled: {
+        n: number;
+        note: string | null;
+        ok: boolean;
       };""",
     ]
     for part in expected:
@@ -154,6 +171,11 @@ def test_generator_types_what_the_catalog_says(probe_url: str) -> None:
             " as $$ select 'x' $$",
             "credit_probe has an unnamed argument",
         ),
+        (
+            "create type public.credit_probe as (n bigint);"
+            "comment on type public.credit_probe is '@notNull n, m'",
+            "credit_probe has no field m",
+        ),
     ],
 )
 def test_generator_refuses_what_it_cannot_type(probe_url: str, ddl: str, message: str) -> None:
@@ -162,3 +184,66 @@ def test_generator_refuses_what_it_cannot_type(probe_url: str, ddl: str, message
     result = generate("--url", probe_url)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def load_generator() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("db_types", GENERATOR)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+#: each SQL result type and the Python result built from it
+PYTHON_RESULTS: dict[str, type[object]] = {
+    "credit_add_result": models.AddCreditsResult,
+    "credit_allowance_result": models.AllowanceResult,
+    "credit_balance_result": models.BalanceResult,
+    "credit_cost_result": pricing.CostResult,
+    "credit_daily_spend_row": models.DailySpendRow,
+    "credit_deduct_result": models.DeductionResult,
+    "credit_feature_result": models.CheckFeatureResult,
+    "credit_ledger_issue": models.LedgerIssue,
+    "credit_model_spend_row": models.SpendByModelRow,
+    "credit_plan_result": models.PlanResult,
+    "credit_pricing_version": pricing.PricingVersion,
+    "credit_refund_result": models.RefundResult,
+    "credit_release_result": models.ReleaseResult,
+    "credit_reserve_result": models.ReserveResult,
+    "credit_stats_result": models.AggregateStatsRow,
+    "credit_sweep_result": models.SweepResult,
+    "credit_team_deduct_result": models.TeamDeductionResult,
+    "credit_team_member_result": models.TeamMemberResult,
+    "credit_team_result": models.TeamResult,
+    "credit_top_user_row": models.TopUserRow,
+    "credit_user_plan_result": models.GetUserPlanResult,
+    "credit_user_spend_row": models.SpendByUserRow,
+}
+
+#: where the TypeScript type is stricter than the Python one, and why
+STRICTER_IN_SQL = {
+    # a PricingEngine built from a config never published has no version; the database
+    # always prices with a published one
+    ("credit_cost_result", "pricing_version"),
+}
+
+
+def test_never_null_fields_are_those_python_declares_without_none(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        # what the generator uses: the types' @notNull comments, else its own list
+        not_null: dict[str, frozenset[str]] = load_generator().not_null_fields(conn)
+        composite = {
+            name
+            for (name,) in conn.execute(
+                "select typname from pg_type join pg_class on pg_class.oid = typrelid"
+                " where typnamespace = 'public'::regnamespace and relkind = 'c'"
+                " and starts_with(typname, 'credit_')"
+            )
+        }
+    assert set(not_null) == composite == set(PYTHON_RESULTS)
+    for name, cls in PYTHON_RESULTS.items():
+        hints = {f.name: f.type for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        # ``Any`` (a feature's JSON value) may be None: JSON's null
+        never_none = {f for f, hint in hints.items() if "None" not in str(hint) and hint != "Any"}
+        assert never_none | {f for t, f in STRICTER_IN_SQL if t == name} == not_null[name], name

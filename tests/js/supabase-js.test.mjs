@@ -123,6 +123,13 @@ describe("a signed-in user", () => {
     ]);
   });
 
+  test("reads their own balance and plan without naming themselves", async () => {
+    // credit_get_balance() and credit_get_user_plan() without arguments: the token's user
+    assert.deepEqual(await getBalance(me), await getBalance(me, user));
+    assert.deepEqual(await getPlan(me), await getPlan(me, user));
+    assert.equal((await getPlan(me)).plan_id, plan);
+  });
+
   test("cannot call the service role's RPCs", async () => {
     const attempts = [
       ["credit_add_credits", { p_user_id: user, p_amount: 1000 }],

@@ -10,6 +10,11 @@
 import { decodeJwt } from "npm:jose@6.2.18";
 import { bearerAuthorization, HttpError, json, serve, unwrap } from "../_shared/http.ts";
 import { callerClient, type Client } from "../_shared/supabase.ts";
+import type { Account } from "../_shared/account.types.ts";
+
+// Account is declared once, without Deno specifics, for apps to import too; readAccount's
+// answer must stay assignable to it (deno check).
+export type { Account };
 
 const DEFAULT_LIMIT = 20;
 const MAX_LIMIT = 100;
@@ -58,11 +63,8 @@ function limitOf(url: URL): number {
   return limit;
 }
 
-/** What credit-balance answers; its type follows the RPCs and the columns read. */
-export type Account = Awaited<ReturnType<typeof readAccount>>;
-
 /** Everything read with the user's own client, so the database decides what they see. */
-async function readAccount(client: Client, userId: string, limit: number) {
+async function readAccount(client: Client, userId: string, limit: number): Promise<Account> {
   const [account, plan, memberships, recent] = await Promise.all([
     client.rpc("credit_get_balance", { p_user_id: userId }),
     client.rpc("credit_get_user_plan", { p_user_id: userId }),
