@@ -25,6 +25,7 @@ import jwt
 import psycopg
 import pytest
 from helpers_api import Api
+from helpers_crash import COUNTS
 from helpers_process import run
 from psycopg import sql
 from supabase import acreate_client, create_client
@@ -281,3 +282,12 @@ def new_database(database_url: str) -> Iterator[Callable[..., str]]:
             conn.execute(
                 sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
             )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The counts of every crash and fault test, after the run (pytest keeps a passing
+    test's output to itself)."""
+    if COUNTS:
+        terminalreporter.section("crashes and faults: what the clients saw and the journal holds")
+        for line in COUNTS:
+            terminalreporter.line(line)

@@ -259,6 +259,10 @@ class Counts:
     lost: int
 
 
+#: Each audited fault's counts, one line each, in the order the tests ran.
+COUNTS: list[str] = []
+
+
 def audit(database_url: str, name: str, log: AckLog, users: dict[str, int], **extra: int) -> Counts:
     """Compare the clients' log with the journal of ``users`` (user -> credits granted),
     print the counts, and check: every acknowledged charge is journaled exactly once,
@@ -293,12 +297,14 @@ def audit(database_url: str, name: str, log: AckLog, users: dict[str, int], **ex
         doubled=doubled,
         lost=lost,
     )
-    print(
+    line = (
         f"{name}: acknowledged={counts.acknowledged} journaled={counts.journaled}"
         f" retried={counts.retried} failed={counts.failed}"
         f" replayed={counts.replayed} doubled={counts.doubled} lost={counts.lost}"
         + "".join(f" {what}={n}" for what, n in extra.items())
     )
+    print(line)
+    COUNTS.append(line)  # conftest prints them all at the end of the run
     assert (counts.doubled, counts.lost) == (0, 0)
     assert counts.journaled == counts.acknowledged
     spent = Counter[str]()
