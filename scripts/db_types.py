@@ -16,8 +16,8 @@ the functions always fill with a ``@notNull`` line in its comment::
     and what is available.
     @notNull user_id, balance, held, available';
 
-Until the migrations carry those comments, ``NOT_NULL`` below says the same for ducto's
-result types (the comment wins where both do); every other field is ``T | null``.
+Every other field is ``T | null``; a test holds the comments to the Python results
+(``tests/integration/test_db_types.py``).
 
 Usage (against a database with the migrations, e.g. the local stack)::
 
@@ -64,44 +64,6 @@ SCALARS = {
     "timestamp": "string",
     "timestamptz": "string",
     "interval": "string",
-}
-
-# The fields each result type's functions always fill (every other field may be null), as
-# the Python results in ducto/models.py and ducto/pricing.py declare them (a test holds
-# the two together). Used for a type whose comment has no ``@notNull`` line.
-NOT_NULL: dict[str, frozenset[str]] = {
-    name: frozenset(fields.split())
-    for name, fields in {
-        "credit_add_result": "transaction_id grant_id user_id amount tx_type category"
-        " priority balance_after created_at is_replay",
-        "credit_allowance_result": "users granted already_granted amount rollover",
-        "credit_balance_result": "user_id balance held available",
-        "credit_cost_result": "pricing_version exact_cost credits min_balance",
-        "credit_daily_spend_row": "day spent refunded net_spent charges users",
-        "credit_deduct_result": "user_id amount overage balance_after available_after"
-        " created_at is_replay",
-        "credit_feature_result": "user_id feature has_feature",
-        "credit_ledger_issue": "check_name expected actual",
-        "credit_model_spend_row": "spent refunded net_spent charges users",
-        "credit_plan_result": "plan_id name features is_default created_at updated_at",
-        "credit_pricing_version": "version config is_active created_at",
-        "credit_refund_result": "transaction_id refunded_transaction_id user_id amount"
-        " total_refunded refundable_remaining balance_after created_at is_replay",
-        "credit_release_result": "reservation_id user_id amount status available_after is_replay",
-        "credit_reserve_result": "reservation_id user_id amount operation_type expires_at"
-        " available_after created_at is_replay",
-        "credit_stats_result": "window_start window_end spent refunded net_spent credited"
-        " expired charges refunds users",
-        "credit_sweep_result": "dry_run accounts expired_grants expired_amount expired_holds"
-        " expired_hold_amount",
-        "credit_team_deduct_result": "team_id user_id amount balance_after available_after"
-        " created_at is_replay",
-        "credit_team_member_result": "team_id user_id role joined_at",
-        "credit_team_result": "team_id name account_user_id min_balance created_at updated_at",
-        "credit_top_user_row": "rank user_id net_spent spent refunded charges",
-        "credit_user_plan_result": "user_id features is_default",
-        "credit_user_spend_row": "user_id spent refunded net_spent charges",
-    }.items()
 }
 
 #: the line of a composite type's comment that names its fields never null
@@ -220,8 +182,8 @@ def fields(rows: Iterable[tuple[str, str]], indent: int) -> list[str]:
 
 
 def not_null_fields(conn: psycopg.Connection[Any]) -> dict[str, frozenset[str]]:
-    """Per composite type, the fields its ``@notNull`` comment line (else NOT_NULL) names."""
-    found = dict(NOT_NULL)
+    """Per composite type, the fields its ``@notNull`` comment line names."""
+    found: dict[str, frozenset[str]] = {}
     for name, comment in conn.execute(COMPOSITE_COMMENTS_SQL):
         tags = NOT_NULL_TAG.findall(comment)
         if tags:
@@ -234,7 +196,7 @@ def not_null_fields(conn: psycopg.Connection[Any]) -> dict[str, frozenset[str]]:
 def columns(conn: psycopg.Connection[Any], catalog: Catalog, relkind: str) -> dict[str, list[str]]:
     """Per relation of ``relkind``, its ``name: type`` lines (nullable: ``| null``)."""
     found: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    # a composite type's attributes cannot be NOT NULL: its comment (or NOT_NULL) says
+    # a composite type's attributes cannot be NOT NULL: its comment says
     not_null = not_null_fields(conn) if relkind == "c" else {}
     for relation, column, oid, notnull in conn.execute(COLUMNS_SQL, (relkind,)):
         if relkind == "c":

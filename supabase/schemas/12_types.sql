@@ -13,6 +13,9 @@ create type public.credit_add_result as (
     created_at timestamptz,
     is_replay boolean
 );
+comment on type public.credit_add_result is
+'@notNull transaction_id, grant_id, user_id, amount, tx_type, category, priority,'
+' balance_after, created_at, is_replay';
 
 create type public.credit_reserve_result as (
     reservation_id uuid,
@@ -24,6 +27,9 @@ create type public.credit_reserve_result as (
     created_at timestamptz,
     is_replay boolean
 );
+comment on type public.credit_reserve_result is
+'@notNull reservation_id, user_id, amount, operation_type, expires_at, available_after,'
+' created_at, is_replay';
 
 create type public.credit_deduct_result as (
     transaction_id uuid,
@@ -38,6 +44,8 @@ create type public.credit_deduct_result as (
     -- the pricing version that priced the charge; null for unpriced charges
     pricing_version bigint
 );
+comment on type public.credit_deduct_result is
+'@notNull user_id, amount, overage, balance_after, available_after, created_at, is_replay';
 
 create type public.credit_release_result as (
     reservation_id uuid,
@@ -47,6 +55,8 @@ create type public.credit_release_result as (
     available_after bigint,
     is_replay boolean
 );
+comment on type public.credit_release_result is
+'@notNull reservation_id, user_id, amount, status, available_after, is_replay';
 
 create type public.credit_refund_result as (
     transaction_id uuid,
@@ -59,6 +69,9 @@ create type public.credit_refund_result as (
     created_at timestamptz,
     is_replay boolean
 );
+comment on type public.credit_refund_result is
+'@notNull transaction_id, refunded_transaction_id, user_id, amount, total_refunded,'
+' refundable_remaining, balance_after, created_at, is_replay';
 
 create type public.credit_balance_result as (
     user_id text,
@@ -66,6 +79,8 @@ create type public.credit_balance_result as (
     held bigint,
     available bigint
 );
+comment on type public.credit_balance_result is
+'@notNull user_id, balance, held, available';
 
 create type public.credit_sweep_result as (
     dry_run boolean,
@@ -75,6 +90,8 @@ create type public.credit_sweep_result as (
     expired_holds integer,
     expired_hold_amount bigint
 );
+comment on type public.credit_sweep_result is
+'@notNull dry_run, accounts, expired_grants, expired_amount, expired_holds, expired_hold_amount';
 
 create type public.credit_ledger_issue as (
     account_id bigint,
@@ -83,6 +100,8 @@ create type public.credit_ledger_issue as (
     expected text,
     actual text
 );
+comment on type public.credit_ledger_issue is
+'@notNull check_name, expected, actual';
 
 create type public.credit_pricing_version as (
     version bigint,
@@ -91,6 +110,8 @@ create type public.credit_pricing_version as (
     is_active boolean,
     created_at timestamptz
 );
+comment on type public.credit_pricing_version is
+'@notNull version, config, is_active, created_at';
 
 create type public.credit_cost_result as (
     pricing_version bigint,
@@ -100,6 +121,8 @@ create type public.credit_cost_result as (
     credits bigint,
     min_balance bigint
 );
+comment on type public.credit_cost_result is
+'@notNull pricing_version, exact_cost, credits, min_balance';
 
 create type public.credit_plan_result as (
     plan_id text,
@@ -112,6 +135,8 @@ create type public.credit_plan_result as (
     created_at timestamptz,
     updated_at timestamptz
 );
+comment on type public.credit_plan_result is
+'@notNull plan_id, name, features, is_default, created_at, updated_at';
 
 create type public.credit_user_plan_result as (
     user_id text,
@@ -124,6 +149,8 @@ create type public.credit_user_plan_result as (
     rollover_cap bigint,
     assigned_at timestamptz
 );
+comment on type public.credit_user_plan_result is
+'@notNull user_id, features, is_default';
 
 create type public.credit_feature_result as (
     user_id text,
@@ -132,6 +159,8 @@ create type public.credit_feature_result as (
     value jsonb,
     plan_id text
 );
+comment on type public.credit_feature_result is
+'@notNull user_id, feature, has_feature';
 
 create type public.credit_allowance_result as (
     users integer,
@@ -140,6 +169,8 @@ create type public.credit_allowance_result as (
     amount bigint,
     rollover bigint
 );
+comment on type public.credit_allowance_result is
+'@notNull users, granted, already_granted, amount, rollover';
 
 create type public.credit_team_result as (
     team_id uuid,
@@ -149,6 +180,8 @@ create type public.credit_team_result as (
     created_at timestamptz,
     updated_at timestamptz
 );
+comment on type public.credit_team_result is
+'@notNull team_id, name, account_user_id, min_balance, created_at, updated_at';
 
 create type public.credit_team_deduct_result as (
     transaction_id uuid,
@@ -164,6 +197,8 @@ create type public.credit_team_deduct_result as (
     is_replay boolean,
     pricing_version bigint
 );
+comment on type public.credit_team_deduct_result is
+'@notNull team_id, user_id, amount, balance_after, available_after, created_at, is_replay';
 
 create type public.credit_team_member_result as (
     team_id uuid,
@@ -174,6 +209,8 @@ create type public.credit_team_member_result as (
     spent_in_period bigint,
     joined_at timestamptz
 );
+comment on type public.credit_team_member_result is
+'@notNull team_id, user_id, role, joined_at';
 
 create type public.credit_stats_result as (
     window_start timestamptz,
@@ -187,6 +224,9 @@ create type public.credit_stats_result as (
     refunds bigint,
     users bigint
 );
+comment on type public.credit_stats_result is
+'@notNull window_start, window_end, spent, refunded, net_spent, credited, expired, charges,'
+' refunds, users';
 
 create type public.credit_daily_spend_row as (
     day date,
@@ -196,6 +236,8 @@ create type public.credit_daily_spend_row as (
     charges bigint,
     users bigint
 );
+comment on type public.credit_daily_spend_row is
+'@notNull day, spent, refunded, net_spent, charges, users';
 
 create type public.credit_model_spend_row as (
     model text,
@@ -205,6 +247,8 @@ create type public.credit_model_spend_row as (
     charges bigint,
     users bigint
 );
+comment on type public.credit_model_spend_row is
+'@notNull spent, refunded, net_spent, charges, users';
 
 create type public.credit_user_spend_row as (
     user_id text,
@@ -213,6 +257,8 @@ create type public.credit_user_spend_row as (
     net_spent numeric,
     charges bigint
 );
+comment on type public.credit_user_spend_row is
+'@notNull user_id, spent, refunded, net_spent, charges';
 
 create type public.credit_top_user_row as (
     rank bigint,
@@ -222,3 +268,5 @@ create type public.credit_top_user_row as (
     refunded numeric,
     charges bigint
 );
+comment on type public.credit_top_user_row is
+'@notNull rank, user_id, net_spent, spent, refunded, charges';

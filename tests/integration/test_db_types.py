@@ -134,7 +134,7 @@ def test_generator_types_what_the_catalog_says(probe_url: str) -> None:
         };
         Returns: undefined;
       };""",
-        # no @notNull comment (and not in NOT_NULL): every field may be null
+        # no @notNull comment: every field may be null
         """      credit_probe_result: {
         n: number | null;
         ok: boolean | null;
@@ -231,7 +231,7 @@ STRICTER_IN_SQL = {
 
 def test_never_null_fields_are_those_python_declares_without_none(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
-        # what the generator uses: the types' @notNull comments, else its own list
+        # what the generator uses: the types' @notNull comments
         not_null: dict[str, frozenset[str]] = load_generator().not_null_fields(conn)
         composite = {
             name
