@@ -526,6 +526,21 @@ def top_users(limit: int, start: datetime, end: datetime) -> RpcCall:
     return _window("credit_top_users", start, end, p_limit=limit)
 
 
+# ---------------------------------------------------------------- statements
+
+
+def balance_at(user_id: str | uuid.UUID, at: datetime) -> RpcCall:
+    """``credit_balance_at``: the sum of the user's journal rows created at or before ``at``."""
+    if not isinstance(at, datetime) or at.tzinfo is None:
+        raise InvalidInputError("at must be a timezone-aware datetime", code="DC006")
+    return RpcCall("credit_balance_at", {"p_user_id": _user(user_id), "p_at": at}, retry_safe=True)
+
+
+def statement(user_id: str | uuid.UUID, start: datetime, end: datetime) -> RpcCall:
+    """``credit_statement``: the user's balances and totals of the window [start, end)."""
+    return _window("credit_statement", start, end, p_user_id=_user(user_id))
+
+
 # ---------------------------------------------------------------- teams
 
 

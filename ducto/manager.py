@@ -31,6 +31,7 @@ from ducto.models import (
     AddCreditsResult,
     AggregateStatsRow,
     AllowanceResult,
+    BalanceAtResult,
     BalanceResult,
     CheckFeatureResult,
     CreditMetadata,
@@ -45,6 +46,7 @@ from ducto.models import (
     SetupResult,
     SpendByModelRow,
     SpendByUserRow,
+    StatementResult,
     SweepResult,
     TeamDeductionResult,
     TeamMemberResult,
@@ -406,6 +408,26 @@ class AsyncCreditManager:
     async def get_balance(self, user_id: str | UUID) -> BalanceResult:
         """Get a user's current credit balance, held credits and available credits."""
         return await self._one(BalanceResult, _rpc.get_balance(user_id))
+
+    async def balance_at(self, user_id: str | UUID, at: datetime) -> BalanceAtResult:
+        """The balance of a user's journal at an instant: its rows created at or before ``at``.
+
+        This is the journal's balance: credits that lapsed count until the sweep journals
+        their expiry, and holds never count (``get_balance`` is what can be spent now).
+        """
+        return await self._one(BalanceAtResult, _rpc.balance_at(user_id, at))
+
+    async def statement(
+        self, user_id: str | UUID, start: datetime, end: datetime
+    ) -> StatementResult:
+        """A user's statement of the window [start, end).
+
+        Opening and closing balances (the journal's, just before ``start`` and just before
+        ``end``), the totals of the window by journal type, by model and by the category of
+        the grants credited, and the grants that expire in the 30 days after ``end`` with
+        what is left of them now.
+        """
+        return await self._one(StatementResult, _rpc.statement(user_id, start, end))
 
     async def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
         """Sweep expired credits and timed-out holds from all users' accounts."""
@@ -845,6 +867,24 @@ class CreditManager:
     def get_balance(self, user_id: str | UUID) -> BalanceResult:
         """Get a user's current credit balance, held credits and available credits."""
         return self._one(BalanceResult, _rpc.get_balance(user_id))
+
+    def balance_at(self, user_id: str | UUID, at: datetime) -> BalanceAtResult:
+        """The balance of a user's journal at an instant: its rows created at or before ``at``.
+
+        This is the journal's balance: credits that lapsed count until the sweep journals
+        their expiry, and holds never count (``get_balance`` is what can be spent now).
+        """
+        return self._one(BalanceAtResult, _rpc.balance_at(user_id, at))
+
+    def statement(self, user_id: str | UUID, start: datetime, end: datetime) -> StatementResult:
+        """A user's statement of the window [start, end).
+
+        Opening and closing balances (the journal's, just before ``start`` and just before
+        ``end``), the totals of the window by journal type, by model and by the category of
+        the grants credited, and the grants that expire in the 30 days after ``end`` with
+        what is left of them now.
+        """
+        return self._one(StatementResult, _rpc.statement(user_id, start, end))
 
     def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
         """Sweep expired credits and timed-out holds from all users' accounts."""

@@ -215,6 +215,82 @@ class AllowanceResult:
     rollover: int
 
 
+# ---------------------------------------------------------------- statements
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceAtResult:
+    """The journal's balance of a user at an instant (``credit_balance_at``).
+
+    The sum of the user's journal rows created at or before ``at``. Credits that lapsed
+    count until the sweep journals their expiry; holds never count.
+    """
+
+    user_id: str
+    at: datetime
+    balance: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatementTypeTotal:
+    """The journal rows of one type in a statement's window: how many, and their signed sum."""
+
+    type: str
+    count: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatementModelTotal:
+    """The rows of one model in a statement's window (a refund counts for its charge's model)."""
+
+    model: str
+    count: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatementCategoryTotal:
+    """The grants of one category credited in a statement's window."""
+
+    category: str
+    count: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiringGrant:
+    """A grant that expires in the 30 days after a statement's end, with what is left of it now."""
+
+    grant_id: str
+    category: str
+    remaining: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StatementResult:
+    """A user's statement of the window [period_start, period_end) (``credit_statement``).
+
+    ``opening_balance`` and ``closing_balance`` are the journal's balances just before the
+    start and just before the end; ``by_type`` holds every row of the window, so
+    ``opening_balance + sum(t.amount for t in by_type) == closing_balance``. Amounts are
+    signed as in the journal (credits positive, charges and expiries negative). Every
+    tuple is sorted by its key; ``expiring`` soonest first.
+    """
+
+    user_id: str
+    period_start: datetime
+    period_end: datetime
+    opening_balance: int
+    closing_balance: int
+    by_type: tuple[StatementTypeTotal, ...]
+    by_model: tuple[StatementModelTotal, ...]
+    by_category: tuple[StatementCategoryTotal, ...]
+    expiring: tuple[ExpiringGrant, ...]
+    expiring_total: int
+
+
 # ---------------------------------------------------------------- usage analytics
 
 
@@ -384,6 +460,9 @@ def _converter(hint: Any) -> Callable[[Any], Any]:
         return lambda v: v if isinstance(v, Decimal) else Decimal(v)
     if isinstance(hint, type) and issubclass(hint, BaseModel):  # a jsonb document
         return hint.model_validate
+    if get_origin(hint) is tuple:  # a jsonb array of objects, each a result dataclass
+        (item, _) = get_args(hint)
+        return lambda v: tuple(from_row(item, row) for row in v)
     return _same
 
 

@@ -61,9 +61,10 @@ $$;
 revoke all on function credit_private.check_window(
     timestamptz, timestamptz
 ) from public, anon, authenticated, service_role;
+-- authenticated: a signed-in user's own statement (credit_statement) checks its window
 grant execute on function credit_private.check_window(
     timestamptz, timestamptz
-) to service_role;
+) to authenticated, service_role;
 
 -- The sums every analytics function reports, in one place.
 create function credit_private.spend(p_start timestamptz, p_end timestamptz, p_by text)

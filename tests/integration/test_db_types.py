@@ -199,6 +199,7 @@ def load_generator() -> types.ModuleType:
 PYTHON_RESULTS: dict[str, type[object]] = {
     "credit_add_result": models.AddCreditsResult,
     "credit_allowance_result": models.AllowanceResult,
+    "credit_balance_at_result": models.BalanceAtResult,
     "credit_balance_result": models.BalanceResult,
     "credit_cost_result": pricing.CostResult,
     "credit_daily_spend_row": models.DailySpendRow,
@@ -211,6 +212,7 @@ PYTHON_RESULTS: dict[str, type[object]] = {
     "credit_refund_result": models.RefundResult,
     "credit_release_result": models.ReleaseResult,
     "credit_reserve_result": models.ReserveResult,
+    "credit_statement_result": models.StatementResult,
     "credit_stats_result": models.AggregateStatsRow,
     "credit_sweep_result": models.SweepResult,
     "credit_team_deduct_result": models.TeamDeductionResult,

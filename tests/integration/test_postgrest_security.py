@@ -67,7 +67,13 @@ DOCUMENTED_RPCS = {
     "credit_settle_usage",
 }
 # What a signed-in user may call (for their own id only).
-USER_RPCS = {"credit_get_balance", "credit_get_user_plan", "credit_check_feature"}
+USER_RPCS = {
+    "credit_get_balance",
+    "credit_get_user_plan",
+    "credit_check_feature",
+    "credit_balance_at",
+    "credit_statement",
+}
 # The tables a signed-in user may read (their own rows).
 USER_TABLES = ("credit_accounts", "credit_transactions", "credit_grants", "credit_reservations")
 SERVICE_ONLY_TABLES = ("credit_grant_draws", "credit_idempotency_keys")

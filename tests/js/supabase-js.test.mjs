@@ -130,6 +130,22 @@ describe("a signed-in user", () => {
     assert.equal((await getPlan(me)).plan_id, plan);
   });
 
+  test("reads their own statement without naming themselves", async () => {
+    const window = { p_start: "2020-01-01T00:00:00Z", p_end: "2100-01-01T00:00:00Z" };
+    const { data, error } = await me.rpc("credit_statement", window);
+    assert.equal(error, null, JSON.stringify(error));
+    assert.deepEqual(
+      [data.user_id, data.opening_balance, data.closing_balance, data.by_type],
+      [user, 0, 210, [{ type: "grant", count: 1, amount: 250 }, {
+        type: "usage",
+        count: 1,
+        amount: -40,
+      }]],
+    );
+    const at = await me.rpc("credit_balance_at", { p_at: "2100-01-01T00:00:00Z" });
+    assert.equal(at.data?.balance, 210, JSON.stringify(at.error));
+  });
+
   test("cannot call the service role's RPCs", async () => {
     const attempts = [
       ["credit_add_credits", { p_user_id: user, p_amount: 1000 }],
@@ -173,6 +189,15 @@ describe("a signed-in user", () => {
     await refused(getBalance(me, other), "42501", 403);
     await refused(getPlan(me, other), "42501", 403);
     await refused(checkFeature(me, other, "export"), "42501", 403);
+    for (
+      const [name, args] of [
+        ["credit_statement", { p_user_id: other, p_start: "2020-01-01", p_end: "2100-01-01" }],
+        ["credit_balance_at", { p_user_id: other, p_at: "2100-01-01" }],
+      ]
+    ) {
+      const { error, status } = await me.rpc(name, args);
+      assert.deepEqual([error?.code, status], ["42501", 403], name);
+    }
     assert.deepEqual(await journal(me, other), []);
     const { error } = await me.from("credit_transactions").insert({});
     assert.equal(error?.code, "42501");

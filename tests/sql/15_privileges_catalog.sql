@@ -147,6 +147,14 @@ select set_eq(
         'public.credit_top_users(integer, timestamp with time zone, timestamp with time zone)'
         || ' | service_role | EXECUTE',
         'credit_private.check_window(timestamp with time zone, timestamp with time zone)'
+        || ' | authenticated | EXECUTE',
+        'credit_private.check_window(timestamp with time zone, timestamp with time zone)'
+        || ' | service_role | EXECUTE',
+        'public.credit_balance_at(text, timestamp with time zone) | authenticated | EXECUTE',
+        'public.credit_balance_at(text, timestamp with time zone) | service_role | EXECUTE',
+        'public.credit_statement(text, timestamp with time zone, timestamp with time zone)'
+        || ' | authenticated | EXECUTE',
+        'public.credit_statement(text, timestamp with time zone, timestamp with time zone)'
         || ' | service_role | EXECUTE',
         'credit_private.spend(timestamp with time zone, timestamp with time zone, text)'
         || ' | service_role | EXECUTE'
@@ -154,8 +162,9 @@ select set_eq(
     'Function privileges are exactly the allowlist: service_role executes every RPC and the'
     || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id,'
     || ' reader_id, fail, and the pricing reads); authenticated only the readers of their own'
-    || ' balance and plan (credit_get_balance, credit_get_user_plan, credit_check_feature) and'
-    || ' their four helpers; nothing else.'
+    || ' balance, plan and statements (credit_get_balance, credit_get_user_plan,'
+    || ' credit_check_feature, credit_balance_at, credit_statement) and the five helpers they'
+    || ' call; nothing else.'
 );
 select set_eq(
     $$select acl_row from ducto_acl where object not like '%(%'$$,
@@ -246,9 +255,12 @@ select set_eq(
     array['public.credit_get_balance(text)', 'public.credit_get_user_plan(text)',
           'public.credit_check_feature(text, text)', 'credit_private.clock()',
           'credit_private.check_user_id(text)', 'credit_private.fail(text, text, jsonb, text)',
-          'credit_private.reader_id(text, text)'],
-    'authenticated can execute the readers of their own balance and plan and the four'
-    || ' helpers they call, nothing else.'
+          'credit_private.reader_id(text, text)',
+          'public.credit_balance_at(text, timestamp with time zone)',
+          'public.credit_statement(text, timestamp with time zone, timestamp with time zone)',
+          'credit_private.check_window(timestamp with time zone, timestamp with time zone)'],
+    'authenticated can execute the readers of their own balance, plan and statements and the'
+    || ' five helpers they call, nothing else.'
 );
 select set_eq(
     $$select object from ducto_relation where has_table_privilege('authenticated', oid, 'SELECT')$$,

@@ -18,6 +18,7 @@ from ducto import (
     DuctoError,
     PricingConfigData,
     PricingVersion,
+    StatementResult,
     StoreError,
 )
 from ducto.errors import SQLSTATE_ERRORS, error_from_sqlstate
@@ -98,6 +99,48 @@ ROWS: list[tuple[type[Any], dict[str, Any], dict[str, Any]]] = [
             "created_at": "2026-03-04T05:06:07.89Z",
         },
     ),
+    (
+        StatementResult,
+        {
+            "user_id": "u",
+            "period_start": WHEN,
+            "period_end": WHEN,
+            "opening_balance": 5,
+            "closing_balance": 7,
+            # jsonb: psycopg parses it, so times inside are ISO text in both rows
+            "by_type": [{"type": "grant", "count": 1, "amount": 2}],
+            "by_model": [],
+            "by_category": [{"category": "paid", "count": 1, "amount": 2}],
+            "expiring": [
+                {
+                    "grant_id": str(RESERVATION),
+                    "category": "paid",
+                    "remaining": 2,
+                    "expires_at": "2026-03-04T05:06:07.89+00:00",
+                }
+            ],
+            "expiring_total": 2,
+        },
+        {
+            "user_id": "u",
+            "period_start": "2026-03-04T05:06:07.89+00:00",
+            "period_end": "2026-03-04T05:06:07.89Z",
+            "opening_balance": 5,
+            "closing_balance": 7,
+            "by_type": [{"type": "grant", "count": 1, "amount": 2}],
+            "by_model": [],
+            "by_category": [{"category": "paid", "count": 1, "amount": 2}],
+            "expiring": [
+                {
+                    "grant_id": str(RESERVATION),
+                    "category": "paid",
+                    "remaining": 2,
+                    "expires_at": "2026-03-04T05:06:07.89Z",
+                }
+            ],
+            "expiring_total": 2,
+        },
+    ),
 ]
 
 
@@ -124,6 +167,13 @@ def test_a_jsonb_config_becomes_a_pricing_config() -> None:
     version = from_row(PricingVersion, ROWS[3][2])
     assert version.config == PricingConfigData.parse(CONFIG)
     assert version.created_at == WHEN
+
+
+def test_a_statement_holds_typed_totals() -> None:
+    statement = from_row(StatementResult, ROWS[4][2])
+    assert statement.by_type[0].amount == 2 and statement.by_model == ()
+    assert statement.expiring[0].expires_at == WHEN
+    assert statement.opening_balance + sum(t.amount for t in statement.by_type) == 7
 
 
 def test_a_row_without_a_field_is_refused() -> None:

@@ -347,6 +347,13 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_user_plan_result"];
       };
+      credit_balance_at: {
+        Args: {
+          p_user_id?: string;
+          p_at?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_balance_at_result"];
+      };
       credit_calculate_cost: {
         Args: {
           p_metrics: Json;
@@ -523,6 +530,14 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_user_spend_row"][];
       };
+      credit_statement: {
+        Args: {
+          p_user_id?: string;
+          p_start?: string;
+          p_end?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_statement_result"];
+      };
       credit_sweep_expired: {
         Args: {
           p_dry_run?: boolean;
@@ -583,6 +598,11 @@ export type Database = {
         already_granted: number;
         amount: number;
         rollover: number;
+      };
+      credit_balance_at_result: {
+        user_id: string;
+        at: string;
+        balance: number;
       };
       credit_balance_result: {
         user_id: string;
@@ -686,6 +706,18 @@ export type Database = {
         available_after: number;
         created_at: string;
         is_replay: boolean;
+      };
+      credit_statement_result: {
+        user_id: string;
+        period_start: string;
+        period_end: string;
+        opening_balance: number;
+        closing_balance: number;
+        by_type: Json;
+        by_model: Json;
+        by_category: Json;
+        expiring: Json;
+        expiring_total: number;
       };
       credit_stats_result: {
         window_start: string;

@@ -1,0 +1,174 @@
+-- ducto: statements. What an account's journal says at an instant, and what happened in a
+-- window: the reads behind an invoice, a monthly statement or a support answer.
+--
+-- Both read the journal as it is written (docs/statements.md):
+--   * a balance at T is the sum of the amounts of the account's journal rows created at or
+--     before T: the journal's balance. An expiry counts from the moment the sweep journaled
+--     it, so between a grant's expires_at and the sweep this balance still holds the
+--     lapsed credits that credit_get_balance already leaves out; holds are not journal
+--     rows and never count;
+--   * a statement covers [p_start, p_end), like the analytics windows: its opening balance
+--     is the balance just before p_start, its closing balance the balance just before
+--     p_end, and every journal row created in the window is in its totals, so opening +
+--     the sum of the totals by type = closing.
+-- Security invoker: a signed-in user reads their own account through row-level security
+-- and nobody else's (credit_private.reader_id says 42501); the service role reads anyone's.
+
+-- ---------------------------------------------------------------- result types
+
+create type public.credit_balance_at_result as (
+    user_id text,
+    at timestamptz,
+    balance bigint
+);
+comment on type public.credit_balance_at_result is
+'credit_balance_at: the sum of the user''s journal rows created at or before at.
+@notNull user_id, at, balance';
+
+create type public.credit_statement_result as (
+    user_id text,
+    period_start timestamptz,
+    period_end timestamptz,
+    opening_balance bigint,
+    closing_balance bigint,
+    by_type jsonb,
+    by_model jsonb,
+    by_category jsonb,
+    expiring jsonb,
+    expiring_total bigint
+);
+comment on type public.credit_statement_result is
+'credit_statement over [period_start, period_end). by_type: [{type, count, amount}] of every'
+' journal row of the window (amounts signed, credits positive), so opening_balance + the sum'
+' of its amounts = closing_balance. by_model: [{model, count, amount}] of the rows with a'
+' model (a refund counts for the model of the charge it refunds). by_category: [{category,'
+' count, amount}] of the grants credited in the window. expiring: [{grant_id, category,'
+' remaining, expires_at}] of the grants with credits left now that expire in (period_end,'
+' period_end + 30 days], soonest first; expiring_total is their sum. Every list is sorted by'
+' its key.
+@notNull user_id, period_start, period_end, opening_balance, closing_balance, by_type, by_model,'
+' by_category, expiring, expiring_total';
+
+-- ---------------------------------------------------------------- functions
+
+create function public.credit_balance_at(
+    p_user_id text default null, p_at timestamptz default null
+)
+returns public.credit_balance_at_result
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $$
+declare
+    -- no user id: a signed-in user's own
+    v_user_id text := credit_private.reader_id(p_user_id, 'statement');
+    v_result public.credit_balance_at_result;
+begin
+    if p_at is null or not isfinite(p_at) then
+        perform credit_private.fail(
+            'DC006',
+            format('at must be a finite time, got %s', coalesce(p_at::text, 'null')),
+            jsonb_build_object('argument', 'at')
+        );
+    end if;
+    -- a sum, not the newest row's balance_after: rows of concurrent operations commit in
+    -- seq order but may carry created_at out of that order
+    select v_user_id, p_at, coalesce(sum(t.amount), 0)::bigint
+    into v_result
+    from public.credit_transactions as t
+    where t.user_id = v_user_id and t.created_at <= p_at;
+    return v_result;
+end;
+$$;
+revoke all on function public.credit_balance_at(text, timestamptz)
+from public, anon, authenticated, service_role;
+grant execute on function public.credit_balance_at(text, timestamptz)
+to authenticated, service_role;
+
+create function public.credit_statement(
+    p_user_id text default null, p_start timestamptz default null, p_end timestamptz default null
+)
+returns public.credit_statement_result
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $$
+declare
+    -- no user id: a signed-in user's own
+    v_user_id text := credit_private.reader_id(p_user_id, 'statement');
+    v_result public.credit_statement_result;
+begin
+    perform credit_private.check_window(p_start, p_end);
+    v_result.user_id := v_user_id;
+    v_result.period_start := p_start;
+    v_result.period_end := p_end;
+
+    -- both balances in one pass over the account's journal before p_end
+    select
+        coalesce(sum(t.amount) filter (where t.created_at < p_start), 0)::bigint,
+        coalesce(sum(t.amount), 0)::bigint
+    into v_result.opening_balance, v_result.closing_balance
+    from public.credit_transactions as t
+    where t.user_id = v_user_id and t.created_at < p_end;
+
+    select coalesce(jsonb_agg(jsonb_build_object(
+        'type', s.type, 'count', s.n, 'amount', s.amount
+    ) order by s.type), '[]')
+    into v_result.by_type
+    from (
+        select t.type, count(*) as n, sum(t.amount) as amount
+        from public.credit_transactions as t
+        where t.user_id = v_user_id and t.created_at >= p_start and t.created_at < p_end
+        group by t.type
+    ) as s;
+
+    -- a refund has no model of its own: it counts for the charge it refunds
+    select coalesce(jsonb_agg(jsonb_build_object(
+        'model', s.model, 'count', s.n, 'amount', s.amount
+    ) order by s.model), '[]')
+    into v_result.by_model
+    from (
+        select coalesce(t.model, o.model) as model, count(*) as n, sum(t.amount) as amount
+        from public.credit_transactions as t
+        left join public.credit_transactions as o on t.refund_of = o.id
+        where
+            t.user_id = v_user_id and t.created_at >= p_start and t.created_at < p_end
+            and coalesce(t.model, o.model) is not null
+        group by 1
+    ) as s;
+
+    -- the journal rows that created a grant, by the grant's category
+    select coalesce(jsonb_agg(jsonb_build_object(
+        'category', s.category, 'count', s.n, 'amount', s.amount
+    ) order by s.category), '[]')
+    into v_result.by_category
+    from (
+        select g.category, count(*) as n, sum(t.amount) as amount
+        from public.credit_transactions as t
+        inner join public.credit_grants as g on t.id = g.transaction_id
+        where t.user_id = v_user_id and t.created_at >= p_start and t.created_at < p_end
+        group by g.category
+    ) as s;
+
+    -- what is left now of the grants that lapse in the 30 days after the window
+    select
+        coalesce(jsonb_agg(jsonb_build_object(
+            'grant_id', g.id, 'category', g.category, 'remaining', g.remaining,
+            'expires_at', g.expires_at
+        ) order by g.expires_at, g.id), '[]'),
+        coalesce(sum(g.remaining), 0)::bigint
+    into v_result.expiring, v_result.expiring_total
+    from public.credit_grants as g
+    where
+        g.account_id = (select a.id from public.credit_accounts as a where a.user_id = v_user_id)
+        and g.spendable
+        and g.expires_at > p_end and g.expires_at <= p_end + interval '30 days';
+    return v_result;
+end;
+$$;
+revoke all on function public.credit_statement(text, timestamptz, timestamptz)
+from public, anon, authenticated, service_role;
+grant execute on function public.credit_statement(text, timestamptz, timestamptz)
+to authenticated, service_role;
