@@ -541,6 +541,35 @@ def statement(user_id: str | uuid.UUID, start: datetime, end: datetime) -> RpcCa
     return _window("credit_statement", start, end, p_user_id=_user(user_id))
 
 
+#: The most rows one page of ``credit_export_journal`` returns.
+MAX_EXPORT_PAGE = 10_000
+
+
+def export_journal(
+    start: datetime,
+    end: datetime,
+    user_id: str | uuid.UUID | None,
+    after: tuple[int, int] | None,
+    limit: int,
+) -> RpcCall:
+    """``credit_export_journal``: a page of the journal rows of [start, end), in
+    ``(account_id, seq)`` order, after the cursor ``after`` (the last row's key)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_EXPORT_PAGE:
+        raise InvalidInputError(
+            f"page_size must be from 1 to {MAX_EXPORT_PAGE}, got {limit!r}", code="DC006"
+        )
+    account, seq = after if after is not None else (None, None)
+    return _window(
+        "credit_export_journal",
+        start,
+        end,
+        p_user_id=None if user_id is None else _user(user_id),
+        p_after_account=account,
+        p_after_seq=seq,
+        p_limit=limit,
+    )
+
+
 # ---------------------------------------------------------------- teams
 
 

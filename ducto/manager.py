@@ -38,6 +38,7 @@ from ducto.models import (
     DailySpendRow,
     DeductionResult,
     GetUserPlanResult,
+    JournalRow,
     LedgerIssue,
     PlanResult,
     RefundResult,
@@ -428,6 +429,33 @@ class AsyncCreditManager:
         what is left of them now.
         """
         return await self._one(StatementResult, _rpc.statement(user_id, start, end))
+
+    async def export_journal(
+        self,
+        start: datetime,
+        end: datetime,
+        user_id: str | UUID | None = None,
+        *,
+        page_size: int = 1000,
+    ) -> AsyncIterator[JournalRow]:
+        """Every journal row created in the window [start, end), one user's or everyone's.
+
+        Rows come in ``(account_id, seq)`` order, fetched ``page_size`` (1 to 10000) at a
+        time with a keyset cursor (the last row's ``(account_id, seq)``), so memory stays
+        flat however long the window and each page costs the same. Each page is its own
+        call: rows appended while the export runs are in it when they fall in the window
+        after the cursor, and no row is read twice or skipped (journal rows never change).
+        """
+        after: tuple[int, int] | None = None
+        while True:
+            call = _rpc.export_journal(start, end, user_id, after, page_size)
+            fetched = 0
+            for row in _rpc.many(JournalRow, await self.store.call(call)):
+                yield row
+                fetched += 1
+                after = (row.account_id, row.seq)  # the next page starts after it
+            if fetched < page_size:
+                return
 
     async def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
         """Sweep expired credits and timed-out holds from all users' accounts."""
@@ -885,6 +913,33 @@ class CreditManager:
         what is left of them now.
         """
         return self._one(StatementResult, _rpc.statement(user_id, start, end))
+
+    def export_journal(
+        self,
+        start: datetime,
+        end: datetime,
+        user_id: str | UUID | None = None,
+        *,
+        page_size: int = 1000,
+    ) -> Iterator[JournalRow]:
+        """Every journal row created in the window [start, end), one user's or everyone's.
+
+        Rows come in ``(account_id, seq)`` order, fetched ``page_size`` (1 to 10000) at a
+        time with a keyset cursor (the last row's ``(account_id, seq)``), so memory stays
+        flat however long the window and each page costs the same. Each page is its own
+        call: rows appended while the export runs are in it when they fall in the window
+        after the cursor, and no row is read twice or skipped (journal rows never change).
+        """
+        after: tuple[int, int] | None = None
+        while True:
+            call = _rpc.export_journal(start, end, user_id, after, page_size)
+            fetched = 0
+            for row in _rpc.many(JournalRow, self.store.call(call)):
+                yield row
+                fetched += 1
+                after = (row.account_id, row.seq)  # the next page starts after it
+            if fetched < page_size:
+                return
 
     def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
         """Sweep expired credits and timed-out holds from all users' accounts."""

@@ -291,6 +291,36 @@ class StatementResult:
     expiring_total: int
 
 
+@dataclass(frozen=True, slots=True)
+class JournalRow:
+    """One journal row, as ``credit_export_journal`` exports it.
+
+    ``amount`` is signed (credits positive, charges and expiries negative) and
+    ``balance_after`` is the account's balance once the row was written; ``seq`` numbers an
+    account's rows 1..n in commit order, so ``(account_id, seq)`` is the row's key and the
+    export's order. ``metadata`` and ``usage`` are the JSON objects stored with the row.
+    """
+
+    id: str
+    account_id: int
+    seq: int
+    user_id: str
+    type: str
+    amount: int
+    balance_after: int
+    grant_id: str | None
+    reservation_id: str | None
+    refund_of: str | None
+    idempotency_key: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    pricing_version: int | None
+    usage: dict[str, Any] | None
+    model: str | None
+    job_name: str | None
+    attributed_user_id: str | None
+
+
 # ---------------------------------------------------------------- usage analytics
 
 

@@ -21,6 +21,7 @@
 --   75_teams           teams, their pools and members
 --   80_analytics       spend over time windows
 --   85_statements      a balance at an instant, a user's statement of a window
+--   86_export          the journal rows of a window, page by page
 --   90_sweep_verify    the expiry sweep and the invariants check
 --   99_schema_version  the schema version the migrations reach
 --

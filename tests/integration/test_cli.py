@@ -4,6 +4,8 @@ console script in subprocesses, which also shows that each process stops the ser
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -317,3 +319,162 @@ def test_sql_export_deploys_with_supabase_db_push(
     (fresh / "supabase" / "migrations" / last).write_text("-- someone else's file\n")
     cli("sql", "export", str(fresh), code=1)
     assert [p.name for p in (fresh / "supabase" / "migrations").iterdir()] == [last]
+
+
+# ---------------------------------------------------------------- export journal
+
+#: The journal's columns an export carries, in its order (docs/cli.md).
+EXPORT_COLUMNS = (
+    "id", "account_id", "seq", "user_id", "type", "amount", "balance_after", "grant_id",
+    "reservation_id", "refund_of", "idempotency_key", "metadata", "created_at",
+    "pricing_version", "usage", "model", "job_name", "attributed_user_id",
+)  # fmt: skip
+
+
+def journal_rows(url: str, user: str | None = None) -> list[dict[str, Any]]:
+    """The journal as the database holds it, in the export's order, values as JSON has them
+    (ids as text), ``created_at`` a datetime."""
+    where = "" if user is None else "where user_id = %s"
+    with psycopg.connect(url) as conn:
+        cur = conn.execute(
+            f"select {', '.join(EXPORT_COLUMNS)} from public.credit_transactions {where}"
+            " order by account_id, seq",
+            [] if user is None else [user],
+        )
+        names = [c.name for c in cur.description or ()]
+        return [
+            {n: str(v) if isinstance(v, uuid.UUID) else v for n, v in zip(names, row, strict=True)}
+            for row in cur
+        ]
+
+
+def from_jsonl(out: str) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in out.splitlines()]
+    for row in rows:
+        row["created_at"] = datetime.fromisoformat(row["created_at"])
+    return rows
+
+
+def from_csv(out: str) -> list[dict[str, Any]]:
+    """CSV rows typed back: empty is null, metadata and usage JSON text, numbers numbers."""
+    reader = csv.DictReader(io.StringIO(out, newline=""))
+    assert tuple(reader.fieldnames or ()) == EXPORT_COLUMNS
+    rows = []
+    for raw in reader:
+        row: dict[str, Any] = {k: (v if v != "" else None) for k, v in raw.items()}
+        for name in ("account_id", "seq", "amount", "balance_after", "pricing_version"):
+            row[name] = None if row[name] is None else int(row[name])
+        for name in ("metadata", "usage"):
+            row[name] = None if row[name] is None else json.loads(row[name])
+        row["created_at"] = datetime.fromisoformat(row["created_at"])
+        rows.append(row)
+    return rows
+
+
+def fill_journal(url: str, users: list[str], rows: int) -> None:
+    """``rows`` journal rows spread over ``users``: credits, then charges, each with
+    metadata that CSV must quote (a comma, a quote, a line break, non-ASCII)."""
+    note = "jsonb_build_object('note', format('a, \"b\"%%s€ %%s', chr(10), i))"
+    with psycopg.connect(url, autocommit=True) as conn:
+        for function in ("credit_add_credits", "credit_deduct_credits"):
+            conn.execute(
+                f"select public.{function}((%s::text[])[1 + i %% %s], 1, p_metadata => {note})"
+                " from generate_series(1, %s) as i",
+                [users, len(users), rows // 2],
+            )
+
+
+def test_export_journal_on_postgres(new_database: Callable[..., str], tmp_path: Path) -> None:
+    url = new_database()
+    cli = Cli(DATABASE_URL=url)
+    cli("setup")
+    fill_journal(url, [f"user-{n}" for n in range(7)], 3000)
+    journal = journal_rows(url)
+    assert len(journal) == 3000  # three full pages of 1000 and an empty one
+    now = datetime.now(UTC)
+    window = ("--start", (now - timedelta(hours=1)).isoformat(), "--end", now.isoformat())
+
+    exported = cli("export", "journal", "--format", "jsonl", *window)
+    assert exported.stderr == ""  # no progress line: stderr is not a terminal
+    assert from_jsonl(exported.stdout) == journal
+    assert from_csv(cli("export", "journal", "--format", "csv", *window).stdout) == journal
+
+    for fmt, parse in (("csv", from_csv), ("jsonl", from_jsonl)):
+        path = tmp_path / f"journal.{fmt}"
+        written = cli("export", "journal", "--format", fmt, *window, "-o", str(path))
+        assert (written.stdout, written.stderr) == ("", "")
+        assert parse(path.read_text(encoding="utf-8")) == journal
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.csv", "journal.jsonl"]
+
+    mine = cli("export", "journal", "--format", "jsonl", *window, "--user", "user-3").stdout
+    assert from_jsonl(mine) == journal_rows(url, "user-3") != []
+    # an earlier window: a CSV of the header only, and JSON lines of nothing
+    before = ("--start", "2020-01-01", "--end", "2020-02-01")
+    assert cli("export", "journal", "--format", "csv", *before).stdout == (
+        ",".join(EXPORT_COLUMNS) + "\n"
+    )
+    assert cli("export", "journal", "--format", "jsonl", *before).stdout == ""
+    # an export is not a report: no 366-day bound
+    assert (
+        from_jsonl(
+            cli(
+                "export",
+                "journal",
+                "--format",
+                "jsonl",
+                "--start",
+                "2000-01-01",
+                "--end",
+                "2100-01-01",
+            ).stdout
+        )
+        == journal
+    )
+
+    # a refused export writes no file and nothing on stdout
+    bad = cli(
+        "export",
+        "journal",
+        "--format",
+        "csv",
+        *window,
+        "--user",
+        " ",
+        "-o",
+        str(tmp_path / "x"),
+        code=1,
+    )
+    assert "[DC002]" in bad.stderr and bad.stdout == ""
+    assert not (tmp_path / "x").exists() and len(list(tmp_path.iterdir())) == 2
+    assert (
+        "empty"
+        in cli(
+            "export",
+            "journal",
+            "--format",
+            "csv",
+            "--start",
+            now.isoformat(),
+            "--end",
+            now.isoformat(),
+            code=2,
+        ).stderr
+    )
+    cli("export", "journal", "--format", "xml", *window, code=2)
+    cli("export", "journal", "--format", "csv", "--start", now.isoformat(), code=2)  # no --end
+
+
+def test_export_journal_through_the_rest_api(
+    supabase_url: str, service_role_key: str, database_url: str
+) -> None:
+    # the stack's own database: one new user's rows, found with --user
+    user = f"export-{uuid.uuid4()}"
+    fill_journal(database_url, [user], 2400)
+    journal = journal_rows(database_url, user)
+    assert len(journal) == 2400
+    cli = Cli(SUPABASE_URL=supabase_url, SUPABASE_SERVICE_ROLE_KEY=service_role_key)
+    now = datetime.now(UTC)
+    window = ("--start", (now - timedelta(hours=1)).isoformat(), "--end", now.isoformat())
+    args = ("export", "journal", *window, "--user", user)
+    assert from_jsonl(cli(*args, "--format", "jsonl").stdout) == journal
+    assert from_csv(cli(*args, "--format", "csv").stdout) == journal

@@ -156,6 +156,8 @@ select set_eq(
         || ' | authenticated | EXECUTE',
         'public.credit_statement(text, timestamp with time zone, timestamp with time zone)'
         || ' | service_role | EXECUTE',
+        'public.credit_export_journal(timestamp with time zone, timestamp with time zone,'
+        || ' text, bigint, bigint, integer) | service_role | EXECUTE',
         'credit_private.spend(timestamp with time zone, timestamp with time zone, text)'
         || ' | service_role | EXECUTE'
     ],

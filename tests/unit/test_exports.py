@@ -32,6 +32,7 @@ def test_package_exports() -> None:
         "IdempotencyConflictError",
         "InsufficientCreditsError",
         "InvalidInputError",
+        "JournalRow",
         "LedgerIssue",
         "MemberLimitExceededError",
         "MeteredCall",

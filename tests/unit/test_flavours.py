@@ -74,8 +74,12 @@ def kind(member: Any) -> str:
 
 
 def is_async(member: Any) -> bool:
-    return inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(
-        getattr(member, "__wrapped__", None)
+    """A coroutine function, an async generator (``export_journal``) or an async context
+    manager."""
+    return (
+        inspect.iscoroutinefunction(member)
+        or inspect.isasyncgenfunction(member)
+        or inspect.isasyncgenfunction(getattr(member, "__wrapped__", None))
     )
 
 

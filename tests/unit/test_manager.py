@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import inspect
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -79,9 +79,17 @@ class Manager:
 
         def run(*args: Any, **kwargs: Any) -> Any:
             result = method(*args, **kwargs)
+            if inspect.isasyncgen(result):  # an export: every row it yields
+                return asyncio.run(collect(result))
+            if inspect.isgenerator(result):
+                return list(result)
             return asyncio.run(result) if inspect.iscoroutine(result) else result
 
         return run
+
+
+async def collect(rows: AsyncIterator[Any]) -> list[Any]:
+    return [row async for row in rows]
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -128,6 +136,10 @@ REFUSED: dict[str, Case] = {
     "naive statement end": (lambda m: m.statement("u", NOW, NAIVE), "DC006"),
     "statement blank user": (lambda m: m.statement(" ", NOW, NOW), "DC002"),
     "top 1001 users": (lambda m: m.top_users(1001, NOW, NOW), "DC006"),
+    "naive export start": (lambda m: m.export_journal(NAIVE, NOW), "DC006"),
+    "export page of 0": (lambda m: m.export_journal(NOW, NOW, page_size=0), "DC006"),
+    "export page of 10001": (lambda m: m.export_journal(NOW, NOW, page_size=10_001), "DC006"),
+    "export blank user": (lambda m: m.export_journal(NOW, NOW, " "), "DC002"),
     "team not a UUID": (lambda m: m.upsert_team("team-1", "Team"), "DC006"),
     "negative team floor": (lambda m: m.upsert_team(TEAM, "Team", -1), "DC001"),
     "member limit": (lambda m: m.set_team_member(TEAM, "u", spend_limit=-1), "DC001"),

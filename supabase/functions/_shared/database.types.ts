@@ -413,6 +413,17 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_deduct_result"];
       };
+      credit_export_journal: {
+        Args: {
+          p_start: string;
+          p_end: string;
+          p_user_id?: string;
+          p_after_account?: number;
+          p_after_seq?: number;
+          p_limit?: number;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_journal_row"][];
+      };
       credit_get_balance: {
         Args: {
           p_user_id?: string;
@@ -644,6 +655,26 @@ export type Database = {
         has_feature: boolean;
         value: Json | null;
         plan_id: string | null;
+      };
+      credit_journal_row: {
+        id: string;
+        account_id: number;
+        seq: number;
+        user_id: string;
+        type: string;
+        amount: number;
+        balance_after: number;
+        grant_id: string | null;
+        reservation_id: string | null;
+        refund_of: string | null;
+        idempotency_key: string | null;
+        metadata: Json;
+        created_at: string;
+        pricing_version: number | null;
+        usage: Json | null;
+        model: string | null;
+        job_name: string | null;
+        attributed_user_id: string | null;
       };
       credit_ledger_issue: {
         account_id: number | null;
