@@ -3,10 +3,10 @@
 --
 -- Keyset paging on the journal's unique (account_id, seq) index: a page is the rows after
 -- (p_after_account, p_after_seq) in (account_id, seq) order, so the next page starts
--- after the last row of this one and every page costs the same, however deep. Rows
--- appended while an export runs either fall after its cursor or outside its window; a
--- journal row never changes, so no row is read twice or skipped. Service role only: an
--- export reads every account.
+-- after the last row of this one and every page costs the same, however deep. A journal
+-- row never changes, so no row is read twice; an export of a window that has closed (its
+-- end in the past) misses none, since later rows are created after its end. Service role
+-- only: an export reads every account.
 
 -- ---------------------------------------------------------------- result types
 
