@@ -160,6 +160,8 @@ class Catalog:
             return f"{self.ts(pg.element)}[]"
         if pg.kind == "c" and pg.schema == "public" and pg.relkind == "c":
             return f'Database["public"]["CompositeTypes"]["{pg.name}"]'
+        if pg.kind == "c" and pg.schema == "public" and pg.relkind == "r":
+            return f'Database["public"]["Tables"]["{pg.name}"]["Row"]'  # a table's row type
         if pg.kind == "p" and pg.name == "void":
             return "undefined"
         if pg.schema == "pg_catalog" and pg.name in SCALARS:

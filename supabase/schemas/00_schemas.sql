@@ -13,6 +13,7 @@
 --   20_checks          the clock, errors and argument checks
 --   30_accounts        account locks, the journal writer, the balance
 --   40_debit           grants, expiry, the debit and the one-call deduct
+--   41_events          the events outbox, balance alerts, endpoints and deliveries
 --   45_idempotency     replays of keyed operations
 --   50_holds           reservations: hold, settle, release
 --   55_refunds         refunds, back to the grants a charge drew from

@@ -102,6 +102,10 @@ begin
             )
         );
     end if;
+    -- balance.low / balance.depleted (41_events.sql), on the rows that lower a balance
+    if v_row.amount < 0 then
+        perform credit_private.balance_events(v_row);
+    end if;
     return v_row;
 end;
 $$;

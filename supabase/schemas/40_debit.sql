@@ -141,6 +141,9 @@ begin
         insert into public.credit_grant_draws (transaction_id, grant_id, amount)
         values (v_transaction_id, v_grant.id, v_grant.remaining);
         update public.credit_grants set remaining = 0 where id = v_grant.id;
+        perform credit_private.emit_grant_expired(
+            p_account_id, v_grant.id, v_grant.remaining, v_transaction_id
+        );
         grants := grants + 1;
         amount := amount + v_grant.remaining;
     end loop;

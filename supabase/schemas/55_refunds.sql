@@ -190,6 +190,9 @@ begin
         p_attributed_user_id => v_original.attributed_user_id
     )).id;
     perform credit_private.restore(v_account.id, v_transaction_id, p_transaction_id, v_amount, v_now);
+    perform credit_private.emit(v_account.id, v_account.user_id, 'charge.refunded',
+        jsonb_build_object('transaction_id', p_transaction_id,
+            'refund_transaction_id', v_transaction_id, 'amount', v_amount, 'reason', p_reason));
     -- credits given back to a grant that has expired since expire at once
     perform credit_private.expire_grants(v_account.id, v_now);
     select a.balance into v_balance_after

@@ -52,6 +52,8 @@ begin
         return v_result;
     end if;
 
+    -- grant.expiring of the grants due soon (41_events.sql)
+    perform credit_private.emit_expiring_grants(v_now);
     -- one account at a time, in id order: no deadlock with other sweeps or operations
     for v_account_id in select c.account_id from credit_private.sweep_candidates(v_now) as c loop
         perform credit_private.lock_account_by_id(v_account_id);

@@ -159,6 +159,19 @@ select set_eq(
         'public.credit_export_journal(timestamp with time zone, timestamp with time zone,'
         || ' text, bigint, bigint, integer) | service_role | EXECUTE',
         'credit_private.spend(timestamp with time zone, timestamp with time zone, text)'
+        || ' | service_role | EXECUTE',
+        'public.credit_list_events(text, uuid, text[], integer) | authenticated | EXECUTE',
+        'public.credit_list_events(text, uuid, text[], integer) | service_role | EXECUTE',
+        'public.credit_emit_due_events() | service_role | EXECUTE',
+        'public.credit_set_alert(text, text, numeric, numeric) | service_role | EXECUTE',
+        'public.credit_delete_alert(uuid) | service_role | EXECUTE',
+        'public.credit_list_alerts(text, text) | service_role | EXECUTE',
+        'public.credit_set_grant_expiring_days(integer) | service_role | EXECUTE',
+        'public.credit_set_event_endpoint(text, text, text[], boolean, uuid)'
+        || ' | service_role | EXECUTE',
+        'public.credit_list_event_endpoints() | service_role | EXECUTE',
+        'public.credit_claim_event_deliveries(integer, integer) | service_role | EXECUTE',
+        'public.credit_finish_event_delivery(uuid, boolean, text, integer)'
         || ' | service_role | EXECUTE'
     ],
     'Function privileges are exactly the allowlist: service_role executes every RPC and the'
@@ -191,7 +204,13 @@ select set_eq(
         'public.credit_teams | service_role | SELECT',
         'public.credit_team_members | authenticated | SELECT',
         'public.credit_team_members | service_role | SELECT',
-        'credit_private.journal_activity | service_role | SELECT'
+        'credit_private.journal_activity | service_role | SELECT',
+        'public.credit_events | authenticated | SELECT',
+        'public.credit_events | service_role | SELECT',
+        'public.credit_balance_alerts | service_role | SELECT',
+        'public.credit_event_settings | service_role | SELECT',
+        'public.credit_event_endpoints | service_role | SELECT',
+        'public.credit_event_deliveries | service_role | SELECT'
     ],
     'Table and sequence privileges are exactly the allowlist: SELECT only; authenticated on'
     || ' the tables of their own rows, service_role on all; nothing on the sequences.'
@@ -260,15 +279,16 @@ select set_eq(
           'credit_private.reader_id(text, text)',
           'public.credit_balance_at(text, timestamp with time zone)',
           'public.credit_statement(text, timestamp with time zone, timestamp with time zone)',
-          'credit_private.check_window(timestamp with time zone, timestamp with time zone)'],
-    'authenticated can execute the readers of their own balance, plan and statements and the'
-    || ' five helpers they call, nothing else.'
+          'credit_private.check_window(timestamp with time zone, timestamp with time zone)',
+          'public.credit_list_events(text, uuid, text[], integer)'],
+    'authenticated can execute the readers of their own balance, plan, statements and events'
+    || ' and the five helpers they call, nothing else.'
 );
 select set_eq(
     $$select object from ducto_relation where has_table_privilege('authenticated', oid, 'SELECT')$$,
     array['public.credit_accounts', 'public.credit_transactions', 'public.credit_grants',
           'public.credit_reservations', 'public.credit_plans', 'public.credit_user_plans',
-          'public.credit_teams', 'public.credit_team_members'],
+          'public.credit_teams', 'public.credit_team_members', 'public.credit_events'],
     'authenticated can SELECT exactly the tables that hold their own rows.'
 );
 select is_empty(
@@ -355,7 +375,14 @@ select set_eq(
         'public.credit_upsert_team(uuid, text, numeric)',
         'public.credit_set_team_member(uuid, text, text, numeric, text)',
         'public.credit_remove_team_member(uuid, text)',
-        'public.credit_deduct_team(uuid, text, jsonb, jsonb, text)'
+        'public.credit_deduct_team(uuid, text, jsonb, jsonb, text)',
+        'public.credit_emit_due_events()',
+        'public.credit_set_alert(text, text, numeric, numeric)',
+        'public.credit_delete_alert(uuid)',
+        'public.credit_set_grant_expiring_days(integer)',
+        'public.credit_set_event_endpoint(text, text, text[], boolean, uuid)',
+        'public.credit_claim_event_deliveries(integer, integer)',
+        'public.credit_finish_event_delivery(uuid, boolean, text, integer)'
     ],
     'Exactly the write RPCs are SECURITY DEFINER; the reads and every credit_private'
     || ' helper run as the caller.'
