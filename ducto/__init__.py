@@ -20,6 +20,7 @@ from ducto.errors import (
     TeamPoolExhaustedError,
     UnknownJobError,
     UnknownModelError,
+    WebhookSignatureError,
 )
 from ducto.events import CreditEvent, CreditEventEmitter, CreditEventType
 from ducto.manager import AsyncCreditManager, CreditManager, MeteredCall
@@ -27,15 +28,20 @@ from ducto.models import (
     AddCreditsResult,
     AggregateStatsRow,
     AllowanceResult,
+    BalanceAlert,
     BalanceAtResult,
     BalanceResult,
     CheckFeatureResult,
     CreditMetadata,
     DailySpendRow,
     DeductionResult,
+    DeliveryReport,
+    EventDeliveryClaim,
+    EventEndpoint,
     ExpiringGrant,
     GetUserPlanResult,
     JournalRow,
+    LedgerEvent,
     LedgerIssue,
     PlanResult,
     RefundResult,
@@ -64,13 +70,14 @@ from ducto.pricing import (
 )
 from ducto.usage import UsageMetrics
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "AddCreditsResult",
     "AggregateStatsRow",
     "AllowanceResult",
     "AsyncCreditManager",
+    "BalanceAlert",
     "BalanceAtResult",
     "BalanceResult",
     "CheckFeatureResult",
@@ -82,13 +89,17 @@ __all__ = [
     "CreditMetadata",
     "DailySpendRow",
     "DeductionResult",
+    "DeliveryReport",
     "DuctoError",
+    "EventDeliveryClaim",
+    "EventEndpoint",
     "ExpiringGrant",
     "GetUserPlanResult",
     "IdempotencyConflictError",
     "InsufficientCreditsError",
     "InvalidInputError",
     "JournalRow",
+    "LedgerEvent",
     "LedgerIssue",
     "MemberLimitExceededError",
     "MeteredCall",
@@ -128,5 +139,6 @@ __all__ = [
     "UnknownJobError",
     "UnknownModelError",
     "UsageMetrics",
+    "WebhookSignatureError",
     "__version__",
 ]

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from ducto._messages import shown
@@ -567,6 +568,203 @@ def export_journal(
         p_after_account=account,
         p_after_seq=seq,
         p_limit=limit,
+    )
+
+
+# ---------------------------------------------------------------- events
+
+#: The types of the events of the outbox (``credit_events.type``).
+EVENT_TYPES = (
+    "balance.low",
+    "balance.depleted",
+    "grant.expiring",
+    "grant.expired",
+    "charge.refunded",
+    "limit.reached",
+)
+
+
+def _event_types(value: Sequence[str] | None, name: str) -> tuple[str, ...] | None:
+    """A filter of event types: None (every type) or known types, sent as an array."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+        raise InvalidInputError(
+            f"{name} must be a list of event types, got {shown(value)}", code="DC006"
+        )
+    unknown = sorted(set(value) - set(EVENT_TYPES))
+    if unknown:
+        raise InvalidInputError(
+            f"{name} must be among {', '.join(EVENT_TYPES)}, got {', '.join(unknown)}",
+            code="DC006",
+        )
+    return tuple(value)
+
+
+def _limit(value: object, name: str, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidInputError(
+            f"{name} must be from 1 to {maximum}, got {shown(value)}", code="DC006"
+        )
+    return value
+
+
+def list_events(
+    user_id: str | uuid.UUID | None,
+    after: str | uuid.UUID | None,
+    types: Sequence[str] | None,
+    limit: int,
+) -> RpcCall:
+    """``credit_list_events``: events in id order after the cursor ``after``."""
+    return RpcCall(
+        "credit_list_events",
+        {
+            "p_user_id": None if user_id is None else _user(user_id),
+            "p_after": None if after is None else _uuid(after, "after"),
+            "p_types": _event_types(types, "types"),
+            "p_limit": _limit(limit, "limit", 1000),
+        },
+        retry_safe=True,
+    )
+
+
+def set_alert(
+    user_id: str | uuid.UUID | None,
+    plan_id: str | None,
+    threshold: int | None,
+    percent: int | float | Decimal | None,
+) -> RpcCall:
+    """``credit_set_alert``: a balance.low threshold of a user or a plan (set once)."""
+    if (user_id is None) == (plan_id is None):
+        raise InvalidInputError(
+            "an alert is either a user's or a plan's: give user_id or plan_id", code="DC006"
+        )
+    if (threshold is None) == (percent is None):
+        raise InvalidInputError(
+            "an alert is either a threshold in credits or a percent: give one of them",
+            code="DC006",
+        )
+    value: Decimal | None = None
+    if percent is not None:
+        if isinstance(percent, bool) or not isinstance(percent, int | float | Decimal):
+            raise InvalidInputError(f"percent must be a number, got {shown(percent)}", code="DC006")
+        value = Decimal(str(percent))
+        if not value.is_finite() or not 0 < value <= 100:
+            raise InvalidInputError(
+                f"percent must be above 0 and at most 100, got {shown(percent)}", code="DC006"
+            )
+    return RpcCall(
+        "credit_set_alert",
+        {
+            "p_user_id": None if user_id is None else _user(user_id),
+            "p_plan_id": None if plan_id is None else _word(plan_id, "plan_id"),
+            "p_threshold": None if threshold is None else _amount(threshold, "threshold"),
+            # as text, exact: every store's database reads it into a numeric
+            "p_percent": None if value is None else str(value),
+        },
+        retry_safe=True,
+    )
+
+
+def delete_alert(alert_id: str | uuid.UUID) -> RpcCall:
+    """``credit_delete_alert``: true when the alert existed."""
+    return RpcCall(
+        "credit_delete_alert",
+        {"p_alert_id": _uuid(alert_id, "alert_id")},
+        retry_safe=True,
+        returns_scalar=True,
+    )
+
+
+def list_alerts(user_id: str | uuid.UUID | None, plan_id: str | None) -> RpcCall:
+    """``credit_list_alerts``: a user's, a plan's, or every balance.low threshold."""
+    return RpcCall(
+        "credit_list_alerts",
+        {
+            "p_user_id": None if user_id is None else _user(user_id),
+            "p_plan_id": None if plan_id is None else _word(plan_id, "plan_id"),
+        },
+        retry_safe=True,
+    )
+
+
+def set_grant_expiring_days(days: int) -> RpcCall:
+    """``credit_set_grant_expiring_days``: how long before expiry grant.expiring fires."""
+    return RpcCall(
+        "credit_set_grant_expiring_days",
+        {"p_days": _limit(days, "days", 365)},
+        retry_safe=True,
+        returns_scalar=True,
+    )
+
+
+def emit_due_events() -> RpcCall:
+    """``credit_emit_due_events``: write the events due by time (grant.expiring)."""
+    # once per grant: a repeat writes nothing more
+    return RpcCall("credit_emit_due_events", retry_safe=True, returns_scalar=True)
+
+
+def set_event_endpoint(
+    url: str,
+    secret: str,
+    event_types: Sequence[str] | None,
+    enabled: bool,
+    endpoint_id: str | uuid.UUID | None,
+) -> RpcCall:
+    """``credit_set_event_endpoint``: a new endpoint, or a change of ``endpoint_id``."""
+    return RpcCall(
+        "credit_set_event_endpoint",
+        {
+            "p_url": _text(url, "url", "DC006"),
+            "p_secret": _text(secret, "secret", "DC006"),
+            "p_event_types": _event_types(event_types, "event_types"),
+            "p_enabled": bool(enabled),
+            "p_id": None if endpoint_id is None else _uuid(endpoint_id, "endpoint_id"),
+        },
+        retry_safe=endpoint_id is not None,
+    )
+
+
+def list_event_endpoints() -> RpcCall:
+    """``credit_list_event_endpoints``: every endpoint, without its secret."""
+    return RpcCall("credit_list_event_endpoints", retry_safe=True)
+
+
+def claim_event_deliveries(limit: int, lease_seconds: int) -> RpcCall:
+    """``credit_claim_event_deliveries``: up to ``limit`` due deliveries, leased."""
+    return RpcCall(
+        "credit_claim_event_deliveries",
+        {
+            "p_limit": _limit(limit, "limit", 1000),
+            "p_lease_seconds": _limit(lease_seconds, "lease_seconds", 3600),
+        },
+    )
+
+
+def finish_event_delivery(
+    claim_id: str | uuid.UUID, delivered: bool, error: str | None, retry_after: int | None
+) -> RpcCall:
+    """``credit_finish_event_delivery``: report a claimed delivery (false: stale claim)."""
+    if retry_after is not None and (
+        isinstance(retry_after, bool)
+        or not isinstance(retry_after, int)
+        or not 0 <= retry_after <= 86400
+    ):
+        raise InvalidInputError(
+            f"retry_after must be from 0 to 86400 seconds, got {shown(retry_after)}",
+            code="DC006",
+        )
+    return RpcCall(
+        "credit_finish_event_delivery",
+        {
+            "p_claim_id": _uuid(claim_id, "claim_id"),
+            "p_delivered": bool(delivered),
+            "p_error": None if error is None else error.replace("\x00", "")[:2000],
+            "p_retry_after_seconds": retry_after,
+        },
+        # a claim is reported once: a repeat finds it reported and changes nothing
+        retry_safe=True,
+        returns_scalar=True,
     )
 
 

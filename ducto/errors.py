@@ -19,6 +19,7 @@ Hierarchy::
     ├── UnknownModelError             no pricing entry matches the model, and no default
     ├── UnknownJobError               the pricing has no such fixed-cost job
     ├── SchemaError                   the database's ledger schema is missing or outdated
+    ├── WebhookSignatureError         an event delivery's signature does not verify
     └── StoreError                    the store failed in a way ducto did not expect
         └── StoreConnectionError      the store cannot reach the database or the API
 
@@ -124,6 +125,10 @@ class UnknownJobError(DuctoError, LookupError):
 
 class SchemaError(DuctoError):
     """Raised when the ledger schema is missing or older than this client needs."""
+
+
+class WebhookSignatureError(DuctoError):
+    """An event delivery's ``ducto-signature`` is missing, malformed, stale or wrong."""
 
 
 class StoreError(DuctoError):

@@ -29,12 +29,25 @@ What emits what (docs/events.md has the full table):
 A replay (``is_replay``) changed nothing, so it emits nothing. Credits that expire during
 another operation, without a sweep, are journalled by the database but not emitted here:
 follow the database itself for those (docs/events.md).
+
+The database's own events (the outbox ``credit_events``: ``balance.low``,
+``balance.depleted``, ``grant.expiring``, ``grant.expired``, ``charge.refunded``,
+``limit.reached``), written by any client in the transaction of their change, reach the
+same subscribers through :meth:`CreditEventEmitter.feed`, or a manager's
+``dispatch_events(cursor)`` that reads the outbox after a cursor and feeds them::
+
+    cursor = None
+    while True:
+        cursor = manager.dispatch_events(cursor)   # store the cursor to resume after
+        time.sleep(5)
+
+Such an event's ``source`` is its :class:`~ducto.models.LedgerEvent`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -43,6 +56,7 @@ from ducto.models import (
     AddCreditsResult,
     AllowanceResult,
     DeductionResult,
+    LedgerEvent,
     RefundResult,
     ReserveResult,
     SweepResult,
@@ -64,6 +78,13 @@ class CreditEventType(StrEnum):
     INSUFFICIENT_CREDITS = "insufficient_credits"
     LOW_BALANCE = "low_balance"
     CREDITS_EXPIRED = "credits_expired"
+    # the database's outbox (credit_events), fed by CreditEventEmitter.feed
+    BALANCE_LOW = "balance.low"
+    BALANCE_DEPLETED = "balance.depleted"
+    GRANT_EXPIRING = "grant.expiring"
+    GRANT_EXPIRED = "grant.expired"
+    CHARGE_REFUNDED = "charge.refunded"
+    LIMIT_REACHED = "limit.reached"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +143,31 @@ class CreditEventEmitter:
                 except Exception:
                     # the operation has happened: a subscriber cannot undo or fail it
                     _log.exception("credit event subscriber %r failed on %s", handler, event.type)
+
+    def feed(self, events: Iterable[LedgerEvent]) -> str | None:
+        """Emit events of the outbox (``credit_events``) to the subscribers, in order.
+
+        ``amount`` is the payload's ``threshold`` (balance.low), ``remaining``
+        (grant.expiring) or ``amount`` (the others; 0 when it has none); ``balance`` the
+        payload's ``balance``, if any. Returns the last event's id (the next cursor), or
+        None when there was none.
+        """
+        last: str | None = None
+        for record in events:
+            payload = record.payload
+            amount = payload.get("threshold", payload.get("remaining", payload.get("amount")))
+            balance = payload.get("balance")
+            self.emit(
+                CreditEvent(
+                    CreditEventType(record.type),
+                    record.user_id,
+                    _int(amount),
+                    balance if isinstance(balance, int) else None,
+                    record,
+                )
+            )
+            last = record.id
+        return last
 
     def observe(self, result: object) -> None:
         """Emit the events a manager's operation result stands for (none for a replay)."""

@@ -10,11 +10,14 @@ over an async store; both build their calls and parse their answers with one cor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 from uuid import UUID
+
+import httpx
 
 from ducto import _rpc
 from ducto._rpc import RpcCall
@@ -31,14 +34,19 @@ from ducto.models import (
     AddCreditsResult,
     AggregateStatsRow,
     AllowanceResult,
+    BalanceAlert,
     BalanceAtResult,
     BalanceResult,
     CheckFeatureResult,
     CreditMetadata,
     DailySpendRow,
     DeductionResult,
+    DeliveryReport,
+    EventDeliveryClaim,
+    EventEndpoint,
     GetUserPlanResult,
     JournalRow,
+    LedgerEvent,
     LedgerIssue,
     PlanResult,
     RefundResult,
@@ -56,6 +64,7 @@ from ducto.models import (
 )
 from ducto.pricing import CostResult, PricingConfigData, PricingEngine, PricingVersion
 from ducto.usage import UsageMetrics
+from ducto.webhooks import DeliveryOutcome, delivery_outcome, delivery_request
 
 #: The floor reserve_credits() applies when none is given and no pricing is loaded.
 DEFAULT_MIN_BALANCE = 5
@@ -456,6 +465,189 @@ class AsyncCreditManager:
                 after = (row.account_id, row.seq)  # the next page starts after it
             if fetched < page_size:
                 return
+
+    # ------------------------------------------------------------ events (docs/events.md)
+
+    async def list_events(
+        self,
+        user_id: str | UUID | None = None,
+        *,
+        after: str | UUID | None = None,
+        types: Sequence[str] | None = None,
+        limit: int = 100,
+    ) -> list[LedgerEvent]:
+        """Events of the outbox in id (time) order after the cursor ``after`` (an event id):
+        one user's, or everyone's (service role, ``user_id`` None). ``types`` filters by
+        type; ``limit`` is 1 to 1000."""
+        call = _rpc.list_events(user_id, after, types, limit)
+        return _rpc.many(LedgerEvent, await self.store.call(call))
+
+    async def dispatch_events(
+        self, after: str | UUID | None = None, *, limit: int = 100
+    ) -> str | None:
+        """Feed the outbox to this manager's emitter: every event after the cursor ``after``
+        (up to ``limit``), to its subscribers, in id order. Returns the cursor to pass
+        next time (the last event's id; ``after`` when there was none).
+
+        Raises:
+            InvalidInputError: the manager has no emitter.
+        """
+        if self._emitter is None:
+            raise InvalidInputError("dispatch_events needs a manager with an emitter")
+        events = await self.list_events(after=after, limit=limit)
+        cursor = self._emitter.feed(events)
+        return cursor if cursor is not None else None if after is None else str(after)
+
+    async def set_alert(
+        self,
+        user_id: str | UUID | None = None,
+        *,
+        plan_id: str | None = None,
+        threshold: int | None = None,
+        percent: int | float | Decimal | None = None,
+    ) -> BalanceAlert:
+        """Set a ``balance.low`` threshold of a user (or team pool ``team:<id>``) or of a
+        plan: ``threshold`` credits, or ``percent`` of the account's last top-up. Setting
+        one that exists returns it.
+
+        Raises:
+            InvalidInputError: not exactly one owner or one kind of threshold, or a bad value.
+            NotFoundError: the plan does not exist.
+        """
+        call = _rpc.set_alert(user_id, plan_id, threshold, percent)
+        return _rpc.one(BalanceAlert, await self.store.call(call))
+
+    async def delete_alert(self, alert_id: str | UUID) -> bool:
+        """Delete a ``balance.low`` threshold; False when there was none."""
+        rows = await self.store.call(_rpc.delete_alert(alert_id))
+        return bool(rows[0]["value"])
+
+    async def list_alerts(
+        self, user_id: str | UUID | None = None, *, plan_id: str | None = None
+    ) -> list[BalanceAlert]:
+        """A user's, a plan's, or (neither given) every ``balance.low`` threshold."""
+        call = _rpc.list_alerts(user_id, plan_id)
+        return _rpc.many(BalanceAlert, await self.store.call(call))
+
+    async def set_grant_expiring_days(self, days: int) -> int:
+        """How many days (1 to 365) before its expiry a grant's ``grant.expiring`` fires."""
+        rows = await self.store.call(_rpc.set_grant_expiring_days(days))
+        return int(rows[0]["value"])
+
+    async def emit_due_events(self) -> int:
+        """Write the events due by time alone (``grant.expiring``); how many were written.
+        (A pg_cron job can call ``credit_emit_due_events()`` instead.)"""
+        rows = await self.store.call(_rpc.emit_due_events())
+        return int(rows[0]["value"])
+
+    async def set_event_endpoint(
+        self,
+        url: str,
+        secret: str,
+        *,
+        event_types: Sequence[str] | None = None,
+        enabled: bool = True,
+        endpoint_id: str | UUID | None = None,
+    ) -> EventEndpoint:
+        """Add an endpoint events are POSTed to (signed with ``secret``, 16 to 200
+        characters), or change ``endpoint_id``. It gets the events written while it is
+        enabled, of ``event_types`` (None: every type)."""
+        call = _rpc.set_event_endpoint(url, secret, event_types, enabled, endpoint_id)
+        return _rpc.one(EventEndpoint, await self.store.call(call))
+
+    async def list_event_endpoints(self) -> list[EventEndpoint]:
+        """Every endpoint, without its secret."""
+        return _rpc.many(EventEndpoint, await self.store.call(_rpc.list_event_endpoints()))
+
+    async def claim_event_deliveries(
+        self, limit: int = 50, *, lease_seconds: int = 60
+    ) -> list[EventDeliveryClaim]:
+        """Claim up to ``limit`` due deliveries for ``lease_seconds``: no other worker gets
+        them meanwhile. Report each with :meth:`finish_event_delivery`."""
+        call = _rpc.claim_event_deliveries(limit, lease_seconds)
+        return _rpc.many(EventDeliveryClaim, await self.store.call(call))
+
+    async def finish_event_delivery(
+        self,
+        claim_id: str | UUID,
+        delivered: bool,
+        *,
+        error: str | None = None,
+        retry_after: int | None = None,
+    ) -> bool:
+        """Report a claimed delivery: delivered, or failed and due again after
+        ``retry_after`` seconds (None: the ledger's backoff, 10 s doubling up to an hour).
+        False: the claim was no longer current (its lease ended); nothing changed."""
+        call = _rpc.finish_event_delivery(claim_id, delivered, error, retry_after)
+        rows = await self.store.call(call)
+        return bool(rows[0]["value"])
+
+    async def deliver_events(
+        self,
+        *,
+        batch_size: int = 50,
+        lease_seconds: int = 60,
+        timeout: float = 10.0,
+        max_batches: int = 100,
+        http: httpx.AsyncClient | None = None,
+    ) -> DeliveryReport:
+        """POST every due delivery to its endpoint, signed (``ducto.webhooks``), and report
+        each: delivered on a 2xx answer; failed otherwise (another status, a timeout, a
+        refused connection) and retried later. Runs until no delivery is due, or
+        ``max_batches`` batches. ``timeout`` (seconds) must be shorter than the lease, so
+        a claim is reported while it is still current. ``http``: a client to send with.
+        """
+        if not 0 < timeout < lease_seconds:
+            raise InvalidInputError(
+                f"timeout must be above 0 and below lease_seconds ({lease_seconds}),"
+                f" got {timeout!r}",
+                code="DC006",
+            )
+        claimed = delivered = 0
+        errors: list[str] = []
+        async with self._http_client(http, timeout) as client:
+            for _ in range(max_batches):
+                claims = await self.claim_event_deliveries(batch_size, lease_seconds=lease_seconds)
+                for claim in claims:
+                    outcome = await self._post(client, claim, timeout)
+                    await self.finish_event_delivery(
+                        claim.claim_id,
+                        outcome.delivered,
+                        error=outcome.error,
+                        retry_after=outcome.retry_after,
+                    )
+                    if outcome.delivered:
+                        delivered += 1
+                    else:
+                        errors.append(f"{claim.event_id} -> {claim.url}: {outcome.error}")
+                claimed += len(claims)
+                if len(claims) < batch_size:
+                    break
+        return DeliveryReport(claimed, delivered, claimed - delivered, tuple(errors))
+
+    @staticmethod
+    @asynccontextmanager
+    async def _http_client(
+        http: httpx.AsyncClient | None, timeout: float
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        """``http``, or a client of our own for the block."""
+        if http is not None:
+            yield http
+            return
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            yield client
+
+    @staticmethod
+    async def _post(
+        client: httpx.AsyncClient, claim: EventDeliveryClaim, timeout: float
+    ) -> DeliveryOutcome:
+        """One attempt of a claimed delivery; a transport error or a timeout is a failure."""
+        headers, body = delivery_request(claim)
+        try:
+            response = await client.post(claim.url, content=body, headers=headers, timeout=timeout)
+        except httpx.HTTPError as exc:
+            return DeliveryOutcome(False, f"{type(exc).__name__}: {exc}"[:500])
+        return delivery_outcome(response.status_code, response.headers)
 
     async def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
         """Sweep expired credits and timed-out holds from all users' accounts."""
@@ -940,6 +1132,183 @@ class CreditManager:
                 after = (row.account_id, row.seq)  # the next page starts after it
             if fetched < page_size:
                 return
+
+    # ------------------------------------------------------------ events (docs/events.md)
+
+    def list_events(
+        self,
+        user_id: str | UUID | None = None,
+        *,
+        after: str | UUID | None = None,
+        types: Sequence[str] | None = None,
+        limit: int = 100,
+    ) -> list[LedgerEvent]:
+        """Events of the outbox in id (time) order after the cursor ``after`` (an event id):
+        one user's, or everyone's (service role, ``user_id`` None). ``types`` filters by
+        type; ``limit`` is 1 to 1000."""
+        call = _rpc.list_events(user_id, after, types, limit)
+        return _rpc.many(LedgerEvent, self.store.call(call))
+
+    def dispatch_events(self, after: str | UUID | None = None, *, limit: int = 100) -> str | None:
+        """Feed the outbox to this manager's emitter: every event after the cursor ``after``
+        (up to ``limit``), to its subscribers, in id order. Returns the cursor to pass
+        next time (the last event's id; ``after`` when there was none).
+
+        Raises:
+            InvalidInputError: the manager has no emitter.
+        """
+        if self._emitter is None:
+            raise InvalidInputError("dispatch_events needs a manager with an emitter")
+        events = self.list_events(after=after, limit=limit)
+        cursor = self._emitter.feed(events)
+        return cursor if cursor is not None else None if after is None else str(after)
+
+    def set_alert(
+        self,
+        user_id: str | UUID | None = None,
+        *,
+        plan_id: str | None = None,
+        threshold: int | None = None,
+        percent: int | float | Decimal | None = None,
+    ) -> BalanceAlert:
+        """Set a ``balance.low`` threshold of a user (or team pool ``team:<id>``) or of a
+        plan: ``threshold`` credits, or ``percent`` of the account's last top-up. Setting
+        one that exists returns it.
+
+        Raises:
+            InvalidInputError: not exactly one owner or one kind of threshold, or a bad value.
+            NotFoundError: the plan does not exist.
+        """
+        call = _rpc.set_alert(user_id, plan_id, threshold, percent)
+        return _rpc.one(BalanceAlert, self.store.call(call))
+
+    def delete_alert(self, alert_id: str | UUID) -> bool:
+        """Delete a ``balance.low`` threshold; False when there was none."""
+        rows = self.store.call(_rpc.delete_alert(alert_id))
+        return bool(rows[0]["value"])
+
+    def list_alerts(
+        self, user_id: str | UUID | None = None, *, plan_id: str | None = None
+    ) -> list[BalanceAlert]:
+        """A user's, a plan's, or (neither given) every ``balance.low`` threshold."""
+        call = _rpc.list_alerts(user_id, plan_id)
+        return _rpc.many(BalanceAlert, self.store.call(call))
+
+    def set_grant_expiring_days(self, days: int) -> int:
+        """How many days (1 to 365) before its expiry a grant's ``grant.expiring`` fires."""
+        rows = self.store.call(_rpc.set_grant_expiring_days(days))
+        return int(rows[0]["value"])
+
+    def emit_due_events(self) -> int:
+        """Write the events due by time alone (``grant.expiring``); how many were written.
+        (A pg_cron job can call ``credit_emit_due_events()`` instead.)"""
+        rows = self.store.call(_rpc.emit_due_events())
+        return int(rows[0]["value"])
+
+    def set_event_endpoint(
+        self,
+        url: str,
+        secret: str,
+        *,
+        event_types: Sequence[str] | None = None,
+        enabled: bool = True,
+        endpoint_id: str | UUID | None = None,
+    ) -> EventEndpoint:
+        """Add an endpoint events are POSTed to (signed with ``secret``, 16 to 200
+        characters), or change ``endpoint_id``. It gets the events written while it is
+        enabled, of ``event_types`` (None: every type)."""
+        call = _rpc.set_event_endpoint(url, secret, event_types, enabled, endpoint_id)
+        return _rpc.one(EventEndpoint, self.store.call(call))
+
+    def list_event_endpoints(self) -> list[EventEndpoint]:
+        """Every endpoint, without its secret."""
+        return _rpc.many(EventEndpoint, self.store.call(_rpc.list_event_endpoints()))
+
+    def claim_event_deliveries(
+        self, limit: int = 50, *, lease_seconds: int = 60
+    ) -> list[EventDeliveryClaim]:
+        """Claim up to ``limit`` due deliveries for ``lease_seconds``: no other worker gets
+        them meanwhile. Report each with :meth:`finish_event_delivery`."""
+        call = _rpc.claim_event_deliveries(limit, lease_seconds)
+        return _rpc.many(EventDeliveryClaim, self.store.call(call))
+
+    def finish_event_delivery(
+        self,
+        claim_id: str | UUID,
+        delivered: bool,
+        *,
+        error: str | None = None,
+        retry_after: int | None = None,
+    ) -> bool:
+        """Report a claimed delivery: delivered, or failed and due again after
+        ``retry_after`` seconds (None: the ledger's backoff, 10 s doubling up to an hour).
+        False: the claim was no longer current (its lease ended); nothing changed."""
+        call = _rpc.finish_event_delivery(claim_id, delivered, error, retry_after)
+        rows = self.store.call(call)
+        return bool(rows[0]["value"])
+
+    def deliver_events(
+        self,
+        *,
+        batch_size: int = 50,
+        lease_seconds: int = 60,
+        timeout: float = 10.0,
+        max_batches: int = 100,
+        http: httpx.Client | None = None,
+    ) -> DeliveryReport:
+        """POST every due delivery to its endpoint, signed (``ducto.webhooks``), and report
+        each: delivered on a 2xx answer; failed otherwise (another status, a timeout, a
+        refused connection) and retried later. Runs until no delivery is due, or
+        ``max_batches`` batches. ``timeout`` (seconds) must be shorter than the lease, so
+        a claim is reported while it is still current. ``http``: a client to send with.
+        """
+        if not 0 < timeout < lease_seconds:
+            raise InvalidInputError(
+                f"timeout must be above 0 and below lease_seconds ({lease_seconds}),"
+                f" got {timeout!r}",
+                code="DC006",
+            )
+        claimed = delivered = 0
+        errors: list[str] = []
+        with self._http_client(http, timeout) as client:
+            for _ in range(max_batches):
+                claims = self.claim_event_deliveries(batch_size, lease_seconds=lease_seconds)
+                for claim in claims:
+                    outcome = self._post(client, claim, timeout)
+                    self.finish_event_delivery(
+                        claim.claim_id,
+                        outcome.delivered,
+                        error=outcome.error,
+                        retry_after=outcome.retry_after,
+                    )
+                    if outcome.delivered:
+                        delivered += 1
+                    else:
+                        errors.append(f"{claim.event_id} -> {claim.url}: {outcome.error}")
+                claimed += len(claims)
+                if len(claims) < batch_size:
+                    break
+        return DeliveryReport(claimed, delivered, claimed - delivered, tuple(errors))
+
+    @staticmethod
+    @contextmanager
+    def _http_client(http: httpx.Client | None, timeout: float) -> Iterator[httpx.Client]:
+        """``http``, or a client of our own for the block."""
+        if http is not None:
+            yield http
+            return
+        with httpx.Client(timeout=timeout) as client:
+            yield client
+
+    @staticmethod
+    def _post(client: httpx.Client, claim: EventDeliveryClaim, timeout: float) -> DeliveryOutcome:
+        """One attempt of a claimed delivery; a transport error or a timeout is a failure."""
+        headers, body = delivery_request(claim)
+        try:
+            response = client.post(claim.url, content=body, headers=headers, timeout=timeout)
+        except httpx.HTTPError as exc:
+            return DeliveryOutcome(False, f"{type(exc).__name__}: {exc}"[:500])
+        return delivery_outcome(response.status_code, response.headers)
 
     def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
         """Sweep expired credits and timed-out holds from all users' accounts."""

@@ -321,6 +321,87 @@ class JournalRow:
     attributed_user_id: str | None
 
 
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEvent:
+    """One event of the outbox ``credit_events`` (docs/events.md).
+
+    Written in the transaction of the change it reports: it exists if and only if that
+    change committed. ``id`` is stable and time-ordered (a UUIDv7): receivers drop a
+    delivery whose id they have seen. ``type`` is one of ``balance.low``,
+    ``balance.depleted``, ``grant.expiring``, ``grant.expired``, ``charge.refunded``,
+    ``limit.reached``; ``payload`` its fields. ``delivery`` is ``none`` (no endpoint wanted
+    it), ``pending`` or ``delivered`` (to every endpoint it was for).
+    """
+
+    id: str
+    account_id: int
+    user_id: str
+    type: str
+    payload: dict[str, Any]
+    created_at: datetime
+    delivery: str
+    dedupe_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceAlert:
+    """A ``balance.low`` threshold of a user (or team pool) or of a plan.
+
+    Either ``threshold`` credits, or ``percent`` of the account's last top-up; it fires
+    when a journal write takes the balance from at or above it to below it.
+    """
+
+    id: str
+    user_id: str | None
+    plan_id: str | None
+    threshold: int | None
+    percent: Decimal | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventEndpoint:
+    """An HTTP endpoint events are POSTed to, signed (its secret is never read back).
+
+    ``event_types`` None: every type.
+    """
+
+    id: str
+    url: str
+    event_types: list[str] | None
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventDeliveryClaim:
+    """A delivery claimed by a worker: POST ``body`` (these exact bytes, signed with
+    ``secret``) to ``url``, then report it with ``claim_id``. ``attempt`` counts from 1."""
+
+    claim_id: str
+    event_id: str
+    endpoint_id: str
+    attempt: int
+    url: str
+    secret: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """What one delivery run did: deliveries claimed, delivered, and failed (each due again
+    later); ``errors`` holds one line per failure."""
+
+    claimed: int
+    delivered: int
+    failed: int
+    errors: tuple[str, ...] = ()
+
+
 # ---------------------------------------------------------------- usage analytics
 
 

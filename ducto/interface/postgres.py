@@ -108,8 +108,13 @@ def _query_text(function: str, names: tuple[str, ...], scalar: bool) -> str:
 
 def _query(call: RpcCall) -> tuple[str, dict[str, Any]]:
     """The SQL text and parameters of ``call``."""
+    # a dict or list is a JSON argument; a tuple is an array (the event types of a filter)
     params = {
-        name: Jsonb(value) if isinstance(value, dict | list) else value
+        name: Jsonb(value)
+        if isinstance(value, dict | list)
+        else list(value)
+        if isinstance(value, tuple)
+        else value
         for name, value in call.args.items()
     }
     return _query_text(call.function, tuple(call.args), call.returns_scalar), params
