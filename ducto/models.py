@@ -568,7 +568,7 @@ def _converter(hint: Any) -> Callable[[Any], Any]:
     if hint is int:  # a numeric total (analytics): psycopg gives a Decimal
         return lambda v: int(v) if isinstance(v, Decimal) else v
     if hint is Decimal:  # numeric: psycopg gives a Decimal, the HTTP stores parse one
-        return lambda v: v if isinstance(v, Decimal) else Decimal(v)
+        return lambda v: v if v is None or isinstance(v, Decimal) else Decimal(v)
     if isinstance(hint, type) and issubclass(hint, BaseModel):  # a jsonb document
         return hint.model_validate
     if get_origin(hint) is tuple:  # a jsonb array of objects, each a result dataclass

@@ -15,24 +15,27 @@
 
 -- ---------------------------------------------------------------- tables
 
+create sequence credit_private.event_seq;
+revoke all on sequence credit_private.event_seq from public, anon, authenticated, service_role;
+
 create function credit_private.uuid_v7()
 returns uuid
-language sql
+language plpgsql
 volatile
 set search_path = ''
 as $$
-    -- a random UUID whose first 48 bits are the Unix time in milliseconds, version 7:
-    -- ids sort in the order events were written (to the millisecond)
-    select encode(
-        set_bit(set_bit(overlay(
-            uuid_send(gen_random_uuid())
-            placing substring(
-                int8send(floor(extract(epoch from clock_timestamp()) * 1000)::bigint) from 3
-            )
-            from 1 for 6
-        ), 52, 1), 53, 1),
-        'hex'
+declare
+    -- 15 hex digits of a sequence: ids of one millisecond sort in the order they were taken
+    v_seq text := lpad(to_hex(nextval('credit_private.event_seq')), 15, '0');
+begin
+    -- a UUIDv7: the Unix time in milliseconds (48 bits), version 7, the sequence around
+    -- the variant bits (10), 12 random bits; ids sort in the order events were written
+    return (
+        lpad(to_hex(floor(extract(epoch from clock_timestamp()) * 1000)::bigint), 12, '0')
+        || '7' || substr(v_seq, 1, 3) || '8' || substr(v_seq, 4, 12)
+        || lpad(to_hex(floor(random() * 4096)::integer), 3, '0')
     )::uuid;
+end;
 $$;
 revoke all on function credit_private.uuid_v7()
 from public, anon, authenticated, service_role;
@@ -292,6 +295,40 @@ begin
     -- After a journal row that lowered the balance (the caller holds the account lock, so
     -- writes of one account come here one at a time): a crossing is read from the balance
     -- before and after this row, so each crossing fires once and nothing needs re-arming.
+    -- No threshold of this user and none of any plan: one probe, and no alert to check.
+    if exists (
+        select 1 from public.credit_balance_alerts as a
+        where a.user_id = p_row.user_id or a.plan_id is not null
+    ) then
+        v_plan_id := coalesce(
+            (select up.plan_id from public.credit_user_plans as up
+             where up.user_id = p_row.user_id),
+            (select p.id from public.credit_plans as p where p.is_default)
+        );
+        for v_alert in
+            select a.* from public.credit_balance_alerts as a
+            where a.user_id = p_row.user_id or a.plan_id = v_plan_id
+            order by a.threshold nulls last, a.percent, a.id
+        loop
+            if v_alert.percent is null then
+                v_threshold := v_alert.threshold;
+            else
+                v_top_up := coalesce(v_top_up, credit_private.last_top_up(p_row.account_id));
+                v_threshold := ceil(v_top_up * v_alert.percent / 100);
+            end if;
+            if v_threshold is not null and v_before >= v_threshold
+                and p_row.balance_after < v_threshold then
+                perform credit_private.emit(p_row.account_id, p_row.user_id, 'balance.low',
+                    jsonb_strip_nulls(jsonb_build_object(
+                        'alert_id', v_alert.id, 'threshold', v_threshold,
+                        'percent', v_alert.percent, 'plan_id', v_alert.plan_id,
+                        'balance', p_row.balance_after, 'balance_before', v_before,
+                        'transaction_id', p_row.id, 'transaction_type', p_row.type
+                    )));
+            end if;
+        end loop;
+    end if;
+    -- the crossing to zero or below, for every account (arithmetic only)
     if v_before > 0 and p_row.balance_after <= 0 then
         perform credit_private.emit(p_row.account_id, p_row.user_id, 'balance.depleted',
             jsonb_build_object(
@@ -299,39 +336,6 @@ begin
                 'transaction_id', p_row.id, 'transaction_type', p_row.type
             ));
     end if;
-    -- no threshold of this user and none of any plan: one probe, done
-    if not exists (
-        select 1 from public.credit_balance_alerts as a
-        where a.user_id = p_row.user_id or a.plan_id is not null
-    ) then
-        return;
-    end if;
-    v_plan_id := coalesce(
-        (select up.plan_id from public.credit_user_plans as up where up.user_id = p_row.user_id),
-        (select p.id from public.credit_plans as p where p.is_default)
-    );
-    for v_alert in
-        select a.* from public.credit_balance_alerts as a
-        where a.user_id = p_row.user_id or a.plan_id = v_plan_id
-        order by a.threshold nulls last, a.percent, a.id
-    loop
-        if v_alert.percent is null then
-            v_threshold := v_alert.threshold;
-        else
-            v_top_up := coalesce(v_top_up, credit_private.last_top_up(p_row.account_id));
-            v_threshold := ceil(v_top_up * v_alert.percent / 100);
-        end if;
-        if v_threshold is not null and v_before >= v_threshold
-            and p_row.balance_after < v_threshold then
-            perform credit_private.emit(p_row.account_id, p_row.user_id, 'balance.low',
-                jsonb_strip_nulls(jsonb_build_object(
-                    'alert_id', v_alert.id, 'threshold', v_threshold,
-                    'percent', v_alert.percent, 'plan_id', v_alert.plan_id,
-                    'balance', p_row.balance_after, 'balance_before', v_before,
-                    'transaction_id', p_row.id, 'transaction_type', p_row.type
-                )));
-        end if;
-    end loop;
 end;
 $$;
 revoke all on function credit_private.balance_events(public.credit_transactions)
@@ -445,7 +449,8 @@ begin
             jsonb_build_object('argument', 'limit')
         );
     end if;
-    if p_user_id is not null or current_user <> 'service_role' then
+    -- (only a signed-in user is held to their own; the service role may list everyone's)
+    if p_user_id is not null or current_user = 'authenticated' then
         p_user_id := credit_private.reader_id(p_user_id, 'events');
     end if;
     return query

@@ -203,6 +203,8 @@ PYTHON_RESULTS: dict[str, type[object]] = {
     "credit_balance_result": models.BalanceResult,
     "credit_cost_result": pricing.CostResult,
     "credit_daily_spend_row": models.DailySpendRow,
+    "credit_event_delivery_claim": models.EventDeliveryClaim,
+    "credit_event_endpoint_row": models.EventEndpoint,
     "credit_journal_row": models.JournalRow,
     "credit_deduct_result": models.DeductionResult,
     "credit_feature_result": models.CheckFeatureResult,
