@@ -351,3 +351,39 @@ def test_users_read_their_own_events_through_postgrest(
     expect_error(anon.select("credit_events"), 401, "42501")
     expect_error(anon.rpc("credit_list_events", {}), 401, "42501")
     assert json.loads(as_owner.select("credit_event_endpoints").text)["code"] == "42501"
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def test_the_cli_configures_lists_and_delivers(database_url: str, receiver: Receiver) -> None:
+    from test_cli import Cli
+
+    cli = Cli(DATABASE_URL=database_url)
+    user = new_user_id()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("update credit_event_endpoints set enabled = false")
+    alert = cli.json("events", "alert", "set", "--user", user, "--threshold", "10")
+    assert (alert["user_id"], alert["threshold"], alert["percent"]) == (user, 10, None)
+    assert [a["id"] for a in cli.json("events", "alert", "list", "--user", user)] == [alert["id"]]
+    saved = cli.json(
+        "events", "endpoint", "set", receiver.url, "--secret", SECRET, "--type", "balance.low"
+    )
+    assert saved["event_types"] == ["balance.low"] and "secret" not in saved
+    try:
+        cli("credits", "add", user, "20")
+        with psycopg.connect(database_url, autocommit=True) as conn:  # a charge by amount
+            conn.execute("select credit_deduct_credits(%s, 20)", (user,))  # low and depleted
+        listed = cli.json("events", "list", "--user", user)
+        assert [e["type"] for e in listed] == ["balance.low", "balance.depleted"]
+        report = cli.json("events", "deliver")
+        # the endpoint wants balance.low only
+        assert (report["claimed"], report["delivered"], report["failed"]) == (1, 1, 0)
+        assert [e["id"] for e in receiver.accepted] == [listed[0]["id"]]
+        assert cli.json("events", "deliver")["claimed"] == 0
+        assert cli.json("events", "alert", "delete", alert["id"]) == {"deleted": True}
+        assert "did not exist" in cli("events", "alert", "delete", alert["id"]).stdout
+        assert "[DC006]" in cli("events", "alert", "set", "--user", user, code=1).stderr
+    finally:
+        cli("events", "endpoint", "set", receiver.url, "--secret", SECRET, "--disabled",
+            "--id", saved["id"])  # fmt: skip
