@@ -243,8 +243,8 @@ def lifecycle(manager: CreditManager) -> None:
     manager.add_credits("user_alert", 50, tx_type="grant")
     hold = manager.reserve_credits("user_alert", 20, min_balance=0)
     manager.settle_reservation(hold.reservation_id, 20)  # 60 -> 40: crosses again
-    again = manager.list_events("user_alert", types=["balance.low"])
-    expect(len(again) == 2, "back above 50, the alert re-arms and fires at the next crossing")
+    rearmed = manager.list_events("user_alert", types=["balance.low"])
+    expect(len(rearmed) == 2, "back above 50, the alert re-arms and fires at the next crossing")
     say("Back above 50 (60), then down to 40: it fired again; an endpoint would get both.")
 
     say = step("14. A statement of user_abc's credits over the demo")

@@ -36,6 +36,7 @@ from ducto import (
     CreditManager,
     InvalidInputError,
     NotFoundError,
+    RefundError,
 )
 from ducto.events import CreditEvent
 from ducto.interface import PostgresStore
@@ -387,3 +388,69 @@ def test_the_cli_configures_lists_and_delivers(database_url: str, receiver: Rece
     finally:
         cli("events", "endpoint", "set", receiver.url, "--secret", SECRET, "--disabled",
             "--id", saved["id"])  # fmt: skip
+
+
+# ---------------------------------------------------------------- every write path, at once
+
+
+def test_concurrent_writers_write_each_event_once(database_url: str) -> None:
+    """Concurrent alerts set alike, refunds of one charge, sweeps and due-event runs: one
+    alert, one charge.refunded per refund, one grant.expiring and one grant.expired per
+    grant; the ledger stays consistent."""
+    store = PostgresStore(database_url, max_size=8)
+    manager = CreditManager(store)
+    user = new_user_id()
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            alerts = list(pool.map(lambda _: manager.set_alert(user, threshold=7), range(16)))
+        assert {a.id for a in alerts} == {alerts[0].id}
+        assert len(manager.list_alerts(user)) == 1
+
+        manager.add_credits(user, 100)
+        hold = manager.reserve_credits(user, 40, min_balance=0)
+        charge = manager.settle_reservation(hold.reservation_id, 40)
+        assert charge.transaction_id is not None
+
+        def refund(_: int) -> int:
+            try:
+                return manager.refund_credits(charge.transaction_id or "", 3).amount
+            except RefundError:
+                return 0
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            refunded = sum(pool.map(refund, range(16)))
+        assert refunded == 39  # 13 refunds of 3 fit in 40
+
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            # a grant expiring within the notice, and one about to expire
+            conn.execute(
+                "select credit_add_credits(%s, 5, p_expires_at => now() + interval '2 days')",
+                (user,),
+            )
+            conn.execute(
+                "select credit_add_credits(%s, 5, p_expires_at => now() + interval '1 second')",
+                (user,),
+            )
+        time.sleep(1.2)
+
+        def due(i: int) -> None:
+            if i % 2:
+                manager.sweep_expired_credits()
+            else:
+                manager.emit_due_events()
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(due, range(16)))
+        with psycopg.connect(database_url) as conn:
+            kinds = Counter(t for _, t in _user_events(conn, user))
+            amounts = conn.execute(
+                "select sum((payload ->> 'amount')::bigint) from credit_events"
+                " where user_id = %s and type = 'charge.refunded'",
+                (user,),
+            ).fetchone()
+            assert conn.execute("select * from credit_verify_ledger()").fetchall() == []
+        assert kinds["charge.refunded"] == 13 and amounts == (39,)
+        assert kinds["grant.expired"] == 1, "the expired grant, once"
+        assert kinds["grant.expiring"] == 1, "the grant expiring in 2 days, once"
+    finally:
+        store.close()
