@@ -493,7 +493,7 @@ class AsyncCreditManager:
             InvalidInputError: the manager has no emitter.
         """
         if self._emitter is None:
-            raise InvalidInputError("dispatch_events needs a manager with an emitter")
+            raise InvalidInputError("dispatch_events needs a manager with an emitter", code="DC006")
         events = await self.list_events(after=after, limit=limit)
         cursor = self._emitter.feed(events)
         return cursor if cursor is not None else None if after is None else str(after)
@@ -1158,7 +1158,7 @@ class CreditManager:
             InvalidInputError: the manager has no emitter.
         """
         if self._emitter is None:
-            raise InvalidInputError("dispatch_events needs a manager with an emitter")
+            raise InvalidInputError("dispatch_events needs a manager with an emitter", code="DC006")
         events = self.list_events(after=after, limit=limit)
         cursor = self._emitter.feed(events)
         return cursor if cursor is not None else None if after is None else str(after)
