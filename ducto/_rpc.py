@@ -628,6 +628,19 @@ def list_events(
     )
 
 
+def poll_events(after: str | uuid.UUID | None, limit: int) -> RpcCall:
+    """``credit_poll_events``: every user's events after the cursor, none of which an open
+    transaction can precede (no rows while one that wrote events is open)."""
+    return RpcCall(
+        "credit_poll_events",
+        {
+            "p_after": None if after is None else _uuid(after, "after"),
+            "p_limit": _limit(limit, "limit", 1000),
+        },
+        retry_safe=True,
+    )
+
+
 def set_alert(
     user_id: str | uuid.UUID | None,
     plan_id: str | None,

@@ -482,19 +482,29 @@ class AsyncCreditManager:
         call = _rpc.list_events(user_id, after, types, limit)
         return _rpc.many(LedgerEvent, await self.store.call(call))
 
+    async def poll_events(
+        self, after: str | UUID | None = None, *, limit: int = 100
+    ) -> list[LedgerEvent]:
+        """Every user's events after the cursor ``after`` (an event id), in id order, for a
+        reader that keeps a cursor: no event can later commit below the last one returned.
+        While a transaction that wrote events is still open it answers none (ask again).
+        Service role."""
+        return _rpc.many(LedgerEvent, await self.store.call(_rpc.poll_events(after, limit)))
+
     async def dispatch_events(
         self, after: str | UUID | None = None, *, limit: int = 100
     ) -> str | None:
         """Feed the outbox to this manager's emitter: every event after the cursor ``after``
-        (up to ``limit``), to its subscribers, in id order. Returns the cursor to pass
-        next time (the last event's id; ``after`` when there was none).
+        (up to ``limit``, read with :meth:`poll_events`, so none is skipped), to its
+        subscribers, in id order. Returns the cursor to pass next time (the last event's
+        id; ``after`` when there was none).
 
         Raises:
             InvalidInputError: the manager has no emitter.
         """
         if self._emitter is None:
             raise InvalidInputError("dispatch_events needs a manager with an emitter", code="DC006")
-        events = await self.list_events(after=after, limit=limit)
+        events = await self.poll_events(after, limit=limit)
         cursor = self._emitter.feed(events)
         return cursor if cursor is not None else None if after is None else str(after)
 
@@ -1149,17 +1159,27 @@ class CreditManager:
         call = _rpc.list_events(user_id, after, types, limit)
         return _rpc.many(LedgerEvent, self.store.call(call))
 
+    def poll_events(
+        self, after: str | UUID | None = None, *, limit: int = 100
+    ) -> list[LedgerEvent]:
+        """Every user's events after the cursor ``after`` (an event id), in id order, for a
+        reader that keeps a cursor: no event can later commit below the last one returned.
+        While a transaction that wrote events is still open it answers none (ask again).
+        Service role."""
+        return _rpc.many(LedgerEvent, self.store.call(_rpc.poll_events(after, limit)))
+
     def dispatch_events(self, after: str | UUID | None = None, *, limit: int = 100) -> str | None:
         """Feed the outbox to this manager's emitter: every event after the cursor ``after``
-        (up to ``limit``), to its subscribers, in id order. Returns the cursor to pass
-        next time (the last event's id; ``after`` when there was none).
+        (up to ``limit``, read with :meth:`poll_events`, so none is skipped), to its
+        subscribers, in id order. Returns the cursor to pass next time (the last event's
+        id; ``after`` when there was none).
 
         Raises:
             InvalidInputError: the manager has no emitter.
         """
         if self._emitter is None:
             raise InvalidInputError("dispatch_events needs a manager with an emitter", code="DC006")
-        events = self.list_events(after=after, limit=limit)
+        events = self.poll_events(after, limit=limit)
         cursor = self._emitter.feed(events)
         return cursor if cursor is not None else None if after is None else str(after)
 

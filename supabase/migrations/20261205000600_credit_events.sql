@@ -218,6 +218,10 @@ declare
     v_now timestamptz := credit_private.clock();
     v_id uuid;
 begin
+    -- the outbox's advisory lock ('duct'), shared with every other writer of events until
+    -- commit: credit_poll_events reads only while no transaction holds it, so no event it
+    -- has not seen can commit below its cursor
+    perform pg_catalog.pg_advisory_xact_lock_shared(1685418868);
     -- the endpoints enabled now get the event; a dedupe key already used writes nothing
     insert into public.credit_events (
         id, account_id, user_id, type, payload, created_at, delivery, dedupe_key
@@ -468,6 +472,43 @@ revoke all on function public.credit_list_events(text, uuid, text[], integer)
 from public, anon, authenticated, service_role;
 grant execute on function public.credit_list_events(text, uuid, text[], integer)
 to authenticated, service_role;
+
+create function public.credit_poll_events(p_after uuid default null, p_limit integer default 100)
+returns setof public.credit_events
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $$
+begin
+    -- Every user's events after the cursor p_after, in id order, for a reader that keeps a
+    -- cursor and must miss none. Ids follow the order events were written, not committed:
+    -- an event of a transaction still running could later commit below a cursor already
+    -- past it. So the read waits for a moment when no transaction that wrote an event is
+    -- open (it takes the writers' lock exclusively, without waiting: when some are open it
+    -- answers no rows, and the reader asks again); events written later get larger ids.
+    -- Volatile, so the read below takes its snapshot after the lock (read committed).
+    if p_limit is null or p_limit < 1 or p_limit > 1000 then
+        perform credit_private.fail(
+            'DC006',
+            format('limit must be from 1 to 1000, got %s', coalesce(p_limit::text, 'null')),
+            jsonb_build_object('argument', 'limit')
+        );
+    end if;
+    if not pg_catalog.pg_try_advisory_xact_lock(1685418868) then  -- the outbox's lock
+        return;
+    end if;
+    return query
+    select e.*
+    from public.credit_events as e
+    where p_after is null or e.id > p_after
+    order by e.id
+    limit p_limit;
+end;
+$$;
+revoke all on function public.credit_poll_events(uuid, integer)
+from public, anon, authenticated, service_role;
+grant execute on function public.credit_poll_events(uuid, integer) to service_role;
 
 -- ---------------------------------------------------------------- alert thresholds
 

@@ -176,11 +176,11 @@ def test_the_emitter_is_fed_from_the_outbox(manager: CreditManager) -> None:
     seen: list[CreditEvent] = []
     emitter.subscribe(CreditEventType.BALANCE_DEPLETED, seen.append)
     feeding = sibling_manager(manager, emitter=emitter)
-    cursor = feeding.list_events(limit=1000)  # start after what is there
-    after = cursor[-1].id if cursor else None
-    while len(cursor) == 1000:
-        cursor = feeding.list_events(after=after, limit=1000)
-        after = cursor[-1].id if cursor else after
+    page = feeding.poll_events(limit=1000)  # start after what is there
+    after = page[-1].id if page else None
+    while len(page) == 1000:
+        page = feeding.poll_events(after, limit=1000)
+        after = page[-1].id if page else after
 
     user = new_user_id()
     manager.add_credits(user, 10)
@@ -199,6 +199,34 @@ def test_the_emitter_is_fed_from_the_outbox(manager: CreditManager) -> None:
 
 
 # ---------------------------------------------------------------- committed or nothing
+
+
+def test_a_poll_never_passes_an_event_still_to_commit(database_url: str) -> None:
+    """An event written first but committed last is not skipped by a cursor reader: while
+    its transaction is open a poll answers nothing, and afterwards it comes in id order."""
+    store = PostgresStore(database_url, max_size=2)
+    manager = CreditManager(store)
+    early, late = new_user_id(), new_user_id()
+    try:
+        page = manager.poll_events(limit=1000)
+        cursor = page[-1].id if page else None
+        while len(page) == 1000:
+            page = manager.poll_events(cursor, limit=1000)
+            cursor = page[-1].id if page else cursor
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for user in (early, late):
+                conn.execute("select credit_add_credits(%s, 1)", (user,))
+        with psycopg.connect(database_url) as slow:  # writes the first event, commits last
+            slow.execute("select credit_deduct_credits(%s, 1)", (early,))
+            with psycopg.connect(database_url, autocommit=True) as fast:
+                fast.execute("select credit_deduct_credits(%s, 1)", (late,))
+            assert manager.poll_events(cursor) == [], "nothing while the first is open"
+            assert [e.user_id for e in manager.list_events(after=cursor)] == [late]
+            slow.commit()
+        polled = [e for e in manager.poll_events(cursor) if e.user_id in (early, late)]
+        assert [e.user_id for e in polled] == [early, late], "both, in id order"
+    finally:
+        store.close()
 
 
 def test_a_rolled_back_or_refused_operation_emits_nothing(database_url: str) -> None:

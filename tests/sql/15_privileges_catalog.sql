@@ -163,6 +163,7 @@ select set_eq(
         'public.credit_list_events(text, uuid, text[], integer) | authenticated | EXECUTE',
         'public.credit_list_events(text, uuid, text[], integer) | service_role | EXECUTE',
         'public.credit_emit_due_events() | service_role | EXECUTE',
+        'public.credit_poll_events(uuid, integer) | service_role | EXECUTE',
         'public.credit_set_alert(text, text, numeric, numeric) | service_role | EXECUTE',
         'public.credit_delete_alert(uuid) | service_role | EXECUTE',
         'public.credit_list_alerts(text, text) | service_role | EXECUTE',

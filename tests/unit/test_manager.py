@@ -152,6 +152,8 @@ REFUSED: dict[str, Case] = {
     "events of unknown type": (lambda m: m.list_events(types=["balance.lo"]), "DC006"),
     "events after no id": (lambda m: m.list_events(after="x"), "DC006"),
     "events limit 0": (lambda m: m.list_events(limit=0), "DC006"),
+    "poll after no id": (lambda m: m.poll_events("x"), "DC006"),
+    "poll limit 1001": (lambda m: m.poll_events(limit=1001), "DC006"),
     "expiring days 0": (lambda m: m.set_grant_expiring_days(0), "DC006"),
     "endpoint blank url": (lambda m: m.set_event_endpoint(" ", "s" * 16), "DC006"),
     "claim 0": (lambda m: m.claim_event_deliveries(0), "DC006"),

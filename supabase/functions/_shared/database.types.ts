@@ -595,6 +595,13 @@ export type Database = {
         Args: never;
         Returns: Database["public"]["CompositeTypes"]["credit_pricing_version"][];
       };
+      credit_poll_events: {
+        Args: {
+          p_after?: string;
+          p_limit?: number;
+        };
+        Returns: Database["public"]["Tables"]["credit_events"]["Row"][];
+      };
       credit_publish_pricing: {
         Args: {
           p_config: Json;
