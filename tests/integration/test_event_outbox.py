@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import Counter
@@ -333,6 +334,45 @@ def test_a_receiver_that_fails_then_recovers_gets_every_event_once(
         ).fetchall()
     assert {(delivery, attempts) for delivery, attempts, _ in rows} == {("delivered", 3)}
     assert {error.split(":")[0] for _, _, error in rows} == {"ReadTimeout"}
+
+
+def test_a_receiver_not_listening_loses_nothing(database_url: str, receiver: Receiver) -> None:
+    """While nothing listens at the endpoint's address every attempt fails and the events
+    wait; once it answers, each is delivered."""
+    store = PostgresStore(database_url, max_size=2)
+    manager = CreditManager(store)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    down_url = f"http://127.0.0.1:{closed.getsockname()[1]}/hooks"
+    closed.close()  # nothing listens there now
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("update credit_event_endpoints set enabled = false")
+    endpoint = manager.set_event_endpoint(down_url, SECRET).id
+    try:
+        ids = _emit(database_url, new_user_id(), 3)
+        down = manager.deliver_events(batch_size=100)
+        assert (down.claimed, down.delivered, down.failed) == (3, 0, 3)
+        assert all("ConnectError" in error for error in down.errors)
+        assert manager.deliver_events().claimed == 0, "not due again before the backoff"
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            waiting = conn.execute(
+                "select count(*) from credit_event_deliveries where event_id = any(%s::uuid[])"
+                " and delivered_at is null and attempts = 1 and last_error like 'ConnectError%%'"
+                " and next_attempt_at > now() + interval '5 seconds'",
+                (list(ids),),
+            ).fetchone()
+            assert waiting == (3,), "failed once, due again after the 10 s backoff"
+            conn.execute(
+                "update credit_event_deliveries set next_attempt_at = now() where endpoint_id = %s",
+                (endpoint,),
+            )
+        manager.set_event_endpoint(receiver.url, SECRET, endpoint_id=endpoint)  # back up
+        up = manager.deliver_events(batch_size=100)
+        assert (up.claimed, up.delivered) == (3, 3)
+        assert sorted(e["id"] for e in receiver.accepted) == sorted(ids)
+    finally:
+        manager.set_event_endpoint(receiver.url, SECRET, enabled=False, endpoint_id=endpoint)
+        store.close()
 
 
 def test_concurrent_workers_never_deliver_a_claimed_row_twice(
