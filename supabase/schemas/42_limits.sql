@@ -133,7 +133,8 @@ begin
     if p_period = 'hours' then
         return p_now - make_interval(hours => p_hours);
     end if;
-    return (credit_private.period_bounds(p_period, p_now)).period_start;
+    -- the calendar period in UTC, weeks from Monday, as credit_private.period_bounds
+    return date_trunc(p_period, p_now at time zone 'UTC') at time zone 'UTC';
 end;
 $$;
 revoke all on function credit_private.window_start(text, integer, timestamptz)

@@ -159,7 +159,24 @@ select set_eq(
         'public.credit_export_journal(timestamp with time zone, timestamp with time zone,'
         || ' text, bigint, bigint, integer) | service_role | EXECUTE',
         'credit_private.spend(timestamp with time zone, timestamp with time zone, text)'
-        || ' | service_role | EXECUTE'
+        || ' | service_role | EXECUTE',
+        'credit_private.window_start(text, integer, timestamp with time zone) | authenticated | EXECUTE',
+        'credit_private.window_start(text, integer, timestamp with time zone) | service_role | EXECUTE',
+        'credit_private.window_used(text, timestamp with time zone, text) | authenticated | EXECUTE',
+        'credit_private.window_used(text, timestamp with time zone, text) | service_role | EXECUTE',
+        'credit_private.active_holds(bigint, timestamp with time zone) | authenticated | EXECUTE',
+        'credit_private.active_holds(bigint, timestamp with time zone) | service_role | EXECUTE',
+        'credit_private.below_zero_since(bigint) | authenticated | EXECUTE',
+        'credit_private.below_zero_since(bigint) | service_role | EXECUTE',
+        'credit_private.credit_line(bigint) | authenticated | EXECUTE',
+        'credit_private.credit_line(bigint) | service_role | EXECUTE',
+        'credit_private.limits_result(text, timestamp with time zone) | authenticated | EXECUTE',
+        'credit_private.limits_result(text, timestamp with time zone) | service_role | EXECUTE',
+        'public.credit_get_limits(text) | authenticated | EXECUTE',
+        'public.credit_get_limits(text) | service_role | EXECUTE',
+        'public.credit_set_limits(text, jsonb, integer, numeric, integer) | service_role'
+        || ' | EXECUTE',
+        'public.credit_set_plan_credit_line(text, numeric, integer) | service_role | EXECUTE'
     ],
     'Function privileges are exactly the allowlist: service_role executes every RPC and the'
     || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id,'
@@ -191,7 +208,11 @@ select set_eq(
         'public.credit_teams | service_role | SELECT',
         'public.credit_team_members | authenticated | SELECT',
         'public.credit_team_members | service_role | SELECT',
-        'credit_private.journal_activity | service_role | SELECT'
+        'credit_private.journal_activity | service_role | SELECT',
+        'public.credit_account_limits | authenticated | SELECT',
+        'public.credit_account_limits | service_role | SELECT',
+        'public.credit_spend_windows | authenticated | SELECT',
+        'public.credit_spend_windows | service_role | SELECT'
     ],
     'Table and sequence privileges are exactly the allowlist: SELECT only; authenticated on'
     || ' the tables of their own rows, service_role on all; nothing on the sequences.'
@@ -260,7 +281,14 @@ select set_eq(
           'credit_private.reader_id(text, text)',
           'public.credit_balance_at(text, timestamp with time zone)',
           'public.credit_statement(text, timestamp with time zone, timestamp with time zone)',
-          'credit_private.check_window(timestamp with time zone, timestamp with time zone)'],
+          'credit_private.check_window(timestamp with time zone, timestamp with time zone)',
+          'public.credit_get_limits(text)',
+          'credit_private.window_start(text, integer, timestamp with time zone)',
+          'credit_private.window_used(text, timestamp with time zone, text)',
+          'credit_private.active_holds(bigint, timestamp with time zone)',
+          'credit_private.below_zero_since(bigint)',
+          'credit_private.credit_line(bigint)',
+          'credit_private.limits_result(text, timestamp with time zone)'],
     'authenticated can execute the readers of their own balance, plan and statements and the'
     || ' five helpers they call, nothing else.'
 );
@@ -268,7 +296,8 @@ select set_eq(
     $$select object from ducto_relation where has_table_privilege('authenticated', oid, 'SELECT')$$,
     array['public.credit_accounts', 'public.credit_transactions', 'public.credit_grants',
           'public.credit_reservations', 'public.credit_plans', 'public.credit_user_plans',
-          'public.credit_teams', 'public.credit_team_members'],
+          'public.credit_teams', 'public.credit_team_members',
+          'public.credit_account_limits', 'public.credit_spend_windows'],
     'authenticated can SELECT exactly the tables that hold their own rows.'
 );
 select is_empty(
@@ -298,7 +327,13 @@ select set_eq(
           'credit_private.pricing(bigint)', 'credit_private.price(jsonb, bigint)',
           'credit_private.cost(jsonb, jsonb)',
           'credit_private.check_window(timestamp with time zone, timestamp with time zone)',
-          'credit_private.spend(timestamp with time zone, timestamp with time zone, text)'],
+          'credit_private.spend(timestamp with time zone, timestamp with time zone, text)',
+          'credit_private.window_start(text, integer, timestamp with time zone)',
+          'credit_private.window_used(text, timestamp with time zone, text)',
+          'credit_private.active_holds(bigint, timestamp with time zone)',
+          'credit_private.below_zero_since(bigint)',
+          'credit_private.credit_line(bigint)',
+          'credit_private.limits_result(text, timestamp with time zone)'],
     'In credit_private, service_role can execute only the helpers its read RPCs call (none'
     || ' of them writes).'
 );
@@ -355,7 +390,9 @@ select set_eq(
         'public.credit_upsert_team(uuid, text, numeric)',
         'public.credit_set_team_member(uuid, text, text, numeric, text)',
         'public.credit_remove_team_member(uuid, text)',
-        'public.credit_deduct_team(uuid, text, jsonb, jsonb, text)'
+        'public.credit_deduct_team(uuid, text, jsonb, jsonb, text)',
+        'public.credit_set_limits(text, jsonb, integer, numeric, integer)',
+        'public.credit_set_plan_credit_line(text, numeric, integer)'
     ],
     'Exactly the write RPCs are SECURITY DEFINER; the reads and every credit_private'
     || ' helper run as the caller.'
