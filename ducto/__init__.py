@@ -1,10 +1,12 @@
 """ducto: a credit ledger for AI products, native to Supabase."""
 
 from ducto.errors import (
+    CreditLineOverdueError,
     DuctoError,
     IdempotencyConflictError,
     InsufficientCreditsError,
     InvalidInputError,
+    LimitExceededError,
     MemberLimitExceededError,
     NotFoundError,
     NotTeamMemberError,
@@ -18,6 +20,7 @@ from ducto.errors import (
     StoreConnectionError,
     StoreError,
     TeamPoolExhaustedError,
+    TooManyHoldsError,
     UnknownJobError,
     UnknownModelError,
 )
@@ -37,6 +40,7 @@ from ducto.models import (
     GetUserPlanResult,
     JournalRow,
     LedgerIssue,
+    LimitsResult,
     PlanResult,
     RefundResult,
     ReleaseResult,
@@ -44,6 +48,8 @@ from ducto.models import (
     SetupResult,
     SpendByModelRow,
     SpendByUserRow,
+    SpendWindow,
+    SpendWindowUsage,
     StatementCategoryTotal,
     StatementModelTotal,
     StatementResult,
@@ -64,7 +70,7 @@ from ducto.pricing import (
 )
 from ducto.usage import UsageMetrics
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "AddCreditsResult",
@@ -78,6 +84,7 @@ __all__ = [
     "CreditEvent",
     "CreditEventEmitter",
     "CreditEventType",
+    "CreditLineOverdueError",
     "CreditManager",
     "CreditMetadata",
     "DailySpendRow",
@@ -90,6 +97,8 @@ __all__ = [
     "InvalidInputError",
     "JournalRow",
     "LedgerIssue",
+    "LimitExceededError",
+    "LimitsResult",
     "MemberLimitExceededError",
     "MeteredCall",
     "ModelPrice",
@@ -113,6 +122,8 @@ __all__ = [
     "SetupResult",
     "SpendByModelRow",
     "SpendByUserRow",
+    "SpendWindow",
+    "SpendWindowUsage",
     "StatementCategoryTotal",
     "StatementModelTotal",
     "StatementResult",
@@ -124,6 +135,7 @@ __all__ = [
     "TeamMemberResult",
     "TeamPoolExhaustedError",
     "TeamResult",
+    "TooManyHoldsError",
     "TopUserRow",
     "UnknownJobError",
     "UnknownModelError",

@@ -626,7 +626,7 @@ from public, anon, authenticated, service_role;
 create function public.credit_set_plan_credit_line(
     p_plan_id text, p_credit_line numeric, p_credit_line_grace_seconds integer default null
 )
-returns void
+returns bigint
 language plpgsql
 volatile
 -- definer: writes credit_plans, which no API role may write directly
@@ -636,7 +636,7 @@ as $$
 declare
     v_credit_line bigint := credit_private.whole(p_credit_line, 'credit_line', 0);
 begin
-    -- the default credit line of the plan's users (an account's own one wins)
+    -- the default credit line of the plan's users (an account's own one wins); returns it
     if p_credit_line_grace_seconds is not null and p_credit_line_grace_seconds < 1 then
         perform credit_private.fail(
             'DC006', 'credit_line_grace_seconds must be at least 1',
@@ -652,6 +652,7 @@ begin
             jsonb_build_object('plan_id', p_plan_id)
         );
     end if;
+    return v_credit_line;
 end;
 $$;
 revoke all on function public.credit_set_plan_credit_line(text, numeric, integer)
