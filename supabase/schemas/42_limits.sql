@@ -311,7 +311,10 @@ from public, anon, authenticated, service_role;
 grant execute on function credit_private.below_zero_since(bigint) to authenticated, service_role;
 
 create function credit_private.credit_line(
-    p_account_id bigint, out credit_line bigint, out grace_seconds integer
+    p_account_id bigint,
+    p_user_id text default null,
+    out credit_line bigint,
+    out grace_seconds integer
 )
 language plpgsql
 stable
@@ -320,14 +323,17 @@ as $$
 declare
     v_user_id text;
 begin
-    -- the account's own credit line, else its user's plan's (a team pool has no plan)
+    -- the account's own credit line, else its user's plan's (a team pool has no plan);
+    -- p_user_id names the user of an account not created yet
     select l.credit_line, l.credit_line_grace_seconds into credit_line, grace_seconds
     from public.credit_account_limits as l
     where l.account_id = p_account_id and l.credit_line is not null;
     if credit_line is not null then
         return;
     end if;
-    select a.user_id into v_user_id from public.credit_accounts as a where a.id = p_account_id;
+    v_user_id := coalesce(p_user_id, (
+        select a.user_id from public.credit_accounts as a where a.id = p_account_id
+    ));
     if v_user_id is not null and v_user_id not like 'team:%' then
         select p.credit_line, p.credit_line_grace_seconds into credit_line, grace_seconds
         from public.credit_plans as p
@@ -339,9 +345,9 @@ begin
     credit_line := coalesce(credit_line, 0);
 end;
 $$;
-revoke all on function credit_private.credit_line(bigint)
+revoke all on function credit_private.credit_line(bigint, text)
 from public, anon, authenticated, service_role;
-grant execute on function credit_private.credit_line(bigint) to authenticated, service_role;
+grant execute on function credit_private.credit_line(bigint, text) to authenticated, service_role;
 
 create function credit_private.credit_floor(
     p_account_id bigint, p_floor bigint, p_after bigint, p_now timestamptz
@@ -408,7 +414,7 @@ begin
     select * into v_account from public.credit_accounts as a where a.user_id = p_user_id;
     select * into v_limits from public.credit_account_limits as l where l.account_id = v_account.id;
     v_holds := credit_private.active_holds(v_account.id, p_now);
-    v_line := credit_private.credit_line(v_account.id);
+    v_line := credit_private.credit_line(v_account.id, p_user_id);
     v_result.user_id := p_user_id;
     v_result.max_active_holds := v_limits.max_active_holds;
     v_result.active_holds := coalesce(v_holds.holds, 0);

@@ -168,8 +168,8 @@ select set_eq(
         'credit_private.active_holds(bigint, timestamp with time zone) | service_role | EXECUTE',
         'credit_private.below_zero_since(bigint) | authenticated | EXECUTE',
         'credit_private.below_zero_since(bigint) | service_role | EXECUTE',
-        'credit_private.credit_line(bigint) | authenticated | EXECUTE',
-        'credit_private.credit_line(bigint) | service_role | EXECUTE',
+        'credit_private.credit_line(bigint, text) | authenticated | EXECUTE',
+        'credit_private.credit_line(bigint, text) | service_role | EXECUTE',
         'credit_private.limits_result(text, timestamp with time zone) | authenticated | EXECUTE',
         'credit_private.limits_result(text, timestamp with time zone) | service_role | EXECUTE',
         'public.credit_get_limits(text) | authenticated | EXECUTE',
@@ -287,7 +287,7 @@ select set_eq(
           'credit_private.window_used(text, timestamp with time zone, text)',
           'credit_private.active_holds(bigint, timestamp with time zone)',
           'credit_private.below_zero_since(bigint)',
-          'credit_private.credit_line(bigint)',
+          'credit_private.credit_line(bigint, text)',
           'credit_private.limits_result(text, timestamp with time zone)'],
     'authenticated can execute the readers of their own balance, plan and statements and the'
     || ' five helpers they call, nothing else.'
@@ -332,7 +332,7 @@ select set_eq(
           'credit_private.window_used(text, timestamp with time zone, text)',
           'credit_private.active_holds(bigint, timestamp with time zone)',
           'credit_private.below_zero_since(bigint)',
-          'credit_private.credit_line(bigint)',
+          'credit_private.credit_line(bigint, text)',
           'credit_private.limits_result(text, timestamp with time zone)'],
     'In credit_private, service_role can execute only the helpers its read RPCs call (none'
     || ' of them writes).'
