@@ -13,6 +13,27 @@ export type Json =
 export type Database = {
   public: {
     Tables: {
+      credit_account_limits: {
+        Row: {
+          account_id: number;
+          user_id: string;
+          max_active_holds: number | null;
+          credit_line: number | null;
+          credit_line_grace_seconds: number | null;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_account_limits_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: true;
+            referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
       credit_accounts: {
         Row: {
           id: number;
@@ -148,6 +169,8 @@ export type Database = {
           rollover_cap: number | null;
           created_at: string;
           updated_at: string;
+          credit_line: number;
+          credit_line_grace_seconds: number | null;
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
@@ -197,6 +220,27 @@ export type Database = {
             isOneToOne: false;
             referencedRelation: "credit_transactions";
             referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_spend_windows: {
+        Row: {
+          id: number;
+          account_id: number;
+          period: string;
+          hours: number | null;
+          model_pattern: string | null;
+          spend_limit: number;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_spend_windows_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_account_limits";
+            referencedColumns: ["account_id"];
           },
         ];
       };
@@ -430,6 +474,12 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_balance_result"];
       };
+      credit_get_limits: {
+        Args: {
+          p_user_id?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_limits_result"];
+      };
       credit_get_pricing: {
         Args: {
           p_version?: number;
@@ -497,6 +547,24 @@ export type Database = {
       credit_schema_version: {
         Args: never;
         Returns: string;
+      };
+      credit_set_limits: {
+        Args: {
+          p_user_id: string;
+          p_windows?: Json;
+          p_max_active_holds?: number;
+          p_credit_line?: number;
+          p_credit_line_grace_seconds?: number;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_limits_result"];
+      };
+      credit_set_plan_credit_line: {
+        Args: {
+          p_plan_id: string;
+          p_credit_line: number;
+          p_credit_line_grace_seconds?: number;
+        };
+        Returns: number;
       };
       credit_set_team_member: {
         Args: {
@@ -682,6 +750,18 @@ export type Database = {
         check_name: string;
         expected: string;
         actual: string;
+      };
+      credit_limits_result: {
+        user_id: string;
+        windows: Json;
+        max_active_holds: number | null;
+        active_holds: number;
+        held: number;
+        credit_line: number;
+        credit_line_grace_seconds: number | null;
+        balance: number;
+        below_zero_since: string | null;
+        credit_line_due_at: string | null;
       };
       credit_model_spend_row: {
         model: string | null;
