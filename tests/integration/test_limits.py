@@ -360,3 +360,69 @@ def test_concurrent_charges_stop_at_the_credit_line(database_url: str, ledger: L
     ledger.add(user, 200)  # new credits pay the debt first
     [account] = accounts_of(ledger, user)
     assert (account["balance"], account["debt"], account["remaining"]) == (50, 0, 50)
+
+
+def test_concurrent_settings_leave_one_whole_configuration(
+    database_url: str, ledger: Ledger
+) -> None:
+    """40 workers set the limits of one new account at once: the account is created once,
+    and what stays is one worker's whole configuration, never a mix of two."""
+    user = new_user_id()
+
+    def work(index: int, worker: Ledger) -> Outcome:
+        windows = [
+            {"period": "day", "spend_limit": index},
+            {"period": "week", "spend_limit": 1000 + index},
+        ]
+        return attempt(
+            lambda: worker.call(
+                "credit_set_limits", user_id=user, windows=Jsonb(windows), max_active_holds=index
+            ),
+            frozenset(),
+        )
+
+    outcomes = run_workers(database_url, WORKERS, work, application=user)
+    assert all(o.reply is not None for o in outcomes)
+    limits = ledger.call("credit_get_limits", user_id=user)
+    index = limits["max_active_holds"]
+    assert [(w["period"], w["spend_limit"]) for w in limits["windows"]] == [
+        ("day", index),
+        ("week", 1000 + index),
+    ]
+    assert ledger.one("select count(*) as n from credit_accounts where user_id = %s", (user,)) == {
+        "n": 1
+    }
+
+
+def test_concurrent_team_charges_never_pass_the_pools_window(
+    database_url: str, ledger: Ledger, priced: None
+) -> None:
+    """40 charges of 3 credits by 4 members against a pool's daily window of 50."""
+    team = new_user_id()
+    members = [new_user_id() for _ in range(4)]
+    ledger.call("credit_upsert_team", team_id=team, name="Limited")
+    for member in members:
+        ledger.call("credit_set_team_member", team_id=team, user_id=member)
+    pool = f"team:{team}"
+    ledger.add(pool, 1000)
+    ledger.call(
+        "credit_set_limits", user_id=pool, windows=Jsonb([{"period": "day", "spend_limit": 50}])
+    )
+
+    def work(index: int, worker: Ledger) -> Outcome:
+        return attempt(
+            lambda: worker.call(
+                "credit_deduct_team",
+                team_id=team,
+                user_id=members[index % 4],
+                metrics=Jsonb({"model": "lim-chat", "requests": 3}),
+            ),
+            frozenset({"DC085"}),
+        )
+
+    outcomes = run_workers(database_url, WORKERS, work, application=pool)
+    assert Counter(o.code for o in outcomes) == {None: 16, "DC085": WORKERS - 16}
+    [window] = ledger.call("credit_get_limits", user_id=pool)["windows"]
+    assert (window["used"], window["remaining"]) == (48, 2)
+    [account] = accounts_of(ledger, pool)
+    assert account["balance"] == account["journal"] == 1000 - 48
