@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from ducto._messages import shown
 from ducto.errors import InvalidInputError, RefundError
-from ducto.models import CreditMetadata, from_row
+from ducto.models import CreditMetadata, SpendWindow, from_row
 from ducto.pricing import PricingConfigData
 from ducto.usage import UsageMetrics
 
@@ -525,6 +525,95 @@ def top_users(limit: int, start: datetime, end: datetime) -> RpcCall:
             f"limit must be an int from 1 to 1000, got {shown(limit)}", code="DC006"
         )
     return _window("credit_top_users", start, end, p_limit=limit)
+
+
+# ---------------------------------------------------------------- limits
+
+#: The kinds of spend window.
+WINDOW_PERIODS = ("day", "week", "month", "hours")
+
+
+def _window_spec(window: SpendWindow, index: int) -> dict[str, Any]:
+    if not isinstance(window, SpendWindow):
+        raise InvalidInputError(
+            f"windows[{index}] must be a SpendWindow, got {type(window).__name__}", code="DC006"
+        )
+    if window.period not in WINDOW_PERIODS:
+        raise InvalidInputError(
+            f"windows[{index}].period must be one of {', '.join(WINDOW_PERIODS)},"
+            f" got {shown(window.period)}",
+            code="DC006",
+        )
+    spec: dict[str, Any] = {
+        "period": window.period,
+        "spend_limit": _amount(window.spend_limit, f"windows[{index}].spend_limit", 0),
+    }
+    # the ledger checks the rest (hours only for a rolling window, the pattern's form)
+    if window.hours is not None:
+        spec["hours"] = _optional_int(window.hours, f"windows[{index}].hours")
+    if window.model_pattern is not None:
+        spec["model_pattern"] = _text(
+            window.model_pattern, f"windows[{index}].model_pattern", "DC006"
+        )
+    return spec
+
+
+def _optional_int(value: object, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"{name} must be an int, got {type(value).__name__}", code="DC006")
+    return value
+
+
+def set_limits(
+    user_id: str | uuid.UUID,
+    windows: Sequence[SpendWindow],
+    max_active_holds: int | None,
+    credit_line: int | None,
+    credit_line_grace_seconds: int | None,
+) -> RpcCall:
+    """``credit_set_limits``: an account's whole limit configuration (what is left out is
+    no limit: no windows, no cap on holds, the plan's credit line)."""
+    if isinstance(windows, str | bytes) or not isinstance(windows, Sequence):
+        raise InvalidInputError("windows must be a sequence of SpendWindow", code="DC006")
+    return RpcCall(
+        "credit_set_limits",
+        {
+            "p_user_id": _user(user_id),
+            "p_windows": [_window_spec(w, i) for i, w in enumerate(windows)],
+            "p_max_active_holds": _optional_int(max_active_holds, "max_active_holds"),
+            "p_credit_line": _optional_amount(credit_line, "credit_line", 0),
+            "p_credit_line_grace_seconds": _optional_int(
+                credit_line_grace_seconds, "credit_line_grace_seconds"
+            ),
+        },
+        # the same configuration set twice is the same configuration
+        retry_safe=True,
+    )
+
+
+def get_limits(user_id: str | uuid.UUID) -> RpcCall:
+    """``credit_get_limits``: an account's limits with what each window has used now."""
+    return RpcCall("credit_get_limits", {"p_user_id": _user(user_id)}, retry_safe=True)
+
+
+def set_plan_credit_line(
+    plan_id: str, credit_line: int, credit_line_grace_seconds: int | None
+) -> RpcCall:
+    """``credit_set_plan_credit_line``: the default credit line of a plan's users."""
+    return RpcCall(
+        "credit_set_plan_credit_line",
+        {
+            "p_plan_id": _text(plan_id, "plan_id", "DC006"),
+            "p_credit_line": _amount(credit_line, "credit_line", 0),
+            "p_credit_line_grace_seconds": _optional_int(
+                credit_line_grace_seconds, "credit_line_grace_seconds"
+            ),
+        },
+        retry_safe=True,
+        returns_scalar=True,
+    )
 
 
 # ---------------------------------------------------------------- statements

@@ -8,7 +8,10 @@ Hierarchy::
     │   └── OverageLimitError         a settle would charge beyond its hold's overage bound
     ├── InsufficientCreditsError      the account cannot pay, or would go below its floor
     │   ├── MemberLimitExceededError  a team member would exceed their spending limit
-    │   └── TeamPoolExhaustedError    a team's pool cannot pay above its floor
+    │   ├── TeamPoolExhaustedError    a team's pool cannot pay above its floor
+    │   ├── LimitExceededError        a charge or hold would pass a spend window's limit
+    │   └── CreditLineOverdueError    below zero for longer than the credit line's grace
+    ├── TooManyHoldsError             the account has as many active holds as it may
     ├── IdempotencyConflictError      an idempotency key was reused with other parameters
     ├── NotFoundError                 a transaction, reservation, plan or team does not exist
     ├── ReservationStateError         a reservation is released, or settled otherwise
@@ -85,6 +88,58 @@ class MemberLimitExceededError(InsufficientCreditsError):
 
 class TeamPoolExhaustedError(InsufficientCreditsError):
     """Raised when a team's pool cannot pay a charge above its floor."""
+
+
+class LimitExceededError(InsufficientCreditsError):
+    """Raised when a charge or a new hold would take a spend window past its limit.
+
+    A subclass of :class:`InsufficientCreditsError`, like a team member's limit: the call
+    is valid and the account cannot pay it now (HTTP 402). ``window`` says which window
+    (``period``, ``hours``, ``model_pattern``, ``window_start``); ``used`` is the window's
+    net spend, ``held`` the active holds that count against it, ``needed`` the amount.
+    """
+
+    @property
+    def window(self) -> dict[str, Any]:
+        """The window refused: ``period``, ``hours``, ``model_pattern``, ``window_start``."""
+        window = self.details.get("window")
+        return window if isinstance(window, dict) else {}
+
+    @property
+    def spend_limit(self) -> int | None:
+        """The window's limit."""
+        return _int_or_none(self.details.get("spend_limit"))
+
+    @property
+    def used(self) -> int | None:
+        """The window's net spend when the call was refused (holds not included)."""
+        return _int_or_none(self.details.get("used"))
+
+    @property
+    def held(self) -> int | None:
+        """The credits of the account's active holds, which count against the window."""
+        return _int_or_none(self.details.get("held"))
+
+    @property
+    def needed(self) -> int | None:
+        """The amount of the refused charge or hold."""
+        return _int_or_none(self.details.get("needed"))
+
+
+class CreditLineOverdueError(InsufficientCreditsError):
+    """Raised when the balance has been below zero for longer than the credit line's grace.
+
+    Charges that need the credit line are refused until credits bring the balance back to
+    0 (``details``: ``balance``, ``below_zero_since``, ``due_at``, ``credit_line``).
+    """
+
+
+class TooManyHoldsError(DuctoError):
+    """Raised when a new hold would pass the account's cap on active holds (HTTP 429)."""
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class IdempotencyConflictError(DuctoError):
@@ -174,6 +229,9 @@ SQLSTATE_ERRORS: Mapping[str, type[DuctoError]] = {
     "DC082": NotTeamMemberError,
     "DC083": MemberLimitExceededError,
     "DC084": TeamPoolExhaustedError,
+    "DC085": LimitExceededError,
+    "DC086": TooManyHoldsError,
+    "DC087": CreditLineOverdueError,
     "42501": PermissionDeniedError,
     "42883": SchemaError,
     "PGRST202": SchemaError,

@@ -48,6 +48,7 @@ from ducto.models import (
     JournalRow,
     LedgerEvent,
     LedgerIssue,
+    LimitsResult,
     PlanResult,
     RefundResult,
     ReleaseResult,
@@ -55,6 +56,7 @@ from ducto.models import (
     SetupResult,
     SpendByModelRow,
     SpendByUserRow,
+    SpendWindow,
     StatementResult,
     SweepResult,
     TeamDeductionResult,
@@ -438,6 +440,40 @@ class AsyncCreditManager:
         what is left of them now.
         """
         return await self._one(StatementResult, _rpc.statement(user_id, start, end))
+
+    async def set_limits(
+        self,
+        user_id: str | UUID,
+        *,
+        windows: Sequence[SpendWindow] = (),
+        max_active_holds: int | None = None,
+        credit_line: int | None = None,
+        credit_line_grace_seconds: int | None = None,
+    ) -> LimitsResult:
+        """Set a user's (or a team pool's, ``"team:<id>"``) whole limit configuration.
+
+        Replaces what was set before: what is left out is no limit (no spend windows, no
+        cap on active holds, and the plan's credit line). Charges and new holds are then
+        refused with ``LimitExceededError`` past a window, ``TooManyHoldsError`` past the
+        cap, and admitted down to ``min_balance - credit_line``; with a grace,
+        ``CreditLineOverdueError`` once the balance has been below zero that long.
+        Returns the limits as ``get_limits`` reads them.
+        """
+        call = _rpc.set_limits(
+            user_id, windows, max_active_holds, credit_line, credit_line_grace_seconds
+        )
+        return await self._one(LimitsResult, call)
+
+    async def get_limits(self, user_id: str | UUID) -> LimitsResult:
+        """A user's limits, with what each spend window has used and held now."""
+        return await self._one(LimitsResult, _rpc.get_limits(user_id))
+
+    async def set_plan_credit_line(
+        self, plan_id: str, credit_line: int, credit_line_grace_seconds: int | None = None
+    ) -> None:
+        """Set the credit line of a plan's users (an account's own credit line wins)."""
+        call = _rpc.set_plan_credit_line(plan_id, credit_line, credit_line_grace_seconds)
+        await self.store.call(call)
 
     async def export_journal(
         self,
@@ -1115,6 +1151,40 @@ class CreditManager:
         what is left of them now.
         """
         return self._one(StatementResult, _rpc.statement(user_id, start, end))
+
+    def set_limits(
+        self,
+        user_id: str | UUID,
+        *,
+        windows: Sequence[SpendWindow] = (),
+        max_active_holds: int | None = None,
+        credit_line: int | None = None,
+        credit_line_grace_seconds: int | None = None,
+    ) -> LimitsResult:
+        """Set a user's (or a team pool's, ``"team:<id>"``) whole limit configuration.
+
+        Replaces what was set before: what is left out is no limit (no spend windows, no
+        cap on active holds, and the plan's credit line). Charges and new holds are then
+        refused with ``LimitExceededError`` past a window, ``TooManyHoldsError`` past the
+        cap, and admitted down to ``min_balance - credit_line``; with a grace,
+        ``CreditLineOverdueError`` once the balance has been below zero that long.
+        Returns the limits as ``get_limits`` reads them.
+        """
+        call = _rpc.set_limits(
+            user_id, windows, max_active_holds, credit_line, credit_line_grace_seconds
+        )
+        return self._one(LimitsResult, call)
+
+    def get_limits(self, user_id: str | UUID) -> LimitsResult:
+        """A user's limits, with what each spend window has used and held now."""
+        return self._one(LimitsResult, _rpc.get_limits(user_id))
+
+    def set_plan_credit_line(
+        self, plan_id: str, credit_line: int, credit_line_grace_seconds: int | None = None
+    ) -> None:
+        """Set the credit line of a plan's users (an account's own credit line wins)."""
+        call = _rpc.set_plan_credit_line(plan_id, credit_line, credit_line_grace_seconds)
+        self.store.call(call)
 
     def export_journal(
         self,

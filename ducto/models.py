@@ -215,6 +215,67 @@ class AllowanceResult:
     rollover: int
 
 
+# ---------------------------------------------------------------- limits
+
+
+@dataclass(frozen=True, slots=True)
+class SpendWindow:
+    """A spend window to set with ``set_limits``: at most ``spend_limit`` credits of net spend.
+
+    ``period`` is ``"day"``, ``"week"`` or ``"month"`` (the calendar period in UTC, weeks
+    from Monday) or ``"hours"`` (the last ``hours`` hours, 1 to 8784). With
+    ``model_pattern`` (``*`` matches any run of characters, case-insensitive, as in the
+    pricing) only charges of a matching model count and are checked; active holds count in
+    every window.
+    """
+
+    period: str
+    spend_limit: int
+    hours: int | None = None
+    model_pattern: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpendWindowUsage:
+    """A spend window and what it holds now (``credit_get_limits``).
+
+    ``used`` is the net spend since ``window_start`` (charges minus refunds of them),
+    ``held`` the account's active holds, ``remaining = spend_limit - used - held``: negative
+    when a settle went past the limit (a settle is never refused).
+    """
+
+    period: str
+    hours: int | None
+    model_pattern: str | None
+    spend_limit: int
+    window_start: datetime
+    used: int
+    held: int
+    remaining: int
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsResult:
+    """An account's limits and how much of them is in use (``credit_get_limits``).
+
+    ``credit_line`` is the effective one (the account's own, else its plan's, else 0):
+    charges are admitted down to ``min_balance - credit_line``. ``below_zero_since`` is
+    when the balance last went below zero (None while it is >= 0), ``credit_line_due_at``
+    when the grace ends (None without a grace).
+    """
+
+    user_id: str
+    windows: tuple[SpendWindowUsage, ...]
+    max_active_holds: int | None
+    active_holds: int
+    held: int
+    credit_line: int
+    credit_line_grace_seconds: int | None
+    balance: int
+    below_zero_since: datetime | None
+    credit_line_due_at: datetime | None
+
+
 # ---------------------------------------------------------------- statements
 
 

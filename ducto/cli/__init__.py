@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from ducto import __version__
-from ducto.cli import credits, events, export, operate, pricing, stats
+from ducto.cli import credits, events, export, limits, operate, pricing, stats
 from ducto.cli._command import Ducto
 from ducto.cli._session import Target
 
@@ -84,6 +84,7 @@ app.add_typer(credits.app, name="credits")
 app.command()(stats.stats)
 app.add_typer(export.app, name="export")
 app.add_typer(events.app, name="events")
+app.add_typer(limits.app, name="limits")
 
 
 def main() -> None:

@@ -380,6 +380,8 @@ create table public.credit_plans (
     rollover_cap bigint check (rollover_cap between 0 and 9007199254740991),
     created_at timestamptz not null,
     updated_at timestamptz not null,
+    credit_line bigint not null default 0 check (credit_line between 0 and 9007199254740991),
+    credit_line_grace_seconds integer check (credit_line_grace_seconds > 0),
     check ((allowance is null) = (allowance_period is null)),
     check (rollover_cap is null or allowance is not null),
     -- the allowance job grants to assigned users only; a default plan has nobody to list
@@ -391,6 +393,12 @@ comment on column public.credit_plans.is_default is
 'The plan of every user without an assignment; at most one plan is the default.';
 comment on column public.credit_plans.rollover_cap is
 'Most credits of a period''s unspent allowance carried into the next period (null = none).';
+comment on column public.credit_plans.credit_line is
+'How far below min_balance its users may go unless their account sets its own'
+' (docs/limits.md).';
+comment on column public.credit_plans.credit_line_grace_seconds is
+'How long its users'' balance may stay below zero before charges needing the line are'
+' refused (null = no deadline).';
 
 create unique index credit_plans_one_default_idx on public.credit_plans (is_default)
 where is_default;

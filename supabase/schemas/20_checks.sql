@@ -50,7 +50,9 @@ begin
             -- PostgREST wants both keys of the detail
             detail = jsonb_build_object('status', case
                 -- the request is valid, the account cannot pay it
-                when p_code in ('DC010', 'DC083', 'DC084') then 402
+                when p_code in ('DC010', 'DC083', 'DC084', 'DC085', 'DC087') then 402
+                -- too many holds at once: a rate of work, not a lack of credits
+                when p_code = 'DC086' then 429
                 when p_code = 'DC082' then 403
                 when p_code in ('DC030', 'DC031', 'DC064', 'DC080', 'DC081') then 404
                 -- it conflicts with the ledger's state (a used key, a settled hold, ...)

@@ -195,8 +195,13 @@ begin
     end if;
     v_available := coalesce(credit_private.available(p_account_id, p_now), 0);
     if p_floor is not null then
+        -- a credit line lowers the floor; the account's limits (42_limits.sql)
         v_available := credit_private.admit(
-            p_user_id, p_team_id, v_available, p_amount, p_floor
+            p_user_id, p_team_id, v_available, p_amount,
+            credit_private.credit_floor(p_account_id, p_floor, v_available - p_amount, p_now)
+        );
+        perform credit_private.check_limits(
+            p_account_id, p_amount, p_usage ->> 'model', false, p_now
         );
     end if;
     if p_amount = 0 then

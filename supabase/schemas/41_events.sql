@@ -85,7 +85,8 @@ comment on column public.credit_events.id is
 comment on column public.credit_events.delivery is
 'none: no endpoint wanted it when written; pending: some delivery is due; delivered: all were.';
 comment on column public.credit_events.dedupe_key is
-'Makes an event once-only (grant.expiring:<grant id>); null for the others.';
+'Makes an event once-only (grant.expiring:<grant id>, limit.reached:<window>:<period>);'
+' null for the others.';
 
 create index credit_events_user_idx on public.credit_events (user_id, id);
 create index credit_events_account_idx on public.credit_events (account_id, id);

@@ -254,10 +254,13 @@ begin
     if v_account.id is not null then
         perform credit_private.expire_grants(v_account.id, v_now);
     end if;
+    -- a credit line lowers the floor; the account's limits (42_limits.sql)
+    v_available := coalesce(credit_private.available(v_account.id, v_now), 0);
     v_available := credit_private.admit(
-        p_user_id, null, coalesce(credit_private.available(v_account.id, v_now), 0), v_amount,
-        v_min_balance
+        p_user_id, null, v_available, v_amount,
+        credit_private.credit_floor(v_account.id, v_min_balance, v_available - v_amount, v_now)
     );
+    perform credit_private.check_limits(v_account.id, v_amount, null, true, v_now);
 
     v_result := row(
         gen_random_uuid(), p_user_id, v_amount, p_operation_type,

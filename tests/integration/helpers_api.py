@@ -34,12 +34,13 @@ ERROR_KEYS = {"code", "message", "details", "hint"}
 
 # The HTTP status of each ledger refusal through PostgREST, by meaning (docs/ledger.md,
 # "Errors"): the account cannot pay, not a member, not found, a conflict with the ledger's
-# state; every other ducto code is a refused argument.
+# state, too many holds at once; every other ducto code is a refused argument.
 LEDGER_STATUS = {
-    **dict.fromkeys(("DC010", "DC083", "DC084"), 402),
+    **dict.fromkeys(("DC010", "DC083", "DC084", "DC085", "DC087"), 402),
     "DC082": 403,
     **dict.fromkeys(("DC030", "DC031", "DC064", "DC080", "DC081"), 404),
     **dict.fromkeys(("DC020", "DC040", "DC041", "DC050", "DC051", "DC063"), 409),
+    "DC086": 429,
 }
 
 

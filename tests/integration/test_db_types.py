@@ -216,6 +216,7 @@ PYTHON_RESULTS: dict[str, type[object]] = {
     "credit_release_result": models.ReleaseResult,
     "credit_reserve_result": models.ReserveResult,
     "credit_statement_result": models.StatementResult,
+    "credit_limits_result": models.LimitsResult,
     "credit_stats_result": models.AggregateStatsRow,
     "credit_sweep_result": models.SweepResult,
     "credit_team_deduct_result": models.TeamDeductionResult,

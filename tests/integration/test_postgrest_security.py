@@ -74,6 +74,7 @@ USER_RPCS = {
     "credit_balance_at",
     "credit_statement",
     "credit_list_events",
+    "credit_get_limits",
 }
 # The tables a signed-in user may read (their own rows).
 USER_TABLES = ("credit_accounts", "credit_transactions", "credit_grants", "credit_reservations")

@@ -146,6 +146,18 @@ describe("a signed-in user", () => {
     assert.equal(at.data?.balance, 210, JSON.stringify(at.error));
   });
 
+  test("reads their own limits without naming themselves", async () => {
+    await serverRpc("credit_set_limits", {
+      p_user_id: user,
+      p_windows: [{ period: "day", spend_limit: 100000 }],
+    });
+    const { data, error } = await me.rpc("credit_get_limits");
+    await serverRpc("credit_set_limits", { p_user_id: user });
+    assert.equal(error, null, JSON.stringify(error));
+    assert.equal(data.user_id, user);
+    assert.deepEqual(data.windows.map((w) => [w.period, w.spend_limit]), [["day", 100000]]);
+  });
+
   test("cannot call the service role's RPCs", async () => {
     const attempts = [
       ["credit_add_credits", { p_user_id: user, p_amount: 1000 }],
@@ -167,6 +179,9 @@ describe("a signed-in user", () => {
       ["credit_deduct_team", { p_team_id: team, p_user_id: user, p_metrics: { model: "gpt-4o" } }],
       ["credit_aggregate_stats", { p_start: "2020-01-01", p_end: "2030-01-01" }],
       ["credit_top_users", { p_limit: 10, p_start: "2020-01-01", p_end: "2030-01-01" }],
+      // limits: nor lift their own
+      ["credit_set_limits", { p_user_id: user }],
+      ["credit_set_plan_credit_line", { p_plan_id: plan, p_credit_line: 1000 }],
     ];
     for (const [name, args] of attempts) {
       const { error, status } = await me.rpc(name, args);
@@ -193,6 +208,7 @@ describe("a signed-in user", () => {
       const [name, args] of [
         ["credit_statement", { p_user_id: other, p_start: "2020-01-01", p_end: "2100-01-01" }],
         ["credit_balance_at", { p_user_id: other, p_at: "2100-01-01" }],
+        ["credit_get_limits", { p_user_id: other }],
       ]
     ) {
       const { error, status } = await me.rpc(name, args);

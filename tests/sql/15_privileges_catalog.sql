@@ -173,7 +173,24 @@ select set_eq(
         'public.credit_list_event_endpoints() | service_role | EXECUTE',
         'public.credit_claim_event_deliveries(integer, integer) | service_role | EXECUTE',
         'public.credit_finish_event_delivery(uuid, boolean, text, integer)'
-        || ' | service_role | EXECUTE'
+        || ' | service_role | EXECUTE',
+        'credit_private.window_start(text, integer, timestamp with time zone) | authenticated | EXECUTE',
+        'credit_private.window_start(text, integer, timestamp with time zone) | service_role | EXECUTE',
+        'credit_private.window_used(text, timestamp with time zone, text) | authenticated | EXECUTE',
+        'credit_private.window_used(text, timestamp with time zone, text) | service_role | EXECUTE',
+        'credit_private.active_holds(bigint, timestamp with time zone) | authenticated | EXECUTE',
+        'credit_private.active_holds(bigint, timestamp with time zone) | service_role | EXECUTE',
+        'credit_private.below_zero_since(bigint) | authenticated | EXECUTE',
+        'credit_private.below_zero_since(bigint) | service_role | EXECUTE',
+        'credit_private.credit_line(bigint, text) | authenticated | EXECUTE',
+        'credit_private.credit_line(bigint, text) | service_role | EXECUTE',
+        'credit_private.limits_result(text, timestamp with time zone) | authenticated | EXECUTE',
+        'credit_private.limits_result(text, timestamp with time zone) | service_role | EXECUTE',
+        'public.credit_get_limits(text) | authenticated | EXECUTE',
+        'public.credit_get_limits(text) | service_role | EXECUTE',
+        'public.credit_set_limits(text, jsonb, integer, numeric, integer) | service_role'
+        || ' | EXECUTE',
+        'public.credit_set_plan_credit_line(text, numeric, integer) | service_role | EXECUTE'
     ],
     'Function privileges are exactly the allowlist: service_role executes every RPC and the'
     || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id,'
@@ -211,7 +228,11 @@ select set_eq(
         'public.credit_balance_alerts | service_role | SELECT',
         'public.credit_event_settings | service_role | SELECT',
         'public.credit_event_endpoints | service_role | SELECT',
-        'public.credit_event_deliveries | service_role | SELECT'
+        'public.credit_event_deliveries | service_role | SELECT',
+        'public.credit_account_limits | authenticated | SELECT',
+        'public.credit_account_limits | service_role | SELECT',
+        'public.credit_spend_windows | authenticated | SELECT',
+        'public.credit_spend_windows | service_role | SELECT'
     ],
     'Table and sequence privileges are exactly the allowlist: SELECT only; authenticated on'
     || ' the tables of their own rows, service_role on all; nothing on the sequences.'
@@ -281,15 +302,23 @@ select set_eq(
           'public.credit_balance_at(text, timestamp with time zone)',
           'public.credit_statement(text, timestamp with time zone, timestamp with time zone)',
           'credit_private.check_window(timestamp with time zone, timestamp with time zone)',
-          'public.credit_list_events(text, uuid, text[], integer)'],
-    'authenticated can execute the readers of their own balance, plan, statements and events'
-    || ' and the five helpers they call, nothing else.'
+          'public.credit_list_events(text, uuid, text[], integer)',
+          'public.credit_get_limits(text)',
+          'credit_private.window_start(text, integer, timestamp with time zone)',
+          'credit_private.window_used(text, timestamp with time zone, text)',
+          'credit_private.active_holds(bigint, timestamp with time zone)',
+          'credit_private.below_zero_since(bigint)',
+          'credit_private.credit_line(bigint, text)',
+          'credit_private.limits_result(text, timestamp with time zone)'],
+    'authenticated can execute the readers of their own balance, plan, statements, events'
+    || ' and limits and the helpers they call, nothing else.'
 );
 select set_eq(
     $$select object from ducto_relation where has_table_privilege('authenticated', oid, 'SELECT')$$,
     array['public.credit_accounts', 'public.credit_transactions', 'public.credit_grants',
           'public.credit_reservations', 'public.credit_plans', 'public.credit_user_plans',
-          'public.credit_teams', 'public.credit_team_members', 'public.credit_events'],
+          'public.credit_teams', 'public.credit_team_members', 'public.credit_events',
+          'public.credit_account_limits', 'public.credit_spend_windows'],
     'authenticated can SELECT exactly the tables that hold their own rows.'
 );
 select is_empty(
@@ -319,7 +348,13 @@ select set_eq(
           'credit_private.pricing(bigint)', 'credit_private.price(jsonb, bigint)',
           'credit_private.cost(jsonb, jsonb)',
           'credit_private.check_window(timestamp with time zone, timestamp with time zone)',
-          'credit_private.spend(timestamp with time zone, timestamp with time zone, text)'],
+          'credit_private.spend(timestamp with time zone, timestamp with time zone, text)',
+          'credit_private.window_start(text, integer, timestamp with time zone)',
+          'credit_private.window_used(text, timestamp with time zone, text)',
+          'credit_private.active_holds(bigint, timestamp with time zone)',
+          'credit_private.below_zero_since(bigint)',
+          'credit_private.credit_line(bigint, text)',
+          'credit_private.limits_result(text, timestamp with time zone)'],
     'In credit_private, service_role can execute only the helpers its read RPCs call (none'
     || ' of them writes).'
 );
@@ -383,7 +418,9 @@ select set_eq(
         'public.credit_set_grant_expiring_days(integer)',
         'public.credit_set_event_endpoint(text, text, text[], boolean, uuid)',
         'public.credit_claim_event_deliveries(integer, integer)',
-        'public.credit_finish_event_delivery(uuid, boolean, text, integer)'
+        'public.credit_finish_event_delivery(uuid, boolean, text, integer)',
+        'public.credit_set_limits(text, jsonb, integer, numeric, integer)',
+        'public.credit_set_plan_credit_line(text, numeric, integer)'
     ],
     'Exactly the write RPCs are SECURITY DEFINER; the reads and every credit_private'
     || ' helper run as the caller.'

@@ -24,6 +24,18 @@ from ducto.cli._session import Target
 CONNECTION = ("DATABASE_URL", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "DUCTO_DATA_DIR")
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ADDED = AddCreditsResult("t", "g", "alice", 5, "purchase", "paid", 50, None, 5, NOW, False)
+LIMITS: dict[str, Any] = {
+    "user_id": "alice",
+    "windows": [],
+    "max_active_holds": None,
+    "active_holds": 0,
+    "held": 0,
+    "credit_line": 0,
+    "credit_line_grace_seconds": None,
+    "balance": 0,
+    "below_zero_since": None,
+    "credit_line_due_at": None,
+}
 ANSWERS: dict[str, list[dict[str, Any]]] = {
     "credit_add_credits": [dataclasses.asdict(ADDED)],
     "credit_top_users": [],
@@ -110,6 +122,12 @@ def ducto(*args: str, code: int = 0, **settings: str) -> str:
         (["stats", "models", "--end", "0001-01-02"], "before the year 1"),
         (["stats", "weekly"], "'weekly' is not one of"),
         (["credit", "add"], "No such command"),
+        (["limits", "set", "u", "--window", "year:5"], "is not PERIOD:LIMIT[:MODEL_PATTERN]"),
+        (["limits", "set", "u", "--window", "day:-5"], "is not PERIOD:LIMIT"),
+        (["limits", "set", "u", "--window", "day"], "is not PERIOD:LIMIT"),
+        (["limits", "set", "u", "--max-holds", "-1"], "'--max-holds'"),
+        (["limits", "set", "u", "--credit-line", "-1"], "'--credit-line'"),
+        (["limits", "set", "u", "--grace", "soon"], "--grace: 'soon' is not a duration"),
     ],
 )
 def test_a_wrong_command_line_exits_2_before_any_store_opens(
@@ -177,6 +195,43 @@ def test_stats_top_sends_its_window_and_limit(store: Store) -> None:
         {"p_limit": 3, "p_start": NOW, "p_end": datetime(2026, 1, 8, tzinfo=UTC)},
     )
     assert json.loads(out) == []
+
+
+def test_limits_set_sends_the_whole_configuration(store: Store) -> None:
+    ANSWERS["credit_set_limits"] = [LIMITS]
+    out = ducto(
+        "limits", "set", "alice", "--window", "day:1000", "--window", "24h:50:gpt-image-*",
+        "--max-holds", "4", "--credit-line", "500", "--grace", "7d", "--json",
+        DATABASE_URL="x",
+    )  # fmt: skip
+    [call] = store.calls
+    assert (call.function, dict(call.args)) == (
+        "credit_set_limits",
+        {
+            "p_user_id": "alice",
+            "p_windows": [
+                {"period": "day", "spend_limit": 1000},
+                {"period": "hours", "spend_limit": 50, "hours": 24, "model_pattern": "gpt-image-*"},
+            ],
+            "p_max_active_holds": 4,
+            "p_credit_line": 500,
+            "p_credit_line_grace_seconds": 7 * 86400,
+        },
+    )
+    assert json.loads(out)["user_id"] == "alice"
+
+
+def test_limits_set_without_options_sets_no_limits(store: Store) -> None:
+    ANSWERS["credit_set_limits"] = [LIMITS]
+    ducto("limits", "set", "alice", DATABASE_URL="x")
+    [call] = store.calls
+    assert dict(call.args) == {
+        "p_user_id": "alice",
+        "p_windows": [],
+        "p_max_active_holds": None,
+        "p_credit_line": None,
+        "p_credit_line_grace_seconds": None,
+    }
 
 
 def test_version() -> None:
