@@ -254,9 +254,13 @@ begin
     if v_account.id is not null then
         perform credit_private.expire_grants(v_account.id, v_now);
     end if;
-    v_available := credit_private.admit(
-        p_user_id, null, coalesce(credit_private.available(v_account.id, v_now), 0), v_amount,
-        v_min_balance
+    v_available := coalesce(credit_private.available(v_account.id, v_now), 0);
+    -- a hold relies on the scoped credits its metadata's model, job or feature may draw
+    -- (43_scopes.sql); a plain hold on unscoped credits only
+    perform credit_private.admit(
+        p_user_id, null,
+        v_available - credit_private.out_of_scope(v_account.id, v_now, null, null, v_metadata),
+        v_amount, v_min_balance
     );
 
     v_result := row(

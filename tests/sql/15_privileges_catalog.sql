@@ -100,7 +100,7 @@ select set_eq(
         'credit_private.reader_id(text, text) | authenticated | EXECUTE',
         'credit_private.reader_id(text, text) | service_role | EXECUTE',
         'public.credit_add_credits(text, numeric, text, text, integer, timestamp with time zone,'
-        || ' jsonb, text) | service_role | EXECUTE',
+        || ' jsonb, text, text[]) | service_role | EXECUTE',
         'public.credit_deduct_credits(text, numeric, numeric, jsonb, text) | service_role | EXECUTE',
         'public.credit_reserve_credits(text, numeric, text, numeric, integer, jsonb, text)'
         || ' | service_role | EXECUTE',
@@ -159,13 +159,19 @@ select set_eq(
         'public.credit_export_journal(timestamp with time zone, timestamp with time zone,'
         || ' text, bigint, bigint, integer) | service_role | EXECUTE',
         'credit_private.spend(timestamp with time zone, timestamp with time zone, text)'
-        || ' | service_role | EXECUTE'
+        || ' | service_role | EXECUTE',
+        'credit_private.scope_breakdown(bigint, timestamp with time zone) | authenticated'
+        || ' | EXECUTE',
+        'credit_private.scope_breakdown(bigint, timestamp with time zone) | service_role'
+        || ' | EXECUTE',
+        'credit_private.scope_covers(text[], jsonb, text, jsonb) | service_role | EXECUTE',
+        'credit_private.verify_scopes() | service_role | EXECUTE'
     ],
     'Function privileges are exactly the allowlist: service_role executes every RPC and the'
     || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id,'
     || ' reader_id, fail, and the pricing reads); authenticated only the readers of their own'
     || ' balance, plan and statements (credit_get_balance, credit_get_user_plan,'
-    || ' credit_check_feature, credit_balance_at, credit_statement) and the five helpers they'
+    || ' credit_check_feature, credit_balance_at, credit_statement) and the six helpers they'
     || ' call; nothing else.'
 );
 select set_eq(
@@ -260,9 +266,10 @@ select set_eq(
           'credit_private.reader_id(text, text)',
           'public.credit_balance_at(text, timestamp with time zone)',
           'public.credit_statement(text, timestamp with time zone, timestamp with time zone)',
-          'credit_private.check_window(timestamp with time zone, timestamp with time zone)'],
+          'credit_private.check_window(timestamp with time zone, timestamp with time zone)',
+          'credit_private.scope_breakdown(bigint, timestamp with time zone)'],
     'authenticated can execute the readers of their own balance, plan and statements and the'
-    || ' five helpers they call, nothing else.'
+    || ' six helpers they call, nothing else.'
 );
 select set_eq(
     $$select object from ducto_relation where has_table_privilege('authenticated', oid, 'SELECT')$$,
@@ -298,7 +305,10 @@ select set_eq(
           'credit_private.pricing(bigint)', 'credit_private.price(jsonb, bigint)',
           'credit_private.cost(jsonb, jsonb)',
           'credit_private.check_window(timestamp with time zone, timestamp with time zone)',
-          'credit_private.spend(timestamp with time zone, timestamp with time zone, text)'],
+          'credit_private.spend(timestamp with time zone, timestamp with time zone, text)',
+          'credit_private.scope_breakdown(bigint, timestamp with time zone)',
+          'credit_private.scope_covers(text[], jsonb, text, jsonb)',
+          'credit_private.verify_scopes()'],
     'In credit_private, service_role can execute only the helpers its read RPCs call (none'
     || ' of them writes).'
 );
@@ -338,7 +348,7 @@ select set_eq(
     $$select object from ducto_function where prosecdef$$,
     array[
         'public.credit_add_credits(text, numeric, text, text, integer, timestamp with time zone,'
-        || ' jsonb, text)',
+        || ' jsonb, text, text[])',
         'public.credit_deduct_credits(text, numeric, numeric, jsonb, text)',
         'public.credit_reserve_credits(text, numeric, text, numeric, integer, jsonb, text)',
         'public.credit_settle_reservation(uuid, numeric, jsonb, numeric)',
