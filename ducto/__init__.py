@@ -41,6 +41,7 @@ from ducto.models import (
     RefundResult,
     ReleaseResult,
     ReserveResult,
+    ScopeBalance,
     SetupResult,
     SpendByModelRow,
     SpendByUserRow,
@@ -64,7 +65,7 @@ from ducto.pricing import (
 )
 from ducto.usage import UsageMetrics
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "AddCreditsResult",
@@ -110,6 +111,7 @@ __all__ = [
     "ReservationStateError",
     "ReserveResult",
     "SchemaError",
+    "ScopeBalance",
     "SetupResult",
     "SpendByModelRow",
     "SpendByUserRow",

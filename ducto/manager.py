@@ -10,7 +10,7 @@ over an async store; both build their calls and parse their answers with one cor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
@@ -318,11 +318,14 @@ class AsyncCreditManager:
         category: str = "paid",
         priority: int = 50,
         idempotency_key: str | None = None,
+        scope: Sequence[str] | None = None,
     ) -> AddCreditsResult:
         """Add credits to a user's account as a new grant.
 
         ``tx_type`` is one of grant, purchase, adjustment, promotion; ``category`` paid or
         promotional; ``priority`` 0 (spent first) to 100; ``expires_at`` None for never.
+        ``scope`` limits the grant to some charges: entries ``model:<glob>``,
+        ``job:<name>``, ``feature:<name>`` (docs/scopes.md); None for any charge.
         """
         call = _rpc.add_credits(
             user_id,
@@ -333,6 +336,7 @@ class AsyncCreditManager:
             category=category,
             priority=priority,
             idempotency_key=idempotency_key,
+            scope=scope,
         )
         return await self._one(AddCreditsResult, call)
 
@@ -804,11 +808,14 @@ class CreditManager:
         category: str = "paid",
         priority: int = 50,
         idempotency_key: str | None = None,
+        scope: Sequence[str] | None = None,
     ) -> AddCreditsResult:
         """Add credits to a user's account as a new grant.
 
         ``tx_type`` is one of grant, purchase, adjustment, promotion; ``category`` paid or
         promotional; ``priority`` 0 (spent first) to 100; ``expires_at`` None for never.
+        ``scope`` limits the grant to some charges: entries ``model:<glob>``,
+        ``job:<name>``, ``feature:<name>`` (docs/scopes.md); None for any charge.
         """
         call = _rpc.add_credits(
             user_id,
@@ -819,6 +826,7 @@ class CreditManager:
             category=category,
             priority=priority,
             idempotency_key=idempotency_key,
+            scope=scope,
         )
         return self._one(AddCreditsResult, call)
 

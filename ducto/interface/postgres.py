@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from ducto import _migrations
 from ducto._messages import cut, one_line, shown
-from ducto._rpc import RpcCall
+from ducto._rpc import RpcCall, TextArray
 from ducto.errors import (
     DuctoError,
     InvalidInputError,
@@ -109,7 +109,11 @@ def _query_text(function: str, names: tuple[str, ...], scalar: bool) -> str:
 def _query(call: RpcCall) -> tuple[str, dict[str, Any]]:
     """The SQL text and parameters of ``call``."""
     params = {
-        name: Jsonb(value) if isinstance(value, dict | list) else value
+        name: list(value)
+        if isinstance(value, TextArray)
+        else Jsonb(value)
+        if isinstance(value, dict | list)
+        else value
         for name, value in call.args.items()
     }
     return _query_text(call.function, tuple(call.args), call.returns_scalar), params

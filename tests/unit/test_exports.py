@@ -54,6 +54,7 @@ def test_package_exports() -> None:
         "ReservationStateError",
         "ReserveResult",
         "SchemaError",
+        "ScopeBalance",
         "SetupResult",
         "SpendByModelRow",
         "SpendByUserRow",
