@@ -7,7 +7,8 @@ only for the charges its scope matches, first among the grants a charge may draw
 - random sequences (hypothesis) of scoped and unscoped grants, charges of several models,
   refunds, clock moves and sweeps keep every invariant, and admit a charge exactly when
   what it may draw covers it;
-- 40 concurrent charges of two models against mixed grants keep them too.
+- 40 concurrent charges of two models against mixed grants keep them too;
+- the CLI adds scoped credits and shows the breakdown.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
+from test_cli import Cli
 
 from ducto import (
     CreditManager,
@@ -342,3 +344,25 @@ def test_concurrent_charges_of_two_models_against_mixed_grants(
         if outcome == "refused":
             assert may_draw(conn, user, model, datetime.now(UTC)) < requests
     assert {outcome for _, _, outcome in results} == {"charged", "refused"}
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def test_the_cli_adds_scoped_credits_and_shows_the_breakdown(database_url: str) -> None:
+    cli = Cli(DATABASE_URL=database_url)
+    user = new_user("cli")
+    added = cli.json(
+        "credits", "add", user, "40", "--scope", "model:gpt-image-*", "--scope", "job:report"
+    )
+    assert added["amount"] == 40
+    cli("credits", "add", user, "5")
+    assert cli.json("credits", "balance", user)["scopes"] == [
+        {"scope": None, "remaining": 5},
+        {"scope": ["job:report", "model:gpt-image-*"], "remaining": 40},
+    ]
+    shown = cli("credits", "balance", user).stdout
+    assert "5 unscoped, 40 job:report model:gpt-image-*" in shown
+    refused = cli("credits", "add", user, "5", "--scope", "gpt-image", code=1).stderr
+    assert "scope entry 'gpt-image'" in refused
+    assert cli.json("credits", "balance", user)["balance"] == 45
