@@ -21,8 +21,11 @@ from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+from conftest import MakeUserToken
+from helpers_api import Api, expect_error, expect_ok, new_user_id
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import DictRow, dict_row
@@ -344,6 +347,33 @@ def test_concurrent_charges_of_two_models_against_mixed_grants(
         if outcome == "refused":
             assert may_draw(conn, user, model, datetime.now(UTC)) < requests
     assert {outcome for _, _, outcome in results} == {"charged", "refused"}
+
+
+# ---------------------------------------------------------------- through PostgREST
+
+
+def test_users_read_their_own_breakdown_and_cannot_add_scoped_credits(
+    gateway: httpx.Client, anon_key: str, make_user_token: MakeUserToken, service: Api
+) -> None:
+    user, other = new_user_id(), new_user_id()
+    expect_ok(
+        service.rpc(
+            "credit_add_credits",
+            {"p_user_id": user, "p_amount": 7, "p_scope": ["model:gpt-image-*"]},
+        )
+    )
+    as_user = Api(gateway, anon_key, make_user_token(user))
+    mine = expect_ok(as_user.rpc("credit_get_balance", {}))
+    assert mine["scopes"] == [{"scope": ["model:gpt-image-*"], "remaining": 7}]
+    as_other = Api(gateway, anon_key, make_user_token(other))
+    expect_error(as_other.rpc("credit_get_balance", {"p_user_id": user}), 403, "42501")
+    grant = {"p_user_id": user, "p_amount": 1000, "p_scope": ["model:gpt-image-*"]}
+    expect_error(as_user.rpc("credit_add_credits", grant), 403, "42501")
+    expect_error(Api(gateway, anon_key).rpc("credit_add_credits", grant), 401, "42501")
+    # a bad scope through PostgREST: DC006 as 422, nothing written
+    bad = {"p_user_id": user, "p_amount": 5, "p_scope": ["image"]}
+    expect_error(service.rpc("credit_add_credits", bad), 422, "DC006")
+    assert expect_ok(service.rpc("credit_get_balance", {"p_user_id": user}))["balance"] == 7
 
 
 # ---------------------------------------------------------------- the CLI
