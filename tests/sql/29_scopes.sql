@@ -7,7 +7,7 @@
 -- scope and a feature scope), test_holder (holds), test_expiry (a scoped grant that expires).
 begin;
 \ir helpers/tests_schema.psql
-select plan(35);
+select plan(42);
 
 set local timezone to 'UTC';
 set local ducto.now to '2030-01-01 00:00:00+00';
@@ -193,6 +193,70 @@ select * from credit_settle_usage(
 select is(
     (select remaining from credit_grants where user_id = 'test_holder' and scope is null),
     10::bigint, 'Its settle (45) drew the image grant first: the unscoped grant is untouched.'
+);
+
+-- ---------------------------------------------------------------- a settle beyond the credits
+
+-- test_settler: 20 image credits, 5 unscoped; a chat hold settled for 12 takes the 5
+-- unscoped credits and makes 7 debt; the image credits stay whole
+select credit_add_credits('test_settler', 20, p_scope => array['model:gpt-image-1']);
+select credit_add_credits('test_settler', 5);
+create temp table chat_hold as
+select * from credit_reserve_credits('test_settler', 5, p_metadata => '{"model": "gpt-4o"}');
+select credit_settle_usage(
+    (select reservation_id from chat_hold), '{"model": "gpt-4o", "requests": 12}'
+);
+select results_eq(
+    $$select a.debt, (select sum(g.remaining)::bigint from credit_grants as g
+                      where g.account_id = a.id and g.scope is not null)
+      from credit_accounts as a where a.user_id = 'test_settler'$$,
+    $$values (7::bigint, 20::bigint)$$,
+    'A chat settle beyond the unscoped credits is debt (7); the image credits pay none of it.'
+);
+
+-- ---------------------------------------------------------------- keys
+
+select credit_add_credits(
+    'test_keys', 5, p_scope => array['model:b', 'model:a'], p_idempotency_key => 'scoped'
+);
+select is(
+    (credit_add_credits(
+        'test_keys', 5, p_scope => array['model:a', 'model:b'], p_idempotency_key => 'scoped'
+    )).is_replay,
+    true, 'The same scope in another order under the same key is a replay.'
+);
+select throws_ok(
+    $$select credit_add_credits(
+        'test_keys', 5, p_scope => array['model:a'], p_idempotency_key => 'scoped')$$,
+    'DC020', null, 'Another scope under the same key is DC020.'
+);
+select throws_ok(
+    $$select credit_add_credits('test_keys', 5, p_idempotency_key => 'scoped')$$,
+    'DC020', null, 'No scope under the key of a scoped grant is DC020.'
+);
+
+-- ---------------------------------------------------------------- a team's pool
+
+select credit_upsert_team('22222222-2222-4222-8222-222222222222', 'Scoped', 0);
+select credit_set_team_member('22222222-2222-4222-8222-222222222222', 'test_owner', 'owner');
+select credit_add_credits(
+    'team:22222222-2222-4222-8222-222222222222', 10, p_scope => array['model:gpt-image-*']
+);
+select credit_add_credits('team:22222222-2222-4222-8222-222222222222', 3);
+select throws_ok(
+    $$select credit_deduct_team('22222222-2222-4222-8222-222222222222', 'test_owner',
+        '{"model": "gpt-4o", "requests": 4}')$$,
+    'DC084', null, 'A team''s chat charge may draw only the pool''s 3 unscoped credits.'
+);
+select is(
+    (credit_deduct_team('22222222-2222-4222-8222-222222222222', 'test_owner',
+        '{"model": "gpt-image-1", "requests": 12}')).balance_after,
+    1::bigint, 'A team''s image charge of 12 draws the 10 image credits, then 2 unscoped.'
+);
+select is(
+    (select remaining from credit_grants
+     where user_id = 'team:22222222-2222-4222-8222-222222222222' and scope is null),
+    1::bigint, 'The unscoped pool grant paid only what the image credits could not.'
 );
 
 -- ---------------------------------------------------------------- expiry
