@@ -349,6 +349,85 @@ def test_concurrent_charges_of_two_models_against_mixed_grants(
     assert {outcome for _, _, outcome in results} == {"charged", "refused"}
 
 
+def test_concurrent_scoped_adds_holds_refunds_and_charges(conn: Conn, database_url: str) -> None:
+    """Every write path of scoped credits at once: keyed scoped adds (each key used by two
+    workers), holds relying on scoped credits settled by usage, refunds of the same image
+    charges by two workers each, and chat charges."""
+    user = new_user("mixed")
+    for amount, scope in [(100, IMAGE), (60, CHAT), (30, None)]:
+        conn.execute(
+            "select credit_add_credits(p_user_id => %s, p_amount => %s, p_scope => %s)",
+            [user, amount, scope],
+        )
+    images = [
+        str(
+            conn.execute(
+                "select transaction_id from credit_deduct_usage(%s, %s)",
+                [user, Jsonb({"model": "gpt-image-1", "requests": 5})],
+            ).fetchone()["transaction_id"]  # type: ignore[index]
+        )
+        for _ in range(5)
+    ]
+    workers = 40
+    barrier = threading.Barrier(workers, timeout=60)
+
+    def one(n: int) -> str:
+        kind = n % 4
+        with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as own:
+            barrier.wait()
+            try:
+                if kind == 0:  # two workers per key: one grant, one replay
+                    own.execute(
+                        "select credit_add_credits(p_user_id => %s, p_amount => 7,"
+                        " p_scope => %s, p_idempotency_key => %s)",
+                        [user, IMAGE if n // 8 % 2 == 0 else CHAT, f"add-{n // 8}"],
+                    )
+                elif kind == 1:  # a hold relying on image credits, settled by usage
+                    hold = own.execute(
+                        "select reservation_id from credit_reserve_credits(%s, 6,"
+                        " p_metadata => %s)",
+                        [user, Jsonb({"model": "gpt-image-1"})],
+                    ).fetchone()
+                    assert hold is not None
+                    own.execute(
+                        "select credit_settle_usage(%s, %s)",
+                        [hold["reservation_id"], Jsonb({"model": "gpt-image-1", "requests": 6})],
+                    )
+                elif kind == 2:  # two workers refund each image charge
+                    own.execute(
+                        "select credit_refund_transaction(%s)", [images[(n // 4) % len(images)]]
+                    )
+                else:
+                    own.execute(
+                        "select credit_deduct_usage(%s, %s)",
+                        [user, Jsonb({"model": "gpt-4o", "requests": 4})],
+                    )
+            except psycopg.Error as exc:
+                return exc.sqlstate or "?"
+        return "ok"
+
+    with ThreadPoolExecutor(workers) as pool:
+        outcomes = list(pool.map(one, range(workers)))
+
+    check_account(conn, user, datetime.now(UTC))
+    # refused only as the ledger says: a second refund (DC050) or too few credits (DC010)
+    assert set(outcomes) <= {"ok", "DC050", "DC010"}
+    assert outcomes[2::4].count("DC050") == 5  # each image charge refunded exactly once
+    grants = conn.execute(
+        "select g.scope, count(*) from credit_grants as g join credit_transactions as t"
+        " on t.id = g.transaction_id where g.user_id = %s and t.idempotency_key is not null"
+        " group by g.scope order by g.scope",
+        [user],
+    ).fetchall()
+    # keys add-0..add-4, each used by two workers: one grant each
+    assert [(row["scope"], row["count"]) for row in grants] == [(CHAT, 2), (IMAGE, 3)]
+    settled = conn.execute(
+        "select count(*) as n from credit_reservations where user_id = %s and status = 'settled'",
+        [user],
+    ).fetchone()
+    assert settled is not None and settled["n"] == outcomes[1::4].count("ok")
+
+
 # ---------------------------------------------------------------- through PostgREST
 
 
