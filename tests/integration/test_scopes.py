@@ -40,6 +40,7 @@ from ducto import (
     ScopeBalance,
     UsageMetrics,
 )
+from ducto.interface import PostgresStore
 
 Conn = psycopg.Connection[DictRow]
 
@@ -115,6 +116,30 @@ def test_refunds_give_credits_back_to_the_scoped_grant(manager: CreditManager) -
         ScopeBalance(scope=IMAGE, remaining=15),
     )
     assert manager.verify_ledger() == []
+
+
+def test_a_metered_call_naming_its_model_relies_on_that_models_credits(
+    database_url: str,
+) -> None:
+    store = PostgresStore(database_url, max_size=1)
+    manager = CreditManager(store)
+    manager.publish_pricing_from_dict(PRICING)
+    user = new_user("metered")
+    manager.add_credits(user, 50, scope=IMAGE)
+    estimate = UsageMetrics(model="gpt-image-1", requests=20)
+    # without the model, the hold may rely on unscoped credits only: there are none
+    with (
+        pytest.raises(InsufficientCreditsError),
+        manager.metered_call(user, estimate, min_balance=0),
+    ):
+        pass
+    with manager.metered_call(
+        user, estimate, metadata={"model": estimate.model}, min_balance=0
+    ) as meter:
+        meter.record(UsageMetrics(model="gpt-image-1", requests=30))
+    assert meter.result is not None and meter.result.amount == 30
+    assert manager.get_balance(user).scopes == (ScopeBalance(scope=IMAGE, remaining=20),)
+    store.close()
 
 
 def test_a_bad_scope_is_refused_and_writes_nothing(manager: CreditManager) -> None:
