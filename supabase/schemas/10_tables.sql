@@ -18,6 +18,7 @@
 --   balance = sum(journal amounts) = sum(grant remaining) - debt
 --   grant remaining = grant amount - sum(draws on that grant)
 --   debt = sum(draws without a grant) >= 0
+--   a scoped grant pays only for charges its scope matches (43_scopes.sql)
 
 -- ---------------------------------------------------------------- row checks
 
