@@ -25,6 +25,13 @@ MAX_AMOUNT = 2**53 - 1
 _T = TypeVar("_T")
 
 
+class TextArray(tuple[str, ...]):
+    """A ``text[]`` argument: a JSON array over HTTP, a PostgreSQL array through psycopg
+    (where a plain list is sent as ``jsonb``)."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class RpcCall:
     """One call of a ledger function: its name, named arguments and how to retry it.
@@ -148,6 +155,27 @@ def _key(value: str | None) -> str | None:
     return _no_nul(value, "idempotency_key", "DC004")
 
 
+def _scope(value: Sequence[str] | None) -> TextArray | None:
+    """A grant's scope: entries ``model:<glob>``, ``job:<name>``, ``feature:<name>``.
+
+    The ledger checks each entry (DC006); here only the shape, so that a lone string is
+    not taken for a sequence of one-character entries.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise InvalidInputError(
+            f"scope must be a list of entries such as 'model:gpt-image-*', got {shown(value)}",
+            code="DC006",
+        )
+    for entry in value:
+        if not isinstance(entry, str):
+            raise InvalidInputError(
+                f"each scope entry must be a string, got {shown(entry)}", code="DC006"
+            )
+    return TextArray(_no_nul(entry, "scope", "DC006") for entry in value)
+
+
 def add_credits(
     user_id: str | uuid.UUID,
     amount: int,
@@ -158,26 +186,27 @@ def add_credits(
     category: str = "paid",
     priority: int = 50,
     idempotency_key: str | None = None,
+    scope: Sequence[str] | None = None,
 ) -> RpcCall:
-    """``credit_add_credits``: add a grant."""
+    """``credit_add_credits``: add a grant (limited to ``scope`` when one is given)."""
     if expires_at is not None and (
         not isinstance(expires_at, datetime) or expires_at.tzinfo is None
     ):
         raise InvalidInputError("expires_at must be a timezone-aware datetime", code="DC005")
-    return RpcCall(
-        "credit_add_credits",
-        {
-            "p_user_id": _user(user_id),
-            "p_amount": _amount(amount, "amount"),
-            "p_tx_type": _word(tx_type, "tx_type"),
-            "p_category": _word(category, "category"),
-            "p_priority": priority,
-            "p_expires_at": expires_at,
-            "p_metadata": _metadata(metadata),
-            "p_idempotency_key": _key(idempotency_key),
-        },
-        retry_safe=idempotency_key is not None,
-    )
+    args: dict[str, Any] = {
+        "p_user_id": _user(user_id),
+        "p_amount": _amount(amount, "amount"),
+        "p_tx_type": _word(tx_type, "tx_type"),
+        "p_category": _word(category, "category"),
+        "p_priority": priority,
+        "p_expires_at": expires_at,
+        "p_metadata": _metadata(metadata),
+        "p_idempotency_key": _key(idempotency_key),
+    }
+    if scope is not None:
+        # only when given: an unscoped grant is the call it always was
+        args["p_scope"] = _scope(scope)
+    return RpcCall("credit_add_credits", args, retry_safe=idempotency_key is not None)
 
 
 def deduct_credits(
@@ -392,7 +421,8 @@ def calculate_cost(metrics: UsageMetrics, version: int | None) -> RpcCall:
 
 
 def get_balance(user_id: str | uuid.UUID) -> RpcCall:
-    """``credit_get_balance``: balance, held and available credits."""
+    """``credit_get_balance``: balance, held and available credits, and the credits left per
+    scope."""
     return RpcCall(
         "credit_get_balance",
         {"p_user_id": _user(user_id)},
@@ -673,7 +703,7 @@ EVENT_TYPES = (
 )
 
 
-def _event_types(value: Sequence[str] | None, name: str) -> tuple[str, ...] | None:
+def _event_types(value: Sequence[str] | None, name: str) -> TextArray | None:
     """A filter of event types: None (every type) or known types, sent as an array."""
     if value is None:
         return None
@@ -687,7 +717,7 @@ def _event_types(value: Sequence[str] | None, name: str) -> tuple[str, ...] | No
             f"{name} must be among {', '.join(EVENT_TYPES)}, got {', '.join(unknown)}",
             code="DC006",
         )
-    return tuple(value)
+    return TextArray(value)
 
 
 def _limit(value: object, name: str, maximum: int) -> int:

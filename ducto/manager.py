@@ -329,11 +329,14 @@ class AsyncCreditManager:
         category: str = "paid",
         priority: int = 50,
         idempotency_key: str | None = None,
+        scope: Sequence[str] | None = None,
     ) -> AddCreditsResult:
         """Add credits to a user's account as a new grant.
 
         ``tx_type`` is one of grant, purchase, adjustment, promotion; ``category`` paid or
         promotional; ``priority`` 0 (spent first) to 100; ``expires_at`` None for never.
+        ``scope`` limits the grant to some charges: entries ``model:<glob>``,
+        ``job:<name>``, ``feature:<name>`` (docs/scopes.md); None for any charge.
         """
         call = _rpc.add_credits(
             user_id,
@@ -344,6 +347,7 @@ class AsyncCreditManager:
             category=category,
             priority=priority,
             idempotency_key=idempotency_key,
+            scope=scope,
         )
         return await self._one(AddCreditsResult, call)
 
@@ -1042,11 +1046,14 @@ class CreditManager:
         category: str = "paid",
         priority: int = 50,
         idempotency_key: str | None = None,
+        scope: Sequence[str] | None = None,
     ) -> AddCreditsResult:
         """Add credits to a user's account as a new grant.
 
         ``tx_type`` is one of grant, purchase, adjustment, promotion; ``category`` paid or
         promotional; ``priority`` 0 (spent first) to 100; ``expires_at`` None for never.
+        ``scope`` limits the grant to some charges: entries ``model:<glob>``,
+        ``job:<name>``, ``feature:<name>`` (docs/scopes.md); None for any charge.
         """
         call = _rpc.add_credits(
             user_id,
@@ -1057,6 +1064,7 @@ class CreditManager:
             category=category,
             priority=priority,
             idempotency_key=idempotency_key,
+            scope=scope,
         )
         return self._one(AddCreditsResult, call)
 

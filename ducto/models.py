@@ -9,7 +9,7 @@ from __future__ import annotations
 import types
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeAlias, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -105,13 +105,26 @@ class RefundResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ScopeBalance:
+    """The credits left in a user's grants of one scope (``scope`` None: unscoped grants)."""
+
+    scope: list[str] | None
+    remaining: int
+
+
+@dataclass(frozen=True, slots=True)
 class BalanceResult:
-    """A user's balance, the credits held by active reservations, and what is available."""
+    """A user's balance, the credits held by active reservations, and what is available.
+
+    ``scopes`` breaks the credits left down per scope (docs/scopes.md): unscoped first,
+    then each scope; their sum minus any debt is ``balance``.
+    """
 
     user_id: str
     balance: int
     held: int
     available: int
+    scopes: tuple[ScopeBalance, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -608,13 +621,23 @@ def from_row(cls: type[_T], row: Mapping[str, Any]) -> _T:
     converters = _CONVERTERS.get(cls)
     if converters is None:
         hints = get_type_hints(cls)
-        converters = tuple((f.name, _converter(hints[f.name])) for f in fields(cls))  # type: ignore[arg-type]
+        converters = tuple(
+            (f.name, _converter(hints[f.name]), f.default is MISSING)
+            for f in fields(cls)  # type: ignore[arg-type]
+        )
         _CONVERTERS[cls] = converters
-    return cls(**{name: convert(row[name]) for name, convert in converters})
+    # a field with a default may be missing (a newer field read from an older schema)
+    return cls(
+        **{
+            name: convert(row[name])
+            for name, convert, required in converters
+            if required or name in row
+        }
+    )
 
 
 #: Per result class, each field with the function that turns a row value into its type.
-_CONVERTERS: dict[type[Any], tuple[tuple[str, Callable[[Any], Any]], ...]] = {}
+_CONVERTERS: dict[type[Any], tuple[tuple[str, Callable[[Any], Any], bool], ...]] = {}
 
 
 def _converter(hint: Any) -> Callable[[Any], Any]:

@@ -15,6 +15,8 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from ducto.models import ScopeBalance
+
 stdout = Console(highlight=False)
 
 #: Shown in tables for a value that is not there (no expiry, no transaction).
@@ -53,6 +55,8 @@ def text(value: object) -> str:
         return f"{value:,}"
     if isinstance(value, datetime):
         return value.isoformat(sep=" ", timespec="seconds")
+    if isinstance(value, ScopeBalance):  # a balance's breakdown: "40 model:gpt-image-*"
+        return f"{value.remaining:,} {' '.join(value.scope) if value.scope else 'unscoped'}"
     if isinstance(value, list | tuple):
         return ", ".join(text(item) for item in value) or NONE
     return str(value)

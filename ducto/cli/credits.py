@@ -64,6 +64,13 @@ def add(
     expires_in: Annotated[
         str | None, typer.Option(help="How long until they expire: 90m, 12h, 30d, 2w.")
     ] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Limit the grant to some charges: model:<glob>, job:<name> or feature:<name>;"
+            " repeat for several (docs/scopes.md). Without it the credits pay for anything."
+        ),
+    ] = None,
     key: IdempotencyKey = None,
     metadata: Metadata = None,
     as_json: JsonFlag = False,
@@ -81,6 +88,7 @@ def add(
             category=category.value,
             priority=priority,
             idempotency_key=key,
+            scope=scope or None,
         )
     lasts = f"expires {text(result.expires_at)}" if result.expires_at else "never expires"
     show(

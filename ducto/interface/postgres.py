@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from ducto import _migrations
 from ducto._messages import cut, one_line, shown
-from ducto._rpc import RpcCall
+from ducto._rpc import RpcCall, TextArray
 from ducto.errors import (
     DuctoError,
     InvalidInputError,
@@ -108,12 +108,12 @@ def _query_text(function: str, names: tuple[str, ...], scalar: bool) -> str:
 
 def _query(call: RpcCall) -> tuple[str, dict[str, Any]]:
     """The SQL text and parameters of ``call``."""
-    # a dict or list is a JSON argument; a tuple is an array (the event types of a filter)
+    # a dict or list is a JSON argument; a TextArray a text[] (a scope, event types)
     params = {
-        name: Jsonb(value)
+        name: list(value)
+        if isinstance(value, TextArray)
+        else Jsonb(value)
         if isinstance(value, dict | list)
-        else list(value)
-        if isinstance(value, tuple)
         else value
         for name, value in call.args.items()
     }

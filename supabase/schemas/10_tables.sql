@@ -18,6 +18,7 @@
 --   balance = sum(journal amounts) = sum(grant remaining) - debt
 --   grant remaining = grant amount - sum(draws on that grant)
 --   debt = sum(draws without a grant) >= 0
+--   a scoped grant pays only for charges its scope matches (43_scopes.sql)
 
 -- ---------------------------------------------------------------- row checks
 
@@ -243,6 +244,8 @@ create table public.credit_grants (
     expires_at timestamptz,
     created_at timestamptz not null,
     spendable boolean not null generated always as (remaining > 0) stored,
+    -- null: usable for any charge; else the charges it may pay (credit_private.check_scope)
+    scope text[] check (scope is null or cardinality(scope) between 1 and 20),
     -- category paid or promotional; priority 0..100; amount > 0;
     -- 0 <= remaining <= amount; expires_at finite (null: never)
     constraint credit_grants_row_check check (
@@ -253,6 +256,9 @@ with (fillfactor = 70);
 comment on table public.credit_grants is
 'Buckets of credits. Spending draws by priority (lower first), then soonest expiry, then oldest.'
 ' A grant is never spent at or after expires_at.';
+comment on column public.credit_grants.scope is
+'Null: pays for any charge. Else the sorted, distinct entries model:<glob>, job:<name>,'
+' feature:<name>; the grant pays only for charges one entry matches (docs/scopes.md).';
 comment on column public.credit_grants.spendable is
 'remaining > 0. The indexes of spendable grants use it, not remaining, so a debit that'
 ' leaves credits in a grant adds no index entry.';
@@ -266,6 +272,10 @@ create index credit_grants_expiry_idx
 on public.credit_grants (expires_at)
 where spendable and expires_at is not null;
 create index credit_grants_transaction_idx on public.credit_grants (transaction_id);
+-- spendable scoped grants: one probe tells a debit whether the account has any
+create index credit_grants_scoped_idx
+on public.credit_grants (account_id)
+where spendable and scope is not null;
 
 -- A credit row is written before the grant it creates, so this check waits for commit.
 alter table public.credit_transactions

@@ -77,10 +77,12 @@ create type public.credit_balance_result as (
     user_id text,
     balance bigint,
     held bigint,
-    available bigint
+    available bigint,
+    scopes jsonb
 );
 comment on type public.credit_balance_result is
-'@notNull user_id, balance, held, available';
+'scopes: the credits left per scope, [{"scope": null or [entries], "remaining": n}].
+@notNull user_id, balance, held, available, scopes';
 
 create type public.credit_sweep_result as (
     dry_run boolean,

@@ -144,6 +144,9 @@ begin
     from (select 1) as one
     left join public.credit_accounts as a on a.user_id = v_user_id;
     v_result.available := v_result.balance - v_result.held;
+    v_result.scopes := coalesce(credit_private.scope_breakdown(
+        (select a.id from public.credit_accounts as a where a.user_id = v_user_id), v_now
+    ), '[]');
     return v_result;
 end;
 $$;

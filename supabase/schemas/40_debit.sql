@@ -175,10 +175,12 @@ set search_path = ''
 as $$
 declare
     v_available bigint;
+    v_admissible bigint;
     v_row public.credit_transactions;
     v_grant_id uuid;
     v_drawn bigint;
     v_debt bigint;
+    v_scoped boolean;
 begin
     -- The one debit of the ledger: a one-call deduct (by amount, usage or job), a team
     -- charge (p_team_id: the pool's account, floor and refusal, attributed to the member
@@ -194,11 +196,18 @@ begin
         perform credit_private.expire_grants(p_account_id, p_now);
     end if;
     v_available := coalesce(credit_private.available(p_account_id, p_now), 0);
+    -- scoped credits (43_scopes.sql): one index probe when the account has none
+    v_scoped := credit_private.has_scoped(p_account_id);
     if p_floor is not null then
-        -- a credit line lowers the floor; the account's limits (42_limits.sql)
-        v_available := credit_private.admit(
-            p_user_id, p_team_id, v_available, p_amount,
-            credit_private.credit_floor(p_account_id, p_floor, v_available - p_amount, p_now)
+        -- admitted against what the charge may draw (scoped credits outside its scope left
+        -- out), down to the floor a credit line lowers, then the account's limits
+        -- (42_limits.sql)
+        v_admissible := v_available - case when v_scoped then credit_private.out_of_scope(
+            p_account_id, p_now, p_usage, p_job_name, p_metadata
+        ) else 0 end;
+        perform credit_private.admit(
+            p_user_id, p_team_id, v_admissible, p_amount,
+            credit_private.credit_floor(p_account_id, p_floor, v_admissible - p_amount, p_now)
         );
         perform credit_private.check_limits(
             p_account_id, p_amount, p_usage ->> 'model', false, p_now
@@ -221,6 +230,12 @@ begin
         -- a hold's capture leaves out what the settle reports: the hold is still active
         p_available_after => case when p_reservation_id is null then v_available - p_amount end
     );
+    if v_scoped then
+        perform credit_private.draw_scoped(
+            p_account_id, v_row.id, p_amount, p_now, p_usage, p_job_name, p_metadata
+        );
+        return v_row;
+    end if;
 
     -- The draws: most debits fit in the first grant in burn-down order; take it there
     -- directly, and note the draw in the same statement.
@@ -388,7 +403,8 @@ create function public.credit_add_credits(
     p_priority integer default 50,
     p_expires_at timestamptz default null,
     p_metadata jsonb default '{}',
-    p_idempotency_key text default null
+    p_idempotency_key text default null,
+    p_scope text[] default null
 )
 returns public.credit_add_result
 language plpgsql
@@ -401,6 +417,7 @@ declare
     v_amount bigint := credit_private.whole(p_amount, 'amount', 1);
     v_metadata jsonb := credit_private.check_metadata(p_metadata);
     v_grant_id uuid := gen_random_uuid();
+    v_scope text[] := credit_private.check_scope(p_scope);
     v_request jsonb;
     v_account public.credit_accounts;
     v_replay jsonb;
@@ -427,7 +444,8 @@ begin
         'amount', v_amount, 'tx_type', p_tx_type, 'category', p_category,
         'priority', p_priority, 'expires_at', extract(epoch from p_expires_at),
         'metadata', v_metadata
-    );
+    -- a scoped grant's key names its scope too (an unscoped one's request is as before)
+    ) || case when v_scope is not null then jsonb_build_object('scope', v_scope) else '{}' end;
     v_account := credit_private.lock_account(p_user_id, true);
     v_replay := credit_private.find_replay(
         v_account.id, p_idempotency_key, 'add_credits', v_request
@@ -452,10 +470,17 @@ begin
         v_account.id, p_tx_type, v_amount, v_now, v_metadata, p_idempotency_key,
         p_grant_id => v_grant_id
     )).id;
-    perform credit_private.create_grant(
-        v_account.id, v_transaction_id, v_grant_id, p_category, p_priority, v_amount,
-        p_expires_at, v_now
-    );
+    if v_scope is null then
+        perform credit_private.create_grant(
+            v_account.id, v_transaction_id, v_grant_id, p_category, p_priority, v_amount,
+            p_expires_at, v_now
+        );
+    else
+        perform credit_private.create_scoped_grant(
+            v_account.id, v_transaction_id, v_grant_id, p_category, p_priority, v_amount,
+            p_expires_at, v_scope, v_now
+        );
+    end if;
     select a.balance into v_balance_after
     from public.credit_accounts as a
     where a.id = v_account.id;
@@ -471,10 +496,10 @@ begin
 end;
 $$;
 revoke all on function public.credit_add_credits(
-    text, numeric, text, text, integer, timestamptz, jsonb, text
+    text, numeric, text, text, integer, timestamptz, jsonb, text, text[]
 ) from public, anon, authenticated, service_role;
 grant execute on function public.credit_add_credits(
-    text, numeric, text, text, integer, timestamptz, jsonb, text
+    text, numeric, text, text, integer, timestamptz, jsonb, text, text[]
 ) to service_role;
 
 create function public.credit_deduct_credits(

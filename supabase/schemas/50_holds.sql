@@ -219,6 +219,7 @@ declare
     v_account public.credit_accounts;
     v_replay jsonb;
     v_available bigint;
+    v_admissible bigint;
     v_result public.credit_reserve_result;
 begin
     perform credit_private.check_user_id(p_user_id);
@@ -254,11 +255,15 @@ begin
     if v_account.id is not null then
         perform credit_private.expire_grants(v_account.id, v_now);
     end if;
-    -- a credit line lowers the floor; the account's limits (42_limits.sql)
     v_available := coalesce(credit_private.available(v_account.id, v_now), 0);
-    v_available := credit_private.admit(
-        p_user_id, null, v_available, v_amount,
-        credit_private.credit_floor(v_account.id, v_min_balance, v_available - v_amount, v_now)
+    -- a hold relies on the scoped credits its metadata's model, job or feature may draw
+    -- (43_scopes.sql), a plain hold on unscoped credits only; a credit line lowers the
+    -- floor (42_limits.sql)
+    v_admissible := v_available
+        - credit_private.out_of_scope(v_account.id, v_now, null, null, v_metadata);
+    perform credit_private.admit(
+        p_user_id, null, v_admissible, v_amount,
+        credit_private.credit_floor(v_account.id, v_min_balance, v_admissible - v_amount, v_now)
     );
     perform credit_private.check_limits(v_account.id, v_amount, null, true, v_now);
 

@@ -201,7 +201,11 @@ as $$
         r.settled_amount::text, coalesce(-t.amount, 0)::text
     from public.credit_reservations as r
     left join public.credit_transactions as t on r.transaction_id = t.id
-    where r.status = 'settled' and r.settled_amount <> coalesce(-t.amount, 0);
+    where r.status = 'settled' and r.settled_amount <> coalesce(-t.amount, 0)
+
+    union all
+    select s.account_id, s.user_id, s.check_name, s.expected, s.actual
+    from credit_private.verify_scopes() as s;
 $$;
 revoke all on function public.credit_verify_ledger()
 from public, anon, authenticated, service_role;

@@ -128,6 +128,7 @@ def test_operator_lifecycle_on_postgres(new_database: Callable[..., str]) -> Non
         "balance": 1148,
         "held": 0,
         "available": 1148,
+        "scopes": [{"scope": None, "remaining": 1148}],
     }
 
     turn = ["credits", "deduct", "alice", "--model", "claude-opus-4", "--input-tokens", "500"]

@@ -20,6 +20,7 @@ from ducto import (
     IdempotencyConflictError,
     InsufficientCreditsError,
     InvalidInputError,
+    ScopeBalance,
     UsageMetrics,
 )
 from ducto.interface import (
@@ -152,7 +153,9 @@ def test_a_retried_request_is_charged_once(
         other.record(UsageMetrics(model="chat-model", input_tokens=7000))
     assert other.result is None
     assert holds(db, user) == [("settled", 5), ("released", None), ("released", None)]
-    assert sync_manager.get_balance(user) == BalanceResult(user, 95, 0, 95)
+    assert sync_manager.get_balance(user) == BalanceResult(
+        user, 95, 0, 95, (ScopeBalance(scope=None, remaining=95),)
+    )
     assert not sync_manager.verify_ledger()
 
 

@@ -93,7 +93,7 @@ REFUND_FIELDS = {
     "created_at",
     "is_replay",
 }
-BALANCE_FIELDS = {"user_id", "balance", "held", "available"}
+BALANCE_FIELDS = {"user_id", "balance", "held", "available", "scopes"}
 SWEEP_FIELDS = {
     "dry_run",
     "accounts",
@@ -144,7 +144,13 @@ def funded(service: Api) -> JSON:
         )
     )
     balance = expect_ok(service.rpc("credit_get_balance", {"p_user_id": user}))
-    assert balance == {"user_id": user, "balance": 82, "held": 20, "available": 62}
+    assert balance == {
+        "user_id": user,
+        "balance": 82,
+        "held": 20,
+        "available": 62,
+        "scopes": [{"scope": None, "remaining": 82}],
+    }
     return {
         "user_id": user,
         "add_tx": add["transaction_id"],
@@ -273,7 +279,13 @@ def test_reserve_and_settle_with_overage(service: Api, db: psycopg.Connection[An
     assert hold["is_replay"] is False
     assert parse_time(hold["expires_at"]) - parse_time(hold["created_at"]) == timedelta(seconds=600)
     balance = expect_ok(service.rpc("credit_get_balance", {"p_user_id": user}))
-    assert balance == {"user_id": user, "balance": 100, "held": 20, "available": 80}
+    assert balance == {
+        "user_id": user,
+        "balance": 100,
+        "held": 20,
+        "available": 80,
+        "scopes": [{"scope": None, "remaining": 100}],
+    }
 
     settle_args = {"p_reservation_id": hold["reservation_id"], "p_actual_amount": 25}
     settled = expect_ok(service.rpc("credit_settle_reservation", settle_args))
@@ -358,7 +370,13 @@ def test_get_balance_by_post_and_by_get(service: Api) -> None:
     user = new_user_id()
     expect_ok(service.rpc("credit_add_credits", {"p_user_id": user, "p_amount": 12}))
     expect_ok(service.rpc("credit_reserve_credits", {"p_user_id": user, "p_amount": 2}))
-    expected = {"user_id": user, "balance": 12, "held": 2, "available": 10}
+    expected = {
+        "user_id": user,
+        "balance": 12,
+        "held": 2,
+        "available": 10,
+        "scopes": [{"scope": None, "remaining": 12}],
+    }
     by_post = expect_ok(service.rpc("credit_get_balance", {"p_user_id": user}))
     assert set(by_post) == BALANCE_FIELDS
     assert by_post == expected
@@ -371,6 +389,7 @@ def test_get_balance_by_post_and_by_get(service: Api) -> None:
         "balance": 0,
         "held": 0,
         "available": 0,
+        "scopes": [],
     }
 
 
@@ -414,6 +433,7 @@ def test_sweep_expires_grants_and_holds(service: Api, db: psycopg.Connection[Any
         "balance": 10,
         "held": 0,
         "available": 10,
+        "scopes": [{"scope": None, "remaining": 10}],
     }
     before = ledger_rows(db, user)
 

@@ -361,7 +361,13 @@ def test_user_cannot_read_draws_or_keys(as_alice: Api, table: str) -> None:
 
 
 def test_user_reads_own_balance(as_alice: Api, alice: JSON) -> None:
-    expected = {"user_id": alice["user_id"], "balance": 86, "held": 5, "available": 81}
+    expected = {
+        "user_id": alice["user_id"],
+        "balance": 86,
+        "held": 5,
+        "available": 81,
+        "scopes": [{"scope": None, "remaining": 86}],
+    }
     assert (
         expect_ok(as_alice.rpc("credit_get_balance", {"p_user_id": alice["user_id"]})) == expected
     )

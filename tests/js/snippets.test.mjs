@@ -203,7 +203,13 @@ describe("the examples run against the stack", () => {
   for (const { name, code } of RUNNABLE) {
     test(`${name}: the signed-in user's own balance and history`, async () => {
       const found = await run(code, supabase);
-      assert.deepEqual(found.balance, { user_id: user, balance: 210, held: 0, available: 210 });
+      assert.deepEqual(found.balance, {
+        user_id: user,
+        balance: 210,
+        held: 0,
+        available: 210,
+        scopes: [{ scope: null, remaining: 210 }],
+      });
       // the user's own rows, newest first: none of the team pool's
       assert.deepEqual(found.history.map((row) => [row.type, row.amount, row.balance_after]), [
         ["usage", -40, 210],

@@ -90,6 +90,7 @@ describe("a signed-in user", () => {
       balance: 210,
       held: 0,
       available: 210,
+      scopes: [{ scope: null, remaining: 210 }],
     });
     const account = await myAccount(me);
     assert.equal(account.balance, 210);

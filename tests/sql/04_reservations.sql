@@ -40,7 +40,7 @@ select results_eq(
     'A hold writes no journal row and leaves the balance at 100.'
 );
 select results_eq(
-    $$select * from credit_get_balance('test_owner')$$,
+    $$select user_id, balance, held, available from credit_get_balance('test_owner')$$,
     $$values ('test_owner', 100::bigint, 40::bigint, 60::bigint)$$,
     'get_balance reports balance 100, held 40, available 60.'
 );
@@ -196,7 +196,7 @@ select results_eq(
     'The grant is empty.'
 );
 select results_eq(
-    $$select * from credit_get_balance('test_owner')$$,
+    $$select user_id, balance, held, available from credit_get_balance('test_owner')$$,
     $$values ('test_owner', -10::bigint, 0::bigint, -10::bigint)$$,
     'get_balance shows the negative balance: -10, nothing held, -10 available.'
 );

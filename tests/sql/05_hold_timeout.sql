@@ -30,7 +30,7 @@ select is(
 set local ducto.now to '2030-01-01 00:00:59.999999+00';
 
 select results_eq(
-    $$select * from credit_get_balance('test_owner')$$,
+    $$select user_id, balance, held, available from credit_get_balance('test_owner')$$,
     $$values ('test_owner', 100::bigint, 50::bigint, 50::bigint)$$,
     'One microsecond before expires_at both holds still count: held 50, available 50.'
 );
@@ -44,7 +44,7 @@ select throws_ok(
 set local ducto.now to '2030-01-01 00:01:00+00';
 
 select results_eq(
-    $$select * from credit_get_balance('test_owner')$$,
+    $$select user_id, balance, held, available from credit_get_balance('test_owner')$$,
     $$values ('test_owner', 100::bigint, 0::bigint, 100::bigint)$$,
     'At expires_at exactly the holds stop counting: held 0, available 100.'
 );

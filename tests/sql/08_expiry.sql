@@ -36,7 +36,7 @@ select * from credit_reserve_credits('test_holder', 10, p_timeout_seconds => 604
 set local ducto.now to '2030-01-01 23:59:59.999999+00';
 
 select results_eq(
-    $$select * from credit_get_balance('test_owner')$$,
+    $$select user_id, balance, held, available from credit_get_balance('test_owner')$$,
     $$values ('test_owner', 30::bigint, 0::bigint, 30::bigint)$$,
     'One microsecond before expires_at the grant counts: balance 30.'
 );
@@ -54,7 +54,7 @@ select is(
 set local ducto.now to '2030-01-02 00:00:00+00';
 
 select results_eq(
-    $$select * from credit_get_balance('test_owner')$$,
+    $$select user_id, balance, held, available from credit_get_balance('test_owner')$$,
     $$values ('test_owner', 0::bigint, 0::bigint, 0::bigint)$$,
     'At expires_at get_balance excludes the expired grant though no sweep has run: 0.'
 );
@@ -113,7 +113,7 @@ select results_eq(
     'The expired grant has nothing remaining.'
 );
 select results_eq(
-    $$select * from credit_get_balance('test_owner')$$,
+    $$select user_id, balance, held, available from credit_get_balance('test_owner')$$,
     $$values ('test_owner', 5::bigint, 0::bigint, 5::bigint)$$,
     'get_balance and the stored balance agree again: 5.'
 );
@@ -171,12 +171,12 @@ select is_empty(
 set local ducto.now to '2030-01-02 00:00:00.000001+00';
 
 select results_eq(
-    $$select * from credit_get_balance('test_member')$$,
+    $$select user_id, balance, held, available from credit_get_balance('test_member')$$,
     $$values ('test_member', -10::bigint, 0::bigint, -10::bigint)$$,
     'After E the member''s balance stays -10: expired credits never come back.'
 );
 select results_eq(
-    $$select * from credit_get_balance('test_nobody')$$,
+    $$select user_id, balance, held, available from credit_get_balance('test_nobody')$$,
     $$values ('test_nobody', 0::bigint, 0::bigint, 0::bigint)$$,
     'A user without an account has balance, held and available 0.'
 );

@@ -167,7 +167,7 @@ select results_eq(
     'Balances: only never-expiring credits are left.'
 );
 select results_eq(
-    $$select * from credit_get_balance('test_member')$$,
+    $$select user_id, balance, held, available from credit_get_balance('test_member')$$,
     $$values ('test_member', 0::bigint, 0::bigint, 0::bigint)$$,
     'get_balance agrees with the stored balance after the sweep.'
 );

@@ -24,7 +24,7 @@ select results_eq(
     'A capture of 25 with 10 credits leaves debt 15 and balance -15.'
 );
 select results_eq(
-    $$select * from credit_get_balance('test_owner')$$,
+    $$select user_id, balance, held, available from credit_get_balance('test_owner')$$,
     $$values ('test_owner', -15::bigint, 0::bigint, -15::bigint)$$,
     'get_balance reports balance and available -15.'
 );
@@ -93,7 +93,7 @@ select is_empty(
     'Without debt, adding credits draws nothing.'
 );
 select results_eq(
-    $$select * from credit_get_balance('test_owner')$$,
+    $$select user_id, balance, held, available from credit_get_balance('test_owner')$$,
     $$values ('test_owner', 22::bigint, 0::bigint, 22::bigint)$$,
     'Balance 22 = 15 + 7, the grants'' remaining.'
 );

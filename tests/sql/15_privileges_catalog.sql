@@ -100,7 +100,7 @@ select set_eq(
         'credit_private.reader_id(text, text) | authenticated | EXECUTE',
         'credit_private.reader_id(text, text) | service_role | EXECUTE',
         'public.credit_add_credits(text, numeric, text, text, integer, timestamp with time zone,'
-        || ' jsonb, text) | service_role | EXECUTE',
+        || ' jsonb, text, text[]) | service_role | EXECUTE',
         'public.credit_deduct_credits(text, numeric, numeric, jsonb, text) | service_role | EXECUTE',
         'public.credit_reserve_credits(text, numeric, text, numeric, integer, jsonb, text)'
         || ' | service_role | EXECUTE',
@@ -190,13 +190,19 @@ select set_eq(
         'public.credit_get_limits(text) | service_role | EXECUTE',
         'public.credit_set_limits(text, jsonb, integer, numeric, integer) | service_role'
         || ' | EXECUTE',
-        'public.credit_set_plan_credit_line(text, numeric, integer) | service_role | EXECUTE'
+        'public.credit_set_plan_credit_line(text, numeric, integer) | service_role | EXECUTE',
+        'credit_private.scope_breakdown(bigint, timestamp with time zone) | authenticated'
+        || ' | EXECUTE',
+        'credit_private.scope_breakdown(bigint, timestamp with time zone) | service_role'
+        || ' | EXECUTE',
+        'credit_private.scope_covers(text[], jsonb, text, jsonb) | service_role | EXECUTE',
+        'credit_private.verify_scopes() | service_role | EXECUTE'
     ],
     'Function privileges are exactly the allowlist: service_role executes every RPC and the'
     || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id,'
     || ' reader_id, fail, and the pricing reads); authenticated only the readers of their own'
     || ' balance, plan and statements (credit_get_balance, credit_get_user_plan,'
-    || ' credit_check_feature, credit_balance_at, credit_statement) and the five helpers they'
+    || ' credit_check_feature, credit_balance_at, credit_statement) and the six helpers they'
     || ' call; nothing else.'
 );
 select set_eq(
@@ -309,7 +315,8 @@ select set_eq(
           'credit_private.active_holds(bigint, timestamp with time zone)',
           'credit_private.below_zero_since(bigint)',
           'credit_private.credit_line(bigint, text)',
-          'credit_private.limits_result(text, timestamp with time zone)'],
+          'credit_private.limits_result(text, timestamp with time zone)',
+          'credit_private.scope_breakdown(bigint, timestamp with time zone)'],
     'authenticated can execute the readers of their own balance, plan, statements, events'
     || ' and limits and the helpers they call, nothing else.'
 );
@@ -354,7 +361,10 @@ select set_eq(
           'credit_private.active_holds(bigint, timestamp with time zone)',
           'credit_private.below_zero_since(bigint)',
           'credit_private.credit_line(bigint, text)',
-          'credit_private.limits_result(text, timestamp with time zone)'],
+          'credit_private.limits_result(text, timestamp with time zone)',
+          'credit_private.scope_breakdown(bigint, timestamp with time zone)',
+          'credit_private.scope_covers(text[], jsonb, text, jsonb)',
+          'credit_private.verify_scopes()'],
     'In credit_private, service_role can execute only the helpers its read RPCs call (none'
     || ' of them writes).'
 );
@@ -394,7 +404,7 @@ select set_eq(
     $$select object from ducto_function where prosecdef$$,
     array[
         'public.credit_add_credits(text, numeric, text, text, integer, timestamp with time zone,'
-        || ' jsonb, text)',
+        || ' jsonb, text, text[])',
         'public.credit_deduct_credits(text, numeric, numeric, jsonb, text)',
         'public.credit_reserve_credits(text, numeric, text, numeric, integer, jsonb, text)',
         'public.credit_settle_reservation(uuid, numeric, jsonb, numeric)',

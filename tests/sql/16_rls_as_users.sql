@@ -80,7 +80,7 @@ select is_empty(
 select is(
     tests.row_or_error($$select * from credit_get_balance('aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa')$$),
     '{"user_id": "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa", "balance": 90, "held": 5,
-      "available": 85}'::jsonb,
+      "available": 85, "scopes": [{"scope": null, "remaining": 90}]}'::jsonb,
     'credit_get_balance for their own id answers balance 90, held 5, available 85.'
 );
 select throws_ok(
@@ -300,13 +300,13 @@ select results_eq(
 select is(
     tests.row_or_error($$select * from credit_get_balance('aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa')$$),
     '{"user_id": "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa", "balance": 90, "held": 5,
-      "available": 85}'::jsonb,
+      "available": 85, "scopes": [{"scope": null, "remaining": 90}]}'::jsonb,
     'service_role reads any user''s balance.'
 );
 select is(
     tests.row_or_error($$select * from credit_get_balance('dddddddd-dddd-4ddd-8ddd-dddddddddddd')$$),
     '{"user_id": "dddddddd-dddd-4ddd-8ddd-dddddddddddd", "balance": 0, "held": 0,
-      "available": 0}'::jsonb,
+      "available": 0, "scopes": []}'::jsonb,
     'service_role reads zeros for a user without an account.'
 );
 

@@ -62,6 +62,7 @@ def test_package_exports() -> None:
         "ReservationStateError",
         "ReserveResult",
         "SchemaError",
+        "ScopeBalance",
         "SetupResult",
         "SpendByModelRow",
         "SpendByUserRow",

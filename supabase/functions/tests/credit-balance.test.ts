@@ -71,7 +71,13 @@ Deno.test("a signed-in user reads their balance, plan, teams and newest transact
     await getBalance(await userToken(user)),
     200,
   );
-  assert.deepEqual(balance, { user_id: user, balance: 70, held: 20, available: 50 });
+  assert.deepEqual(balance, {
+    user_id: user,
+    balance: 70,
+    held: 20,
+    available: 50,
+    scopes: [{ scope: null, remaining: 70 }],
+  });
   const { assigned_at, ...assignment } = answered as Record<string, unknown>;
   assert.deepEqual(assignment, {
     user_id: user,
@@ -118,6 +124,7 @@ Deno.test("a user without an account has a zero balance, no teams and no transac
     user_id: user,
     balance: 0,
     held: 0,
+    scopes: [],
     available: 0,
     teams: [],
     transactions: [],
