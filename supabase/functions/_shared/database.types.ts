@@ -78,6 +78,103 @@ export type Database = {
           },
         ];
       };
+      credit_balance_alerts: {
+        Row: {
+          id: string;
+          user_id: string | null;
+          plan_id: string | null;
+          threshold: number | null;
+          percent: number | null;
+          created_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_balance_alerts_plan_id_fkey";
+            columns: ["plan_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_plans";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_event_deliveries: {
+        Row: {
+          event_id: string;
+          endpoint_id: string;
+          attempts: number;
+          next_attempt_at: string;
+          claim_id: string | null;
+          last_error: string | null;
+          delivered_at: string | null;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_event_deliveries_endpoint_id_fkey";
+            columns: ["endpoint_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_event_endpoints";
+            referencedColumns: ["id"];
+          },
+          {
+            foreignKeyName: "credit_event_deliveries_event_id_fkey";
+            columns: ["event_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_events";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_event_endpoints: {
+        Row: {
+          id: string;
+          url: string;
+          secret: string;
+          event_types: string[] | null;
+          enabled: boolean;
+          created_at: string;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [];
+      };
+      credit_event_settings: {
+        Row: {
+          id: boolean;
+          grant_expiring_days: number;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [];
+      };
+      credit_events: {
+        Row: {
+          id: string;
+          account_id: number;
+          user_id: string;
+          type: string;
+          payload: Json;
+          created_at: string;
+          delivery: string;
+          dedupe_key: string | null;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_events_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
       credit_grant_draws: {
         Row: {
           id: number;
@@ -414,6 +511,13 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_feature_result"];
       };
+      credit_claim_event_deliveries: {
+        Args: {
+          p_limit?: number;
+          p_lease_seconds?: number;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_event_delivery_claim"][];
+      };
       credit_daily_spend: {
         Args: {
           p_start: string;
@@ -459,6 +563,16 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_deduct_result"];
       };
+      credit_delete_alert: {
+        Args: {
+          p_alert_id: string;
+        };
+        Returns: boolean;
+      };
+      credit_emit_due_events: {
+        Args: never;
+        Returns: number;
+      };
       credit_export_journal: {
         Args: {
           p_start: string;
@@ -469,6 +583,15 @@ export type Database = {
           p_limit?: number;
         };
         Returns: Database["public"]["CompositeTypes"]["credit_journal_row"][];
+      };
+      credit_finish_event_delivery: {
+        Args: {
+          p_claim_id: string;
+          p_delivered: boolean;
+          p_error?: string;
+          p_retry_after_seconds?: number;
+        };
+        Returns: boolean;
       };
       credit_get_balance: {
         Args: {
@@ -500,9 +623,36 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_allowance_result"];
       };
+      credit_list_alerts: {
+        Args: {
+          p_user_id?: string;
+          p_plan_id?: string;
+        };
+        Returns: Database["public"]["Tables"]["credit_balance_alerts"]["Row"][];
+      };
+      credit_list_event_endpoints: {
+        Args: never;
+        Returns: Database["public"]["CompositeTypes"]["credit_event_endpoint_row"][];
+      };
+      credit_list_events: {
+        Args: {
+          p_user_id?: string;
+          p_after?: string;
+          p_types?: string[];
+          p_limit?: number;
+        };
+        Returns: Database["public"]["Tables"]["credit_events"]["Row"][];
+      };
       credit_list_pricing_versions: {
         Args: never;
         Returns: Database["public"]["CompositeTypes"]["credit_pricing_version"][];
+      };
+      credit_poll_events: {
+        Args: {
+          p_after?: string;
+          p_limit?: number;
+        };
+        Returns: Database["public"]["Tables"]["credit_events"]["Row"][];
       };
       credit_publish_pricing: {
         Args: {
@@ -549,6 +699,31 @@ export type Database = {
       credit_schema_version: {
         Args: never;
         Returns: string;
+      };
+      credit_set_alert: {
+        Args: {
+          p_user_id?: string;
+          p_plan_id?: string;
+          p_threshold?: number;
+          p_percent?: number;
+        };
+        Returns: Database["public"]["Tables"]["credit_balance_alerts"]["Row"];
+      };
+      credit_set_event_endpoint: {
+        Args: {
+          p_url: string;
+          p_secret: string;
+          p_event_types?: string[];
+          p_enabled?: boolean;
+          p_id?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_event_endpoint_row"];
+      };
+      credit_set_grant_expiring_days: {
+        Args: {
+          p_days: number;
+        };
+        Returns: number;
       };
       credit_set_limits: {
         Args: {
@@ -719,6 +894,23 @@ export type Database = {
         created_at: string;
         is_replay: boolean;
         pricing_version: number | null;
+      };
+      credit_event_delivery_claim: {
+        claim_id: string;
+        event_id: string;
+        endpoint_id: string;
+        attempt: number;
+        url: string;
+        secret: string;
+        body: string;
+      };
+      credit_event_endpoint_row: {
+        id: string;
+        url: string;
+        event_types: string[] | null;
+        enabled: boolean;
+        created_at: string;
+        updated_at: string;
       };
       credit_feature_result: {
         user_id: string;
