@@ -5,8 +5,8 @@
 --     credit_grants_scoped_idx finds an account's spendable scoped grants in one probe.
 --   * credit_add_credits gains p_scope (last, default null): dropped and created again
 --     with the same grants. The scope is part of a keyed request.
---   * credit_private.debit admits a charge against what it may draw and, on an account with
---     scoped credits, draws the matching scoped grants first (credit_private.draw_scoped);
+--   * credit_private.debit admits a charge against what it may draw; its draws across
+--     grants (credit_private.draw) take the matching scoped grants first;
 --     credit_reserve_credits admits a hold against what its metadata's scope may draw.
 --   * credit_get_balance answers a breakdown per scope (credit_balance_result.scopes): the
 --     function and its type are dropped and created again.
@@ -188,7 +188,7 @@ revoke all on function credit_private.create_scoped_grant(
     bigint, uuid, uuid, text, integer, bigint, timestamptz, text[], timestamptz
 ) from public, anon, authenticated, service_role;
 
-create function credit_private.draw_scoped(
+create function credit_private.draw(
     p_account_id bigint,
     p_transaction_id uuid,
     p_amount bigint,
@@ -206,9 +206,10 @@ declare
     v_drawn bigint;
     v_debt bigint;
 begin
-    -- credit_private.debit's draws on an account with scoped credits: the matching scoped
-    -- grants first, then the unscoped ones, each in burn-down order; never a scoped grant
-    -- that does not match; what nothing can pay is debt
+    -- credit_private.debit's draws across grants: the scoped grants that match the charge
+    -- first (43_scopes.sql), then the unscoped ones, each in burn-down order; never a
+    -- scoped grant that does not match; what nothing can pay is debt (usage that happened
+    -- is never dropped)
     with usable as (
         select
             g.id,
@@ -268,7 +269,7 @@ begin
     end if;
 end;
 $$;
-revoke all on function credit_private.draw_scoped(
+revoke all on function credit_private.draw(
     bigint, uuid, bigint, timestamptz, jsonb, text, jsonb
 ) from public, anon, authenticated, service_role;
 
@@ -363,8 +364,6 @@ declare
     v_admissible bigint;
     v_row public.credit_transactions;
     v_grant_id uuid;
-    v_drawn bigint;
-    v_debt bigint;
     v_scoped boolean;
 begin
     -- The one debit of the ledger: a one-call deduct (by amount, usage or job), a team
@@ -415,15 +414,10 @@ begin
         -- a hold's capture leaves out what the settle reports: the hold is still active
         p_available_after => case when p_reservation_id is null then v_available - p_amount end
     );
-    if v_scoped then
-        perform credit_private.draw_scoped(
-            p_account_id, v_row.id, p_amount, p_now, p_usage, p_job_name, p_metadata
-        );
-        return v_row;
-    end if;
 
     -- The draws: most debits fit in the first grant in burn-down order; take it there
-    -- directly, and note the draw in the same statement.
+    -- directly, and note the draw in the same statement (an account with scoped credits
+    -- draws them first: credit_private.draw).
     with taken as (
         update public.credit_grants as g
         set remaining = g.remaining - p_amount
@@ -435,6 +429,7 @@ begin
                     f.account_id = p_account_id
                     and f.spendable
                     and (f.expires_at is null or f.expires_at > p_now)
+                    and not v_scoped
                 order by f.priority, f.expires_at nulls last, f.created_at, f.id
                 limit 1
             )
@@ -450,50 +445,10 @@ begin
         return v_row;
     end if;
 
-    -- Otherwise take p_amount across grants in burn-down order, in one statement.
-    with ordered as (
-        select
-            g.id,
-            g.remaining,
-            sum(g.remaining) over (
-                order by g.priority, g.expires_at nulls last, g.created_at, g.id
-            ) - g.remaining as drawn_before
-        from public.credit_grants as g
-        where
-            g.account_id = p_account_id
-            and g.spendable
-            and (g.expires_at is null or g.expires_at > p_now)
-    ),
-
-    taken as (
-        select o.id, o.drawn_before, least(o.remaining, p_amount - o.drawn_before) as amount
-        from ordered as o
-        where o.drawn_before < p_amount
-    ),
-
-    spent as (
-        update public.credit_grants as g
-        set remaining = g.remaining - t.amount
-        from taken as t
-        where g.id = t.id
-    ),
-
-    noted as (
-        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-        select v_row.id, t.id, t.amount
-        from taken as t
-        order by t.drawn_before
-    )
-
-    select coalesce(sum(t.amount), 0)::bigint into v_drawn from taken as t;
-
-    -- what no grant could pay is debt: usage that happened is never dropped
-    v_debt := p_amount - v_drawn;
-    if v_debt > 0 then
-        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-        values (v_row.id, null, v_debt);
-        update public.credit_accounts set debt = debt + v_debt where id = p_account_id;
-    end if;
+    -- Otherwise take p_amount across grants
+    perform credit_private.draw(
+        p_account_id, v_row.id, p_amount, p_now, p_usage, p_job_name, p_metadata
+    );
     return v_row;
 end;
 $$;

@@ -152,6 +152,91 @@ $$;
 revoke all on function credit_private.expire_grants(bigint, timestamptz)
 from public, anon, authenticated, service_role;
 
+create function credit_private.draw(
+    p_account_id bigint,
+    p_transaction_id uuid,
+    p_amount bigint,
+    p_now timestamptz,
+    p_usage jsonb,
+    p_job_name text,
+    p_metadata jsonb
+)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_drawn bigint;
+    v_debt bigint;
+begin
+    -- credit_private.debit's draws across grants: the scoped grants that match the charge
+    -- first (43_scopes.sql), then the unscoped ones, each in burn-down order; never a
+    -- scoped grant that does not match; what nothing can pay is debt (usage that happened
+    -- is never dropped)
+    with usable as (
+        select
+            g.id,
+            g.remaining,
+            g.scope is null as unscoped,
+            g.priority,
+            g.expires_at,
+            g.created_at
+        from public.credit_grants as g
+        where
+            g.account_id = p_account_id
+            and g.spendable
+            and (g.expires_at is null or g.expires_at > p_now)
+            and (
+                g.scope is null
+                or credit_private.scope_covers(g.scope, p_usage, p_job_name, p_metadata)
+            )
+    ),
+
+    ordered as (
+        select
+            u.id,
+            u.remaining,
+            sum(u.remaining) over (
+                order by u.unscoped, u.priority, u.expires_at nulls last, u.created_at, u.id
+            ) - u.remaining as drawn_before
+        from usable as u
+    ),
+
+    taken as (
+        select o.id, o.drawn_before, least(o.remaining, p_amount - o.drawn_before) as amount
+        from ordered as o
+        where o.drawn_before < p_amount
+    ),
+
+    spent as (
+        update public.credit_grants as g
+        set remaining = g.remaining - t.amount
+        from taken as t
+        where g.id = t.id
+    ),
+
+    noted as (
+        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
+        select p_transaction_id, t.id, t.amount
+        from taken as t
+        order by t.drawn_before
+    )
+
+    select coalesce(sum(t.amount), 0)::bigint into v_drawn from taken as t;
+
+    v_debt := p_amount - v_drawn;
+    if v_debt > 0 then
+        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
+        values (p_transaction_id, null, v_debt);
+        update public.credit_accounts set debt = debt + v_debt where id = p_account_id;
+    end if;
+end;
+$$;
+revoke all on function credit_private.draw(
+    bigint, uuid, bigint, timestamptz, jsonb, text, jsonb
+) from public, anon, authenticated, service_role;
+
 create function credit_private.debit(
     p_account_id bigint,
     p_user_id text,
@@ -178,8 +263,6 @@ declare
     v_admissible bigint;
     v_row public.credit_transactions;
     v_grant_id uuid;
-    v_drawn bigint;
-    v_debt bigint;
     v_scoped boolean;
 begin
     -- The one debit of the ledger: a one-call deduct (by amount, usage or job), a team
@@ -230,15 +313,10 @@ begin
         -- a hold's capture leaves out what the settle reports: the hold is still active
         p_available_after => case when p_reservation_id is null then v_available - p_amount end
     );
-    if v_scoped then
-        perform credit_private.draw_scoped(
-            p_account_id, v_row.id, p_amount, p_now, p_usage, p_job_name, p_metadata
-        );
-        return v_row;
-    end if;
 
     -- The draws: most debits fit in the first grant in burn-down order; take it there
-    -- directly, and note the draw in the same statement.
+    -- directly, and note the draw in the same statement (an account with scoped credits
+    -- draws them first: credit_private.draw).
     with taken as (
         update public.credit_grants as g
         set remaining = g.remaining - p_amount
@@ -250,6 +328,7 @@ begin
                     f.account_id = p_account_id
                     and f.spendable
                     and (f.expires_at is null or f.expires_at > p_now)
+                    and not v_scoped
                 order by f.priority, f.expires_at nulls last, f.created_at, f.id
                 limit 1
             )
@@ -265,50 +344,10 @@ begin
         return v_row;
     end if;
 
-    -- Otherwise take p_amount across grants in burn-down order, in one statement.
-    with ordered as (
-        select
-            g.id,
-            g.remaining,
-            sum(g.remaining) over (
-                order by g.priority, g.expires_at nulls last, g.created_at, g.id
-            ) - g.remaining as drawn_before
-        from public.credit_grants as g
-        where
-            g.account_id = p_account_id
-            and g.spendable
-            and (g.expires_at is null or g.expires_at > p_now)
-    ),
-
-    taken as (
-        select o.id, o.drawn_before, least(o.remaining, p_amount - o.drawn_before) as amount
-        from ordered as o
-        where o.drawn_before < p_amount
-    ),
-
-    spent as (
-        update public.credit_grants as g
-        set remaining = g.remaining - t.amount
-        from taken as t
-        where g.id = t.id
-    ),
-
-    noted as (
-        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-        select v_row.id, t.id, t.amount
-        from taken as t
-        order by t.drawn_before
-    )
-
-    select coalesce(sum(t.amount), 0)::bigint into v_drawn from taken as t;
-
-    -- what no grant could pay is debt: usage that happened is never dropped
-    v_debt := p_amount - v_drawn;
-    if v_debt > 0 then
-        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-        values (v_row.id, null, v_debt);
-        update public.credit_accounts set debt = debt + v_debt where id = p_account_id;
-    end if;
+    -- Otherwise take p_amount across grants
+    perform credit_private.draw(
+        p_account_id, v_row.id, p_amount, p_now, p_usage, p_job_name, p_metadata
+    );
     return v_row;
 end;
 $$;
