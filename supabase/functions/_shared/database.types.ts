@@ -78,6 +78,103 @@ export type Database = {
           },
         ];
       };
+      credit_balance_alerts: {
+        Row: {
+          id: string;
+          user_id: string | null;
+          plan_id: string | null;
+          threshold: number | null;
+          percent: number | null;
+          created_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_balance_alerts_plan_id_fkey";
+            columns: ["plan_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_plans";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_event_deliveries: {
+        Row: {
+          event_id: string;
+          endpoint_id: string;
+          attempts: number;
+          next_attempt_at: string;
+          claim_id: string | null;
+          last_error: string | null;
+          delivered_at: string | null;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_event_deliveries_endpoint_id_fkey";
+            columns: ["endpoint_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_event_endpoints";
+            referencedColumns: ["id"];
+          },
+          {
+            foreignKeyName: "credit_event_deliveries_event_id_fkey";
+            columns: ["event_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_events";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_event_endpoints: {
+        Row: {
+          id: string;
+          url: string;
+          secret: string;
+          event_types: string[] | null;
+          enabled: boolean;
+          created_at: string;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [];
+      };
+      credit_event_settings: {
+        Row: {
+          id: boolean;
+          grant_expiring_days: number;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [];
+      };
+      credit_events: {
+        Row: {
+          id: string;
+          account_id: number;
+          user_id: string;
+          type: string;
+          payload: Json;
+          created_at: string;
+          delivery: string;
+          dedupe_key: string | null;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_events_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
       credit_grant_draws: {
         Row: {
           id: number;
@@ -243,6 +340,152 @@ export type Database = {
             referencedColumns: ["account_id"];
           },
         ];
+      };
+      credit_stripe_clawbacks: {
+        Row: {
+          transaction_id: string;
+          payment_intent_id: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_stripe_clawbacks_payment_intent_id_fkey";
+            columns: ["payment_intent_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_stripe_payments";
+            referencedColumns: ["payment_intent_id"];
+          },
+          {
+            foreignKeyName: "credit_stripe_clawbacks_transaction_id_fkey";
+            columns: ["transaction_id"];
+            isOneToOne: true;
+            referencedRelation: "credit_transactions";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_stripe_customers: {
+        Row: {
+          customer_id: string;
+          user_id: string;
+          created_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [];
+      };
+      credit_stripe_disputes: {
+        Row: {
+          dispute_id: string;
+          payment_intent_id: string;
+          amount: number;
+          status: string;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_stripe_disputes_payment_intent_id_fkey";
+            columns: ["payment_intent_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_stripe_payments";
+            referencedColumns: ["payment_intent_id"];
+          },
+        ];
+      };
+      credit_stripe_invoices: {
+        Row: {
+          invoice_id: string;
+          user_id: string;
+          transaction_id: string;
+          created_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_stripe_invoices_transaction_id_fkey";
+            columns: ["transaction_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_transactions";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_stripe_payments: {
+        Row: {
+          payment_intent_id: string;
+          account_id: number;
+          transaction_id: string;
+          grant_id: string;
+          credits: number;
+          amount: number;
+          currency: string | null;
+          refunded: number;
+          withdrawn: number;
+          clawed_back: number;
+          created_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_stripe_payments_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+          {
+            foreignKeyName: "credit_stripe_payments_grant_id_fkey";
+            columns: ["grant_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_grants";
+            referencedColumns: ["id"];
+          },
+          {
+            foreignKeyName: "credit_stripe_payments_transaction_id_fkey";
+            columns: ["transaction_id"];
+            isOneToOne: true;
+            referencedRelation: "credit_transactions";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_stripe_prices: {
+        Row: {
+          price_id: string;
+          plan_id: string;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_stripe_prices_plan_id_fkey";
+            columns: ["plan_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_plans";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_stripe_subscriptions: {
+        Row: {
+          subscription_id: string;
+          customer_id: string;
+          user_id: string;
+          price_id: string | null;
+          plan_id: string | null;
+          status: string;
+          event_created: string;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [];
       };
       credit_team_members: {
         Row: {
@@ -412,6 +655,13 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_feature_result"];
       };
+      credit_claim_event_deliveries: {
+        Args: {
+          p_limit?: number;
+          p_lease_seconds?: number;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_event_delivery_claim"][];
+      };
       credit_daily_spend: {
         Args: {
           p_start: string;
@@ -457,6 +707,16 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_deduct_result"];
       };
+      credit_delete_alert: {
+        Args: {
+          p_alert_id: string;
+        };
+        Returns: boolean;
+      };
+      credit_emit_due_events: {
+        Args: never;
+        Returns: number;
+      };
       credit_export_journal: {
         Args: {
           p_start: string;
@@ -467,6 +727,15 @@ export type Database = {
           p_limit?: number;
         };
         Returns: Database["public"]["CompositeTypes"]["credit_journal_row"][];
+      };
+      credit_finish_event_delivery: {
+        Args: {
+          p_claim_id: string;
+          p_delivered: boolean;
+          p_error?: string;
+          p_retry_after_seconds?: number;
+        };
+        Returns: boolean;
       };
       credit_get_balance: {
         Args: {
@@ -498,9 +767,40 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_allowance_result"];
       };
+      credit_list_alerts: {
+        Args: {
+          p_user_id?: string;
+          p_plan_id?: string;
+        };
+        Returns: Database["public"]["Tables"]["credit_balance_alerts"]["Row"][];
+      };
+      credit_list_event_endpoints: {
+        Args: never;
+        Returns: Database["public"]["CompositeTypes"]["credit_event_endpoint_row"][];
+      };
+      credit_list_events: {
+        Args: {
+          p_user_id?: string;
+          p_after?: string;
+          p_types?: string[];
+          p_limit?: number;
+        };
+        Returns: Database["public"]["Tables"]["credit_events"]["Row"][];
+      };
+      credit_list_price_plans: {
+        Args: never;
+        Returns: Database["public"]["Tables"]["credit_stripe_prices"]["Row"][];
+      };
       credit_list_pricing_versions: {
         Args: never;
         Returns: Database["public"]["CompositeTypes"]["credit_pricing_version"][];
+      };
+      credit_poll_events: {
+        Args: {
+          p_after?: string;
+          p_limit?: number;
+        };
+        Returns: Database["public"]["Tables"]["credit_events"]["Row"][];
       };
       credit_publish_pricing: {
         Args: {
@@ -548,6 +848,31 @@ export type Database = {
         Args: never;
         Returns: string;
       };
+      credit_set_alert: {
+        Args: {
+          p_user_id?: string;
+          p_plan_id?: string;
+          p_threshold?: number;
+          p_percent?: number;
+        };
+        Returns: Database["public"]["Tables"]["credit_balance_alerts"]["Row"];
+      };
+      credit_set_event_endpoint: {
+        Args: {
+          p_url: string;
+          p_secret: string;
+          p_event_types?: string[];
+          p_enabled?: boolean;
+          p_id?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_event_endpoint_row"];
+      };
+      credit_set_grant_expiring_days: {
+        Args: {
+          p_days: number;
+        };
+        Returns: number;
+      };
       credit_set_limits: {
         Args: {
           p_user_id: string;
@@ -565,6 +890,13 @@ export type Database = {
           p_credit_line_grace_seconds?: number;
         };
         Returns: number;
+      };
+      credit_set_price_plan: {
+        Args: {
+          p_price_id: string;
+          p_plan_id: string;
+        };
+        Returns: Database["public"]["Tables"]["credit_stripe_prices"]["Row"][];
       };
       credit_set_team_member: {
         Args: {
@@ -617,6 +949,56 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_statement_result"];
       };
+      credit_stripe_charge_refunded: {
+        Args: {
+          p_payment_intent_id: string;
+          p_amount_refunded: number;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_stripe_clawback_result"];
+      };
+      credit_stripe_dispute: {
+        Args: {
+          p_dispute_id: string;
+          p_payment_intent_id: string;
+          p_amount: number;
+          p_funds: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_stripe_clawback_result"];
+      };
+      credit_stripe_invoice_paid: {
+        Args: {
+          p_invoice_id: string;
+          p_customer_id: string;
+          p_subscription_id: string;
+          p_price_id: string;
+          p_billing_reason: string;
+          p_period_end: string;
+          p_user_id?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_stripe_invoice_result"];
+      };
+      credit_stripe_record_purchase: {
+        Args: {
+          p_user_id: string;
+          p_credits: number;
+          p_checkout_session_id: string;
+          p_payment_intent_id: string;
+          p_amount_total: number;
+          p_metadata?: Json;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_add_result"];
+      };
+      credit_stripe_subscription_changed: {
+        Args: {
+          p_subscription_id: string;
+          p_customer_id: string;
+          p_price_id: string;
+          p_status: string;
+          p_event_created: string;
+          p_user_id?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_stripe_subscription_result"];
+      };
       credit_sweep_expired: {
         Args: {
           p_dry_run?: boolean;
@@ -654,6 +1036,15 @@ export type Database = {
       credit_verify_ledger: {
         Args: never;
         Returns: Database["public"]["CompositeTypes"]["credit_ledger_issue"][];
+      };
+      credit_void_grant: {
+        Args: {
+          p_grant_id: string;
+          p_amount?: number;
+          p_reason?: string;
+          p_idempotency_key?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_void_result"];
       };
     };
     Enums: { [_ in never]: never };
@@ -716,6 +1107,23 @@ export type Database = {
         created_at: string;
         is_replay: boolean;
         pricing_version: number | null;
+      };
+      credit_event_delivery_claim: {
+        claim_id: string;
+        event_id: string;
+        endpoint_id: string;
+        attempt: number;
+        url: string;
+        secret: string;
+        body: string;
+      };
+      credit_event_endpoint_row: {
+        id: string;
+        url: string;
+        event_types: string[] | null;
+        enabled: boolean;
+        created_at: string;
+        updated_at: string;
       };
       credit_feature_result: {
         user_id: string;
@@ -842,6 +1250,32 @@ export type Database = {
         refunds: number;
         users: number;
       };
+      credit_stripe_clawback_result: {
+        payment_intent_id: string;
+        known: boolean;
+        user_id: string | null;
+        credits: number | null;
+        clawed_back: number;
+        change: number;
+        balance_after: number | null;
+        debt: number | null;
+      };
+      credit_stripe_invoice_result: {
+        invoice_id: string;
+        user_id: string | null;
+        plan_id: string | null;
+        granted: number;
+        transaction_id: string | null;
+        expires_at: string | null;
+        outcome: string;
+      };
+      credit_stripe_subscription_result: {
+        subscription_id: string;
+        user_id: string;
+        status: string;
+        plan_id: string | null;
+        applied: boolean;
+      };
       credit_sweep_result: {
         dry_run: boolean;
         accounts: number;
@@ -906,6 +1340,16 @@ export type Database = {
         refunded: number;
         net_spent: number;
         charges: number;
+      };
+      credit_void_result: {
+        transaction_id: string;
+        grant_id: string;
+        user_id: string;
+        amount: number;
+        remaining: number;
+        balance_after: number;
+        created_at: string;
+        is_replay: boolean;
       };
     };
   };
