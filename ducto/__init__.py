@@ -48,6 +48,7 @@ from ducto.models import (
     LedgerIssue,
     LimitsResult,
     PlanResult,
+    PricePlan,
     RefundResult,
     ReleaseResult,
     ReserveResult,
@@ -65,6 +66,7 @@ from ducto.models import (
     TeamMemberResult,
     TeamResult,
     TopUserRow,
+    VoidResult,
 )
 from ducto.pricing import (
     CostResult,
@@ -119,6 +121,7 @@ __all__ = [
     "OverageLimitError",
     "PermissionDeniedError",
     "PlanResult",
+    "PricePlan",
     "PricingConfigData",
     "PricingConfigError",
     "PricingEngine",
@@ -151,6 +154,7 @@ __all__ = [
     "UnknownJobError",
     "UnknownModelError",
     "UsageMetrics",
+    "VoidResult",
     "WebhookSignatureError",
     "__version__",
 ]

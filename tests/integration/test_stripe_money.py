@@ -6,12 +6,17 @@ concurrent deliveries of one invoice keep the ledger's invariants and change it 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
+from conftest import MakeUserToken
+from helpers_api import new_user_id
 from psycopg.types.json import Jsonb
+from test_cli import Cli
 from test_concurrency import (
     BARRIER_TIMEOUT,
     Ledger,
@@ -20,6 +25,15 @@ from test_concurrency import (
     connect,
     new_prefix,
     run_workers,
+)
+
+from ducto import (
+    CreditManager,
+    InvalidInputError,
+    NotFoundError,
+    PricePlan,
+    RefundError,
+    VoidResult,
 )
 
 WORKERS = 24
@@ -219,3 +233,91 @@ def test_concurrent_deliveries_of_one_invoice_grant_once(database_url: str, ledg
     # the allowance job does not grant a subscription's plan a second time
     ledger.call("credit_grant_allowances", user_id=user)
     assert ledger.balance(user)["balance"] == 500
+
+
+# ---------------------------------------------------------------- every store, the CLI
+
+
+def test_void_grant_and_price_plans_through_every_store(
+    manager: CreditManager, ledger: Ledger
+) -> None:
+    user = new_prefix("stripe-api")
+    grant = str(ledger.add(user, 50)["grant_id"])
+    voided = manager.void_grant(grant, 20, "given by mistake", idempotency_key=f"{user}-v")
+    assert isinstance(voided, VoidResult)
+    assert (voided.grant_id, voided.amount, voided.remaining, voided.balance_after) == (
+        grant,
+        20,
+        30,
+        30,
+    )
+    assert not voided.is_replay
+    again = manager.void_grant(grant, 20, "given by mistake", idempotency_key=f"{user}-v")
+    assert again.is_replay and again.transaction_id == voided.transaction_id
+    with pytest.raises(RefundError) as refused:
+        manager.void_grant(grant, 31)
+    assert refused.value.code == "DC121"
+    with pytest.raises(NotFoundError):
+        manager.void_grant(str(uuid.uuid4()))
+    with pytest.raises(InvalidInputError):
+        manager.void_grant(grant, 0)
+    assert manager.void_grant(grant).remaining == 0
+    assert manager.get_balance(user).balance == 0
+
+    plan = user.replace("_", "-").lower()[:60]
+    ledger.call("credit_upsert_plan", plan_id=plan, name="Pro")
+    price = f"price_{user}"
+    mapped = manager.set_price_plan(price, plan)
+    assert isinstance(mapped, PricePlan) and (mapped.price_id, mapped.plan_id) == (price, plan)
+    assert any(p.price_id == price and p.plan_id == plan for p in manager.list_price_plans())
+    with pytest.raises(NotFoundError):
+        manager.set_price_plan(price, f"{plan}-missing")
+    assert manager.set_price_plan(price, None) is None
+    assert all(p.price_id != price for p in manager.list_price_plans())
+
+
+def test_void_and_prices_from_the_cli(database_url: str, ledger: Ledger) -> None:
+    cli = Cli(DATABASE_URL=database_url)
+    user = new_prefix("stripe-cli")
+    grant = str(ledger.add(user, 9)["grant_id"])
+    voided = cli.json("credits", "void", grant, "--amount", "4", "--reason", "test")
+    assert (voided["amount"], voided["remaining"]) == (4, 5)
+    assert "Voided 5" in cli("credits", "void", grant).stdout
+    assert cli("credits", "void", grant, code=1).stderr.startswith("error: ")
+
+    plan = user.replace("_", "-").lower()[:60]
+    ledger.call("credit_upsert_plan", plan_id=plan, name="Pro")
+    price = f"price_{user}"
+    assert cli.json("stripe", "set-price", price, plan)["plan_id"] == plan
+    assert {"price_id": price, "plan_id": plan}.items() <= next(
+        row for row in cli.json("stripe", "prices") if row["price_id"] == price
+    ).items()
+    cli("stripe", "remove-price", price)
+    assert all(row["price_id"] != price for row in cli.json("stripe", "prices"))
+
+
+def test_stripe_rpcs_are_the_service_roles_only(
+    gateway: httpx.Client, anon_key: str, make_user_token: MakeUserToken
+) -> None:
+    """Through PostgREST, anon and a signed-in user may call none of them."""
+    user = new_user_id()
+    calls = {
+        "credit_void_grant": {"p_grant_id": str(uuid.uuid4())},
+        "credit_stripe_charge_refunded": {"p_payment_intent_id": "pi_x", "p_amount_refunded": 1},
+        "credit_stripe_dispute": {
+            "p_dispute_id": "dp_x",
+            "p_payment_intent_id": "pi_x",
+            "p_amount": 1,
+            "p_funds": "withdrawn",
+        },
+        "credit_set_price_plan": {"p_price_id": "price_x", "p_plan_id": None},
+        "credit_list_price_plans": {},
+    }
+    for token in (anon_key, make_user_token(user)):
+        headers = {"apikey": anon_key, "Authorization": f"Bearer {token}"}
+        for function, args in calls.items():
+            response = gateway.post(f"/rest/v1/rpc/{function}", json=args, headers=headers)
+            assert response.status_code in (401, 403), (function, response.text)
+        for table in ("credit_stripe_payments", "credit_stripe_customers"):
+            response = gateway.get(f"/rest/v1/{table}", headers=headers)
+            assert response.status_code in (401, 403) or response.json() == [], table

@@ -51,6 +51,7 @@ def test_package_exports() -> None:
         "OverageLimitError",
         "PermissionDeniedError",
         "PlanResult",
+        "PricePlan",
         "PricingConfigData",
         "PricingConfigError",
         "PricingEngine",
@@ -83,6 +84,7 @@ def test_package_exports() -> None:
         "UnknownJobError",
         "UnknownModelError",
         "UsageMetrics",
+        "VoidResult",
         "WebhookSignatureError",
         "__version__",
     ]
