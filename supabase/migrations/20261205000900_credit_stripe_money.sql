@@ -951,6 +951,28 @@ order by t.metadata ->> 'payment_intent', t.created_at;
 
 -- ---------------------------------------------------------------- changed functions
 
+-- analytics count a void in none of its sums
+create or replace view credit_private.journal_activity with (security_invoker = true) as
+select
+    t.created_at,
+    coalesce(t.attributed_user_id, t.user_id) as user_id,
+    -- only refunds need the original row; the join is dropped when model is not read
+    coalesce(t.model, o.model) as model,
+    case
+        when t.type in ('usage', 'fixed_job', 'capture') then 'charge'
+        when t.type = 'refund' then 'refund'
+        when t.type = 'expiry' then 'expiry'
+        -- credits taken back (docs/stripe.md) are none of the others
+        when t.type = 'void' then 'void'
+        else 'credit'
+    end as kind,
+    abs(t.amount) as amount
+from public.credit_transactions as t
+left join public.credit_transactions as o on t.refund_of = o.id;
+comment on view credit_private.journal_activity is
+'Each journal row as analytics sees it: its kind (charge, refund, credit, expiry, void), its'
+' positive amount, the user it is attributed to and the model it was for.';
+
 create or replace function public.credit_grant_allowances(p_user_id text default null)
 returns public.credit_allowance_result
 language plpgsql
