@@ -1003,10 +1003,13 @@ begin
         left join public.credit_accounts as a on up.user_id = a.user_id
         where
             p.allowance is not null and (p_user_id is null or up.user_id = p_user_id)
-            -- a plan a Stripe subscription gave is granted per paid invoice (47_stripe_money)
+            -- a plan a live Stripe subscription gave is granted per paid invoice
+            -- (47_stripe_money.sql)
             and not exists (
                 select from public.credit_stripe_subscriptions as s
-                where s.user_id = up.user_id and s.plan_id = up.plan_id
+                where
+                    s.user_id = up.user_id and s.plan_id = up.plan_id
+                    and s.status in ('active', 'trialing', 'past_due')
             )
         order by a.id nulls last, up.user_id
     loop
