@@ -146,6 +146,19 @@ async function disputeFunds(dispute: JsonObject, funds: "withdrawn" | "reinstate
 
 // ---------------------------------------------------------------- subscriptions
 
+/**
+ * The first of `prices` mapped to a plan (credit_set_price_plan), else the first: a
+ * subscription or invoice may carry several prices (a base fee and a metered one), of
+ * which one sells the plan.
+ */
+async function planPrice(prices: string[]): Promise<string | null> {
+  if (prices.length <= 1) return prices[0] ?? null;
+  const mapped = unwrap(
+    await serviceClient().from("credit_stripe_prices").select("price_id").in("price_id", prices),
+  ).map((row) => row.price_id);
+  return prices.find((price) => mapped.includes(price)) ?? prices[0];
+}
+
 /** The user id a subscription's creator put in its metadata (docs/stripe.md). */
 function subscriptionUser(metadata: Json | undefined): string | null {
   return userIdOf(objectOf(metadata)?.user_id, "metadata.user_id");
@@ -153,7 +166,9 @@ function subscriptionUser(metadata: Json | undefined): string | null {
 
 async function subscriptionChanged(event: JsonObject, subscription: JsonObject) {
   const items = objectOf(subscription.items)?.data;
-  const item = Array.isArray(items) ? objectOf(items[0]) : null;
+  const prices = (Array.isArray(items) ? items : [])
+    .map((item) => idOf(objectOf(objectOf(item)?.price)?.id))
+    .filter((price): price is string => price !== null);
   const subscriptionId = stringOf(subscription.id);
   const customer = idOf(subscription.customer);
   if (!subscriptionId || !customer) invalidEvent("the subscription has no id or customer");
@@ -161,7 +176,7 @@ async function subscriptionChanged(event: JsonObject, subscription: JsonObject) 
     await serviceClient().rpc("credit_stripe_subscription_changed", {
       p_subscription_id: subscriptionId,
       p_customer_id: customer,
-      p_price_id: idOf(objectOf(item?.price)?.id) as string, // null: no plan to assign
+      p_price_id: (await planPrice(prices)) as string, // null: no plan to assign
       p_status: String(subscription.status),
       p_event_created: new Date(wholeOf(event.created, "created") * 1000).toISOString(),
       p_user_id: subscriptionUser(subscription.metadata) ?? undefined,
@@ -170,8 +185,9 @@ async function subscriptionChanged(event: JsonObject, subscription: JsonObject) 
   return json({ received: true, handled: "subscription", ...result });
 }
 
-/** The invoice's subscription line: its price and the end of the period it pays for. */
-function subscriptionLine(invoice: JsonObject): { price: string | null; periodEnd: number | null } {
+/** The invoice's subscription lines: each price and the end of the period it pays for. */
+function subscriptionLines(invoice: JsonObject): Map<string, number | null> {
+  const found = new Map<string, number | null>();
   const lines = objectOf(invoice.lines)?.data;
   for (const line of Array.isArray(lines) ? lines : []) {
     const item = objectOf(line);
@@ -180,9 +196,9 @@ function subscriptionLine(invoice: JsonObject): { price: string | null; periodEn
     const price = idOf(objectOf(item.price)?.id) ??
       idOf(objectOf(objectOf(item.pricing)?.price_details)?.price);
     const end = objectOf(item.period)?.end;
-    if (price) return { price, periodEnd: typeof end === "number" ? end : null };
+    if (price && !found.has(price)) found.set(price, typeof end === "number" ? end : null);
   }
-  return { price: null, periodEnd: null };
+  return found;
 }
 
 async function invoicePaid(invoice: JsonObject): Promise<Response> {
@@ -191,8 +207,10 @@ async function invoicePaid(invoice: JsonObject): Promise<Response> {
   const details = objectOf(objectOf(invoice.parent)?.subscription_details) ??
     objectOf(invoice.subscription_details);
   const subscription = idOf(details?.subscription) ?? idOf(invoice.subscription);
-  const { price, periodEnd } = subscriptionLine(invoice);
+  const lines = subscriptionLines(invoice);
+  const price = await planPrice([...lines.keys()]);
   if (!subscription || !price) return json(NOT_HANDLED); // not a subscription's invoice
+  const periodEnd = lines.get(price) ?? null;
   const invoiceId = stringOf(invoice.id);
   const customer = idOf(invoice.customer);
   if (!invoiceId || !customer) invalidEvent("the invoice has no id or customer");

@@ -314,3 +314,42 @@ Deno.test("a forged or stale refund changes nothing; a rotated secret next to th
   assert.equal(rotated.change, 10);
   assert.equal(await balance(user), 0);
 });
+
+Deno.test("of a subscription's several prices, the one mapped to a plan decides", async () => {
+  const user = newUserId();
+  const plan = `sub-${crypto.randomUUID().slice(0, 8)}`;
+  const metered = stripeId("price");
+  const price = stripeId("price");
+  const customer = stripeId("cus");
+  const subscriptionId = stripeId("sub");
+  await serviceRpc("credit_upsert_plan", {
+    p_plan_id: plan,
+    p_name: "Team",
+    p_allowance: 70,
+    p_allowance_period: "month",
+  });
+  await serviceRpc("credit_set_price_plan", { p_price_id: price, p_plan_id: plan });
+  const end = unix(new Date()) + 30 * 86400;
+  const item = (id: string) => ({ object: "subscription_item", price: { id, object: "price" } });
+  const created = await ok(event("customer.subscription.created", {
+    id: subscriptionId,
+    object: "subscription",
+    customer,
+    status: "active",
+    metadata: { user_id: user },
+    items: { object: "list", data: [item(metered), item(price)] },
+  }));
+  assert.equal(created.plan_id, plan);
+  // an invoice of API versions before 2025-03-31: subscription and price on the invoice
+  const line = (id: string) => ({ object: "line_item", price: { id }, period: { end } });
+  const paid = await ok(event("invoice.paid", {
+    id: stripeId("in"),
+    object: "invoice",
+    customer,
+    subscription: subscriptionId,
+    billing_reason: "subscription_cycle",
+    lines: { object: "list", data: [line(metered), line(price)] },
+  }));
+  assert.equal(paid.outcome, "granted");
+  assert.equal(await balance(user), 70);
+});
