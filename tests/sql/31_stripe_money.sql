@@ -5,7 +5,7 @@
 -- Actors: test_owner (buys 100 credits for 1000 cents, spends 80), test_member (a promotion
 -- voided), test_stranger (a subscription).
 begin;
-select plan(31);
+select plan(40);
 
 set local timezone to 'UTC';
 set local ducto.now to '2030-01-01 00:00:00+00';
@@ -187,6 +187,56 @@ select results_eq(
     $$select balance from credit_get_balance('test_stranger')$$,
     $$values (500::bigint)$$,
     'test_stranger has the one allowance.'
+);
+
+select results_eq(
+    $$select users, granted from credit_grant_allowances('test_stranger')$$,
+    $$values (0, 0)$$,
+    'The allowance job leaves a live subscription''s plan to its invoices.'
+);
+select results_eq(
+    $$select applied, status from credit_stripe_subscription_changed(
+        'sub_1', 'cus_1', 'price_pro', 'past_due', '2030-01-01 00:00:02')$$,
+    $$values (true, 'past_due')$$,
+    'past_due is applied...'
+);
+select results_eq(
+    $$select plan_id from credit_get_user_plan('test_stranger')$$,
+    $$values ('pro')$$,
+    '...and keeps the plan while Stripe retries.'
+);
+select results_eq(
+    $$select applied, status from credit_stripe_subscription_changed(
+        'sub_1', 'cus_1', 'price_pro', 'active', '2030-01-01 00:00:01')$$,
+    $$values (false, 'past_due')$$,
+    'An older event arriving late is ignored.'
+);
+select results_eq(
+    $$select applied from credit_stripe_subscription_changed(
+        'sub_1', 'cus_1', 'price_pro', 'canceled', '2030-01-01 00:00:03')$$,
+    $$values (true)$$,
+    'A canceled subscription is applied...'
+);
+select results_eq(
+    $$select plan_id from credit_get_user_plan('test_stranger')$$,
+    $$values (null::text)$$,
+    '...and removes the plan it gave.'
+);
+select results_eq(
+    $$select outcome, granted from credit_stripe_invoice_paid(
+        'in_3', 'cus_1', 'sub_1', 'price_pro', 'subscription_cycle', '2030-03-01')$$,
+    $$values ('subscription_canceled', 0::bigint)$$,
+    'A late invoice of a canceled subscription grants nothing; the credits granted stay.'
+);
+select throws_ok(
+    $$select credit_stripe_invoice_paid(
+        'in_4', 'cus_unknown', 'sub_9', 'price_pro', 'subscription_create', '2030-02-01')$$,
+    'DC122', null, 'An invoice of a customer no user is known for is refused (DC122).'
+);
+select throws_ok(
+    $$select credit_stripe_subscription_changed(
+        'sub_2', 'cus_1', 'price_pro', 'active', '2030-01-02', 'test_owner')$$,
+    'DC123', null, 'A customer is one user (DC123).'
 );
 
 select * from finish();
