@@ -321,3 +321,42 @@ def test_stripe_rpcs_are_the_service_roles_only(
         for table in ("credit_stripe_payments", "credit_stripe_customers"):
             response = gateway.get(f"/rest/v1/{table}", headers=headers)
             assert response.status_code in (401, 403) or response.json() == [], table
+
+
+def test_concurrent_subscription_events_end_at_the_newest(
+    database_url: str, ledger: Ledger
+) -> None:
+    """Workers deliver a subscription's events in every order at once: the newest event
+    (canceled) decides, whatever arrived last, and the plan it gave is removed."""
+    user = new_prefix("stripe-sub")
+    plan = user.replace("_", "-").lower()[:60]
+    ledger.call("credit_upsert_plan", plan_id=plan, name="Pro")
+    ledger.call("credit_set_price_plan", price_id=f"price_{user}", plan_id=plan)
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    statuses = ("active", "past_due", "active", "canceled")
+    moment = threading.Barrier(WORKERS, timeout=BARRIER_TIMEOUT)
+
+    def work(index: int, worker: Ledger) -> bool:
+        moment.wait()
+        step = index % len(statuses)
+        row = worker.call(
+            "credit_stripe_subscription_changed",
+            subscription_id=f"sub_{user}",
+            customer_id=f"cus_{user}",
+            price_id=f"price_{user}",
+            status=statuses[step],
+            event_created=start + timedelta(seconds=step),
+            user_id=user,
+        )
+        return bool(row["applied"])
+
+    applied = run_workers(
+        database_url, WORKERS, work, application=f"ducto-{user}", barriers=[moment]
+    )
+    assert any(applied)
+    state = ledger.one(
+        "select status, event_created from credit_stripe_subscriptions where subscription_id = %s",
+        (f"sub_{user}",),
+    )
+    assert (state["status"], state["event_created"]) == ("canceled", start + timedelta(seconds=3))
+    assert ledger.call("credit_get_user_plan", user_id=user)["plan_id"] is None
