@@ -12,6 +12,8 @@
 --     credit_stripe_subscription_changed assigns and removes plans;
 --     credit_stripe_invoice_paid grants the plan's allowance once per period invoice, so
 --     credit_grant_allowances skips a plan a subscription gave.
+--     A refund or dispute that arrives before its purchase is recorded is kept
+--     (credit_stripe_early_refunds, credit_stripe_disputes) and applied by the purchase.
 --   * New codes: DC120 grant not found (404), DC121 more than is left of the grant (409),
 --     DC122 unknown Stripe customer (404), DC123 customer mapped to another user (422).
 
@@ -212,7 +214,8 @@ on public.credit_stripe_clawbacks (payment_intent_id);
 
 create table public.credit_stripe_disputes (
     dispute_id text primary key check (length(dispute_id) between 1 and 255),
-    payment_intent_id text not null references public.credit_stripe_payments (payment_intent_id),
+    -- no foreign key: a dispute may arrive before the purchase it disputes is recorded
+    payment_intent_id text not null,
     amount bigint not null check (amount > 0),
     status text not null check (status in ('withdrawn', 'reinstated')),
     updated_at timestamptz not null
@@ -221,6 +224,15 @@ comment on table public.credit_stripe_disputes is
 'A dispute of a payment. Reinstated is final: a late withdrawn event changes nothing.';
 create index credit_stripe_disputes_payment_idx
 on public.credit_stripe_disputes (payment_intent_id);
+
+create table public.credit_stripe_early_refunds (
+    payment_intent_id text primary key check (length(payment_intent_id) between 1 and 255),
+    refunded bigint not null check (refunded >= 0),
+    updated_at timestamptz not null
+);
+comment on table public.credit_stripe_early_refunds is
+'The cumulative refund of a payment no purchase is recorded for: a payment that bought no'
+' credits, or a purchase whose checkout event has not arrived yet, which applies it.';
 
 create table public.credit_stripe_prices (
     price_id text primary key check (length(price_id) between 1 and 255),
@@ -268,17 +280,20 @@ comment on table public.credit_stripe_invoices is
 alter table public.credit_stripe_payments enable row level security;
 alter table public.credit_stripe_clawbacks enable row level security;
 alter table public.credit_stripe_disputes enable row level security;
+alter table public.credit_stripe_early_refunds enable row level security;
 alter table public.credit_stripe_prices enable row level security;
 alter table public.credit_stripe_customers enable row level security;
 alter table public.credit_stripe_subscriptions enable row level security;
 alter table public.credit_stripe_invoices enable row level security;
 -- no policies: only the service role (which bypasses RLS) reads them, through the API
 revoke all on table public.credit_stripe_payments, public.credit_stripe_clawbacks,
-public.credit_stripe_disputes, public.credit_stripe_prices, public.credit_stripe_customers,
+public.credit_stripe_disputes, public.credit_stripe_early_refunds, public.credit_stripe_prices,
+public.credit_stripe_customers,
 public.credit_stripe_subscriptions, public.credit_stripe_invoices
 from public, anon, authenticated, service_role;
 grant select on table public.credit_stripe_payments, public.credit_stripe_clawbacks,
-public.credit_stripe_disputes, public.credit_stripe_prices, public.credit_stripe_customers,
+public.credit_stripe_disputes, public.credit_stripe_early_refunds, public.credit_stripe_prices,
+public.credit_stripe_customers,
 public.credit_stripe_subscriptions, public.credit_stripe_invoices
 to service_role;
 
@@ -436,7 +451,10 @@ begin
     if p_amount_total is not null then
         v_amount := credit_private.whole(p_amount_total, 'amount_total', 0);
     end if;
-    perform credit_private.check_key(p_payment_intent_id);
+    if p_payment_intent_id is not null and v_amount > 0 then
+        -- the payment's lock before the account's, as its refunds and disputes take them
+        perform credit_private.lock_stripe_payment(p_payment_intent_id);
+    end if;
     v_result := public.credit_add_credits(
         p_user_id, p_credits, 'purchase', 'paid', 50, null, p_metadata, p_checkout_session_id
     );
@@ -451,6 +469,19 @@ begin
         from public.credit_transactions as t
         where t.id = v_result.transaction_id
         on conflict do nothing;
+        -- refunds and disputes that arrived before the purchase apply now
+        update public.credit_stripe_payments as p
+        set
+            refunded = least(p.amount, greatest(p.refunded, coalesce((
+                select e.refunded from public.credit_stripe_early_refunds as e
+                where e.payment_intent_id = p.payment_intent_id
+            ), 0))),
+            withdrawn = coalesce((
+                select sum(d.amount) from public.credit_stripe_disputes as d
+                where d.payment_intent_id = p.payment_intent_id and d.status = 'withdrawn'
+            ), 0)
+        where p.payment_intent_id = p_payment_intent_id;
+        perform credit_private.stripe_clawback(p_payment_intent_id, v_now);
     end if;
     return v_result;
 end;
@@ -561,8 +592,14 @@ as $$
 declare
     v_account_id bigint;
 begin
-    -- the payment's account id with the account locked, or null for an unknown payment
+    -- The payment's account id with the account locked, or null for an unknown payment.
+    -- Every event of one payment, its purchase's too, takes the payment's own lock first
+    -- (then the account's): a refund racing the purchase it refunds is either recorded
+    -- early and applied by the purchase, or finds the purchase.
     perform credit_private.check_key(p_payment_intent_id);
+    perform pg_advisory_xact_lock(
+        hashtextextended('credit_stripe_payment ' || p_payment_intent_id, 0)
+    );
     select p.account_id into v_account_id
     from public.credit_stripe_payments as p
     where p.payment_intent_id = p_payment_intent_id;
@@ -590,6 +627,12 @@ begin
     -- Stripe's charge.refunded carries the cumulative amount refunded: the claw-back
     -- follows the largest seen, so a replay or an older event changes nothing.
     if credit_private.lock_stripe_payment(p_payment_intent_id) is null then
+        insert into public.credit_stripe_early_refunds as e (
+            payment_intent_id, refunded, updated_at
+        )
+        values (p_payment_intent_id, v_refunded, credit_private.clock())
+        on conflict (payment_intent_id) do update
+        set refunded = greatest(e.refunded, excluded.refunded), updated_at = excluded.updated_at;
         return row(
             p_payment_intent_id, false, null, null, 0, 0, null, null
         )::public.credit_stripe_clawback_result;
@@ -616,6 +659,7 @@ as $$
 declare
     v_now timestamptz := credit_private.clock();
     v_amount bigint := credit_private.whole(p_amount, 'amount', 1);
+    v_known boolean;
 begin
     -- charge.dispute.funds_withdrawn (p_funds 'withdrawn') claws the disputed money's
     -- credits back; funds_reinstated ('reinstated') gives them back. Reinstated is final.
@@ -626,11 +670,8 @@ begin
             'DC006', 'dispute_id is required', jsonb_build_object('argument', 'dispute_id')
         );
     end if;
-    if credit_private.lock_stripe_payment(p_payment_intent_id) is null then
-        return row(
-            p_payment_intent_id, false, null, null, 0, 0, null, null
-        )::public.credit_stripe_clawback_result;
-    end if;
+    v_known := credit_private.lock_stripe_payment(p_payment_intent_id) is not null;
+    -- recorded even for a payment not known yet: its purchase applies it when recorded
     insert into public.credit_stripe_disputes as d (
         dispute_id, payment_intent_id, amount, status, updated_at
     )
@@ -638,6 +679,11 @@ begin
     on conflict (dispute_id) do update
     set status = 'reinstated', updated_at = excluded.updated_at
     where excluded.status = 'reinstated' and d.status = 'withdrawn';
+    if not v_known then
+        return row(
+            p_payment_intent_id, false, null, null, 0, 0, null, null
+        )::public.credit_stripe_clawback_result;
+    end if;
     update public.credit_stripe_payments as p
     set withdrawn = coalesce((
         select sum(d.amount) from public.credit_stripe_disputes as d

@@ -360,3 +360,31 @@ def test_concurrent_subscription_events_end_at_the_newest(
     )
     assert (state["status"], state["event_created"]) == ("canceled", start + timedelta(seconds=3))
     assert ledger.call("credit_get_user_plan", user_id=user)["plan_id"] is None
+
+
+def test_refunds_racing_their_purchase_are_never_lost(database_url: str, ledger: Ledger) -> None:
+    """The checkout event and refund events of one payment arrive at once, many times
+    each: whichever comes first, the purchase ends clawed back in full, exactly once."""
+    user = new_prefix("stripe-race")
+    payment = f"pi_{user}"
+    moment = threading.Barrier(WORKERS, timeout=BARRIER_TIMEOUT)
+
+    def work(index: int, worker: Ledger) -> None:
+        moment.wait()
+        if index % 3 == 0:
+            buy(worker, user, 60, 600, payment)
+        else:
+            worker.call(
+                "credit_stripe_charge_refunded",
+                payment_intent_id=payment,
+                amount_refunded=300 if index % 2 else 600,
+            )
+
+    run_workers(database_url, WORKERS, work, application=f"ducto-{user}", barriers=[moment])
+    payment_row = ledger.one(
+        "select refunded, clawed_back from credit_stripe_payments where payment_intent_id = %s",
+        (payment,),
+    )
+    assert (payment_row["refunded"], payment_row["clawed_back"]) == (600, 60)
+    assert ledger.balance(user)["balance"] == 0
+    assert journal_total(ledger, user) == 0

@@ -247,6 +247,7 @@ select set_eq(
         'public.credit_stripe_payments | service_role | SELECT',
         'public.credit_stripe_clawbacks | service_role | SELECT',
         'public.credit_stripe_disputes | service_role | SELECT',
+        'public.credit_stripe_early_refunds | service_role | SELECT',
         'public.credit_stripe_prices | service_role | SELECT',
         'public.credit_stripe_customers | service_role | SELECT',
         'public.credit_stripe_subscriptions | service_role | SELECT',

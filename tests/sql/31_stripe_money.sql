@@ -5,7 +5,7 @@
 -- Actors: test_owner (buys 100 credits for 1000 cents, spends 80), test_member (a promotion
 -- voided), test_stranger (a subscription).
 begin;
-select plan(40);
+select plan(45);
 
 set local timezone to 'UTC';
 set local ducto.now to '2030-01-01 00:00:00+00';
@@ -108,6 +108,36 @@ select is_empty($$select * from credit_verify_ledger()$$, 'The ledger verifies a
 select throws_ok(
     $$select credit_stripe_charge_refunded('pi_1', -1)$$, 'DC001',
     null, 'A negative refunded amount is refused.'
+);
+
+-- ---------------------------------------------------------------- early events
+
+select results_eq(
+    $$select known, change from credit_stripe_charge_refunded('pi_early', 250)$$,
+    $$values (false, 0::bigint)$$,
+    'A refund of a payment not recorded yet is acknowledged...'
+);
+select results_eq(
+    $$select known from credit_stripe_dispute('dp_early', 'pi_early', 250, 'withdrawn')$$,
+    $$values (false)$$,
+    '...and so is a dispute of it...'
+);
+select results_eq(
+    $$select amount from credit_stripe_record_purchase(
+        'test_member', 40, 'cs_early', 'pi_early', 1000, '{"source": "stripe"}')$$,
+    $$values (40::bigint)$$,
+    '...and the purchase is recorded...'
+);
+select results_eq(
+    $$select balance from credit_get_balance('test_member')$$,
+    $$values (20::bigint)$$,
+    '...with both applied: 25% refunded and 25% disputed of 40 credits.'
+);
+select results_eq(
+    $$select clawed_back, change from credit_stripe_dispute(
+        'dp_early', 'pi_early', 250, 'reinstated')$$,
+    $$values (10::bigint, -10::bigint)$$,
+    'The early dispute reinstated gives its share back.'
 );
 
 -- ---------------------------------------------------------------- disputes

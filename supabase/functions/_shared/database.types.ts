@@ -385,15 +385,17 @@ export type Database = {
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
-        Relationships: [
-          {
-            foreignKeyName: "credit_stripe_disputes_payment_intent_id_fkey";
-            columns: ["payment_intent_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_stripe_payments";
-            referencedColumns: ["payment_intent_id"];
-          },
-        ];
+        Relationships: [];
+      };
+      credit_stripe_early_refunds: {
+        Row: {
+          payment_intent_id: string;
+          refunded: number;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [];
       };
       credit_stripe_invoices: {
         Row: {
