@@ -48,6 +48,7 @@ from ducto.models import (
     LedgerIssue,
     LimitsResult,
     PlanResult,
+    PricePlan,
     RefundResult,
     ReleaseResult,
     ReserveResult,
@@ -66,6 +67,7 @@ from ducto.models import (
     TeamMemberResult,
     TeamResult,
     TopUserRow,
+    VoidResult,
 )
 from ducto.pricing import (
     CostResult,
@@ -77,7 +79,7 @@ from ducto.pricing import (
 )
 from ducto.usage import UsageMetrics
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "AddCreditsResult",
@@ -120,6 +122,7 @@ __all__ = [
     "OverageLimitError",
     "PermissionDeniedError",
     "PlanResult",
+    "PricePlan",
     "PricingConfigData",
     "PricingConfigError",
     "PricingEngine",
@@ -153,6 +156,7 @@ __all__ = [
     "UnknownJobError",
     "UnknownModelError",
     "UsageMetrics",
+    "VoidResult",
     "WebhookSignatureError",
     "__version__",
 ]

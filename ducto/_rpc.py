@@ -315,6 +315,42 @@ def refund_transaction(
     )
 
 
+def void_grant(
+    grant_id: str | uuid.UUID,
+    amount: int | None,
+    reason: str | None,
+    idempotency_key: str | None,
+) -> RpcCall:
+    """``credit_void_grant``: remove what is left of a grant (amount None) or part of it."""
+    return RpcCall(
+        "credit_void_grant",
+        {
+            "p_grant_id": _uuid(grant_id, "grant_id"),
+            "p_amount": None if amount is None else _amount(amount, "amount"),
+            "p_reason": _optional_word(reason, "reason"),
+            "p_idempotency_key": _key(idempotency_key),
+        },
+        retry_safe=idempotency_key is not None,
+    )
+
+
+def set_price_plan(price_id: str, plan_id: str | None) -> RpcCall:
+    """``credit_set_price_plan``: the plan a Stripe price sells (None removes the price)."""
+    return RpcCall(
+        "credit_set_price_plan",
+        {
+            "p_price_id": _text(price_id, "price_id", "DC006"),
+            "p_plan_id": None if plan_id is None else _text(plan_id, "plan_id", "DC006"),
+        },
+        retry_safe=True,
+    )
+
+
+def list_price_plans() -> RpcCall:
+    """``credit_list_price_plans``: every Stripe price mapped to a plan, by price id."""
+    return RpcCall("credit_list_price_plans", retry_safe=True)
+
+
 def usage_metrics(value: object) -> UsageMetrics:
     """``value`` if it is a UsageMetrics; anything else is refused before any call."""
     if not isinstance(value, UsageMetrics):

@@ -15,7 +15,7 @@ Hierarchy::
     ├── IdempotencyConflictError      an idempotency key was reused with other parameters
     ├── NotFoundError                 a transaction, reservation, plan or team does not exist
     ├── ReservationStateError         a reservation is released, or settled otherwise
-    ├── RefundError                   a refund exceeds what is refundable, or is not allowed
+    ├── RefundError                   a refund or void exceeds what is left, or is not allowed
     ├── PermissionDeniedError         the caller's role may not do this
     │   └── NotTeamMemberError        the user is not a member of the team
     ├── PricingNotLoadedError         a usage deduction was asked for before pricing
@@ -155,7 +155,7 @@ class ReservationStateError(DuctoError):
 
 
 class RefundError(DuctoError):
-    """Raised when a refund exceeds what is refundable or the transaction is not refundable."""
+    """Raised when a refund or a void exceeds what is left, or the row is not refundable."""
 
 
 class PermissionDeniedError(DuctoError, PermissionError):
@@ -232,6 +232,12 @@ SQLSTATE_ERRORS: Mapping[str, type[DuctoError]] = {
     "DC085": LimitExceededError,
     "DC086": TooManyHoldsError,
     "DC087": CreditLineOverdueError,
+    # a grant that does not exist; a void of more than is left of it
+    "DC120": NotFoundError,
+    "DC121": RefundError,
+    # a Stripe customer no user is known for; or known as another user
+    "DC122": NotFoundError,
+    "DC123": InvalidInputError,
     "42501": PermissionDeniedError,
     "42883": SchemaError,
     "PGRST202": SchemaError,

@@ -50,6 +50,7 @@ from ducto.models import (
     LedgerIssue,
     LimitsResult,
     PlanResult,
+    PricePlan,
     RefundResult,
     ReleaseResult,
     ReserveResult,
@@ -63,6 +64,7 @@ from ducto.models import (
     TeamMemberResult,
     TeamResult,
     TopUserRow,
+    VoidResult,
 )
 from ducto.pricing import CostResult, PricingConfigData, PricingEngine, PricingVersion
 from ducto.usage import UsageMetrics
@@ -420,6 +422,36 @@ class AsyncCreditManager:
         """
         call = _rpc.refund_transaction(transaction_id, amount, reason, metadata, idempotency_key)
         return await self._one(RefundResult, call)
+
+    async def void_grant(
+        self,
+        grant_id: str | UUID,
+        amount: int | None = None,
+        reason: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> VoidResult:
+        """Remove what is left of a grant (amount None), or part of it, with a ``void`` row.
+
+        What was spent stays spent: more than is left raises ``RefundError`` (DC121), an
+        unknown grant ``NotFoundError``. A replayed key returns the first result.
+        """
+        return await self._one(
+            VoidResult, _rpc.void_grant(grant_id, amount, reason, idempotency_key)
+        )
+
+    async def set_price_plan(self, price_id: str, plan_id: str | None) -> PricePlan | None:
+        """Map a Stripe price to the plan it sells; None removes the price (returns None).
+
+        A subscription to the price assigns the plan, and each paid period invoice grants
+        the plan's allowance (docs/stripe.md). An unknown plan raises ``NotFoundError``.
+        """
+        rows = _rpc.many(PricePlan, await self.store.call(_rpc.set_price_plan(price_id, plan_id)))
+        return rows[0] if rows else None
+
+    async def list_price_plans(self) -> list[PricePlan]:
+        """Every Stripe price mapped to a plan, by price id."""
+        return _rpc.many(PricePlan, await self.store.call(_rpc.list_price_plans()))
 
     async def get_balance(self, user_id: str | UUID) -> BalanceResult:
         """Get a user's current credit balance, held credits and available credits."""
@@ -1137,6 +1169,34 @@ class CreditManager:
         """
         call = _rpc.refund_transaction(transaction_id, amount, reason, metadata, idempotency_key)
         return self._one(RefundResult, call)
+
+    def void_grant(
+        self,
+        grant_id: str | UUID,
+        amount: int | None = None,
+        reason: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> VoidResult:
+        """Remove what is left of a grant (amount None), or part of it, with a ``void`` row.
+
+        What was spent stays spent: more than is left raises ``RefundError`` (DC121), an
+        unknown grant ``NotFoundError``. A replayed key returns the first result.
+        """
+        return self._one(VoidResult, _rpc.void_grant(grant_id, amount, reason, idempotency_key))
+
+    def set_price_plan(self, price_id: str, plan_id: str | None) -> PricePlan | None:
+        """Map a Stripe price to the plan it sells; None removes the price (returns None).
+
+        A subscription to the price assigns the plan, and each paid period invoice grants
+        the plan's allowance (docs/stripe.md). An unknown plan raises ``NotFoundError``.
+        """
+        rows = _rpc.many(PricePlan, self.store.call(_rpc.set_price_plan(price_id, plan_id)))
+        return rows[0] if rows else None
+
+    def list_price_plans(self) -> list[PricePlan]:
+        """Every Stripe price mapped to a plan, by price id."""
+        return _rpc.many(PricePlan, self.store.call(_rpc.list_price_plans()))
 
     def get_balance(self, user_id: str | UUID) -> BalanceResult:
         """Get a user's current credit balance, held credits and available credits."""

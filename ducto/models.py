@@ -113,6 +113,29 @@ class ScopeBalance:
 
 
 @dataclass(frozen=True, slots=True)
+class VoidResult:
+    """Credits removed from a grant by ``void_grant``: ``remaining`` is what is left of it."""
+
+    transaction_id: str
+    grant_id: str
+    user_id: str
+    amount: int
+    remaining: int
+    balance_after: int
+    created_at: datetime
+    is_replay: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PricePlan:
+    """A Stripe price and the ducto plan it sells (docs/stripe.md)."""
+
+    price_id: str
+    plan_id: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class BalanceResult:
     """A user's balance, the credits held by active reservations, and what is available.
 

@@ -280,5 +280,28 @@ def refund(
     )
 
 
+@app.command()
+def void(
+    ctx: typer.Context,
+    grant_id: Annotated[str, typer.Argument(metavar="GRANT", help="The grant to void.")],
+    amount: Annotated[
+        int | None, typer.Option(min=1, help="Void this much (default: all that is left).")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Why, kept with the void.")] = None,
+    key: IdempotencyKey = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Remove what is left of a grant, or part of it; what was spent stays spent."""
+    with session(ctx.obj) as manager:
+        result = manager.void_grant(grant_id, amount, reason, idempotency_key=key)
+    show(
+        result,
+        f"{_replay(result.is_replay)}Voided {credits(result.amount)} of grant {result.grant_id}"
+        f" of {result.user_id} ({credits(result.remaining)} left in it). "
+        f"Balance: {credits(result.balance_after)}.",
+        as_json=as_json,
+    )
+
+
 def _replay(is_replay: bool) -> str:
     return "Replayed (nothing changed): " if is_replay else ""

@@ -54,7 +54,7 @@ begin
         -- credits carry a positive amount, debits a negative one
         and (
             (p_type in ('grant', 'purchase', 'adjustment', 'promotion', 'refund') and p_amount > 0)
-            or (p_type in ('usage', 'fixed_job', 'capture', 'expiry') and p_amount < 0)
+            or (p_type in ('usage', 'fixed_job', 'capture', 'expiry', 'void') and p_amount < 0)
         )
         -- a refund, and only a refund, names the row it refunds
         and (p_type = 'refund') = (p_refund_of is not null)

@@ -362,7 +362,16 @@ begin
         from public.credit_user_plans as up
         inner join public.credit_plans as p on up.plan_id = p.id
         left join public.credit_accounts as a on up.user_id = a.user_id
-        where p.allowance is not null and (p_user_id is null or up.user_id = p_user_id)
+        where
+            p.allowance is not null and (p_user_id is null or up.user_id = p_user_id)
+            -- a plan a live Stripe subscription gave is granted per paid invoice
+            -- (47_stripe_money.sql)
+            and not exists (
+                select from public.credit_stripe_subscriptions as s
+                where
+                    s.user_id = up.user_id and s.plan_id = up.plan_id
+                    and s.status in ('active', 'trialing', 'past_due')
+            )
         order by a.id nulls last, up.user_id
     loop
         v_granted := credit_private.grant_allowance(v_user.user_id, v_user.plan, v_now);

@@ -12,6 +12,7 @@
 --   net_spent  spent - refunded
 --   credited   grant, purchase, adjustment and promotion rows
 --   expired    expiry rows: credits that lapsed, never spend
+-- Void rows (credits taken back) count in none of them.
 -- A row is attributed to its user: the account's user, or for a team pool's rows the
 -- member who spent (credit_transactions.attributed_user_id, inherited by refunds). A
 -- refund counts for the model of the charge it refunds. Days are UTC days. Sums of credits
@@ -27,13 +28,15 @@ select
         when t.type in ('usage', 'fixed_job', 'capture') then 'charge'
         when t.type = 'refund' then 'refund'
         when t.type = 'expiry' then 'expiry'
+        -- credits taken back (docs/stripe.md) are none of the others
+        when t.type = 'void' then 'void'
         else 'credit'
     end as kind,
     abs(t.amount) as amount
 from public.credit_transactions as t
 left join public.credit_transactions as o on t.refund_of = o.id;
 comment on view credit_private.journal_activity is
-'Each journal row as analytics sees it: its kind (charge, refund, credit, expiry), its'
+'Each journal row as analytics sees it: its kind (charge, refund, credit, expiry, void), its'
 ' positive amount, the user it is attributed to and the model it was for.';
 
 revoke all on table credit_private.journal_activity

@@ -165,7 +165,7 @@ as $$
         (-t.amount)::text, coalesce(sum(d.amount), 0)::text
     from public.credit_transactions as t
     left join public.credit_grant_draws as d on t.id = d.transaction_id
-    where t.type in ('usage', 'fixed_job', 'capture', 'expiry')
+    where t.type in ('usage', 'fixed_job', 'capture', 'expiry', 'void')
     group by t.id
     having -t.amount <> coalesce(sum(d.amount), 0)
 
@@ -178,7 +178,7 @@ as $$
         select coalesce(r.refund_of, r.id) as original, d.grant_id, d.amount
         from public.credit_grant_draws as d
         inner join public.credit_transactions as r on d.transaction_id = r.id
-        where r.type in ('usage', 'fixed_job', 'capture', 'refund')
+        where r.type in ('usage', 'fixed_job', 'capture', 'void', 'refund')
         union all
         select r.refund_of, null, -g.amount
         from public.credit_grants as g

@@ -116,6 +116,11 @@ def write_ledger(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
         ("credit_add_credits('bob', 40)", ()),
         ("credit_deduct_credits('bob', 40)", ()),
         ("credit_add_credits('bob', 10)", ()),
+        # erin: 100 bought through the checkout webhook of earlier releases
+        (
+            "credit_add_credits('erin', 100, 'purchase', 'paid', 50, null, %s::jsonb, 'cs_erin')",
+            (json.dumps(ERIN_CHECKOUT),),
+        ),
         # a team pool charged by its member
         ("credit_upsert_team(%s::uuid, 'research')", (TEAM,)),
         ("credit_set_team_member(%s::uuid, 'carol', 'member', 500, 'month')", (TEAM,)),
@@ -163,6 +168,15 @@ RETRIED: list[tuple[str, tuple[object, ...]]] = [
 ]
 
 
+ERIN_CHECKOUT = {
+    "source": "stripe",
+    "checkout_session_id": "cs_erin",
+    "payment_intent": "pi_erin",
+    "amount_total": 1000,
+    "currency": "usd",
+}
+
+
 def test_the_newest_migration_keeps_a_ledger_in_use(new_database: Callable[..., str]) -> None:
     url = new_database()
     install_all_but_the_newest(url)
@@ -199,9 +213,16 @@ def test_the_newest_migration_keeps_a_ledger_in_use(new_database: Callable[..., 
         ) == [
             # alice's promotional 200, bob's 40 and 10
             {"spendable": False, "has_credits": False, "count": 3},
-            # alice's paid 1000 and expired 30, dave's 20, the team's 300
-            {"spendable": True, "has_credits": True, "count": 4},
+            # alice's paid 1000 and expired 30, dave's 20, the team's 300, erin's 100
+            {"spendable": True, "has_credits": True, "count": 5},
         ]
+        # erin's purchase before 20261205000900_credit_stripe_money is found by its payment
+        # intent: a refund of half its money claws back half its credits
+        assert rows(
+            conn,
+            "select known, change from credit_stripe_charge_refunded('pi_erin', 500)",
+        ) == [{"known": True, "change": 50}]
+        assert one(conn, "select balance from credit_accounts where user_id = 'erin'") == 50
 
         # The ledger keeps working. Alice's next debit first journals the expiry of the
         # 30 credits (due an hour ago, never swept), then draws by priority.

@@ -196,7 +196,18 @@ select set_eq(
         'credit_private.scope_breakdown(bigint, timestamp with time zone) | service_role'
         || ' | EXECUTE',
         'credit_private.scope_covers(text[], jsonb, text, jsonb) | service_role | EXECUTE',
-        'credit_private.verify_scopes() | service_role | EXECUTE'
+        'credit_private.verify_scopes() | service_role | EXECUTE',
+        'public.credit_void_grant(uuid, numeric, text, text) | service_role | EXECUTE',
+        'public.credit_stripe_record_purchase(text, numeric, text, text, numeric, jsonb)'
+        || ' | service_role | EXECUTE',
+        'public.credit_stripe_charge_refunded(text, numeric) | service_role | EXECUTE',
+        'public.credit_stripe_dispute(text, text, numeric, text) | service_role | EXECUTE',
+        'public.credit_set_price_plan(text, text) | service_role | EXECUTE',
+        'public.credit_list_price_plans() | service_role | EXECUTE',
+        'public.credit_stripe_subscription_changed(text, text, text, text,'
+        || ' timestamp with time zone, text) | service_role | EXECUTE',
+        'public.credit_stripe_invoice_paid(text, text, text, text, text,'
+        || ' timestamp with time zone, text) | service_role | EXECUTE'
     ],
     'Function privileges are exactly the allowlist: service_role executes every RPC and the'
     || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id,'
@@ -238,7 +249,15 @@ select set_eq(
         'public.credit_account_limits | authenticated | SELECT',
         'public.credit_account_limits | service_role | SELECT',
         'public.credit_spend_windows | authenticated | SELECT',
-        'public.credit_spend_windows | service_role | SELECT'
+        'public.credit_spend_windows | service_role | SELECT',
+        'public.credit_stripe_payments | service_role | SELECT',
+        'public.credit_stripe_clawbacks | service_role | SELECT',
+        'public.credit_stripe_disputes | service_role | SELECT',
+        'public.credit_stripe_early_refunds | service_role | SELECT',
+        'public.credit_stripe_prices | service_role | SELECT',
+        'public.credit_stripe_customers | service_role | SELECT',
+        'public.credit_stripe_subscriptions | service_role | SELECT',
+        'public.credit_stripe_invoices | service_role | SELECT'
     ],
     'Table and sequence privileges are exactly the allowlist: SELECT only; authenticated on'
     || ' the tables of their own rows, service_role on all; nothing on the sequences.'
@@ -430,7 +449,16 @@ select set_eq(
         'public.credit_claim_event_deliveries(integer, integer)',
         'public.credit_finish_event_delivery(uuid, boolean, text, integer)',
         'public.credit_set_limits(text, jsonb, integer, numeric, integer)',
-        'public.credit_set_plan_credit_line(text, numeric, integer)'
+        'public.credit_set_plan_credit_line(text, numeric, integer)',
+        'public.credit_void_grant(uuid, numeric, text, text)',
+        'public.credit_stripe_record_purchase(text, numeric, text, text, numeric, jsonb)',
+        'public.credit_stripe_charge_refunded(text, numeric)',
+        'public.credit_stripe_dispute(text, text, numeric, text)',
+        'public.credit_set_price_plan(text, text)',
+        'public.credit_stripe_subscription_changed(text, text, text, text,'
+        || ' timestamp with time zone, text)',
+        'public.credit_stripe_invoice_paid(text, text, text, text, text,'
+        || ' timestamp with time zone, text)'
     ],
     'Exactly the write RPCs are SECURITY DEFINER; the reads and every credit_private'
     || ' helper run as the caller.'

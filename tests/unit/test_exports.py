@@ -51,6 +51,7 @@ def test_package_exports() -> None:
         "OverageLimitError",
         "PermissionDeniedError",
         "PlanResult",
+        "PricePlan",
         "PricingConfigData",
         "PricingConfigError",
         "PricingEngine",
@@ -84,6 +85,7 @@ def test_package_exports() -> None:
         "UnknownJobError",
         "UnknownModelError",
         "UsageMetrics",
+        "VoidResult",
         "WebhookSignatureError",
         "__version__",
     ]
