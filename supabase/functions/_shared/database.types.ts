@@ -214,6 +214,7 @@ export type Database = {
           expires_at: string | null;
           created_at: string;
           spendable: boolean;
+          scope: string[] | null;
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
@@ -619,6 +620,7 @@ export type Database = {
           p_expires_at?: string;
           p_metadata?: Json;
           p_idempotency_key?: string;
+          p_scope?: string[];
         };
         Returns: Database["public"]["CompositeTypes"]["credit_add_result"];
       };
@@ -1081,6 +1083,7 @@ export type Database = {
         balance: number;
         held: number;
         available: number;
+        scopes: Json;
       };
       credit_cost_result: {
         pricing_version: number;
