@@ -670,6 +670,10 @@ EVENT_TYPES = (
     "grant.expired",
     "charge.refunded",
     "limit.reached",
+    "topup.requested",
+    "topup.succeeded",
+    "topup.action_required",
+    "topup.disabled",
 )
 
 

@@ -190,7 +190,13 @@ select set_eq(
         'public.credit_get_limits(text) | service_role | EXECUTE',
         'public.credit_set_limits(text, jsonb, integer, numeric, integer) | service_role'
         || ' | EXECUTE',
-        'public.credit_set_plan_credit_line(text, numeric, integer) | service_role | EXECUTE'
+        'public.credit_set_plan_credit_line(text, numeric, integer) | service_role | EXECUTE',
+        'public.credit_set_auto_topup(text, bigint, numeric, text, text, text, bigint, bigint,'
+        || ' bigint, bigint, integer, integer, boolean) | service_role | EXECUTE',
+        'public.credit_get_auto_topup(text) | service_role | EXECUTE',
+        'public.credit_claim_topup_requests(integer, integer) | service_role | EXECUTE',
+        'public.credit_record_topup_payment(uuid, text) | service_role | EXECUTE',
+        'public.credit_complete_topup(uuid, text, text, text) | service_role | EXECUTE'
     ],
     'Function privileges are exactly the allowlist: service_role executes every RPC and the'
     || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id,'
@@ -232,7 +238,9 @@ select set_eq(
         'public.credit_account_limits | authenticated | SELECT',
         'public.credit_account_limits | service_role | SELECT',
         'public.credit_spend_windows | authenticated | SELECT',
-        'public.credit_spend_windows | service_role | SELECT'
+        'public.credit_spend_windows | service_role | SELECT',
+        'public.credit_auto_topups | service_role | SELECT',
+        'public.credit_topup_requests | service_role | SELECT'
     ],
     'Table and sequence privileges are exactly the allowlist: SELECT only; authenticated on'
     || ' the tables of their own rows, service_role on all; nothing on the sequences.'
@@ -420,7 +428,12 @@ select set_eq(
         'public.credit_claim_event_deliveries(integer, integer)',
         'public.credit_finish_event_delivery(uuid, boolean, text, integer)',
         'public.credit_set_limits(text, jsonb, integer, numeric, integer)',
-        'public.credit_set_plan_credit_line(text, numeric, integer)'
+        'public.credit_set_plan_credit_line(text, numeric, integer)',
+        'public.credit_set_auto_topup(text, bigint, numeric, text, text, text, bigint, bigint,'
+        || ' bigint, bigint, integer, integer, boolean)',
+        'public.credit_claim_topup_requests(integer, integer)',
+        'public.credit_record_topup_payment(uuid, text)',
+        'public.credit_complete_topup(uuid, text, text, text)'
     ],
     'Exactly the write RPCs are SECURITY DEFINER; the reads and every credit_private'
     || ' helper run as the caller.'
