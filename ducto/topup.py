@@ -71,7 +71,6 @@ class StripeTopupPayer:
                         "payment_method": request.stripe_payment_method_id,
                         "off_session": True,
                         "confirm": True,
-                        "description": f"Auto top-up: {request.credits} credits",
                         "metadata": {
                             "ducto_topup_request_id": request.id,
                             "ducto_user_id": request.user_id,

@@ -279,6 +279,8 @@ as $$
 $$;
 revoke all on function credit_private.auto_topup_row(bigint, timestamptz)
 from public, anon, authenticated, service_role;
+-- credit_get_auto_topup (security invoker) calls it as the service role
+grant execute on function credit_private.auto_topup_row(bigint, timestamptz) to service_role;
 
 create function credit_private.topup_request_row(p_id uuid)
 returns public.credit_topup_request_row
@@ -534,7 +536,13 @@ begin
     perform credit_private.lock_account_by_id(v_account_id);
     select * into v_request from public.credit_topup_requests where id = p_request_id
     for update;
-    perform public.credit_record_topup_payment(p_request_id, p_payment_intent_id);
+    -- a payment refused before Stripe made an intent (no id) can still be reported failed
+    if p_payment_intent_id is not null then
+        perform public.credit_record_topup_payment(p_request_id, p_payment_intent_id);
+    elsif p_status = 'succeeded' then
+        perform credit_private.fail('DC006', 'a succeeded top-up needs its payment_intent_id',
+            jsonb_build_object('argument', 'payment_intent_id'));
+    end if;
     -- succeeded is final: a second report (worker and webhook, redeliveries) changes nothing
     if v_request.state = 'succeeded' then
         return credit_private.topup_request_row(p_request_id);

@@ -194,6 +194,8 @@ select set_eq(
         'public.credit_set_auto_topup(text, bigint, numeric, text, text, text, bigint, bigint,'
         || ' bigint, bigint, integer, integer, boolean) | service_role | EXECUTE',
         'public.credit_get_auto_topup(text) | service_role | EXECUTE',
+        'credit_private.auto_topup_row(bigint, timestamp with time zone) | service_role'
+        || ' | EXECUTE',
         'public.credit_claim_topup_requests(integer, integer) | service_role | EXECUTE',
         'public.credit_record_topup_payment(uuid, text) | service_role | EXECUTE',
         'public.credit_complete_topup(uuid, text, text, text) | service_role | EXECUTE'
