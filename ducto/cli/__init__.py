@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from ducto import __version__
-from ducto.cli import credits, events, export, limits, operate, pricing, stats
+from ducto.cli import credits, events, export, limits, operate, pricing, stats, topup
 from ducto.cli._command import Ducto
 from ducto.cli._session import Target
 
@@ -85,6 +85,7 @@ app.command()(stats.stats)
 app.add_typer(export.app, name="export")
 app.add_typer(events.app, name="events")
 app.add_typer(limits.app, name="limits")
+app.add_typer(topup.app, name="topup")
 
 
 def main() -> None:

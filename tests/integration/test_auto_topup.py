@@ -10,6 +10,7 @@ declined, 4000002500003155 requires authentication (requires_action).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 import stripe
 from conftest import MakeUserToken, stack_env
 from helpers_api import Api, expect_error, new_user_id, permission_denied
+from test_cli import Cli
 from test_concurrency import Ledger, connect, run_workers
 
 from ducto import CreditManager, InvalidInputError, NotFoundError
@@ -375,3 +377,35 @@ def test_stripe_unreachable_leaves_the_request_for_the_next_run(
     assert reported == []
     assert [r["state"] for r in requests_of(ledger, user)] == ["processing"]
     assert purchases(ledger, user) == []
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def test_cli_sets_shows_and_runs_top_ups(
+    database_url: str, ledger: Ledger, stripe_client: stripe.StripeClient
+) -> None:
+    cli = Cli(
+        DATABASE_URL=database_url,
+        STRIPE_SECRET_KEY=stack_env("STRIPE_SECRET_KEY"),
+        STRIPE_API_BASE=stack_env("STRIPE_API_BASE"),
+    )
+    user = new_user_id()
+    customer, method = saved_card(stripe_client, PAYS)
+    ledger.add(user, 600)
+    rule = json.loads(cli(
+        "topup", "set", user, "--threshold", "500", "--amount", "1000", "--price", "0.5",
+        "--customer", customer, "--payment-method", method, "--cooldown", "0m", "--json",
+    ).stdout)  # fmt: skip
+    assert (rule["user_id"], rule["threshold"], rule["amount"], rule["enabled"]) == (
+        user, 500, 1000, True,
+    )  # fmt: skip
+    assert "Below 500 credits buy 1,000 credits" in cli("topup", "show", user).stdout
+    refused = cli("topup", "set", user, "--threshold", "500", "--price", "1",
+                  "--customer", customer, "--payment-method", method, code=1)  # fmt: skip
+    assert "amount or target_balance" in refused.stderr
+    ledger.deduct(user, 200)
+    ran = json.loads(cli("topup", "run", "--limit", "1000", "--json").stdout)
+    mine = [r for r in ran if r["user_id"] == user]
+    assert [(r["state"], r["amount_minor"]) for r in mine] == [("succeeded", 500)]
+    assert json.loads(cli("topup", "show", user, "--json").stdout)["balance"] == 1400
