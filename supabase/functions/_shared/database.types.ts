@@ -78,6 +78,137 @@ export type Database = {
           },
         ];
       };
+      credit_auto_topups: {
+        Row: {
+          account_id: number;
+          user_id: string;
+          enabled: boolean;
+          threshold: number;
+          amount: number | null;
+          target_balance: number | null;
+          unit_price_minor: number;
+          currency: string;
+          monthly_cap_credits: number | null;
+          monthly_cap_minor: number | null;
+          cooldown_seconds: number;
+          max_failures: number;
+          stripe_customer_id: string;
+          stripe_payment_method_id: string;
+          consecutive_failures: number;
+          disabled_reason: string | null;
+          last_requested_at: string | null;
+          created_at: string;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_auto_topups_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: true;
+            referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_balance_alerts: {
+        Row: {
+          id: string;
+          user_id: string | null;
+          plan_id: string | null;
+          threshold: number | null;
+          percent: number | null;
+          created_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_balance_alerts_plan_id_fkey";
+            columns: ["plan_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_plans";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_event_deliveries: {
+        Row: {
+          event_id: string;
+          endpoint_id: string;
+          attempts: number;
+          next_attempt_at: string;
+          claim_id: string | null;
+          last_error: string | null;
+          delivered_at: string | null;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_event_deliveries_endpoint_id_fkey";
+            columns: ["endpoint_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_event_endpoints";
+            referencedColumns: ["id"];
+          },
+          {
+            foreignKeyName: "credit_event_deliveries_event_id_fkey";
+            columns: ["event_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_events";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_event_endpoints: {
+        Row: {
+          id: string;
+          url: string;
+          secret: string;
+          event_types: string[] | null;
+          enabled: boolean;
+          created_at: string;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [];
+      };
+      credit_event_settings: {
+        Row: {
+          id: boolean;
+          grant_expiring_days: number;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [];
+      };
+      credit_events: {
+        Row: {
+          id: string;
+          account_id: number;
+          user_id: string;
+          type: string;
+          payload: Json;
+          created_at: string;
+          delivery: string;
+          dedupe_key: string | null;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_events_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
       credit_grant_draws: {
         Row: {
           id: number;
@@ -287,6 +418,46 @@ export type Database = {
           },
         ];
       };
+      credit_topup_requests: {
+        Row: {
+          id: string;
+          account_id: number;
+          user_id: string;
+          state: string;
+          credits: number;
+          amount_minor: number;
+          currency: string;
+          stripe_customer_id: string;
+          stripe_payment_method_id: string;
+          balance_at_request: number;
+          attempts: number;
+          next_attempt_at: string;
+          payment_intent_id: string | null;
+          transaction_id: string | null;
+          last_error: string | null;
+          created_at: string;
+          updated_at: string;
+          completed_at: string | null;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_topup_requests_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+          {
+            foreignKeyName: "credit_topup_requests_transaction_id_fkey";
+            columns: ["transaction_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_transactions";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
       credit_transactions: {
         Row: {
           id: string;
@@ -412,6 +583,29 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_feature_result"];
       };
+      credit_claim_event_deliveries: {
+        Args: {
+          p_limit?: number;
+          p_lease_seconds?: number;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_event_delivery_claim"][];
+      };
+      credit_claim_topup_requests: {
+        Args: {
+          p_limit?: number;
+          p_lease_seconds?: number;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_topup_request_row"][];
+      };
+      credit_complete_topup: {
+        Args: {
+          p_request_id: string;
+          p_payment_intent_id: string;
+          p_status: string;
+          p_error?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_topup_request_row"];
+      };
       credit_daily_spend: {
         Args: {
           p_start: string;
@@ -457,6 +651,16 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_deduct_result"];
       };
+      credit_delete_alert: {
+        Args: {
+          p_alert_id: string;
+        };
+        Returns: boolean;
+      };
+      credit_emit_due_events: {
+        Args: never;
+        Returns: number;
+      };
       credit_export_journal: {
         Args: {
           p_start: string;
@@ -467,6 +671,21 @@ export type Database = {
           p_limit?: number;
         };
         Returns: Database["public"]["CompositeTypes"]["credit_journal_row"][];
+      };
+      credit_finish_event_delivery: {
+        Args: {
+          p_claim_id: string;
+          p_delivered: boolean;
+          p_error?: string;
+          p_retry_after_seconds?: number;
+        };
+        Returns: boolean;
+      };
+      credit_get_auto_topup: {
+        Args: {
+          p_user_id: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_auto_topup_row"];
       };
       credit_get_balance: {
         Args: {
@@ -498,9 +717,36 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_allowance_result"];
       };
+      credit_list_alerts: {
+        Args: {
+          p_user_id?: string;
+          p_plan_id?: string;
+        };
+        Returns: Database["public"]["Tables"]["credit_balance_alerts"]["Row"][];
+      };
+      credit_list_event_endpoints: {
+        Args: never;
+        Returns: Database["public"]["CompositeTypes"]["credit_event_endpoint_row"][];
+      };
+      credit_list_events: {
+        Args: {
+          p_user_id?: string;
+          p_after?: string;
+          p_types?: string[];
+          p_limit?: number;
+        };
+        Returns: Database["public"]["Tables"]["credit_events"]["Row"][];
+      };
       credit_list_pricing_versions: {
         Args: never;
         Returns: Database["public"]["CompositeTypes"]["credit_pricing_version"][];
+      };
+      credit_poll_events: {
+        Args: {
+          p_after?: string;
+          p_limit?: number;
+        };
+        Returns: Database["public"]["Tables"]["credit_events"]["Row"][];
       };
       credit_publish_pricing: {
         Args: {
@@ -508,6 +754,13 @@ export type Database = {
           p_label?: string;
         };
         Returns: Database["public"]["CompositeTypes"]["credit_pricing_version"];
+      };
+      credit_record_topup_payment: {
+        Args: {
+          p_request_id: string;
+          p_payment_intent_id: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_topup_request_row"];
       };
       credit_refund_transaction: {
         Args: {
@@ -547,6 +800,49 @@ export type Database = {
       credit_schema_version: {
         Args: never;
         Returns: string;
+      };
+      credit_set_alert: {
+        Args: {
+          p_user_id?: string;
+          p_plan_id?: string;
+          p_threshold?: number;
+          p_percent?: number;
+        };
+        Returns: Database["public"]["Tables"]["credit_balance_alerts"]["Row"];
+      };
+      credit_set_auto_topup: {
+        Args: {
+          p_user_id: string;
+          p_threshold: number;
+          p_unit_price_minor: number;
+          p_currency: string;
+          p_stripe_customer_id: string;
+          p_stripe_payment_method_id: string;
+          p_amount?: number;
+          p_target_balance?: number;
+          p_monthly_cap_credits?: number;
+          p_monthly_cap_minor?: number;
+          p_cooldown_seconds?: number;
+          p_max_failures?: number;
+          p_enabled?: boolean;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_auto_topup_row"];
+      };
+      credit_set_event_endpoint: {
+        Args: {
+          p_url: string;
+          p_secret: string;
+          p_event_types?: string[];
+          p_enabled?: boolean;
+          p_id?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_event_endpoint_row"];
+      };
+      credit_set_grant_expiring_days: {
+        Args: {
+          p_days: number;
+        };
+        Returns: number;
       };
       credit_set_limits: {
         Args: {
@@ -678,6 +974,29 @@ export type Database = {
         amount: number;
         rollover: number;
       };
+      credit_auto_topup_row: {
+        user_id: string;
+        enabled: boolean;
+        threshold: number;
+        amount: number | null;
+        target_balance: number | null;
+        unit_price_minor: number;
+        currency: string;
+        monthly_cap_credits: number | null;
+        monthly_cap_minor: number | null;
+        cooldown_seconds: number;
+        max_failures: number;
+        stripe_customer_id: string;
+        stripe_payment_method_id: string;
+        consecutive_failures: number;
+        disabled_reason: string | null;
+        last_requested_at: string | null;
+        month_credits: number;
+        month_minor: number;
+        open_request_id: string | null;
+        balance: number;
+        updated_at: string;
+      };
       credit_balance_at_result: {
         user_id: string;
         at: string;
@@ -716,6 +1035,23 @@ export type Database = {
         created_at: string;
         is_replay: boolean;
         pricing_version: number | null;
+      };
+      credit_event_delivery_claim: {
+        claim_id: string;
+        event_id: string;
+        endpoint_id: string;
+        attempt: number;
+        url: string;
+        secret: string;
+        body: string;
+      };
+      credit_event_endpoint_row: {
+        id: string;
+        url: string;
+        event_types: string[] | null;
+        enabled: boolean;
+        created_at: string;
+        updated_at: string;
       };
       credit_feature_result: {
         user_id: string;
@@ -888,6 +1224,22 @@ export type Database = {
         spent: number;
         refunded: number;
         charges: number;
+      };
+      credit_topup_request_row: {
+        id: string;
+        user_id: string;
+        state: string;
+        credits: number;
+        amount_minor: number;
+        currency: string;
+        stripe_customer_id: string;
+        stripe_payment_method_id: string;
+        attempts: number;
+        payment_intent_id: string | null;
+        transaction_id: string | null;
+        last_error: string | null;
+        created_at: string;
+        completed_at: string | null;
       };
       credit_user_plan_result: {
         user_id: string;
