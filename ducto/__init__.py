@@ -21,6 +21,7 @@ from ducto.errors import (
     StoreError,
     TeamPoolExhaustedError,
     TooManyHoldsError,
+    TopupConflictError,
     UnknownJobError,
     UnknownModelError,
     WebhookSignatureError,
@@ -31,6 +32,7 @@ from ducto.models import (
     AddCreditsResult,
     AggregateStatsRow,
     AllowanceResult,
+    AutoTopupRule,
     BalanceAlert,
     BalanceAtResult,
     BalanceResult,
@@ -64,6 +66,7 @@ from ducto.models import (
     TeamDeductionResult,
     TeamMemberResult,
     TeamResult,
+    TopupRequest,
     TopUserRow,
 )
 from ducto.pricing import (
@@ -76,13 +79,14 @@ from ducto.pricing import (
 )
 from ducto.usage import UsageMetrics
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "AddCreditsResult",
     "AggregateStatsRow",
     "AllowanceResult",
     "AsyncCreditManager",
+    "AutoTopupRule",
     "BalanceAlert",
     "BalanceAtResult",
     "BalanceResult",
@@ -148,6 +152,8 @@ __all__ = [
     "TeamResult",
     "TooManyHoldsError",
     "TopUserRow",
+    "TopupConflictError",
+    "TopupRequest",
     "UnknownJobError",
     "UnknownModelError",
     "UsageMetrics",
