@@ -56,7 +56,8 @@ select throws_ok(
     $$truncate credit_transactions, credit_grants, credit_grant_draws, credit_reservations,
                credit_idempotency_keys, credit_accounts, credit_allowance_grants,
                credit_teams, credit_team_members, credit_events, credit_event_deliveries,
-               credit_account_limits, credit_spend_windows$$,
+               credit_account_limits, credit_spend_windows, credit_auto_topups,
+               credit_topup_requests$$,
     'DC900', null,
     'TRUNCATE of every ledger table at once is DC900.'
 );

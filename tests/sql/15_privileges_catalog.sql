@@ -364,7 +364,8 @@ select set_eq(
           'credit_private.active_holds(bigint, timestamp with time zone)',
           'credit_private.below_zero_since(bigint)',
           'credit_private.credit_line(bigint, text)',
-          'credit_private.limits_result(text, timestamp with time zone)'],
+          'credit_private.limits_result(text, timestamp with time zone)',
+          'credit_private.auto_topup_row(bigint, timestamp with time zone)'],
     'In credit_private, service_role can execute only the helpers its read RPCs call (none'
     || ' of them writes).'
 );

@@ -20,42 +20,45 @@ select credit_set_auto_topup(
 );
 
 select is(
-    (select count(*) from credit_topup_requests), 0::bigint,
+    (select count(*) from credit_topup_requests where user_id = 'test_owner'), 0::bigint,
     'A rule set above its threshold requests nothing.'
 );
 select credit_deduct_credits('test_owner', 40);
 select is(
-    (select count(*) from credit_topup_requests), 0::bigint,
+    (select count(*) from credit_topup_requests where user_id = 'test_owner'), 0::bigint,
     'A debit that leaves the balance at or above the threshold requests nothing.'
 );
 select credit_deduct_credits('test_owner', 20);
 select is(
     (select jsonb_build_object('state', state, 'credits', credits, 'amount_minor', amount_minor,
         'currency', currency, 'balance_at_request', balance_at_request)
-     from credit_topup_requests),
+     from credit_topup_requests where user_id = 'test_owner'),
     jsonb_build_object('state', 'pending', 'credits', 100, 'amount_minor', 200,
         'currency', 'usd', 'balance_at_request', 40),
     'The debit taking the balance below the threshold writes a pending request.'
 );
 select is(
-    (select payload ->> 'request_id' from credit_events where type = 'topup.requested'),
-    (select id::text from credit_topup_requests),
+    (select payload ->> 'request_id' from credit_events
+     where user_id = 'test_owner' and type = 'topup.requested'),
+    (select id::text from credit_topup_requests where user_id = 'test_owner'),
     'It writes topup.requested naming the request.'
 );
 select credit_deduct_credits('test_owner', 10);
 select is(
-    (select count(*) from credit_topup_requests), 1::bigint,
+    (select count(*) from credit_topup_requests where user_id = 'test_owner'), 1::bigint,
     'A further debit while the request is open writes no second one.'
 );
 
 -- the worker: claim, record the payment intent, report it
-create temp table claimed as select * from credit_claim_topup_requests(10, 60);
+create temp table claimed as
+select * from credit_claim_topup_requests(1000, 60) where user_id = 'test_owner';
 select is(
     (select state || ':' || attempts from claimed), 'processing:1',
     'The claim takes the due request (processing, attempt 1).'
 );
 select is(
-    (select count(*) from credit_claim_topup_requests(10, 60)), 0::bigint,
+    (select count(*) from credit_claim_topup_requests(1000, 60) where user_id = 'test_owner'),
+    0::bigint,
     'A claimed request is not claimed again within its lease.'
 );
 select is(
@@ -88,13 +91,14 @@ select throws_ok(
 -- cooldown: below again within the hour requests nothing; after it, a request
 select credit_deduct_credits('test_owner', 90);
 select is(
-    (select count(*) from credit_topup_requests), 1::bigint,
+    (select count(*) from credit_topup_requests where user_id = 'test_owner'), 1::bigint,
     'Within the cooldown a debit below the threshold requests nothing.'
 );
 set local ducto.now to '2030-01-10 01:00:01+00';
 select credit_deduct_credits('test_owner', 1);
 select is(
-    (select count(*) from credit_topup_requests where state = 'pending'), 1::bigint,
+    (select count(*) from credit_topup_requests
+     where user_id = 'test_owner' and state = 'pending'), 1::bigint,
     'After the cooldown the next debit below the threshold requests again.'
 );
 -- the monthly cap (200 credits) admitted that one: 100 succeeded + 100 = 200
@@ -103,7 +107,7 @@ select is(
     'The month counts the requests that did not fail: 200 of the cap of 200.'
 );
 update credit_topup_requests set state = 'failed', completed_at = now()
-where state = 'pending';
+where user_id = 'test_owner' and state = 'pending';
 select is(
     (credit_get_auto_topup('test_owner')).month_credits, 100::bigint,
     'The month counts the requests that did not fail.'
@@ -115,13 +119,15 @@ select credit_set_auto_topup(
 );
 select credit_deduct_credits('test_owner', 1);
 select is(
-    (select count(*) from credit_topup_requests where state = 'pending'), 0::bigint,
+    (select count(*) from credit_topup_requests
+     where user_id = 'test_owner' and state = 'pending'), 0::bigint,
     'The monthly cap stops the request that would pass it (100 + 100 > 150).'
 );
 set local ducto.now to '2030-02-01 00:00:00+00';
 select credit_deduct_credits('test_owner', 1);
 select is(
-    (select count(*) from credit_topup_requests where state = 'pending'), 1::bigint,
+    (select count(*) from credit_topup_requests
+     where user_id = 'test_owner' and state = 'pending'), 1::bigint,
     'A new month has room again.'
 );
 
