@@ -24,6 +24,7 @@ from test_cli import Cli
 from test_concurrency import Ledger, connect, run_workers
 
 from ducto import CreditManager, InvalidInputError, NotFoundError
+from ducto.interface import PostgresStore
 from ducto.models import AutoTopupRule, TopupRequest
 from ducto.topup import PaymentOutcome, StripeTopupPayer
 
@@ -409,3 +410,39 @@ def test_cli_sets_shows_and_runs_top_ups(
     mine = [r for r in ran if r["user_id"] == user]
     assert [(r["state"], r["amount_minor"]) for r in mine] == [("succeeded", 500)]
     assert json.loads(cli("topup", "show", user, "--json").stdout)["balance"] == 1400
+
+
+def test_concurrent_workers_pay_each_request_once(
+    database_url: str, ledger: Ledger, payer: StripeTopupPayer,
+    stripe_client: stripe.StripeClient,
+) -> None:  # fmt: skip
+    customer, method = saved_card(stripe_client, PAYS)
+    users = [new_user_id() for _ in range(12)]
+    for user in users:
+        ledger.add(user, 600)
+        set_rule(ledger, user, customer, method)
+        ledger.deduct(user, 200)
+
+    def work(_: int) -> list[TopupRequest]:
+        store = PostgresStore(database_url, max_size=1)
+        try:
+            done: list[TopupRequest] = []
+            while batch := CreditManager(store).run_topups(payer, limit=2):
+                done += batch
+            return done
+        finally:
+            store.close()
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        reported = [r for done in pool.map(work, range(6)) for r in done if r.user_id in users]
+    assert sorted(r.user_id for r in reported) == sorted(users), "each request reported once"
+    assert {r.state for r in reported} == {"succeeded"}
+    for user in users:
+        assert len(purchases(ledger, user)) == 1
+        assert balance_matches_journal(ledger, user) == 1400
+    intents = [
+        i.metadata.to_dict().get("ducto_topup_request_id")
+        for i in stripe_client.v1.payment_intents.list(params={"limit": 100}).auto_paging_iter()
+    ]  # fmt: skip
+    for request in reported:
+        assert intents.count(request.id) == 1, "one payment per request"
