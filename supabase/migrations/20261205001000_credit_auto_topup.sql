@@ -504,9 +504,11 @@ declare
     v_transaction_id uuid;
     v_error text := left(p_error, 1000);
 begin
+    -- a PaymentIntent's status, or failed / payment_failed for a refused payment (as the
+    -- worker and the payment_intent.payment_failed event say it)
     perform credit_private.check_choice(p_status, 'status', array[
-        'succeeded', 'requires_action', 'processing', 'failed', 'requires_payment_method',
-        'canceled'
+        'succeeded', 'requires_action', 'processing', 'failed', 'payment_failed',
+        'requires_payment_method', 'canceled'
     ]);
     -- the account lock first, as every writer of the account takes it
     select r.account_id into v_account_id

@@ -170,7 +170,7 @@ select is(
 );
 select credit_complete_topup(
     (select id from credit_topup_requests where user_id = 'test_stranger' and state = 'pending'),
-    'pi_s_2', 'failed', 'card_declined'
+    'pi_s_2', 'payment_failed', 'card_declined'
 );
 select is(
     (select jsonb_build_object('enabled', enabled, 'failures', consecutive_failures,
