@@ -6,7 +6,7 @@
 -- Actors: test_owner (a rule: below 50 buy 100 at 2 minor units each), test_member (a rule
 -- set while below its threshold), test_stranger (failing payments).
 begin;
-select plan(26);
+select plan(29);
 
 set local timezone to 'UTC';
 set local ducto.now to '2030-01-10 00:00:00+00';
@@ -184,6 +184,19 @@ select is(
     (select count(*) from credit_events where user_id = 'test_stranger'
         and type = 'topup.disabled'),
     1::bigint, 'and write topup.disabled.'
+);
+select throws_ok(
+    $$select credit_set_auto_topup('test_owner', 50, 2, 'USD', 'cus_o', 'pm_o', p_amount => 1)$$,
+    'DC006', null, 'A currency that is not 3 lower-case letters is DC006.'
+);
+select throws_ok(
+    $$select credit_set_auto_topup('test_owner', 50, 2, 'usd', 'cus_o', 'pm_o', p_amount => 1,
+        p_target_balance => 100)$$,
+    'DC006', null, 'Both an amount and a target balance is DC006.'
+);
+select is(
+    (select stripe_customer_id from credit_auto_topups where user_id = 'test_owner'),
+    'cus_owner', 'A refused rule changes nothing.'
 );
 select is_empty('select * from credit_verify_ledger()', 'The ledger verifies.');
 
