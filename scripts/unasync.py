@@ -44,6 +44,7 @@ RULES = [
         (r"\bawait ", ""),
         (r"\baclose\b", "close"),
         (r"\basyncio\.sleep\b", "time.sleep"),
+        (r"\basyncio\.to_thread\(([\w.]+), ", r"\1("),  # a blocking call, run in place
         (r"\bacreate_client\b", "create_client"),  # supabase-py's async constructor
     )
 ]

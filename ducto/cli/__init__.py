@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from ducto import __version__
-from ducto.cli import credits, events, export, limits, operate, pricing, stats, stripe
+from ducto.cli import credits, events, export, limits, operate, pricing, stats, stripe, topup
 from ducto.cli._command import Ducto
 from ducto.cli._session import Target
 
@@ -86,6 +86,7 @@ app.add_typer(export.app, name="export")
 app.add_typer(events.app, name="events")
 app.add_typer(limits.app, name="limits")
 app.add_typer(stripe.app, name="stripe")
+app.add_typer(topup.app, name="topup")
 
 
 def main() -> None:

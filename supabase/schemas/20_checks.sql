@@ -54,10 +54,12 @@ begin
                 -- too many holds at once: a rate of work, not a lack of credits
                 when p_code = 'DC086' then 429
                 when p_code = 'DC082' then 403
-                when p_code in ('DC030', 'DC031', 'DC064', 'DC080', 'DC081', 'DC120', 'DC122') then 404
+                when p_code in (
+                    'DC030', 'DC031', 'DC064', 'DC080', 'DC081', 'DC110', 'DC120', 'DC122'
+                ) then 404
                 -- it conflicts with the ledger's state (a used key, a settled hold, ...)
                 when p_code in (
-                    'DC020', 'DC040', 'DC041', 'DC050', 'DC051', 'DC063', 'DC121'
+                    'DC020', 'DC040', 'DC041', 'DC050', 'DC051', 'DC063', 'DC111', 'DC121'
                 ) then 409
                 -- an argument refused (DC001-DC008, DC042, DC06x): nothing was written
                 else 422

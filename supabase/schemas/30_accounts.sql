@@ -106,6 +106,13 @@ begin
     if v_row.amount < 0 then
         perform credit_private.balance_events(v_row);
     end if;
+    -- auto top-up (46_auto_topup.sql): one primary-key probe of its rules per debit row
+    if v_row.amount < 0 and exists (
+        select 1 from public.credit_auto_topups as r
+        where r.account_id = v_row.account_id and r.enabled and v_row.balance_after < r.threshold
+    ) then
+        perform credit_private.request_topup(v_row.account_id, v_row.balance_after, p_now, v_row.id);
+    end if;
     return v_row;
 end;
 $$;

@@ -61,7 +61,8 @@ set search_path = ''
 as $$
     select array[
         'balance.low', 'balance.depleted', 'grant.expiring', 'grant.expired',
-        'charge.refunded', 'limit.reached'
+        'charge.refunded', 'limit.reached', 'topup.requested', 'topup.succeeded',
+        'topup.action_required', 'topup.disabled'
     ];
 $$;
 revoke all on function credit_private.event_types()

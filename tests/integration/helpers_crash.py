@@ -74,6 +74,7 @@ class ThrowawayStack:
             "DUCTO_API_PORT": str(_free_port()),
             "DUCTO_PGRST_PORT": str(_free_port()),
             "DUCTO_PGRST_ADMIN_PORT": str(_free_port()),
+            "DUCTO_STRIPE_PORT": str(_free_port()),
             "DUCTO_STACK_DEFAULTS": "legacy",
         }
         self.exports: dict[str, str] = {}

@@ -217,6 +217,8 @@ PYTHON_RESULTS: dict[str, type[object]] = {
     "credit_reserve_result": models.ReserveResult,
     "credit_statement_result": models.StatementResult,
     "credit_limits_result": models.LimitsResult,
+    "credit_auto_topup_row": models.AutoTopupRule,
+    "credit_topup_request_row": models.TopupRequest,
     "credit_stats_result": models.AggregateStatsRow,
     "credit_sweep_result": models.SweepResult,
     "credit_team_deduct_result": models.TeamDeductionResult,

@@ -19,7 +19,8 @@ def test_make_demo_runs_every_step() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     for title in (
         "Publish pricing", "feature gate", "Replay", "Refusal", "team pool", "sweep",
-        "Spend report", "alert fires once", "statement", "Verify",
+        "Spend report", "alert fires once", "auto top-up request fires once", "statement",
+        "Verify",
     ):  # fmt: skip
         assert title in done.stdout
     assert "Every step did what the ledger promises." in done.stdout

@@ -57,7 +57,8 @@ select throws_ok(
                credit_idempotency_keys, credit_accounts, credit_allowance_grants,
                credit_teams, credit_team_members, credit_events, credit_event_deliveries,
                credit_account_limits, credit_spend_windows, credit_stripe_payments,
-               credit_stripe_clawbacks, credit_stripe_disputes, credit_stripe_invoices$$,
+               credit_stripe_clawbacks, credit_stripe_disputes, credit_stripe_invoices,
+               credit_auto_topups, credit_topup_requests$$,
     'DC900', null,
     'TRUNCATE of every ledger table at once is DC900.'
 );

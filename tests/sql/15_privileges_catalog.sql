@@ -207,7 +207,15 @@ select set_eq(
         'public.credit_stripe_subscription_changed(text, text, text, text,'
         || ' timestamp with time zone, text) | service_role | EXECUTE',
         'public.credit_stripe_invoice_paid(text, text, text, text, text,'
-        || ' timestamp with time zone, text) | service_role | EXECUTE'
+        || ' timestamp with time zone, text) | service_role | EXECUTE',
+        'public.credit_set_auto_topup(text, bigint, numeric, text, text, text, bigint, bigint,'
+        || ' bigint, bigint, integer, integer, boolean) | service_role | EXECUTE',
+        'public.credit_get_auto_topup(text) | service_role | EXECUTE',
+        'credit_private.auto_topup_row(bigint, timestamp with time zone) | service_role'
+        || ' | EXECUTE',
+        'public.credit_claim_topup_requests(integer, integer) | service_role | EXECUTE',
+        'public.credit_record_topup_payment(uuid, text) | service_role | EXECUTE',
+        'public.credit_complete_topup(uuid, text, text, text) | service_role | EXECUTE'
     ],
     'Function privileges are exactly the allowlist: service_role executes every RPC and the'
     || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id,'
@@ -257,7 +265,9 @@ select set_eq(
         'public.credit_stripe_prices | service_role | SELECT',
         'public.credit_stripe_customers | service_role | SELECT',
         'public.credit_stripe_subscriptions | service_role | SELECT',
-        'public.credit_stripe_invoices | service_role | SELECT'
+        'public.credit_stripe_invoices | service_role | SELECT',
+        'public.credit_auto_topups | service_role | SELECT',
+        'public.credit_topup_requests | service_role | SELECT'
     ],
     'Table and sequence privileges are exactly the allowlist: SELECT only; authenticated on'
     || ' the tables of their own rows, service_role on all; nothing on the sequences.'
@@ -383,7 +393,8 @@ select set_eq(
           'credit_private.limits_result(text, timestamp with time zone)',
           'credit_private.scope_breakdown(bigint, timestamp with time zone)',
           'credit_private.scope_covers(text[], jsonb, text, jsonb)',
-          'credit_private.verify_scopes()'],
+          'credit_private.verify_scopes()',
+          'credit_private.auto_topup_row(bigint, timestamp with time zone)'],
     'In credit_private, service_role can execute only the helpers its read RPCs call (none'
     || ' of them writes).'
 );
@@ -458,7 +469,12 @@ select set_eq(
         'public.credit_stripe_subscription_changed(text, text, text, text,'
         || ' timestamp with time zone, text)',
         'public.credit_stripe_invoice_paid(text, text, text, text, text,'
-        || ' timestamp with time zone, text)'
+        || ' timestamp with time zone, text)',
+        'public.credit_set_auto_topup(text, bigint, numeric, text, text, text, bigint, bigint,'
+        || ' bigint, bigint, integer, integer, boolean)',
+        'public.credit_claim_topup_requests(integer, integer)',
+        'public.credit_record_topup_payment(uuid, text)',
+        'public.credit_complete_topup(uuid, text, text, text)'
     ],
     'Exactly the write RPCs are SECURITY DEFINER; the reads and every credit_private'
     || ' helper run as the caller.'

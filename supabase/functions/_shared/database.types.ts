@@ -78,6 +78,40 @@ export type Database = {
           },
         ];
       };
+      credit_auto_topups: {
+        Row: {
+          account_id: number;
+          user_id: string;
+          enabled: boolean;
+          threshold: number;
+          amount: number | null;
+          target_balance: number | null;
+          unit_price_minor: number;
+          currency: string;
+          monthly_cap_credits: number | null;
+          monthly_cap_minor: number | null;
+          cooldown_seconds: number;
+          max_failures: number;
+          stripe_customer_id: string;
+          stripe_payment_method_id: string;
+          consecutive_failures: number;
+          disabled_reason: string | null;
+          last_requested_at: string | null;
+          created_at: string;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_auto_topups_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: true;
+            referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
       credit_balance_alerts: {
         Row: {
           id: string;
@@ -214,7 +248,6 @@ export type Database = {
           expires_at: string | null;
           created_at: string;
           spendable: boolean;
-          scope: string[] | null;
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
@@ -342,154 +375,6 @@ export type Database = {
           },
         ];
       };
-      credit_stripe_clawbacks: {
-        Row: {
-          transaction_id: string;
-          payment_intent_id: string;
-        };
-        Insert: { [_ in never]: never };
-        Update: { [_ in never]: never };
-        Relationships: [
-          {
-            foreignKeyName: "credit_stripe_clawbacks_payment_intent_id_fkey";
-            columns: ["payment_intent_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_stripe_payments";
-            referencedColumns: ["payment_intent_id"];
-          },
-          {
-            foreignKeyName: "credit_stripe_clawbacks_transaction_id_fkey";
-            columns: ["transaction_id"];
-            isOneToOne: true;
-            referencedRelation: "credit_transactions";
-            referencedColumns: ["id"];
-          },
-        ];
-      };
-      credit_stripe_customers: {
-        Row: {
-          customer_id: string;
-          user_id: string;
-          created_at: string;
-        };
-        Insert: { [_ in never]: never };
-        Update: { [_ in never]: never };
-        Relationships: [];
-      };
-      credit_stripe_disputes: {
-        Row: {
-          dispute_id: string;
-          payment_intent_id: string;
-          amount: number;
-          status: string;
-          updated_at: string;
-        };
-        Insert: { [_ in never]: never };
-        Update: { [_ in never]: never };
-        Relationships: [];
-      };
-      credit_stripe_early_refunds: {
-        Row: {
-          payment_intent_id: string;
-          refunded: number;
-          updated_at: string;
-        };
-        Insert: { [_ in never]: never };
-        Update: { [_ in never]: never };
-        Relationships: [];
-      };
-      credit_stripe_invoices: {
-        Row: {
-          invoice_id: string;
-          user_id: string;
-          transaction_id: string;
-          created_at: string;
-        };
-        Insert: { [_ in never]: never };
-        Update: { [_ in never]: never };
-        Relationships: [
-          {
-            foreignKeyName: "credit_stripe_invoices_transaction_id_fkey";
-            columns: ["transaction_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_transactions";
-            referencedColumns: ["id"];
-          },
-        ];
-      };
-      credit_stripe_payments: {
-        Row: {
-          payment_intent_id: string;
-          account_id: number;
-          transaction_id: string;
-          grant_id: string;
-          credits: number;
-          amount: number;
-          currency: string | null;
-          refunded: number;
-          withdrawn: number;
-          clawed_back: number;
-          created_at: string;
-        };
-        Insert: { [_ in never]: never };
-        Update: { [_ in never]: never };
-        Relationships: [
-          {
-            foreignKeyName: "credit_stripe_payments_account_id_fkey";
-            columns: ["account_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_accounts";
-            referencedColumns: ["id"];
-          },
-          {
-            foreignKeyName: "credit_stripe_payments_grant_id_fkey";
-            columns: ["grant_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_grants";
-            referencedColumns: ["id"];
-          },
-          {
-            foreignKeyName: "credit_stripe_payments_transaction_id_fkey";
-            columns: ["transaction_id"];
-            isOneToOne: true;
-            referencedRelation: "credit_transactions";
-            referencedColumns: ["id"];
-          },
-        ];
-      };
-      credit_stripe_prices: {
-        Row: {
-          price_id: string;
-          plan_id: string;
-          updated_at: string;
-        };
-        Insert: { [_ in never]: never };
-        Update: { [_ in never]: never };
-        Relationships: [
-          {
-            foreignKeyName: "credit_stripe_prices_plan_id_fkey";
-            columns: ["plan_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_plans";
-            referencedColumns: ["id"];
-          },
-        ];
-      };
-      credit_stripe_subscriptions: {
-        Row: {
-          subscription_id: string;
-          customer_id: string;
-          user_id: string;
-          price_id: string | null;
-          plan_id: string | null;
-          status: string;
-          event_created: string;
-          updated_at: string;
-        };
-        Insert: { [_ in never]: never };
-        Update: { [_ in never]: never };
-        Relationships: [];
-      };
       credit_team_members: {
         Row: {
           team_id: string;
@@ -529,6 +414,46 @@ export type Database = {
             columns: ["account_id"];
             isOneToOne: true;
             referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_topup_requests: {
+        Row: {
+          id: string;
+          account_id: number;
+          user_id: string;
+          state: string;
+          credits: number;
+          amount_minor: number;
+          currency: string;
+          stripe_customer_id: string;
+          stripe_payment_method_id: string;
+          balance_at_request: number;
+          attempts: number;
+          next_attempt_at: string;
+          payment_intent_id: string | null;
+          transaction_id: string | null;
+          last_error: string | null;
+          created_at: string;
+          updated_at: string;
+          completed_at: string | null;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_topup_requests_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+          {
+            foreignKeyName: "credit_topup_requests_transaction_id_fkey";
+            columns: ["transaction_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_transactions";
             referencedColumns: ["id"];
           },
         ];
@@ -620,7 +545,6 @@ export type Database = {
           p_expires_at?: string;
           p_metadata?: Json;
           p_idempotency_key?: string;
-          p_scope?: string[];
         };
         Returns: Database["public"]["CompositeTypes"]["credit_add_result"];
       };
@@ -665,6 +589,22 @@ export type Database = {
           p_lease_seconds?: number;
         };
         Returns: Database["public"]["CompositeTypes"]["credit_event_delivery_claim"][];
+      };
+      credit_claim_topup_requests: {
+        Args: {
+          p_limit?: number;
+          p_lease_seconds?: number;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_topup_request_row"][];
+      };
+      credit_complete_topup: {
+        Args: {
+          p_request_id: string;
+          p_payment_intent_id: string;
+          p_status: string;
+          p_error?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_topup_request_row"];
       };
       credit_daily_spend: {
         Args: {
@@ -741,6 +681,12 @@ export type Database = {
         };
         Returns: boolean;
       };
+      credit_get_auto_topup: {
+        Args: {
+          p_user_id: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_auto_topup_row"];
+      };
       credit_get_balance: {
         Args: {
           p_user_id?: string;
@@ -791,10 +737,6 @@ export type Database = {
         };
         Returns: Database["public"]["Tables"]["credit_events"]["Row"][];
       };
-      credit_list_price_plans: {
-        Args: never;
-        Returns: Database["public"]["Tables"]["credit_stripe_prices"]["Row"][];
-      };
       credit_list_pricing_versions: {
         Args: never;
         Returns: Database["public"]["CompositeTypes"]["credit_pricing_version"][];
@@ -812,6 +754,13 @@ export type Database = {
           p_label?: string;
         };
         Returns: Database["public"]["CompositeTypes"]["credit_pricing_version"];
+      };
+      credit_record_topup_payment: {
+        Args: {
+          p_request_id: string;
+          p_payment_intent_id: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_topup_request_row"];
       };
       credit_refund_transaction: {
         Args: {
@@ -861,6 +810,24 @@ export type Database = {
         };
         Returns: Database["public"]["Tables"]["credit_balance_alerts"]["Row"];
       };
+      credit_set_auto_topup: {
+        Args: {
+          p_user_id: string;
+          p_threshold: number;
+          p_unit_price_minor: number;
+          p_currency: string;
+          p_stripe_customer_id: string;
+          p_stripe_payment_method_id: string;
+          p_amount?: number;
+          p_target_balance?: number;
+          p_monthly_cap_credits?: number;
+          p_monthly_cap_minor?: number;
+          p_cooldown_seconds?: number;
+          p_max_failures?: number;
+          p_enabled?: boolean;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_auto_topup_row"];
+      };
       credit_set_event_endpoint: {
         Args: {
           p_url: string;
@@ -894,13 +861,6 @@ export type Database = {
           p_credit_line_grace_seconds?: number;
         };
         Returns: number;
-      };
-      credit_set_price_plan: {
-        Args: {
-          p_price_id: string;
-          p_plan_id: string;
-        };
-        Returns: Database["public"]["Tables"]["credit_stripe_prices"]["Row"][];
       };
       credit_set_team_member: {
         Args: {
@@ -953,56 +913,6 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_statement_result"];
       };
-      credit_stripe_charge_refunded: {
-        Args: {
-          p_payment_intent_id: string;
-          p_amount_refunded: number;
-        };
-        Returns: Database["public"]["CompositeTypes"]["credit_stripe_clawback_result"];
-      };
-      credit_stripe_dispute: {
-        Args: {
-          p_dispute_id: string;
-          p_payment_intent_id: string;
-          p_amount: number;
-          p_funds: string;
-        };
-        Returns: Database["public"]["CompositeTypes"]["credit_stripe_clawback_result"];
-      };
-      credit_stripe_invoice_paid: {
-        Args: {
-          p_invoice_id: string;
-          p_customer_id: string;
-          p_subscription_id: string;
-          p_price_id: string;
-          p_billing_reason: string;
-          p_period_end: string;
-          p_user_id?: string;
-        };
-        Returns: Database["public"]["CompositeTypes"]["credit_stripe_invoice_result"];
-      };
-      credit_stripe_record_purchase: {
-        Args: {
-          p_user_id: string;
-          p_credits: number;
-          p_checkout_session_id: string;
-          p_payment_intent_id: string;
-          p_amount_total: number;
-          p_metadata?: Json;
-        };
-        Returns: Database["public"]["CompositeTypes"]["credit_add_result"];
-      };
-      credit_stripe_subscription_changed: {
-        Args: {
-          p_subscription_id: string;
-          p_customer_id: string;
-          p_price_id: string;
-          p_status: string;
-          p_event_created: string;
-          p_user_id?: string;
-        };
-        Returns: Database["public"]["CompositeTypes"]["credit_stripe_subscription_result"];
-      };
       credit_sweep_expired: {
         Args: {
           p_dry_run?: boolean;
@@ -1041,15 +951,6 @@ export type Database = {
         Args: never;
         Returns: Database["public"]["CompositeTypes"]["credit_ledger_issue"][];
       };
-      credit_void_grant: {
-        Args: {
-          p_grant_id: string;
-          p_amount?: number;
-          p_reason?: string;
-          p_idempotency_key?: string;
-        };
-        Returns: Database["public"]["CompositeTypes"]["credit_void_result"];
-      };
     };
     Enums: { [_ in never]: never };
     CompositeTypes: {
@@ -1073,6 +974,29 @@ export type Database = {
         amount: number;
         rollover: number;
       };
+      credit_auto_topup_row: {
+        user_id: string;
+        enabled: boolean;
+        threshold: number;
+        amount: number | null;
+        target_balance: number | null;
+        unit_price_minor: number;
+        currency: string;
+        monthly_cap_credits: number | null;
+        monthly_cap_minor: number | null;
+        cooldown_seconds: number;
+        max_failures: number;
+        stripe_customer_id: string;
+        stripe_payment_method_id: string;
+        consecutive_failures: number;
+        disabled_reason: string | null;
+        last_requested_at: string | null;
+        month_credits: number;
+        month_minor: number;
+        open_request_id: string | null;
+        balance: number;
+        updated_at: string;
+      };
       credit_balance_at_result: {
         user_id: string;
         at: string;
@@ -1083,7 +1007,6 @@ export type Database = {
         balance: number;
         held: number;
         available: number;
-        scopes: Json;
       };
       credit_cost_result: {
         pricing_version: number;
@@ -1255,32 +1178,6 @@ export type Database = {
         refunds: number;
         users: number;
       };
-      credit_stripe_clawback_result: {
-        payment_intent_id: string;
-        known: boolean;
-        user_id: string | null;
-        credits: number | null;
-        clawed_back: number;
-        change: number;
-        balance_after: number | null;
-        debt: number | null;
-      };
-      credit_stripe_invoice_result: {
-        invoice_id: string;
-        user_id: string | null;
-        plan_id: string | null;
-        granted: number;
-        transaction_id: string | null;
-        expires_at: string | null;
-        outcome: string;
-      };
-      credit_stripe_subscription_result: {
-        subscription_id: string;
-        user_id: string;
-        status: string;
-        plan_id: string | null;
-        applied: boolean;
-      };
       credit_sweep_result: {
         dry_run: boolean;
         accounts: number;
@@ -1328,6 +1225,22 @@ export type Database = {
         refunded: number;
         charges: number;
       };
+      credit_topup_request_row: {
+        id: string;
+        user_id: string;
+        state: string;
+        credits: number;
+        amount_minor: number;
+        currency: string;
+        stripe_customer_id: string;
+        stripe_payment_method_id: string;
+        attempts: number;
+        payment_intent_id: string | null;
+        transaction_id: string | null;
+        last_error: string | null;
+        created_at: string;
+        completed_at: string | null;
+      };
       credit_user_plan_result: {
         user_id: string;
         plan_id: string | null;
@@ -1345,16 +1258,6 @@ export type Database = {
         refunded: number;
         net_spent: number;
         charges: number;
-      };
-      credit_void_result: {
-        transaction_id: string;
-        grant_id: string;
-        user_id: string;
-        amount: number;
-        remaining: number;
-        balance_after: number;
-        created_at: string;
-        is_replay: boolean;
       };
     };
   };
