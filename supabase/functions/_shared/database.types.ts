@@ -248,6 +248,7 @@ export type Database = {
           expires_at: string | null;
           created_at: string;
           spendable: boolean;
+          scope: string[] | null;
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
@@ -374,6 +375,154 @@ export type Database = {
             referencedColumns: ["account_id"];
           },
         ];
+      };
+      credit_stripe_clawbacks: {
+        Row: {
+          transaction_id: string;
+          payment_intent_id: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_stripe_clawbacks_payment_intent_id_fkey";
+            columns: ["payment_intent_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_stripe_payments";
+            referencedColumns: ["payment_intent_id"];
+          },
+          {
+            foreignKeyName: "credit_stripe_clawbacks_transaction_id_fkey";
+            columns: ["transaction_id"];
+            isOneToOne: true;
+            referencedRelation: "credit_transactions";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_stripe_customers: {
+        Row: {
+          customer_id: string;
+          user_id: string;
+          created_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [];
+      };
+      credit_stripe_disputes: {
+        Row: {
+          dispute_id: string;
+          payment_intent_id: string;
+          amount: number;
+          status: string;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [];
+      };
+      credit_stripe_early_refunds: {
+        Row: {
+          payment_intent_id: string;
+          refunded: number;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [];
+      };
+      credit_stripe_invoices: {
+        Row: {
+          invoice_id: string;
+          user_id: string;
+          transaction_id: string;
+          created_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_stripe_invoices_transaction_id_fkey";
+            columns: ["transaction_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_transactions";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_stripe_payments: {
+        Row: {
+          payment_intent_id: string;
+          account_id: number;
+          transaction_id: string;
+          grant_id: string;
+          credits: number;
+          amount: number;
+          currency: string | null;
+          refunded: number;
+          withdrawn: number;
+          clawed_back: number;
+          created_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_stripe_payments_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+          {
+            foreignKeyName: "credit_stripe_payments_grant_id_fkey";
+            columns: ["grant_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_grants";
+            referencedColumns: ["id"];
+          },
+          {
+            foreignKeyName: "credit_stripe_payments_transaction_id_fkey";
+            columns: ["transaction_id"];
+            isOneToOne: true;
+            referencedRelation: "credit_transactions";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_stripe_prices: {
+        Row: {
+          price_id: string;
+          plan_id: string;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_stripe_prices_plan_id_fkey";
+            columns: ["plan_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_plans";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_stripe_subscriptions: {
+        Row: {
+          subscription_id: string;
+          customer_id: string;
+          user_id: string;
+          price_id: string | null;
+          plan_id: string | null;
+          status: string;
+          event_created: string;
+          updated_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [];
       };
       credit_team_members: {
         Row: {
@@ -545,6 +694,7 @@ export type Database = {
           p_expires_at?: string;
           p_metadata?: Json;
           p_idempotency_key?: string;
+          p_scope?: string[];
         };
         Returns: Database["public"]["CompositeTypes"]["credit_add_result"];
       };
@@ -737,6 +887,10 @@ export type Database = {
         };
         Returns: Database["public"]["Tables"]["credit_events"]["Row"][];
       };
+      credit_list_price_plans: {
+        Args: never;
+        Returns: Database["public"]["Tables"]["credit_stripe_prices"]["Row"][];
+      };
       credit_list_pricing_versions: {
         Args: never;
         Returns: Database["public"]["CompositeTypes"]["credit_pricing_version"][];
@@ -862,6 +1016,13 @@ export type Database = {
         };
         Returns: number;
       };
+      credit_set_price_plan: {
+        Args: {
+          p_price_id: string;
+          p_plan_id: string;
+        };
+        Returns: Database["public"]["Tables"]["credit_stripe_prices"]["Row"][];
+      };
       credit_set_team_member: {
         Args: {
           p_team_id: string;
@@ -913,6 +1074,56 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_statement_result"];
       };
+      credit_stripe_charge_refunded: {
+        Args: {
+          p_payment_intent_id: string;
+          p_amount_refunded: number;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_stripe_clawback_result"];
+      };
+      credit_stripe_dispute: {
+        Args: {
+          p_dispute_id: string;
+          p_payment_intent_id: string;
+          p_amount: number;
+          p_funds: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_stripe_clawback_result"];
+      };
+      credit_stripe_invoice_paid: {
+        Args: {
+          p_invoice_id: string;
+          p_customer_id: string;
+          p_subscription_id: string;
+          p_price_id: string;
+          p_billing_reason: string;
+          p_period_end: string;
+          p_user_id?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_stripe_invoice_result"];
+      };
+      credit_stripe_record_purchase: {
+        Args: {
+          p_user_id: string;
+          p_credits: number;
+          p_checkout_session_id: string;
+          p_payment_intent_id: string;
+          p_amount_total: number;
+          p_metadata?: Json;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_add_result"];
+      };
+      credit_stripe_subscription_changed: {
+        Args: {
+          p_subscription_id: string;
+          p_customer_id: string;
+          p_price_id: string;
+          p_status: string;
+          p_event_created: string;
+          p_user_id?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_stripe_subscription_result"];
+      };
       credit_sweep_expired: {
         Args: {
           p_dry_run?: boolean;
@@ -950,6 +1161,15 @@ export type Database = {
       credit_verify_ledger: {
         Args: never;
         Returns: Database["public"]["CompositeTypes"]["credit_ledger_issue"][];
+      };
+      credit_void_grant: {
+        Args: {
+          p_grant_id: string;
+          p_amount?: number;
+          p_reason?: string;
+          p_idempotency_key?: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_void_result"];
       };
     };
     Enums: { [_ in never]: never };
@@ -1007,6 +1227,7 @@ export type Database = {
         balance: number;
         held: number;
         available: number;
+        scopes: Json;
       };
       credit_cost_result: {
         pricing_version: number;
@@ -1178,6 +1399,32 @@ export type Database = {
         refunds: number;
         users: number;
       };
+      credit_stripe_clawback_result: {
+        payment_intent_id: string;
+        known: boolean;
+        user_id: string | null;
+        credits: number | null;
+        clawed_back: number;
+        change: number;
+        balance_after: number | null;
+        debt: number | null;
+      };
+      credit_stripe_invoice_result: {
+        invoice_id: string;
+        user_id: string | null;
+        plan_id: string | null;
+        granted: number;
+        transaction_id: string | null;
+        expires_at: string | null;
+        outcome: string;
+      };
+      credit_stripe_subscription_result: {
+        subscription_id: string;
+        user_id: string;
+        status: string;
+        plan_id: string | null;
+        applied: boolean;
+      };
       credit_sweep_result: {
         dry_run: boolean;
         accounts: number;
@@ -1258,6 +1505,16 @@ export type Database = {
         refunded: number;
         net_spent: number;
         charges: number;
+      };
+      credit_void_result: {
+        transaction_id: string;
+        grant_id: string;
+        user_id: string;
+        amount: number;
+        remaining: number;
+        balance_after: number;
+        created_at: string;
+        is_replay: boolean;
       };
     };
   };

@@ -241,17 +241,12 @@ const TOPUP_STATUS: Record<string, string> = {
 async function topupOutcome(type: string, intent: JsonObject): Promise<Response> {
   const request = stringOf(objectOf(intent.metadata)?.ducto_topup_request_id);
   if (!request) return json(NOT_HANDLED); // a payment ducto did not start
-  // not in the generated types of every deployment: called by name
-  const rpc = serviceClient().rpc as unknown as (
-    fn: string,
-    args: Record<string, unknown>,
-  ) => Promise<{ data: Json | null; error: PostgrestError | null; status: number }>;
   const result = unwrap(
-    await rpc.call(serviceClient(), "credit_complete_topup", {
+    await serviceClient().rpc("credit_complete_topup", {
       p_request_id: request,
-      p_payment_intent_id: stringOf(intent.id),
+      p_payment_intent_id: stringOf(intent.id) ?? "",
       p_status: TOPUP_STATUS[type],
-      p_error: stringOf(objectOf(intent.last_payment_error)?.message),
+      p_error: stringOf(objectOf(intent.last_payment_error)?.message) ?? undefined,
     }),
   );
   return json({ received: true, handled: "topup", result });

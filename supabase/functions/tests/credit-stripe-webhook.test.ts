@@ -1,8 +1,8 @@
 // credit-stripe-webhook against the stack: refunds, disputes and subscriptions as Stripe
 // documents their events, signed by Stripe's own library. The checkout route is the one
 // credit-topup-webhook.test.ts proves (the same code); here it is the purchase that later
-// events claw back. The automatic top-up's route (payment_intent.* with
-// metadata.ducto_topup_request_id) calls an RPC this schema does not define yet: untested.
+// events claw back. An automatic top-up's payment intent (metadata.ducto_topup_request_id)
+// reported by the webhook before or after the worker credits once.
 
 import assert from "node:assert/strict";
 import Stripe from "npm:stripe@23.1.0";
@@ -352,4 +352,43 @@ Deno.test("of a subscription's several prices, the one mapped to a plan decides"
   }));
   assert.equal(paid.outcome, "granted");
   assert.equal(await balance(user), 70);
+});
+
+Deno.test("an auto top-up's payment reported by the webhook credits once, however often", async () => {
+  const user = newUserId();
+  await serviceRpc("credit_add_credits", { p_user_id: user, p_amount: 600 });
+  await serviceRpc("credit_set_auto_topup", {
+    p_user_id: user,
+    p_threshold: 500,
+    p_amount: 1000,
+    p_unit_price_minor: 2,
+    p_currency: "usd",
+    p_stripe_customer_id: stripeId("cus"),
+    p_stripe_payment_method_id: stripeId("pm"),
+  });
+  await serviceRpc("credit_deduct_credits", { p_user_id: user, p_amount: 200 });
+  const [request] = await serviceSelect<{ id: string; state: string }>(
+    "credit_topup_requests",
+    `user_id=eq.${user}&select=id,state`,
+  );
+  assert.equal(request.state, "pending");
+  const intent = {
+    id: stripeId("pi"),
+    object: "payment_intent",
+    amount: 2000,
+    currency: "usd",
+    status: "succeeded",
+    metadata: { ducto_topup_request_id: request.id },
+  };
+  // the webhook learns of the payment before the worker does, and Stripe redelivers it
+  await ok(event("payment_intent.succeeded", intent));
+  await ok(event("payment_intent.succeeded", intent));
+  const balance = await serviceRpc("credit_get_balance", { p_user_id: user });
+  assert.equal(balance.balance, 1400);
+  const [done] = await serviceSelect<{ state: string }>(
+    "credit_topup_requests",
+    `id=eq.${request.id}&select=state`,
+  );
+  assert.equal(done.state, "succeeded");
+  assert.deepEqual(await ledgerIssues(), []);
 });
