@@ -3,7 +3,6 @@
 // Stripe's own ids, so a redelivered, duplicated or reordered event changes nothing.
 // docs/stripe.md lists the events; any other is acknowledged and ignored.
 
-import type { PostgrestError } from "npm:@supabase/supabase-js@2.109.0";
 import { HttpError, json, unwrap } from "./http.ts";
 import type { Json } from "./database.types.ts";
 import { serviceClient, setting } from "./supabase.ts";
