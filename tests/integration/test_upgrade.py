@@ -1,12 +1,12 @@
-"""Upgrading a ledger in use: the newest migration applied to a database that the schema
-before it has been writing, with rows of every kind.
+"""Upgrading a ledger in use: this release's migrations applied to a database that the
+previous release's schema has been writing, with rows of every kind.
 
-The database gets the migrations up to the previous schema (the one of the last release),
-then a ledger of several users: paid and promotional grants with priorities and expiries,
+The database gets the migrations up to the previous schema (the second release heading of
+CHANGELOG.md), then a ledger of several users: paid and promotional grants with priorities and expiries,
 a grant used up, a grant expired but not swept, deducts, usage and fixed-job charges, a
 hold settled with an overage that became debt, a refund, a team pool charged by a member.
-Then ``setup()`` (what `ducto setup` runs) upgrades it, applying the newest migration
-alone, and:
+Then ``setup()`` (what `ducto setup` runs) upgrades it, applying this release's
+migrations, and:
 
 - every account, journal row, grant, draw and balance reads the same as before;
 - ``credit_verify_ledger()`` finds nothing, and every constraint is validated;
@@ -17,6 +17,7 @@ alone, and:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,22 @@ SNAPSHOT = {
 }
 
 
-def install_all_but_the_newest(url: str) -> None:
+def previous_schema() -> str:
+    """The schema of the release before this one: the second heading of CHANGELOG.md."""
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    schemas = re.findall(r"^## \S+ \(schema (\d+)\)$", changelog, re.MULTILINE)
+    assert len(schemas) >= 2, "CHANGELOG.md names no previous release"
+    return schemas[1]
+
+
+def install_the_previous_release(url: str) -> None:
     """The database as setup() of the previous release left it: its migrations applied and
     recorded, each in its own transaction."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(PREPARE_RECORD)
-        for migration in bundled()[:-1]:
+        for migration in bundled():
+            if migration.version > previous_schema():
+                break
             with conn.transaction():
                 conn.execute(migration.sql.encode())
                 conn.execute(RECORD, (migration.version, migration.name))
@@ -177,9 +188,9 @@ ERIN_CHECKOUT = {
 }
 
 
-def test_the_newest_migration_keeps_a_ledger_in_use(new_database: Callable[..., str]) -> None:
+def test_this_release_keeps_a_ledger_in_use(new_database: Callable[..., str]) -> None:
     url = new_database()
-    install_all_but_the_newest(url)
+    install_the_previous_release(url)
     install_test_clock(url)  # the ledger is written at set times
     with psycopg.connect(url, autocommit=True) as conn:
         firsts = write_ledger(conn)
@@ -189,7 +200,8 @@ def test_the_newest_migration_keeps_a_ledger_in_use(new_database: Callable[..., 
         assert rows(conn, "select * from credit_verify_ledger()") == []
 
     versions = tuple(m.version for m in bundled())
-    assert setup(url) == SetupResult(versions[-1:], versions[:-1], latest_version())
+    released = tuple(v for v in versions if v <= previous_schema())
+    assert setup(url) == SetupResult(versions[len(released) :], released, latest_version())
     # a migration that defines the clock brings back now(), as in every install
     install_test_clock(url)
 
