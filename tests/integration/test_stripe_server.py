@@ -334,41 +334,61 @@ def test_a_delivery_signed_with_another_secret_changes_nothing(
 # ---------------------------------------------------------------- subscriptions
 
 
-def test_a_subscription_assigns_its_plan_and_its_cancellation_removes_it(
-    ledger: Ledger, stripe_client: stripe.StripeClient, webhooks: Webhooks
-) -> None:
-    user = new_user_id()
+def mapped_price(ledger: Ledger, client: stripe.StripeClient) -> tuple[str, str]:
+    """A ducto plan and a localstripe plan (Stripe's older name of a price) mapped to it
+    with credit_set_price_plan: (plan id, price id)."""
     plan = "stripe-server-" + uuid.uuid4().hex[:12]
     ledger.call("credit_upsert_plan", plan_id=plan, name="Pro", allowance=500,
                 allowance_period="month")  # fmt: skip
-    # a localstripe plan (Stripe's older name of a price), its id mapped to the ducto plan
-    price = stripe_client.v1.plans.create(params={
+    price = client.v1.plans.create(params={
         "id": "price_" + uuid.uuid4().hex[:16], "amount": 1000, "currency": "usd",
         "interval": "month", "product": {"name": "Pro"},
     })  # fmt: skip
     ledger.call("credit_set_price_plan", price_id=price.id, plan_id=plan)
-    customer, method = saved_card(stripe_client, PAYS)
-    stripe_client.v1.customers.update(
+    return plan, price.id
+
+
+def paying_customer(client: stripe.StripeClient) -> str:
+    """A localstripe customer whose invoices are paid with a saved card."""
+    customer, method = saved_card(client, PAYS)
+    client.v1.customers.update(
         customer, params={"invoice_settings": {"default_payment_method": method}}
     )
+    return customer
 
-    def plan_of() -> str | None:
-        assigned: str | None = ledger.call("credit_get_user_plan", user_id=user)["plan_id"]
-        return assigned
 
+def plan_of(ledger: Ledger, user: str) -> str | None:
+    assigned: str | None = ledger.call("credit_get_user_plan", user_id=user)["plan_id"]
+    return assigned
+
+
+def subscription_status(ledger: Ledger, subscription_id: str) -> str:
+    row = ledger.one(
+        "select status from credit_stripe_subscriptions where subscription_id = %s",
+        (subscription_id,),
+    )
+    return str(row["status"])
+
+
+def test_a_subscription_assigns_its_plan_and_its_cancellation_removes_it(
+    ledger: Ledger, stripe_client: stripe.StripeClient, webhooks: Webhooks
+) -> None:
+    user = new_user_id()
+    plan, price = mapped_price(ledger, stripe_client)
+    customer = paying_customer(stripe_client)
     # the app creates the subscription with the user's id in its metadata
     subscription = stripe_client.v1.subscriptions.create(params={
-        "customer": customer, "items": [{"plan": price.id}], "metadata": {"user_id": user},
+        "customer": customer, "items": [{"plan": price}], "metadata": {"user_id": user},
     })  # fmt: skip
     assert subscription.status == "active"
-    until("plan assigned by customer.subscription.created", lambda: plan_of() == plan)
+    until("plan assigned by customer.subscription.created", lambda: plan_of(ledger, user) == plan)
     row = ledger.one(
         "select customer_id, user_id, price_id, status from credit_stripe_subscriptions"
         " where subscription_id = %s",
         (subscription.id,),
     )
     assert dict(row) == {
-        "customer_id": customer, "user_id": user, "price_id": price.id, "status": "active",
+        "customer_id": customer, "user_id": user, "price_id": price, "status": "active",
     }  # fmt: skip
     # its first invoice: localstripe says invoice.payment_succeeded, which ducto does not
     # handle (the allowance comes with invoice.paid): no credits
@@ -379,9 +399,43 @@ def test_a_subscription_assigns_its_plan_and_its_cancellation_removes_it(
     assert ledger.rows("select 1 from credit_transactions where user_id = %s", (user,)) == []
 
     stripe_client.v1.subscriptions.cancel(subscription.id)
-    until("plan removed by customer.subscription.deleted", lambda: plan_of() is None)
-    status = ledger.one(
-        "select status from credit_stripe_subscriptions where subscription_id = %s",
-        (subscription.id,),
+    until("plan removed by customer.subscription.deleted", lambda: plan_of(ledger, user) is None)
+    assert subscription_status(ledger, subscription.id) == "canceled"
+
+    # a later subscription of the customer without metadata: the customer is the user
+    again = stripe_client.v1.subscriptions.create(
+        params={"customer": customer, "items": [{"plan": price}]}
     )
-    assert status["status"] == "canceled"
+    until("plan assigned to the customer's user", lambda: plan_of(ledger, user) == plan)
+    stripe_client.v1.subscriptions.cancel(again.id)
+    until("plan removed again", lambda: plan_of(ledger, user) is None)
+    assert subscription_status(ledger, again.id) == "canceled"
+
+
+def test_concurrent_subscriptions_assign_and_remove_each_plan(
+    ledger: Ledger, stripe_client: stripe.StripeClient, webhooks: Webhooks
+) -> None:
+    plan, price = mapped_price(ledger, stripe_client)
+    users = [new_user_id() for _ in range(8)]
+    customers = {user: paying_customer(stripe_client) for user in users}
+
+    def subscribe(user: str) -> str:
+        return str(stripe_client.v1.subscriptions.create(params={
+            "customer": customers[user], "items": [{"plan": price}],
+            "metadata": {"user_id": user},
+        }).id)  # fmt: skip
+
+    # every user subscribes at once; localstripe delivers the events concurrently
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        subscriptions = dict(zip(users, pool.map(subscribe, users), strict=True))
+    until("every plan assigned", lambda: all(plan_of(ledger, u) == plan for u in users))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(stripe_client.v1.subscriptions.cancel, subscriptions.values()))
+    until("every plan removed", lambda: all(plan_of(ledger, u) is None for u in users))
+    for user, subscription in subscriptions.items():
+        assert subscription_status(ledger, subscription) == "canceled"
+        row = ledger.one(
+            "select user_id from credit_stripe_customers where customer_id = %s",
+            (customers[user],),
+        )
+        assert row["user_id"] == user
