@@ -165,8 +165,12 @@ function subscriptionUser(metadata: Json | undefined): string | null {
 
 async function subscriptionChanged(event: JsonObject, subscription: JsonObject) {
   const items = objectOf(subscription.items)?.data;
+  // an item's `price`, or its `plan` in events of API versions before Prices: a plan's id
+  // is a price id (Stripe accepts it wherever a price id goes)
   const prices = (Array.isArray(items) ? items : [])
-    .map((item) => idOf(objectOf(objectOf(item)?.price)?.id))
+    .map((item) =>
+      idOf(objectOf(objectOf(item)?.price)?.id) ?? idOf(objectOf(objectOf(item)?.plan)?.id)
+    )
     .filter((price): price is string => price !== null);
   const subscriptionId = stringOf(subscription.id);
   const customer = idOf(subscription.customer);
