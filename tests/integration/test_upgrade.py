@@ -2,9 +2,10 @@
 previous release's schema has been writing, with rows of every kind.
 
 The database gets the migrations up to the previous schema (the second release heading of
-CHANGELOG.md), then a ledger of several users: paid and promotional grants with priorities and expiries,
-a grant used up, a grant expired but not swept, deducts, usage and fixed-job charges, a
-hold settled with an overage that became debt, a refund, a team pool charged by a member.
+CHANGELOG.md), then a ledger of several users: paid and promotional grants with priorities
+and expiries, a grant used up, a grant expired but not swept, deducts, usage and fixed-job
+charges, a hold settled with an overage that became debt, a refund, a team pool charged by
+a member.
 Then ``setup()`` (what `ducto setup` runs) upgrades it, applying this release's
 migrations, and:
 
