@@ -59,7 +59,7 @@ def previous_schema() -> str:
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     schemas = re.findall(r"^## \S+ \(schema (\d+)\)$", changelog, re.MULTILINE)
     assert len(schemas) >= 2, "CHANGELOG.md names no previous release"
-    return schemas[1]
+    return str(schemas[1])
 
 
 def install_the_previous_release(url: str) -> None:
