@@ -86,16 +86,20 @@ to service_role;
 
 create function credit_private.has_scoped(p_account_id bigint)
 returns boolean
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
+begin
     -- one probe of credit_grants_scoped_idx: does the account have scoped credits left?
-    select exists (
+    -- (plpgsql, not sql: a function with "set" is never inlined, and a sql one would be
+    -- planned again on every call of every debit)
+    return exists (
         select
         from public.credit_grants as g
         where g.account_id = p_account_id and g.spendable and g.scope is not null
     );
+end;
 $$;
 revoke all on function credit_private.has_scoped(bigint)
 from public, anon, authenticated, service_role;
