@@ -1,0 +1,339 @@
+"""Analytics from a read replica: the stores' read URL against a real streaming replica.
+
+The module starts one hot standby of the stack's PostgreSQL (``pg_basebackup -R``,
+helpers_replica) and a PostgREST behind a gateway on it, then checks, for the psycopg and
+the PostgREST stores, sync and async: every analytics method and the journal export give
+through the replica what they give through the primary; they really read the replica
+(with its replay paused, a new write is missing there and present on the primary); and
+every other call (writes, balances, statements) still goes to the primary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import psycopg
+import pytest
+from conftest import _Awaited, stack_env
+from helpers_api import new_user_id
+from helpers_replica import (
+    Replica,
+    ReplicaApi,
+    current_lsn,
+    start_replica,
+    start_replica_api,
+    stop_replica,
+    stop_replica_api,
+    wait_for_replay,
+    wait_until,
+)
+from psycopg.types.json import Jsonb
+from test_concurrency import Ledger, connect
+
+from ducto import (
+    AsyncCreditManager,
+    CreditManager,
+    InsufficientCreditsError,
+    JournalRow,
+    StoreConnectionError,
+    UsageMetrics,
+)
+from ducto.interface import (
+    AsyncHttpxSupabaseStore,
+    AsyncPostgresStore,
+    HttpxSupabaseStore,
+    PostgresStore,
+)
+
+PRICING = {
+    "models": [
+        {"model": "gamma", "input": 0, "output": 0, "request": 2},
+        {"model": "delta", "input": 0, "output": 0, "request": 3},
+    ],
+    "default": None,
+}
+FLAVOURS = ["postgres", "postgres-async", "http", "http-async"]
+
+
+@pytest.fixture(scope="module")
+def replica(database_url: str) -> Iterator[Replica]:
+    """One streaming hot standby of the stack's cluster for the module."""
+    stack_dir = Path(stack_env("DUCTO_STACK_DIR"))
+    pgbin = Path(os.environ.get("DUCTO_PGBIN") or "/usr/lib/postgresql/15/bin")
+    started = start_replica(database_url, stack_dir, pgbin)
+    yield started
+    stop_replica(started, database_url)
+
+
+@pytest.fixture(scope="module")
+def replica_api(replica: Replica) -> Iterator[ReplicaApi]:
+    """The replica's REST API (PostgREST on the standby, behind a gateway)."""
+    api = start_replica_api(replica, Path(stack_env("DUCTO_STACK_DIR")))
+    yield api
+    stop_replica_api(api)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two managers of one flavour: ``primary`` reads everything from the primary,
+    ``routed`` has the replica as its read URL."""
+
+    primary: CreditManager
+    routed: CreditManager
+    runner: asyncio.Runner | None = None  # the async flavours' loop
+
+    def journal(self, manager: CreditManager, *args: Any, **kwargs: Any) -> list[JournalRow]:
+        """``manager.export_journal(...)`` as a list, in either flavour."""
+        rows = cast(Any, manager).export_journal(*args, **kwargs)
+        if self.runner is None:
+            return list(rows)
+
+        async def collect() -> list[JournalRow]:
+            return [row async for row in rows]
+
+        return self.runner.run(collect())
+
+
+@pytest.fixture(params=FLAVOURS)
+def pair(
+    request: pytest.FixtureRequest,
+    database_url: str,
+    supabase_url: str,
+    service_role_key: str,
+    replica: Replica,
+    replica_api: ReplicaApi,
+) -> Iterator[Pair]:
+    flavour: str = request.param
+    if flavour == "postgres":
+        stores = [
+            PostgresStore(database_url, max_size=2),
+            PostgresStore(database_url, max_size=2, read_dsn=replica.url),
+        ]
+        yield Pair(CreditManager(stores[0]), CreditManager(stores[1]))
+        for store in stores:
+            store.close()
+    elif flavour == "http":
+        https = [
+            HttpxSupabaseStore(supabase_url, service_role_key),
+            HttpxSupabaseStore(supabase_url, service_role_key, read_url=replica_api.url),
+        ]
+        yield Pair(CreditManager(https[0]), CreditManager(https[1]))
+        for http in https:
+            http.close()
+    else:
+        with asyncio.Runner() as runner:
+            astores: list[AsyncPostgresStore | AsyncHttpxSupabaseStore]
+            if flavour == "postgres-async":
+                astores = [
+                    AsyncPostgresStore(database_url, max_size=2),
+                    AsyncPostgresStore(database_url, max_size=2, read_dsn=replica.url),
+                ]
+            else:
+                astores = [
+                    AsyncHttpxSupabaseStore(supabase_url, service_role_key),
+                    AsyncHttpxSupabaseStore(
+                        supabase_url, service_role_key, read_url=replica_api.url
+                    ),
+                ]
+            primary, routed = (
+                cast(CreditManager, _Awaited(AsyncCreditManager(store), runner))
+                for store in astores
+            )
+            yield Pair(primary, routed, runner)
+            for astore in astores:
+                runner.run(astore.close())
+
+
+@pytest.fixture(scope="module")
+def history(database_url: str, replica: Replica) -> dict[str, Any]:
+    """Two days of journal at a far-future day no other test uses, written through the
+    primary and replayed by the replica: grants, charges of four users on two models and
+    by amount, a refund. Returns the window and the users."""
+    day1 = datetime(2400, 1, 1, tzinfo=UTC) + timedelta(days=random.randrange(100_000))
+    users = [new_user_id() for _ in range(4)]
+    with connect(database_url) as conn:
+        ledger = Ledger(conn)
+        ledger.set_clock(day1 + timedelta(hours=9))
+        ledger.call("credit_publish_pricing", config=Jsonb(PRICING))
+        charges = []
+        for index, user in enumerate(users):
+            ledger.add(user, 1000 + index)
+            for model, requests in (("gamma", index + 1), ("delta", 2 * index + 1)):
+                metrics = Jsonb({"model": model, "requests": requests})
+                charges.append(ledger.call("credit_deduct_usage", user_id=user, metrics=metrics))
+            ledger.deduct(users[index], 7 + index)  # by amount: no model
+        ledger.set_clock(day1 + timedelta(days=1, hours=2))
+        ledger.refund(charges[1]["transaction_id"], 2)
+        ledger.deduct(users[0], 11)
+    wait_for_replay(replica, current_lsn(database_url))
+    return {"start": day1, "end": day1 + timedelta(days=2), "users": users}
+
+
+def test_the_replica_is_a_streaming_hot_standby(database_url: str, replica: Replica) -> None:
+    with psycopg.connect(replica.url, autocommit=True) as conn:
+        row = conn.execute("select pg_is_in_recovery()").fetchone()
+        assert row == (True,)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "select r.state from pg_stat_replication as r join pg_replication_slots as s"
+            " on s.active_pid = r.pid where s.slot_name = %s",
+            [replica.slot],
+        ).fetchone()
+        assert row == ("streaming",)
+
+
+def test_analytics_through_the_replica_equal_the_primary(
+    pair: Pair, history: dict[str, Any]
+) -> None:
+    start, end, users = history["start"], history["end"], history["users"]
+    primary, routed = pair.primary, pair.routed
+
+    stats = routed.aggregate_stats(start, end)
+    assert stats == primary.aggregate_stats(start, end)
+    # 4 users x (2 model charges + 1 by amount) + 1 on day 2; one refund
+    assert (stats.charges, stats.refunds, stats.users) == (13, 1, 4)
+    assert routed.daily_spend(start, end) == primary.daily_spend(start, end)
+    by_model = routed.spend_by_model(start, end)
+    assert by_model == primary.spend_by_model(start, end)
+    assert {row.model for row in by_model} == {"gamma", "delta", None}
+    by_user = routed.spend_by_user(start, end)
+    assert by_user == primary.spend_by_user(start, end)
+    assert {row.user_id for row in by_user} == set(users)
+    assert routed.top_users(3, start, end) == primary.top_users(3, start, end)
+    exported = pair.journal(routed, start, end, page_size=5)
+    assert exported == pair.journal(primary, start, end, page_size=5)
+    assert len(exported) == 4 + 13 + 1  # grants, charges, the refund
+
+
+@pytest.fixture
+def paused(replica: Replica) -> Iterator[psycopg.Connection[Any]]:
+    """The replica with its WAL replay paused (resumed afterwards)."""
+    with psycopg.connect(replica.url, autocommit=True) as conn:
+        conn.execute("select pg_wal_replay_pause()")
+
+        def is_paused() -> bool:
+            row = conn.execute("select pg_get_wal_replay_pause_state()").fetchone()
+            return row == ("paused",)
+
+        wait_until("the replica pauses its replay", is_paused)
+        try:
+            yield conn
+        finally:
+            conn.execute("select pg_wal_replay_resume()")
+
+
+def test_reads_go_to_the_replica_and_the_rest_to_the_primary(
+    pair: Pair, database_url: str, replica: Replica, paused: psycopg.Connection[Any]
+) -> None:
+    user = new_user_id()
+    now = datetime.now(UTC)
+    start, end = now - timedelta(hours=1), now + timedelta(hours=1)
+
+    # a write through the store with a read URL reaches the primary: a hot standby
+    # would refuse it (cannot execute ... in a read-only transaction)
+    added = pair.routed.add_credits(user, 42, "grant")
+    assert pair.routed.get_balance(user).balance == 42
+    assert pair.routed.statement(user, start, end).closing_balance == 42
+
+    # the replica has not replayed it: the routed reads do not see it, the primary's do
+    assert pair.journal(pair.routed, start, end, user) == []
+    primary_rows = pair.journal(pair.primary, start, end, user)
+    assert [row.id for row in primary_rows] == [added.transaction_id]
+    assert user not in {row.user_id for row in pair.routed.spend_by_user(start, end)}
+
+    paused.execute("select pg_wal_replay_resume()")
+    wait_for_replay(replica, current_lsn(database_url))
+    assert pair.journal(pair.routed, start, end, user) == primary_rows
+
+
+def test_an_unreachable_replica_fails_only_the_reads_it_serves(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # a port nothing listens on: the cluster's own, plus one, is checked free below
+        row = conn.execute("select current_setting('port')::int + 1").fetchone()
+    assert row is not None
+    dead = psycopg.conninfo.make_conninfo(database_url, host="127.0.0.1", port=row[0])
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dead, connect_timeout=2).close()
+    store = PostgresStore(database_url, max_size=2, read_dsn=dead, connect_timeout=2)
+    try:
+        manager = CreditManager(store)
+        user = new_user_id()
+        manager.add_credits(user, 5, "grant")
+        assert manager.get_balance(user).balance == 5
+        now = datetime.now(UTC)
+        with pytest.raises(StoreConnectionError) as refused:
+            manager.aggregate_stats(now - timedelta(hours=1), now)
+        assert f":{row[0]}/" in refused.value.message  # it names the replica
+    finally:
+        store.close()
+
+
+def test_concurrent_charges_while_analytics_read_the_replica(
+    database_url: str, replica: Replica, history: dict[str, Any]
+) -> None:
+    """Keyed charges through stores with a read URL, each sent twice, while the same
+    stores read analytics from the replica: every key is charged once on the primary, the
+    floors hold, and the ledger stays whole."""
+    users = [new_user_id() for _ in range(4)]
+    workers, charges, credit = 8, 12, 40  # 96 charges of 2 against 4 x 40: some refused
+    start, end = history["start"], history["end"]
+    with connect(database_url) as conn:
+        ledger = Ledger(conn)
+        for user in users:
+            ledger.add(user, credit)
+        reference = ledger.call("credit_aggregate_stats", start=start, end=end)
+    barrier = threading.Barrier(workers, timeout=60)
+    charged: list[str] = []
+    refused: list[str] = []
+
+    def work(index: int) -> None:
+        store = PostgresStore(database_url, max_size=2, read_dsn=replica.url)
+        try:
+            manager = CreditManager(store)
+            manager.load_pricing_from_store()
+            barrier.wait()
+            for step in range(charges):
+                key = f"replica-{index}-{step}-{users[0]}"
+                user = users[(index + step) % len(users)]
+                metrics = UsageMetrics(model="gamma", requests=1)
+                try:
+                    first = manager.deduct(user, metrics, idempotency_key=key)
+                except InsufficientCreditsError:
+                    refused.append(key)
+                    continue
+                again = manager.deduct(user, metrics, idempotency_key=key)
+                assert again.is_replay and again.transaction_id == first.transaction_id
+                charged.append(key)
+                assert manager.aggregate_stats(start, end).charges == reference["charges"]
+        finally:
+            store.close()
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(work, index) for index in range(workers)]:
+            future.result()
+
+    assert len(charged) + len(refused) == workers * charges
+    with connect(database_url) as conn:
+        ledger = Ledger(conn)
+        balances = {user: ledger.balance(user)["balance"] for user in users}
+        assert all(balance >= 0 for balance in balances.values())  # the floor held
+        assert sum(credit - balance for balance in balances.values()) == 2 * len(charged)
+        for user in users:
+            journal = ledger.one(
+                "select coalesce(sum(amount), 0) as total, count(distinct idempotency_key)"
+                " filter (where type = 'usage') as keys, count(*) filter (where type = 'usage')"
+                " as usage from credit_transactions where user_id = %s",
+                (user,),
+            )
+            assert journal["total"] == balances[user]
+            assert journal["keys"] == journal["usage"]  # each key charged once
+        assert ledger.verify() == []
