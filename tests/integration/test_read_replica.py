@@ -37,6 +37,7 @@ from helpers_replica import (
     wait_until,
 )
 from psycopg.types.json import Jsonb
+from test_cli import Cli
 from test_concurrency import Ledger, connect
 
 from ducto import (
@@ -337,3 +338,53 @@ def test_concurrent_charges_while_analytics_read_the_replica(
             assert journal["total"] == balances[user]
             assert journal["keys"] == journal["usage"]  # each key charged once
         assert ledger.verify() == []
+
+
+def test_cli_reads_stats_and_exports_from_the_replica(
+    database_url: str,
+    supabase_url: str,
+    service_role_key: str,
+    replica: Replica,
+    replica_api: ReplicaApi,
+    paused: psycopg.Connection[Any],
+) -> None:
+    user = new_user_id()
+    now = datetime.now(UTC)
+    start, end = now - timedelta(hours=1), now + timedelta(hours=1)
+    window = ("--start", start.isoformat(), "--end", end.isoformat())
+    export = ("export", "journal", "--format", "jsonl", "--user", user, *window)
+    primary = Cli(DATABASE_URL=database_url)
+    routed = [
+        Cli(DATABASE_URL=database_url, DUCTO_READ_DATABASE_URL=replica.url),
+        Cli(
+            SUPABASE_URL=supabase_url,
+            SUPABASE_SERVICE_ROLE_KEY=service_role_key,
+            DUCTO_READ_SUPABASE_URL=replica_api.url,
+        ),
+    ]
+    for cli in routed:
+        cli("credits", "add", user, "3", "--type", "grant")  # the primary: replay is paused
+    assert primary.json("credits", "balance", user)["balance"] == 6
+    assert len(primary(*export).stdout.splitlines()) == 2
+    for cli in routed:
+        assert cli.json("credits", "balance", user)["balance"] == 6
+        assert cli(*export).stdout == ""  # the replica has not replayed the grants
+        assert cli.json("stats", "summary", *window)["charges"] >= 0
+
+    paused.execute("select pg_wal_replay_resume()")
+    wait_for_replay(replica, current_lsn(database_url))
+    for cli in routed:
+        assert cli(*export).stdout == primary(*export).stdout
+
+
+def test_cli_refuses_a_replica_of_another_kind(
+    database_url: str, supabase_url: str, service_role_key: str
+) -> None:
+    wrong = Cli(
+        SUPABASE_URL=supabase_url,
+        SUPABASE_SERVICE_ROLE_KEY=service_role_key,
+        DUCTO_READ_DATABASE_URL=database_url,
+    )
+    assert "needs DATABASE_URL" in wrong("stats", code=3).stderr
+    wrong = Cli(DATABASE_URL=database_url, DUCTO_READ_SUPABASE_URL=supabase_url)
+    assert "needs SUPABASE_URL" in wrong("stats", code=3).stderr
