@@ -1,8 +1,8 @@
 """Analytics from a read replica: the stores' read URL against a real streaming replica.
 
 The module starts one hot standby of the stack's PostgreSQL (``pg_basebackup -R``,
-helpers_replica) and a PostgREST behind a gateway on it, then checks, for the psycopg and
-the PostgREST stores, sync and async: every analytics method and the journal export give
+helpers_replica) and a PostgREST behind a gateway on it, then checks, for the psycopg,
+httpx and supabase-py stores, sync and async: every analytics method and the journal export give
 through the replica what they give through the primary; they really read the replica
 (with its replay paused, a new write is missing there and present on the primary); and
 every other call (writes, balances, statements) still goes to the primary.
@@ -37,6 +37,7 @@ from helpers_replica import (
     wait_until,
 )
 from psycopg.types.json import Jsonb
+from supabase import AsyncClient, acreate_client, create_client
 from test_cli import Cli
 from test_concurrency import Ledger, connect
 
@@ -51,8 +52,10 @@ from ducto import (
 from ducto.interface import (
     AsyncHttpxSupabaseStore,
     AsyncPostgresStore,
+    AsyncSupabaseStore,
     HttpxSupabaseStore,
     PostgresStore,
+    SupabaseStore,
 )
 
 PRICING = {
@@ -62,7 +65,7 @@ PRICING = {
     ],
     "default": None,
 }
-FLAVOURS = ["postgres", "postgres-async", "http", "http-async"]
+FLAVOURS = ["postgres", "postgres-async", "http", "http-async", "supabase-py", "supabase-py-async"]
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +117,7 @@ def pair(
     replica_api: ReplicaApi,
 ) -> Iterator[Pair]:
     flavour: str = request.param
+    urls = (supabase_url, replica_api.url)
     if flavour == "postgres":
         stores = [
             PostgresStore(database_url, max_size=2),
@@ -130,10 +134,26 @@ def pair(
         yield Pair(CreditManager(https[0]), CreditManager(https[1]))
         for http in https:
             http.close()
+    elif flavour == "supabase-py":
+        # the app's own clients: one on the project, one on the replica's API
+        client, read_client = (create_client(url, service_role_key) for url in urls)
+        yield Pair(
+            CreditManager(SupabaseStore(client)),
+            CreditManager(SupabaseStore(client, read_client=read_client)),
+        )
+        for each in (client, read_client):
+            each.postgrest.aclose()  # postgrest-py's name for the sync close
     else:
         with asyncio.Runner() as runner:
-            astores: list[AsyncPostgresStore | AsyncHttpxSupabaseStore]
-            if flavour == "postgres-async":
+            astores: list[AsyncPostgresStore | AsyncHttpxSupabaseStore | AsyncSupabaseStore]
+            aclients: list[AsyncClient] = []  # the app's own: it closes them
+            if flavour == "supabase-py-async":
+                aclients = [runner.run(acreate_client(url, service_role_key)) for url in urls]
+                astores = [
+                    AsyncSupabaseStore(aclients[0]),
+                    AsyncSupabaseStore(aclients[0], read_client=aclients[1]),
+                ]
+            elif flavour == "postgres-async":
                 astores = [
                     AsyncPostgresStore(database_url, max_size=2),
                     AsyncPostgresStore(database_url, max_size=2, read_dsn=replica.url),
@@ -151,7 +171,10 @@ def pair(
             )
             yield Pair(primary, routed, runner)
             for astore in astores:
-                runner.run(astore.close())
+                if not isinstance(astore, AsyncSupabaseStore):
+                    runner.run(astore.close())
+            for aclient in aclients:
+                runner.run(aclient.postgrest.aclose())
 
 
 @pytest.fixture(scope="module")
