@@ -49,7 +49,7 @@ def _dsn_connect_timeout(value: str | int | None) -> int:
 class _Database:
     """Where a store's own pool connects: its DSN, connect timeout and a printable name."""
 
-    def __init__(self, dsn: str, connect_timeout: int | None, *, read_only: bool = False) -> None:
+    def __init__(self, dsn: str, connect_timeout: int | None) -> None:
         try:
             params = conninfo_to_dict(dsn)
         except psycopg.Error as exc:
@@ -70,8 +70,6 @@ class _Database:
             )
         self.dsn = dsn
         self.connect_timeout = connect_timeout
-        self.read_only = read_only
-        self.options = params.get("options") or ""  # a keyword argument would replace them
         # never the password
         user = f"{params['user']}@" if params.get("user") else ""
         port = f":{params['port']}" if params.get("port") else ""
@@ -83,12 +81,7 @@ class _Database:
         """The keyword arguments of every new connection."""
         # each RPC is one statement and its own transaction: autocommit saves the
         # BEGIN/COMMIT round trips
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": self.connect_timeout}
-        if self.read_only:
-            # a read URL that reaches a primary (a pooler, a misconfiguration) still
-            # cannot write through it
-            kwargs["options"] = f"{self.options} -c default_transaction_read_only=on".strip()
-        return kwargs
+        return {"autocommit": True, "connect_timeout": self.connect_timeout}
 
     def unreachable(self, exc: psycopg.Error) -> StoreConnectionError:
         """The error for a connection attempt that failed with ``exc``."""
@@ -176,9 +169,9 @@ class AsyncPostgresStore:
     reason within that time.
 
     ``read_dsn`` (with a DSN or a pool) is a read replica's DSN: the store opens a second
-    pool there, of read-only connections (same ``max_size`` and ``connect_timeout``), for
-    the calls that read history (the analytics and the journal export), which then lag
-    the primary by the replica's replay delay. Every other call (balances, charges,
+    pool there (same ``max_size`` and ``connect_timeout``) for the calls that read
+    history (the analytics and the journal export, STABLE functions that cannot write),
+    which then lag the primary by the replica's replay delay. Every other call (balances, charges,
     statements, setup, :meth:`transaction`) stays on the primary. When the replica cannot
     be reached those calls fail with ``StoreConnectionError``; they never fall back to the
     primary.
@@ -217,7 +210,7 @@ class AsyncPostgresStore:
         self._read_pool: AsyncConnectionPool | None = None
         self._read_pool_opened = False
         if read_dsn is not None:
-            self._read_database = _Database(read_dsn, connect_timeout, read_only=True)
+            self._read_database = _Database(read_dsn, connect_timeout)
             self._read_pool = AsyncConnectionPool(
                 read_dsn,
                 min_size=1,
@@ -393,9 +386,9 @@ class PostgresStore:
     reason within that time.
 
     ``read_dsn`` (with a DSN or a pool) is a read replica's DSN: the store opens a second
-    pool there, of read-only connections (same ``max_size`` and ``connect_timeout``), for
-    the calls that read history (the analytics and the journal export), which then lag
-    the primary by the replica's replay delay. Every other call (balances, charges,
+    pool there (same ``max_size`` and ``connect_timeout``) for the calls that read
+    history (the analytics and the journal export, STABLE functions that cannot write),
+    which then lag the primary by the replica's replay delay. Every other call (balances, charges,
     statements, setup, :meth:`transaction`) stays on the primary. When the replica cannot
     be reached those calls fail with ``StoreConnectionError``; they never fall back to the
     primary.
@@ -434,7 +427,7 @@ class PostgresStore:
         self._read_pool: ConnectionPool | None = None
         self._read_pool_opened = False
         if read_dsn is not None:
-            self._read_database = _Database(read_dsn, connect_timeout, read_only=True)
+            self._read_database = _Database(read_dsn, connect_timeout)
             self._read_pool = ConnectionPool(
                 read_dsn,
                 min_size=1,

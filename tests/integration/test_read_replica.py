@@ -48,6 +48,7 @@ from ducto import (
     JournalRow,
     StoreConnectionError,
     UsageMetrics,
+    _rpc,
 )
 from ducto.interface import (
     AsyncHttpxSupabaseStore,
@@ -411,3 +412,26 @@ def test_cli_refuses_a_replica_of_another_kind(
     assert "needs DATABASE_URL" in wrong("stats", code=3).stderr
     wrong = Cli(DATABASE_URL=database_url, DUCTO_READ_SUPABASE_URL=supabase_url)
     assert "needs SUPABASE_URL" in wrong("stats", code=3).stderr
+
+
+def test_every_call_a_replica_serves_is_a_stable_function(database_url: str) -> None:
+    """A hot standby runs only what cannot write: every replica-safe call is STABLE (or
+    IMMUTABLE), which PostgREST also runs in a read-only transaction."""
+    start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
+    calls = [
+        _rpc.aggregate_stats(start, end),
+        _rpc.daily_spend(start, end),
+        _rpc.spend_by_model(start, end),
+        _rpc.spend_by_user(start, end),
+        _rpc.top_users(5, start, end),
+        _rpc.export_journal(start, end, None, None, 10),
+    ]
+    assert all(call.replica_safe for call in calls)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "select p.proname, p.provolatile from pg_proc as p"
+            " join pg_namespace as n on n.oid = p.pronamespace"
+            " where n.nspname = 'public' and p.proname = any(%s)",
+            [[call.function for call in calls]],
+        ).fetchall()
+    assert sorted(rows) == sorted((call.function, "s") for call in calls)

@@ -27,7 +27,6 @@ from ducto.interface import (
     HttpxSupabaseStore,
     PostgresStore,
 )
-from ducto.interface.postgres import _Database
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 END = START + timedelta(days=1)
@@ -169,16 +168,3 @@ def test_psycopg_store_takes_a_read_dsn_only_with_its_own_pool() -> None:
     with pytest.raises(InvalidInputError) as refused:
         PostgresStore("postgresql://primary/ledger", read_dsn="host=replica port")
     assert refused.value.code == "DC006"
-
-
-def test_psycopg_read_connections_are_read_only() -> None:
-    """Even a read DSN that reaches a primary cannot write: its sessions default to
-    read-only transactions; the DSN's own options are kept."""
-    read = _Database(
-        "postgresql://replica/ledger?options=-c%20work_mem%3D64MB", None, read_only=True
-    )
-    assert (
-        read.connect_kwargs()["options"] == "-c work_mem=64MB -c default_transaction_read_only=on"
-    )
-    primary = _Database("postgresql://primary/ledger", None)
-    assert "options" not in primary.connect_kwargs()
