@@ -86,59 +86,74 @@ def _drop_stale_slots(primary: psycopg.Connection[Any]) -> None:
 
 def start_replica(database_url: str, stack_dir: Path, pgbin: Path) -> Replica:
     """Copy the stack's cluster into a hot standby, start it, and wait until it streams."""
-    slot = SLOT_PREFIX + uuid.uuid4().hex[:12]
     data_dir = Path(tempfile.mkdtemp(prefix="replica-", dir=stack_dir))
     if os.geteuid() == 0:
         shutil.chown(data_dir, "postgres", "postgres")
+    port = _free_port()
+    replica = Replica(
+        make_conninfo(database_url, host="127.0.0.1", port=port),
+        port,
+        data_dir,
+        SLOT_PREFIX + uuid.uuid4().hex[:12],
+        pgbin,
+    )
     with psycopg.connect(database_url, autocommit=True) as primary:
         _drop_stale_slots(primary)
+    try:
+        _base_backup(replica, database_url)
+        _start(replica)
+        with psycopg.connect(database_url, autocommit=True) as primary:
+            wait_until(
+                "the primary streams to the replica", lambda: _streaming(primary, replica.slot)
+            )
+    except BaseException:  # leave nothing behind: no server, no slot, no folder
+        stop_replica(replica, database_url)
+        raise
+    return replica
+
+
+def _base_backup(replica: Replica, database_url: str) -> None:
     # -R writes primary_conninfo and primary_slot_name; -C -S creates the slot first
     _run(
         [
-            str(pgbin / "pg_basebackup"),
+            str(replica.pgbin / "pg_basebackup"),
             "--dbname",
             database_url,
             "--pgdata",
-            str(data_dir),
+            str(replica.data_dir),
             "--write-recovery-conf",
             "--create-slot",
             "--slot",
-            slot,
+            replica.slot,
             "--wal-method",
             "stream",
             "--checkpoint",
             "fast",
         ]
     )
-    port = _free_port()
-    replica = Replica(
-        make_conninfo(database_url, host="127.0.0.1", port=port), port, data_dir, slot, pgbin
-    )
+
+
+def _start(replica: Replica) -> None:
     # the copy has the primary's settings (its ducto.conf: port, socket folder): override
     # them on the command line, which wins over every file
-    options = f"-p {port} -k {data_dir} -c hot_standby=on -c listen_addresses=127.0.0.1"
-    try:
-        _run(
-            [
-                str(pgbin / "pg_ctl"),
-                "--pgdata",
-                str(data_dir),
-                "--log",
-                str(data_dir / "replica.log"),
-                "--options",
-                options,
-                "--wait",
-                "--timeout",
-                str(int(TIMEOUT)),
-                "start",
-            ]
-        )
-        with psycopg.connect(database_url, autocommit=True) as primary:
-            wait_until("the primary streams to the replica", lambda: _streaming(primary, slot))
-    except BaseException:
-        stop_replica(replica, database_url)
-        raise
-    return replica
+    options = (
+        f"-p {replica.port} -k {replica.data_dir} -c hot_standby=on -c listen_addresses=127.0.0.1"
+    )
+    _run(
+        [
+            str(replica.pgbin / "pg_ctl"),
+            "--pgdata",
+            str(replica.data_dir),
+            "--log",
+            str(replica.data_dir / "replica.log"),
+            "--options",
+            options,
+            "--wait",
+            "--timeout",
+            str(int(TIMEOUT)),
+            "start",
+        ]
+    )
 
 
 def _streaming(primary: psycopg.Connection[Any], slot: str) -> bool:
@@ -152,29 +167,31 @@ def _streaming(primary: psycopg.Connection[Any], slot: str) -> bool:
 
 def stop_replica(replica: Replica, database_url: str) -> None:
     """Stop the replica, drop its slot on the primary and delete its folder."""
-    if (replica.data_dir / "postmaster.pid").exists():
-        _run(
-            [
-                str(replica.pgbin / "pg_ctl"),
-                "--pgdata",
-                str(replica.data_dir),
-                "--mode",
-                "immediate",
-                "--wait",
-                "stop",
-            ]
-        )
-    with psycopg.connect(database_url, autocommit=True) as primary:
-        # the primary's WAL sender for it may take a moment to notice it went away
-        wait_until(
-            "the replica's slot is released", lambda: not _slot_active(primary, replica.slot)
-        )
-        primary.execute(
-            "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
-            " where slot_name = %s",
-            [replica.slot],
-        )
-    shutil.rmtree(replica.data_dir, ignore_errors=True)
+    try:
+        if (replica.data_dir / "postmaster.pid").exists():
+            _run(
+                [
+                    str(replica.pgbin / "pg_ctl"),
+                    "--pgdata",
+                    str(replica.data_dir),
+                    "--mode",
+                    "immediate",
+                    "--wait",
+                    "stop",
+                ]
+            )
+        with psycopg.connect(database_url, autocommit=True) as primary:
+            # the primary's WAL sender for it may take a moment to notice it went away
+            wait_until(
+                "the replica's slot is released", lambda: not _slot_active(primary, replica.slot)
+            )
+            primary.execute(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
+                " where slot_name = %s",
+                [replica.slot],
+            )
+    finally:
+        shutil.rmtree(replica.data_dir, ignore_errors=True)
 
 
 def _slot_active(primary: psycopg.Connection[Any], slot: str) -> bool:

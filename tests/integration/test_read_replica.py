@@ -79,6 +79,13 @@ def replica(database_url: str) -> Iterator[Replica]:
     started = start_replica(database_url, stack_dir, pgbin)
     yield started
     stop_replica(started, database_url)
+    # nothing is left: no folder, and no slot that would keep the primary's WAL
+    assert not started.data_dir.exists()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        slots = conn.execute(
+            "select count(*) from pg_replication_slots where slot_name = %s", [started.slot]
+        ).fetchone()
+    assert slots == (0,)
 
 
 @pytest.fixture(scope="module")
