@@ -39,13 +39,17 @@ class RpcCall:
 
     A scalar result comes back as one row ``{"value": ...}``. ``retry_safe`` is true when
     sending the call twice cannot have two effects (it is
-    read-only, carries an idempotency key, or is idempotent by nature).
+    read-only, carries an idempotency key, or is idempotent by nature). ``replica_safe``
+    is true for a read of history that may be answered by a read replica, which lags the
+    primary by its replay delay: the analytics and the journal export, never a balance
+    or anything a charge depends on.
     """
 
     function: str
     args: Mapping[str, Any] = field(default_factory=dict)
     retry_safe: bool = False
     returns_scalar: bool = False
+    replica_safe: bool = False
 
 
 def _amount(value: object, name: str, minimum: int = 1) -> int:
@@ -557,12 +561,15 @@ def grant_allowances(user_id: str | uuid.UUID | None) -> RpcCall:
 # ---------------------------------------------------------------- usage analytics
 
 
-def _window(function: str, start: datetime, end: datetime, **more: Any) -> RpcCall:
+def _window(
+    function: str, start: datetime, end: datetime, *, replica_safe: bool = True, **more: Any
+) -> RpcCall:
     for name, value in (("start", start), ("end", end)):
         if not isinstance(value, datetime) or value.tzinfo is None:
             raise InvalidInputError(f"{name} must be a timezone-aware datetime", code="DC006")
     # reads: sending one twice is harmless
-    return RpcCall(function, {**more, "p_start": start, "p_end": end}, retry_safe=True)
+    args = {**more, "p_start": start, "p_end": end}
+    return RpcCall(function, args, retry_safe=True, replica_safe=replica_safe)
 
 
 def aggregate_stats(start: datetime, end: datetime) -> RpcCall:
@@ -810,7 +817,8 @@ def balance_at(user_id: str | uuid.UUID, at: datetime) -> RpcCall:
 
 def statement(user_id: str | uuid.UUID, start: datetime, end: datetime) -> RpcCall:
     """``credit_statement``: the user's balances and totals of the window [start, end)."""
-    return _window("credit_statement", start, end, p_user_id=_user(user_id))
+    # a user's own document, with what is left of their grants now: the primary's answer
+    return _window("credit_statement", start, end, replica_safe=False, p_user_id=_user(user_id))
 
 
 #: The most rows one page of ``credit_export_journal`` returns.
@@ -831,6 +839,7 @@ def export_journal(
             f"page_size must be from 1 to {MAX_EXPORT_PAGE}, got {limit!r}", code="DC006"
         )
     account, seq = after if after is not None else (None, None)
+    # a bulk read of history: a read replica may serve it (its pages keep their order there)
     return _window(
         "credit_export_journal",
         start,

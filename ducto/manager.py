@@ -146,6 +146,9 @@ class AsyncCreditManager:
 
     Args:
         store: An AsyncCreditStore adapter (AsyncHttpxSupabaseStore, AsyncPostgresStore, ...).
+            A store given a read replica (``read_dsn``, ``read_url``, ``read_client``)
+            answers the analytics and ``export_journal`` from it; every other method from
+            the primary.
         engine: An optional pre-configured PricingEngine. If omitted, call
             load_pricing_from_store() or publish_pricing_from_dict() before deduct().
         emitter: An optional CreditEventEmitter for lifecycle events (``ducto.events``).
@@ -999,6 +1002,9 @@ class CreditManager:
 
     Args:
         store: A CreditStore adapter (HttpxSupabaseStore, PostgresStore, ...).
+            A store given a read replica (``read_dsn``, ``read_url``, ``read_client``)
+            answers the analytics and ``export_journal`` from it; every other method from
+            the primary.
         engine: An optional pre-configured PricingEngine. If omitted, call
             load_pricing_from_store() or publish_pricing_from_dict() before deduct().
         emitter: An optional CreditEventEmitter for lifecycle events (``ducto.events``).

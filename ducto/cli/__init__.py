@@ -4,6 +4,8 @@ Every command goes through :class:`~ducto.CreditManager`, on the database the gl
 options name: ``--db-url`` / ``DATABASE_URL`` (PostgreSQL, psycopg), else
 ``--supabase-url`` / ``SUPABASE_URL`` with ``SUPABASE_SERVICE_ROLE_KEY`` (the Supabase
 REST API), else the embedded PostgreSQL in ``--data-dir`` / ``DUCTO_DATA_DIR``.
+``--read-db-url`` / ``DUCTO_READ_DATABASE_URL`` (or ``--read-supabase-url`` /
+``DUCTO_READ_SUPABASE_URL``) names a read replica that ``stats`` and ``export`` read from.
 """
 
 from __future__ import annotations
@@ -65,13 +67,31 @@ def root(
             show_default="~/.local/share/ducto/pgdata",
         ),
     ] = None,
+    read_db_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DUCTO_READ_DATABASE_URL",
+            help="PostgreSQL URL of a read replica for stats and exports (with --db-url).",
+            show_default=False,
+        ),
+    ] = None,
+    read_supabase_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DUCTO_READ_SUPABASE_URL",
+            help="REST API URL of a read replica for stats and exports (with --supabase-url).",
+            show_default=False,
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
     """Operate ducto's credit ledger: install it, charge credits, report spend, check it."""
-    ctx.obj = Target(db_url, supabase_url, service_role_key, data_dir)
+    ctx.obj = Target(
+        db_url, supabase_url, service_role_key, data_dir, read_db_url, read_supabase_url
+    )
 
 
 app.command()(operate.setup)

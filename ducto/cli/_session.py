@@ -59,6 +59,10 @@ class Target:
     supabase_url: str | None
     service_role_key: str | None
     data_dir: Path | None
+    #: a read replica of the database, for the history reads (stats, export)
+    read_db_url: str | None = None
+    #: a read replica's REST API, for the history reads (stats, export)
+    read_supabase_url: str | None = None
 
     @property
     def kind(self) -> str:
@@ -123,10 +127,13 @@ def session(target: Target, *, setup_embedded: bool = True) -> Iterator[CreditMa
 
 
 def _open_store(target: Target, stack: ExitStack) -> PostgresStore | HttpxSupabaseStore:
+    _check_replica(target)
     if target.supabase_url and not target.db_url:
         if not target.service_role_key:
             raise StoreError("SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY is not")
-        http = HttpxSupabaseStore(target.supabase_url, target.service_role_key)
+        http = HttpxSupabaseStore(
+            target.supabase_url, target.service_role_key, read_url=target.read_supabase_url
+        )
         stack.callback(http.close)
         return http
     url = target.db_url
@@ -137,6 +144,20 @@ def _open_store(target: Target, stack: ExitStack) -> PostgresStore | HttpxSupaba
             stack.callback(embedded.stop)
             url = embedded.start()
     # a wrong URL fails at the first call, with the server's reason (StoreConnectionError)
-    store = PostgresStore(url, max_size=2)
+    store = PostgresStore(url, max_size=2, read_dsn=target.read_db_url)
     stack.callback(store.close)
     return store
+
+
+def _check_replica(target: Target) -> None:
+    """A read replica must be of the kind of database the command talks to."""
+    if target.read_db_url and target.kind != "postgres":
+        raise StoreError(
+            "DUCTO_READ_DATABASE_URL (--read-db-url) is a replica of a PostgreSQL database:"
+            " it needs DATABASE_URL (--db-url)"
+        )
+    if target.read_supabase_url and target.kind != "supabase":
+        raise StoreError(
+            "DUCTO_READ_SUPABASE_URL (--read-supabase-url) is a replica's REST API:"
+            " it needs SUPABASE_URL (--supabase-url) and no DATABASE_URL"
+        )

@@ -167,6 +167,14 @@ class AsyncPostgresStore:
     The first call connects once before opening the pool, so a wrong DSN, a refused
     password or a server that does not answer raises ``StoreConnectionError`` with the
     reason within that time.
+
+    ``read_dsn`` (with a DSN or a pool) is a read replica's DSN: the store opens a second
+    pool there (same ``max_size`` and ``connect_timeout``) for the calls that read
+    history (the analytics and the journal export, STABLE functions that cannot write),
+    which then lag the primary by the replica's replay delay. Every other call (balances, charges,
+    statements, setup, :meth:`transaction`) stays on the primary. When the replica cannot
+    be reached those calls fail with ``StoreConnectionError``; they never fall back to the
+    primary.
     """
 
     def __init__(
@@ -178,9 +186,13 @@ class AsyncPostgresStore:
         max_size: int = 10,
         attempts: int = 2,
         connect_timeout: int | None = None,
+        read_dsn: str | None = None,
     ) -> None:
         if sum(x is not None for x in (dsn, pool, connection)) != 1:
             raise ValueError("pass exactly one of dsn, pool or connection")
+        if read_dsn is not None and connection is not None:
+            # the caller's transaction must see its own writes: every call goes into it
+            raise ValueError("read_dsn needs a dsn or a pool, not a connection")
         self._connection = connection
         self._database = None if dsn is None else _Database(dsn, connect_timeout)
         self._pool = pool
@@ -194,16 +206,34 @@ class AsyncPostgresStore:
                 kwargs=self._database.connect_kwargs(),
                 open=False,
             )
+        self._read_database: _Database | None = None
+        self._read_pool: AsyncConnectionPool | None = None
+        self._read_pool_opened = False
+        if read_dsn is not None:
+            self._read_database = _Database(read_dsn, connect_timeout)
+            self._read_pool = AsyncConnectionPool(
+                read_dsn,
+                min_size=1,
+                max_size=max_size,
+                kwargs=self._read_database.connect_kwargs(),
+                open=False,
+            )
         self._attempts = attempts
 
     async def call(self, call: RpcCall) -> list[dict[str, Any]]:
-        """Run ``call``: in the bound connection, or in a pooled one (retried when safe)."""
+        """Run ``call``: in the bound connection, or in a pooled one (retried when safe);
+        a replica-safe read in the read replica's pool when the store has one."""
         if self._connection is not None:
             try:
                 return await self._execute(self._connection, call)
             except psycopg.Error as exc:
                 raise _error(exc) from exc
-        pool = await self._opened_pool()
+        if call.replica_safe and self._read_pool is not None:
+            pool = await self._opened_read_pool()
+            database = self._read_database
+        else:
+            pool = await self._opened_pool()
+            database = self._database
         lost = False  # an attempt went out and its answer never came
         for attempt in range(self._attempts):
             try:
@@ -213,7 +243,7 @@ class AsyncPostgresStore:
                 if lost:
                     reason = f"connection lost, and none came free within {pool.timeout:g} s"
                     raise _outcome_unknown(call, reason) from exc
-                raise await self._no_connection(pool, exc) from exc
+                raise await self._no_connection(pool, exc, database) from exc
             except psycopg.Error as exc:
                 if not _retryable(exc, call, attempt, self._attempts):
                     if _lost(exc):
@@ -237,7 +267,7 @@ class AsyncPostgresStore:
             async with pool.connection() as conn:
                 return await self._setup(conn)
         except PoolTimeout as exc:
-            raise await self._no_connection(pool, exc) from exc
+            raise await self._no_connection(pool, exc, self._database) from exc
         except psycopg.Error as exc:
             raise _error(exc) from exc
 
@@ -249,9 +279,11 @@ class AsyncPostgresStore:
             yield AsyncPostgresStore(connection=conn)
 
     async def close(self) -> None:
-        """Close the pool if the store created it."""
+        """Close the pools the store created."""
         if self._database is not None and self._pool is not None:
             await self._pool.close()
+        if self._read_pool is not None:
+            await self._read_pool.close()
 
     async def _opened_pool(self) -> AsyncConnectionPool:
         assert self._pool is not None, "a store bound to a connection has no pool"
@@ -263,6 +295,14 @@ class AsyncPostgresStore:
             self._pool_opened = True
         return self._pool
 
+    async def _opened_read_pool(self) -> AsyncConnectionPool:
+        assert self._read_pool is not None and self._read_database is not None
+        if not self._read_pool_opened:
+            await self._check_connection(self._read_database)
+            await self._read_pool.open()
+            self._read_pool_opened = True
+        return self._read_pool
+
     @staticmethod
     async def _check_connection(database: _Database) -> None:
         """Open and close one connection; raise StoreConnectionError with the reason."""
@@ -272,11 +312,14 @@ class AsyncPostgresStore:
             raise database.unreachable(exc) from exc
         await conn.close()
 
-    async def _no_connection(self, pool: AsyncConnectionPool, exc: PoolTimeout) -> DuctoError:
-        """Why the pool gave no connection: the database is unreachable, or all are busy."""
-        if self._database is not None:
+    @classmethod
+    async def _no_connection(
+        cls, pool: AsyncConnectionPool, exc: PoolTimeout, database: _Database | None
+    ) -> DuctoError:
+        """Why the pool gave no connection: its database is unreachable, or all are busy."""
+        if database is not None:
             try:
-                await self._check_connection(self._database)
+                await cls._check_connection(database)
             except StoreConnectionError as unreachable:
                 return unreachable
         return StoreError(
@@ -341,6 +384,14 @@ class PostgresStore:
     The first call connects once before opening the pool, so a wrong DSN, a refused
     password or a server that does not answer raises ``StoreConnectionError`` with the
     reason within that time.
+
+    ``read_dsn`` (with a DSN or a pool) is a read replica's DSN: the store opens a second
+    pool there (same ``max_size`` and ``connect_timeout``) for the calls that read
+    history (the analytics and the journal export, STABLE functions that cannot write),
+    which then lag the primary by the replica's replay delay. Every other call (balances, charges,
+    statements, setup, :meth:`transaction`) stays on the primary. When the replica cannot
+    be reached those calls fail with ``StoreConnectionError``; they never fall back to the
+    primary.
     """
 
     def __init__(
@@ -352,9 +403,13 @@ class PostgresStore:
         max_size: int = 10,
         attempts: int = 2,
         connect_timeout: int | None = None,
+        read_dsn: str | None = None,
     ) -> None:
         if sum(x is not None for x in (dsn, pool, connection)) != 1:
             raise ValueError("pass exactly one of dsn, pool or connection")
+        if read_dsn is not None and connection is not None:
+            # the caller's transaction must see its own writes: every call goes into it
+            raise ValueError("read_dsn needs a dsn or a pool, not a connection")
         self._connection = connection
         self._database = None if dsn is None else _Database(dsn, connect_timeout)
         self._pool = pool
@@ -368,16 +423,34 @@ class PostgresStore:
                 kwargs=self._database.connect_kwargs(),
                 open=False,
             )
+        self._read_database: _Database | None = None
+        self._read_pool: ConnectionPool | None = None
+        self._read_pool_opened = False
+        if read_dsn is not None:
+            self._read_database = _Database(read_dsn, connect_timeout)
+            self._read_pool = ConnectionPool(
+                read_dsn,
+                min_size=1,
+                max_size=max_size,
+                kwargs=self._read_database.connect_kwargs(),
+                open=False,
+            )
         self._attempts = attempts
 
     def call(self, call: RpcCall) -> list[dict[str, Any]]:
-        """Run ``call``: in the bound connection, or in a pooled one (retried when safe)."""
+        """Run ``call``: in the bound connection, or in a pooled one (retried when safe);
+        a replica-safe read in the read replica's pool when the store has one."""
         if self._connection is not None:
             try:
                 return self._execute(self._connection, call)
             except psycopg.Error as exc:
                 raise _error(exc) from exc
-        pool = self._opened_pool()
+        if call.replica_safe and self._read_pool is not None:
+            pool = self._opened_read_pool()
+            database = self._read_database
+        else:
+            pool = self._opened_pool()
+            database = self._database
         lost = False  # an attempt went out and its answer never came
         for attempt in range(self._attempts):
             try:
@@ -387,7 +460,7 @@ class PostgresStore:
                 if lost:
                     reason = f"connection lost, and none came free within {pool.timeout:g} s"
                     raise _outcome_unknown(call, reason) from exc
-                raise self._no_connection(pool, exc) from exc
+                raise self._no_connection(pool, exc, database) from exc
             except psycopg.Error as exc:
                 if not _retryable(exc, call, attempt, self._attempts):
                     if _lost(exc):
@@ -411,7 +484,7 @@ class PostgresStore:
             with pool.connection() as conn:
                 return self._setup(conn)
         except PoolTimeout as exc:
-            raise self._no_connection(pool, exc) from exc
+            raise self._no_connection(pool, exc, self._database) from exc
         except psycopg.Error as exc:
             raise _error(exc) from exc
 
@@ -423,9 +496,11 @@ class PostgresStore:
             yield PostgresStore(connection=conn)
 
     def close(self) -> None:
-        """Close the pool if the store created it."""
+        """Close the pools the store created."""
         if self._database is not None and self._pool is not None:
             self._pool.close()
+        if self._read_pool is not None:
+            self._read_pool.close()
 
     def _opened_pool(self) -> ConnectionPool:
         assert self._pool is not None, "a store bound to a connection has no pool"
@@ -437,6 +512,14 @@ class PostgresStore:
             self._pool_opened = True
         return self._pool
 
+    def _opened_read_pool(self) -> ConnectionPool:
+        assert self._read_pool is not None and self._read_database is not None
+        if not self._read_pool_opened:
+            self._check_connection(self._read_database)
+            self._read_pool.open()
+            self._read_pool_opened = True
+        return self._read_pool
+
     @staticmethod
     def _check_connection(database: _Database) -> None:
         """Open and close one connection; raise StoreConnectionError with the reason."""
@@ -446,11 +529,14 @@ class PostgresStore:
             raise database.unreachable(exc) from exc
         conn.close()
 
-    def _no_connection(self, pool: ConnectionPool, exc: PoolTimeout) -> DuctoError:
-        """Why the pool gave no connection: the database is unreachable, or all are busy."""
-        if self._database is not None:
+    @classmethod
+    def _no_connection(
+        cls, pool: ConnectionPool, exc: PoolTimeout, database: _Database | None
+    ) -> DuctoError:
+        """Why the pool gave no connection: its database is unreachable, or all are busy."""
+        if database is not None:
             try:
-                self._check_connection(self._database)
+                cls._check_connection(database)
             except StoreConnectionError as unreachable:
                 return unreachable
         return StoreError(

@@ -165,6 +165,13 @@ class AsyncHttpxSupabaseStore:
     Transport errors, and the gateway or PostgREST answering 502, 503 or 504 (restarting,
     or cut off from the database), are retried only for calls that cannot take effect
     twice (read-only, idempotent by nature, or carrying an idempotency key).
+
+    ``read_url`` is the URL of a read replica's API (a Supabase read replica's, or a
+    PostgREST in front of a hot standby, with the same ``/rest/v1/rpc/`` paths and the
+    same key): the calls that read history (the analytics and the journal export) go
+    there, and lag the primary by the replica's replay delay; every other call (balances,
+    charges, statements) goes to ``url``. When the replica cannot be reached those calls
+    fail; they never fall back to the primary.
     """
 
     def __init__(
@@ -175,25 +182,27 @@ class AsyncHttpxSupabaseStore:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         attempts: int = 3,
         client: httpx.AsyncClient | None = None,
+        read_url: str | None = None,
     ) -> None:
         self._base = _base_url(url)
+        self._read_base = self._base if read_url is None else _base_url(read_url)
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self._headers = _headers(key)
         self._attempts = attempts
 
     async def call(self, call: RpcCall) -> list[dict[str, Any]]:
-        """POST ``call`` to ``/rest/v1/rpc/<function>`` and return its rows."""
+        """POST ``call`` to ``/rest/v1/rpc/<function>`` and return its rows (of the read
+        replica's API for a replica-safe read, when the store has one)."""
         path, body = _request(call)
+        base = self._read_base if call.replica_safe else self._base
         unanswered = False  # an attempt went out and its answer never came
         for attempt in range(self._attempts):
             try:
-                response = await self._client.post(
-                    self._base + path, content=body, headers=self._headers
-                )
+                response = await self._client.post(base + path, content=body, headers=self._headers)
             except httpx.TransportError as exc:
                 if not call.retry_safe or attempt + 1 == self._attempts:
-                    url = httpx.URL(self._base + path)
+                    url = httpx.URL(base + path)
                     error = _transport_error(exc, url, call, self._client.timeout)
                     if unanswered and isinstance(error, StoreConnectionError):
                         error = _outcome_unknown(error)
@@ -240,6 +249,13 @@ class HttpxSupabaseStore:
     Transport errors, and the gateway or PostgREST answering 502, 503 or 504 (restarting,
     or cut off from the database), are retried only for calls that cannot take effect
     twice (read-only, idempotent by nature, or carrying an idempotency key).
+
+    ``read_url`` is the URL of a read replica's API (a Supabase read replica's, or a
+    PostgREST in front of a hot standby, with the same ``/rest/v1/rpc/`` paths and the
+    same key): the calls that read history (the analytics and the journal export) go
+    there, and lag the primary by the replica's replay delay; every other call (balances,
+    charges, statements) goes to ``url``. When the replica cannot be reached those calls
+    fail; they never fall back to the primary.
     """
 
     def __init__(
@@ -250,23 +266,27 @@ class HttpxSupabaseStore:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         attempts: int = 3,
         client: httpx.Client | None = None,
+        read_url: str | None = None,
     ) -> None:
         self._base = _base_url(url)
+        self._read_base = self._base if read_url is None else _base_url(read_url)
         self._owns_client = client is None
         self._client = client or httpx.Client(timeout=timeout)
         self._headers = _headers(key)
         self._attempts = attempts
 
     def call(self, call: RpcCall) -> list[dict[str, Any]]:
-        """POST ``call`` to ``/rest/v1/rpc/<function>`` and return its rows."""
+        """POST ``call`` to ``/rest/v1/rpc/<function>`` and return its rows (of the read
+        replica's API for a replica-safe read, when the store has one)."""
         path, body = _request(call)
+        base = self._read_base if call.replica_safe else self._base
         unanswered = False  # an attempt went out and its answer never came
         for attempt in range(self._attempts):
             try:
-                response = self._client.post(self._base + path, content=body, headers=self._headers)
+                response = self._client.post(base + path, content=body, headers=self._headers)
             except httpx.TransportError as exc:
                 if not call.retry_safe or attempt + 1 == self._attempts:
-                    url = httpx.URL(self._base + path)
+                    url = httpx.URL(base + path)
                     error = _transport_error(exc, url, call, self._client.timeout)
                     if unanswered and isinstance(error, StoreConnectionError):
                         error = _outcome_unknown(error)

@@ -88,17 +88,26 @@ class AsyncSupabaseStore:
     the session signed in on it. Transport errors are retried only for calls that cannot
     take effect twice (read-only, idempotent by nature, or carrying an idempotency key).
     The client stays the caller's: the store never closes it.
+
+    ``read_client`` is a second client, on a read replica's API URL (a Supabase read
+    replica has its own): the calls that read history (the analytics and the journal
+    export) go through it, and lag the primary by the replica's replay delay; every other
+    call goes through ``client``.
     """
 
-    def __init__(self, client: AsyncClient, *, attempts: int = 3) -> None:
-        if not isinstance(client, AsyncClient):
-            raise TypeError(
-                "AsyncSupabaseStore needs a supabase AsyncClient (from acreate_client), "
-                f"got {type(client).__name__}"
-            )
+    def __init__(
+        self, client: AsyncClient, *, attempts: int = 3, read_client: AsyncClient | None = None
+    ) -> None:
+        for name, value in (("client", client), ("read_client", read_client or client)):
+            if not isinstance(value, AsyncClient):
+                raise TypeError(
+                    "AsyncSupabaseStore needs a supabase AsyncClient (from acreate_client)"
+                    f" as {name}, got {type(value).__name__}"
+                )
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"attempts must be an int of at least 1, got {attempts!r}")
         self._client = client
+        self._read_client = read_client or client
         self._attempts = attempts
 
     @property
@@ -107,9 +116,11 @@ class AsyncSupabaseStore:
         return self._client
 
     async def call(self, call: RpcCall) -> list[dict[str, Any]]:
-        """Send ``call`` through ``client.rpc()`` and return its rows."""
+        """Send ``call`` through ``client.rpc()`` (``read_client.rpc()`` for a read of
+        history) and return its rows."""
+        client = self._read_client if call.replica_safe else self._client
         # built by postgrest-py from the client as it is now (a refreshed session included)
-        request: RequestConfig[httpx.AsyncClient] = self._client.rpc(
+        request: RequestConfig[httpx.AsyncClient] = client.rpc(
             call.function, dict(call.args)
         ).request
         for attempt in range(self._attempts):
@@ -144,17 +155,26 @@ class SupabaseStore:
     the session signed in on it. Transport errors are retried only for calls that cannot
     take effect twice (read-only, idempotent by nature, or carrying an idempotency key).
     The client stays the caller's: the store never closes it.
+
+    ``read_client`` is a second client, on a read replica's API URL (a Supabase read
+    replica has its own): the calls that read history (the analytics and the journal
+    export) go through it, and lag the primary by the replica's replay delay; every other
+    call goes through ``client``.
     """
 
-    def __init__(self, client: Client, *, attempts: int = 3) -> None:
-        if not isinstance(client, Client):
-            raise TypeError(
-                "SupabaseStore needs a supabase Client (from create_client), "
-                f"got {type(client).__name__}"
-            )
+    def __init__(
+        self, client: Client, *, attempts: int = 3, read_client: Client | None = None
+    ) -> None:
+        for name, value in (("client", client), ("read_client", read_client or client)):
+            if not isinstance(value, Client):
+                raise TypeError(
+                    "SupabaseStore needs a supabase Client (from create_client)"
+                    f" as {name}, got {type(value).__name__}"
+                )
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"attempts must be an int of at least 1, got {attempts!r}")
         self._client = client
+        self._read_client = read_client or client
         self._attempts = attempts
 
     @property
@@ -163,11 +183,11 @@ class SupabaseStore:
         return self._client
 
     def call(self, call: RpcCall) -> list[dict[str, Any]]:
-        """Send ``call`` through ``client.rpc()`` and return its rows."""
+        """Send ``call`` through ``client.rpc()`` (``read_client.rpc()`` for a read of
+        history) and return its rows."""
+        client = self._read_client if call.replica_safe else self._client
         # built by postgrest-py from the client as it is now (a refreshed session included)
-        request: RequestConfig[httpx.Client] = self._client.rpc(
-            call.function, dict(call.args)
-        ).request
+        request: RequestConfig[httpx.Client] = client.rpc(call.function, dict(call.args)).request
         for attempt in range(self._attempts):
             try:
                 response = request.send(httpx.Headers())

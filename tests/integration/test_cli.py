@@ -30,7 +30,14 @@ from ducto.cli import app
 DUCTO = Path(sys.executable).parent / "ducto"
 PRICING = ROOT / "examples" / "pricing.json"
 #: what picks the database; each test sets its own
-CONNECTION = ("DATABASE_URL", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "DUCTO_DATA_DIR")
+CONNECTION = (
+    "DATABASE_URL",
+    "SUPABASE_URL",
+    "SUPABASE_SERVICE_ROLE_KEY",
+    "DUCTO_DATA_DIR",
+    "DUCTO_READ_DATABASE_URL",
+    "DUCTO_READ_SUPABASE_URL",
+)
 
 
 @dataclass(frozen=True)

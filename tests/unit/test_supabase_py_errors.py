@@ -95,3 +95,14 @@ def test_each_store_takes_only_its_own_client() -> None:
     for attempts in (0, -1, True, 1.5):
         with pytest.raises(ValueError, match="attempts"):
             SupabaseStore(sync_client, attempts=attempts)  # type: ignore[arg-type]
+
+
+def test_a_read_client_is_a_client_of_the_same_flavour() -> None:
+    sync_client = create_client(URL, KEY)
+    async_client = asyncio.run(acreate_client(URL, KEY))
+    SupabaseStore(sync_client, read_client=create_client(URL, KEY))
+    AsyncSupabaseStore(async_client, read_client=asyncio.run(acreate_client(URL, KEY)))
+    with pytest.raises(TypeError, match="as read_client, got AsyncClient"):
+        SupabaseStore(sync_client, read_client=async_client)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="as read_client, got str"):
+        AsyncSupabaseStore(async_client, read_client="https://rr.supabase.co")  # type: ignore[arg-type]
