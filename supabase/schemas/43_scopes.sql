@@ -153,6 +153,8 @@ begin
         p_amount, p_expires_at, p_now, p_scope
     from public.credit_accounts as a
     where a.id = p_account_id;
+    -- its debits probe for scoped credits from now on (the caller holds the account lock)
+    perform credit_private.set_feature(p_account_id, 4::smallint, true);
 end;
 $$;
 revoke all on function credit_private.create_scoped_grant(

@@ -366,6 +366,8 @@ begin
             || ' max_failures 1 to 100, Stripe ids of letters, digits and _)',
             jsonb_build_object('argument', 'rule'));
     end;
+    -- its debits probe the rule from now on (a rule is never deleted: disabled, it stays)
+    perform credit_private.set_feature(v_account.id, 8::smallint, true);
     -- enabled while already below the threshold: the request is due now
     if p_enabled then
         perform credit_private.request_topup(v_account.id, v_account.balance, v_now, null);
