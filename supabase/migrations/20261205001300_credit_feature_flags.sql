@@ -135,29 +135,34 @@ begin
     -- accounts on plan p_plan_id: its users, and when it is the default plan (or p_plan_id
     -- is null: the default plan changed) the users without a plan of their own. The caller
     -- holds credit_private.lock_alert_flags(p_user_id).
+    if p_user_id is not null then
+        update public.credit_accounts as a
+        set features = (a.features & ~1) | credit_private.alert_flag(a.user_id)
+        where
+            a.user_id = p_user_id
+            and (a.features & 1) <> credit_private.alert_flag(a.user_id);
+        return;
+    end if;
+    -- the plan's users (through credit_user_plans_plan_idx)
     update public.credit_accounts as a
     set features = (a.features & ~1) | credit_private.alert_flag(a.user_id)
+    from public.credit_user_plans as up
     where
-        (
-            a.user_id = p_user_id
-            or (p_user_id is null and (
-                exists (
-                    select 1 from public.credit_user_plans as up
-                    where up.user_id = a.user_id and up.plan_id = p_plan_id
-                )
-                or (
-                    (p_plan_id is null or exists (
-                        select 1 from public.credit_plans as d
-                        where d.id = p_plan_id and d.is_default
-                    ))
-                    and not exists (
-                        select 1 from public.credit_user_plans as up
-                        where up.user_id = a.user_id
-                    )
-                )
-            ))
-        )
+        up.plan_id = p_plan_id
+        and a.user_id = up.user_id
         and (a.features & 1) <> credit_private.alert_flag(a.user_id);
+    -- the default plan's: every account without a plan of its own
+    if p_plan_id is null or exists (
+        select 1 from public.credit_plans as d where d.id = p_plan_id and d.is_default
+    ) then
+        update public.credit_accounts as a
+        set features = (a.features & ~1) | credit_private.alert_flag(a.user_id)
+        where
+            not exists (
+                select 1 from public.credit_user_plans as up where up.user_id = a.user_id
+            )
+            and (a.features & 1) <> credit_private.alert_flag(a.user_id);
+    end if;
 end;
 $$;
 revoke all on function credit_private.refresh_alert_flags(text, text)

@@ -19,9 +19,10 @@
 --     account may go that far below zero, the grants' shortfall being debt that the next
 --     credits pay first. With a grace, once the balance has been below zero for longer
 --     than the grace, charges that need the line are refused (DC087) until it is >= 0.
--- The cost for an account without limits: one primary-key probe of credit_account_limits
--- per charge or hold; the credit line is looked up only when a charge would otherwise be
--- refused by its floor.
+-- The cost for an account without limits: nothing per charge (the limits bit of its
+-- credit_accounts.features is clear), one primary-key probe of credit_account_limits per
+-- hold; the credit line is looked up only when a charge would otherwise be refused by its
+-- floor.
 
 -- ---------------------------------------------------------------- tables
 
