@@ -267,9 +267,13 @@ begin
     end if;
     -- a row that lowers the balance: the features of the account (p_features: the debit
     -- read them with the locked row) tell which probes can find something
-    v_features := coalesce(p_features, (
-        select a.features from public.credit_accounts as a where a.id = p_account_id
-    ));
+    if p_features is null then
+        select a.features into v_features from public.credit_accounts as a
+        where a.id = p_account_id;
+    else
+        -- (apart: an expression with a query runs in the executor even when not needed)
+        v_features := p_features;
+    end if;
     -- balance.low (41_events.sql) with an alert of the user or their plan; balance.depleted
     -- for every account, on the crossing to zero or below
     if v_features & 1 <> 0
