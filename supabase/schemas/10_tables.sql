@@ -127,7 +127,8 @@ create table public.credit_accounts (
     debt bigint not null default 0 check (debt >= 0),
     version bigint not null default 0 check (version >= 0),
     created_at timestamptz not null default now(),
-    updated_at timestamptz not null default now()
+    updated_at timestamptz not null default now(),
+    features smallint not null default 0 check (features between 0 and 15)
 );
 comment on table public.credit_accounts is
 'One credit account per user. Every ledger operation locks its account row first.';
@@ -137,6 +138,11 @@ comment on column public.credit_accounts.debt is
 'Usage recorded beyond what grants could pay (a settle overage); new credits pay it first.';
 comment on column public.credit_accounts.version is
 'Number of journal rows of the account; the seq of its newest row.';
+comment on column public.credit_accounts.features is
+'Bits of the features the account uses, read by the debit with the row it locks so that it'
+' skips the probes of the others: 1 balance alerts (of the user or of their plan), 2 limits'
+' (a credit_account_limits row), 4 scoped credits (a scoped grant, ever), 8 auto top-up (a'
+' rule). Kept by every writer of those (credit_private.account_features computes them).';
 
 -- ---------------------------------------------------------------- the journal
 

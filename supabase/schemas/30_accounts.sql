@@ -15,8 +15,12 @@ begin
     where user_id = p_user_id
     for update;
     if not found and p_create then
-        -- two first operations of a new user race here: one inserts, the other waits
-        insert into public.credit_accounts (user_id) values (p_user_id)
+        -- two first operations of a new user race here: one inserts, the other waits; the
+        -- new account's alert flag is read after the changes of alerts and plans that
+        -- could affect it (credit_private.lock_alert_flags)
+        perform credit_private.lock_alert_flags(p_user_id);
+        insert into public.credit_accounts (user_id, features)
+        values (p_user_id, credit_private.alert_flag(p_user_id))
         on conflict (user_id) do nothing;
         select * into v_account
         from public.credit_accounts
@@ -45,6 +49,160 @@ $$;
 revoke all on function credit_private.lock_account_by_id(bigint)
 from public, anon, authenticated, service_role;
 
+-- ---------------------------------------------------------------- feature flags
+--
+-- credit_accounts.features: which features an account uses, so that the debit, reading
+-- them with the row it locks, skips the probes of the others:
+--   1  balance alerts: an alert of the account's user, or of their plan (the default plan
+--      for a user without one of their own, and for team pools), 41_events.sql
+--   2  limits: a credit_account_limits row, 42_limits.sql (a credit line is read only when
+--      the floor alone would refuse a charge, so it needs no flag)
+--   4  scoped credits: the account has had a scoped grant, 43_scopes.sql (never cleared: a
+--      refund may make a used-up one spendable again; credit_private.has_scoped answers
+--      whether one is spendable now)
+--   8  auto top-up: a rule, enabled or not, 46_auto_topup.sql
+-- Bits 2, 4 and 8 follow one account's rows, changed under its lock
+-- (credit_private.set_feature). Bit 1 also follows plans: see lock_alert_flags.
+
+create function credit_private.set_feature(p_account_id bigint, p_bit smallint, p_on boolean)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+    -- the caller holds the account lock and has just written the feature's rows
+    update public.credit_accounts as a
+    set features = case when p_on then a.features | p_bit else a.features & ~p_bit end
+    where a.id = p_account_id and (a.features & p_bit <> 0) <> p_on;
+end;
+$$;
+revoke all on function credit_private.set_feature(bigint, smallint, boolean)
+from public, anon, authenticated, service_role;
+
+create function credit_private.alert_flag(p_user_id text)
+returns smallint
+language plpgsql
+-- volatile: reads a fresh snapshot, taken after the caller's locks
+volatile
+set search_path = ''
+as $$
+begin
+    -- 1 when a balance alert applies to the user, as credit_private.balance_events finds
+    -- them: their own, or their plan's (the default plan's without one of their own)
+    return case when exists (
+        select 1 from public.credit_balance_alerts as x
+        where
+            x.user_id = p_user_id
+            or x.plan_id = coalesce(
+                (select up.plan_id from public.credit_user_plans as up
+                 where up.user_id = p_user_id),
+                (select d.id from public.credit_plans as d where d.is_default)
+            )
+    ) then 1 else 0 end;
+end;
+$$;
+revoke all on function credit_private.alert_flag(text)
+from public, anon, authenticated, service_role;
+
+create function credit_private.account_features(p_account_id bigint)
+returns smallint
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+    -- the features of an account computed from scratch (the migration's backfill, checks)
+    return (
+        select
+            credit_private.alert_flag(a.user_id)
+            | case when exists (
+                select 1 from public.credit_account_limits as l where l.account_id = a.id
+            ) then 2 else 0 end
+            | case when exists (
+                select 1 from public.credit_grants as g
+                where g.account_id = a.id and g.scope is not null
+            ) then 4 else 0 end
+            | case when exists (
+                select 1 from public.credit_auto_topups as t where t.account_id = a.id
+            ) then 8 else 0 end
+        from public.credit_accounts as a
+        where a.id = p_account_id
+    );
+end;
+$$;
+revoke all on function credit_private.account_features(bigint)
+from public, anon, authenticated, service_role;
+
+create function credit_private.lock_alert_flags(p_user_id text)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+    -- The alert flag of an account depends on rows that are not its own (its plan, the
+    -- plan's alerts, the default plan), so their writers take turns on this lock ('flag'
+    -- in ASCII) before any account lock, then recompute the flags they affect in a later
+    -- statement, which sees every change committed before: a change for one user (their
+    -- alerts, their plan, their new account) takes it shared plus the user's own lock; a
+    -- change for a plan's users (a plan's alerts, the default plan; p_user_id null) takes
+    -- it exclusively, so no change for one user runs meanwhile.
+    if p_user_id is null then
+        perform pg_catalog.pg_advisory_xact_lock(1718378855);
+    else
+        perform pg_catalog.pg_advisory_xact_lock_shared(1718378855);
+        perform pg_catalog.pg_advisory_xact_lock(1718378855, pg_catalog.hashtext(p_user_id));
+    end if;
+end;
+$$;
+revoke all on function credit_private.lock_alert_flags(text)
+from public, anon, authenticated, service_role;
+
+create function credit_private.refresh_alert_flags(p_user_id text, p_plan_id text)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+    -- Recompute the alert flag of the user p_user_id's account, or (p_user_id null) of the
+    -- accounts on plan p_plan_id: its users, and when it is the default plan (or p_plan_id
+    -- is null: the default plan changed) the users without a plan of their own. The caller
+    -- holds credit_private.lock_alert_flags(p_user_id).
+    if p_user_id is not null then
+        update public.credit_accounts as a
+        set features = (a.features & ~1) | credit_private.alert_flag(a.user_id)
+        where
+            a.user_id = p_user_id
+            and (a.features & 1) <> credit_private.alert_flag(a.user_id);
+        return;
+    end if;
+    -- the plan's users (through credit_user_plans_plan_idx)
+    update public.credit_accounts as a
+    set features = (a.features & ~1) | credit_private.alert_flag(a.user_id)
+    from public.credit_user_plans as up
+    where
+        up.plan_id = p_plan_id
+        and a.user_id = up.user_id
+        and (a.features & 1) <> credit_private.alert_flag(a.user_id);
+    -- the default plan's: every account without a plan of its own
+    if p_plan_id is null or exists (
+        select 1 from public.credit_plans as d where d.id = p_plan_id and d.is_default
+    ) then
+        update public.credit_accounts as a
+        set features = (a.features & ~1) | credit_private.alert_flag(a.user_id)
+        where
+            not exists (
+                select 1 from public.credit_user_plans as up where up.user_id = a.user_id
+            )
+            and (a.features & 1) <> credit_private.alert_flag(a.user_id);
+    end if;
+end;
+$$;
+revoke all on function credit_private.refresh_alert_flags(text, text)
+from public, anon, authenticated, service_role;
+
 create function credit_private.append_transaction(
     p_account_id bigint,
     p_type text,
@@ -60,7 +218,8 @@ create function credit_private.append_transaction(
     p_job_name text default null,
     p_attributed_user_id text default null,
     p_request_hash uuid default null,
-    p_available_after bigint default null
+    p_available_after bigint default null,
+    p_features smallint default null
 )
 returns public.credit_transactions
 language plpgsql
@@ -69,6 +228,7 @@ set search_path = ''
 as $$
 declare
     v_row public.credit_transactions;
+    v_features smallint;
 begin
     -- the balance and the journal change in one statement, under the account lock
     with account as (
@@ -102,23 +262,43 @@ begin
             )
         );
     end if;
-    -- balance.low / balance.depleted (41_events.sql), on the rows that lower a balance
-    if v_row.amount < 0 then
+    if v_row.amount >= 0 then
+        return v_row;
+    end if;
+    -- a row that lowers the balance: the features of the account (p_features: the debit
+    -- read them with the locked row) tell which probes can find something
+    if p_features is null then
+        select a.features into v_features from public.credit_accounts as a
+        where a.id = p_account_id;
+    else
+        -- (apart: an expression with a query runs in the executor even when not needed)
+        v_features := p_features;
+    end if;
+    -- balance.low (41_events.sql) with an alert of the user or their plan; balance.depleted
+    -- for every account, on the crossing to zero or below
+    if v_features & 1 <> 0
+        or (v_row.balance_after <= 0 and v_row.balance_after - v_row.amount > 0) then
         perform credit_private.balance_events(v_row);
     end if;
-    -- auto top-up (46_auto_topup.sql): one primary-key probe of its rules per debit row
-    if v_row.amount < 0 and exists (
-        select 1 from public.credit_auto_topups as r
-        where r.account_id = v_row.account_id and r.enabled and v_row.balance_after < r.threshold
-    ) then
-        perform credit_private.request_topup(v_row.account_id, v_row.balance_after, p_now, v_row.id);
+    -- auto top-up (46_auto_topup.sql): one primary-key probe of the account's rule
+    if v_features & 8 <> 0 then
+        if exists (
+            select 1 from public.credit_auto_topups as r
+            where
+                r.account_id = v_row.account_id and r.enabled
+                and v_row.balance_after < r.threshold
+        ) then
+            perform credit_private.request_topup(
+                v_row.account_id, v_row.balance_after, p_now, v_row.id
+            );
+        end if;
     end if;
     return v_row;
 end;
 $$;
 revoke all on function credit_private.append_transaction(
     bigint, text, bigint, timestamptz, jsonb, text, uuid, uuid, uuid, bigint, jsonb, text, text,
-    uuid, bigint
+    uuid, bigint, smallint
 ) from public, anon, authenticated, service_role;
 
 create function public.credit_get_balance(p_user_id text default null)

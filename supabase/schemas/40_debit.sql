@@ -263,7 +263,8 @@ declare
     v_admissible bigint;
     v_row public.credit_transactions;
     v_grant_id uuid;
-    v_scoped boolean;
+    v_scoped boolean := false;
+    v_features smallint;
 begin
     -- The one debit of the ledger: a one-call deduct (by amount, usage or job), a team
     -- charge (p_team_id: the pool's account, floor and refusal, attributed to the member
@@ -278,9 +279,24 @@ begin
     ) then
         perform credit_private.expire_grants(p_account_id, p_now);
     end if;
-    v_available := coalesce(credit_private.available(p_account_id, p_now), 0);
-    -- scoped credits (43_scopes.sql): one index probe when the account has none
-    v_scoped := credit_private.has_scoped(p_account_id);
+    -- what is available (credit_private.available) and the account's features, read from
+    -- the row the caller locked: a probe runs only for a feature the account uses
+    select
+        a.balance - coalesce((
+            select sum(r.amount)
+            from public.credit_reservations as r
+            where r.account_id = a.id and r.status = 'active' and r.expires_at > p_now
+        ), 0)::bigint,
+        a.features
+    into v_available, v_features
+    from public.credit_accounts as a
+    where a.id = p_account_id;
+    v_available := coalesce(v_available, 0);
+    v_features := coalesce(v_features, 0);
+    -- scoped credits (43_scopes.sql): one index probe if the account has had any
+    if v_features & 4 <> 0 then
+        v_scoped := credit_private.has_scoped(p_account_id);
+    end if;
     if p_floor is not null then
         -- admitted against what the charge may draw (scoped credits outside its scope left
         -- out), down to the floor a credit line lowers, then the account's limits
@@ -292,9 +308,11 @@ begin
             p_user_id, p_team_id, v_admissible, p_amount,
             credit_private.credit_floor(p_account_id, p_floor, v_admissible - p_amount, p_now)
         );
-        perform credit_private.check_limits(
-            p_account_id, p_amount, p_usage ->> 'model', false, p_now
-        );
+        if v_features & 2 <> 0 then
+            perform credit_private.check_limits(
+                p_account_id, p_amount, p_usage ->> 'model', false, p_now
+            );
+        end if;
     end if;
     if p_amount = 0 then
         -- usage priced at 0 credits: admitted, nothing to journal
@@ -311,7 +329,8 @@ begin
         p_attributed_user_id => case when p_team_id is not null then p_user_id end,
         p_request_hash => p_request_hash,
         -- a hold's capture leaves out what the settle reports: the hold is still active
-        p_available_after => case when p_reservation_id is null then v_available - p_amount end
+        p_available_after => case when p_reservation_id is null then v_available - p_amount end,
+        p_features => v_features
     );
 
     -- The draws: most debits fit in the first grant in burn-down order; take it there

@@ -578,10 +578,13 @@ begin
             jsonb_build_object('argument', 'percent', 'value', p_percent::text)
         );
     end if;
+    -- the alert flags of the accounts it applies to (the user's, or the plan's users')
+    perform credit_private.lock_alert_flags(p_user_id);
     insert into public.credit_balance_alerts as a (user_id, plan_id, threshold, percent, created_at)
     values (p_user_id, p_plan_id, v_threshold, p_percent, credit_private.clock())
     on conflict (user_id, plan_id, threshold, percent) do nothing
     returning a.* into v_alert;
+    perform credit_private.refresh_alert_flags(p_user_id, p_plan_id);
     if v_alert.id is null then
         select a.* into v_alert from public.credit_balance_alerts as a
         where
@@ -603,10 +606,21 @@ volatile
 security definer
 set search_path = ''
 as $$
+declare
+    v_alert public.credit_balance_alerts;
 begin
-    -- true if it existed
+    -- true if it existed; then the alert flags of the accounts it applied to are recomputed
+    select * into v_alert from public.credit_balance_alerts where id = p_alert_id;
+    if not found then
+        return false;
+    end if;
+    perform credit_private.lock_alert_flags(v_alert.user_id);
     delete from public.credit_balance_alerts where id = p_alert_id;
-    return found;
+    if not found then
+        return false;
+    end if;
+    perform credit_private.refresh_alert_flags(v_alert.user_id, v_alert.plan_id);
+    return true;
 end;
 $$;
 revoke all on function public.credit_delete_alert(uuid)

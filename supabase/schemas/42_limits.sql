@@ -19,9 +19,10 @@
 --     account may go that far below zero, the grants' shortfall being debt that the next
 --     credits pay first. With a grace, once the balance has been below zero for longer
 --     than the grace, charges that need the line are refused (DC087) until it is >= 0.
--- The cost for an account without limits: one primary-key probe of credit_account_limits
--- per charge or hold; the credit line is looked up only when a charge would otherwise be
--- refused by its floor.
+-- The cost for an account without limits: nothing per charge (the limits bit of its
+-- credit_accounts.features is clear), one primary-key probe of credit_account_limits per
+-- hold; the credit line is looked up only when a charge would otherwise be refused by its
+-- floor.
 
 -- ---------------------------------------------------------------- tables
 
@@ -536,8 +537,9 @@ begin
     v_account := credit_private.lock_account(p_user_id, true);
     delete from public.credit_spend_windows where account_id = v_account.id;
     if v_index = 0 and p_max_active_holds is null and v_credit_line is null then
-        -- no limits: no row, so the account's charges skip every check
+        -- no limits: no row and no flag, so the account's charges skip every check
         delete from public.credit_account_limits where account_id = v_account.id;
+        perform credit_private.set_feature(v_account.id, 2::smallint, false);
     else
         insert into public.credit_account_limits as l (
             account_id, user_id, max_active_holds, credit_line, credit_line_grace_seconds,
@@ -559,6 +561,7 @@ begin
             lower(e.w ->> 'model_pattern'), (e.w ->> 'spend_limit')::bigint
         from jsonb_array_elements(v_windows) with ordinality as e (w, ord)
         order by e.ord;
+        perform credit_private.set_feature(v_account.id, 2::smallint, true);
     end if;
     return credit_private.limits_result(p_user_id, v_now);
 end;

@@ -6,8 +6,9 @@
 -- from the scoped grants that match it, in burn-down order, then from unscoped grants;
 -- scoped grants never pay debt. Every function here runs under the caller's account lock.
 --
--- The hot path: an account without spendable scoped grants costs the debit one probe of
--- credit_grants_scoped_idx (credit_private.has_scoped) and nothing else.
+-- The hot path: an account that never had a scoped grant costs the debit nothing (the
+-- scoped bit of its credit_accounts.features is clear); one without spendable scoped grants
+-- one probe of credit_grants_scoped_idx (credit_private.has_scoped) and nothing else.
 
 create function credit_private.check_scope(p_scope text[])
 returns text[]
@@ -153,6 +154,8 @@ begin
         p_amount, p_expires_at, p_now, p_scope
     from public.credit_accounts as a
     where a.id = p_account_id;
+    -- its debits probe for scoped credits from now on (the caller holds the account lock)
+    perform credit_private.set_feature(p_account_id, 4::smallint, true);
 end;
 $$;
 revoke all on function credit_private.create_scoped_grant(

@@ -23,8 +23,9 @@
 --                    payment intent) is due after the cooldown; at max_failures the rule is
 --                    disabled (disabled_reason, event topup.disabled)
 --
--- The cost for an account without a rule: one primary-key probe of credit_auto_topups per
--- journal row that lowers a balance (credit_private.append_transaction).
+-- The cost for an account that never had a rule: nothing (the auto top-up bit of its
+-- credit_accounts.features is clear); with one, one primary-key probe of credit_auto_topups
+-- per journal row that lowers a balance (credit_private.append_transaction).
 --
 -- Errors: DC006 invalid argument, DC002 invalid user id, DC110 request or rule not found,
 -- DC111 a different payment intent already recorded for the request.
@@ -366,6 +367,8 @@ begin
             || ' max_failures 1 to 100, Stripe ids of letters, digits and _)',
             jsonb_build_object('argument', 'rule'));
     end;
+    -- its debits probe the rule from now on (a rule is never deleted: disabled, it stays)
+    perform credit_private.set_feature(v_account.id, 8::smallint, true);
     -- enabled while already below the threshold: the request is due now
     if p_enabled then
         perform credit_private.request_topup(v_account.id, v_account.balance, v_now, null);

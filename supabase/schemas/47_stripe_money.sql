@@ -732,6 +732,8 @@ begin
     select sp.plan_id into v_plan_id
     from public.credit_stripe_prices as sp
     where sp.price_id = p_price_id;
+    -- the user's plan may change: the alert flags' lock comes before the account lock
+    perform credit_private.lock_alert_flags(v_user_id);
     -- one subscription's events apply one at a time, in the order Stripe created them
     perform credit_private.lock_account(v_user_id, true);
     select * into v_previous from public.credit_stripe_subscriptions
@@ -757,6 +759,7 @@ begin
         -- only the plan this subscription gave: an operator's own assignment stays
         delete from public.credit_user_plans as up
         where up.user_id = v_user_id and up.plan_id = coalesce(v_plan_id, v_previous.plan_id);
+        perform credit_private.refresh_alert_flags(v_user_id, null);
     end if;
     return row(p_subscription_id, v_user_id, p_status, v_plan_id, true);
 end;

@@ -283,8 +283,28 @@ declare
     v_count jsonb;
     v_whole numeric;
     v_usage jsonb;
+    v_counted jsonb;
 begin
     -- Every charge priced by usage runs this: plain expressions, no query, until an error.
+    -- Usage already in its normal form (known fields, a model name, counts that are whole
+    -- numbers from 1 written without a decimal point, requests not 1) is returned as it is,
+    -- in a few expressions; any other goes through the checks below, field by field, which
+    -- normalise it or name what is wrong.
+    if jsonb_typeof(p_metrics) = 'object' then
+        v_counted := p_metrics - 'model';
+        if v_counted - v_counts = '{}'::jsonb
+            and jsonb_typeof(p_metrics -> 'model') = 'string'
+            -- the model check below, without its {1,200}: a bounded repeat costs a regex
+            -- engine much more than a length does
+            and p_metrics ->> 'model' ~ '^[A-Za-z0-9._:/@+-]+$'
+            and length(p_metrics ->> 'model') <= 200
+            and not jsonb_path_exists(v_counted, 'strict $.* ? (!(@.type() == "number"
+                && @ >= 1 && @ <= 9007199254740991 && @ == @.floor()))')
+            and strpos(v_counted::text, '.') = 0
+            and (v_counted -> 'requests') is distinct from '1'::jsonb then
+            return p_metrics;
+        end if;
+    end if;
     if jsonb_typeof(p_metrics) is distinct from 'object' then
         perform credit_private.fail(
             'DC007', 'usage metrics must be a JSON object',

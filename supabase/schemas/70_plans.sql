@@ -157,6 +157,7 @@ declare
     v_allowance bigint;
     v_rollover_cap bigint;
     v_plan public.credit_plans;
+    v_default text;
 begin
     if p_plan_id is null or p_plan_id !~ '^[a-z0-9][a-z0-9_.-]{0,63}$' then
         perform credit_private.fail(
@@ -203,9 +204,14 @@ begin
         );
     end if;
 
+    -- the default plan's alerts apply to the users without a plan of their own: a change
+    -- of the default plan recomputes their alert flags, with no other change of alerts or
+    -- plans meanwhile
+    perform credit_private.lock_alert_flags(null);
     -- plan writers take turns, so moving the default flag never races another writer;
     -- readers and assignments are not blocked
     lock table public.credit_plans in share row exclusive mode;
+    v_default := (select d.id from public.credit_plans as d where d.is_default);
     if coalesce(p_is_default, false) then
         update public.credit_plans set is_default = false, updated_at = v_now
         where is_default and id <> p_plan_id;
@@ -226,6 +232,9 @@ begin
         rollover_cap = excluded.rollover_cap,
         updated_at = excluded.updated_at
     returning * into v_plan;
+    if v_default is distinct from (select d.id from public.credit_plans as d where d.is_default) then
+        perform credit_private.refresh_alert_flags(null, null);
+    end if;
     return row(
         v_plan.id, v_plan.name, v_plan.features, v_plan.is_default, v_plan.allowance,
         v_plan.allowance_period, v_plan.rollover_cap, v_plan.created_at, v_plan.updated_at
@@ -311,9 +320,12 @@ declare
     v_now timestamptz := credit_private.clock();
 begin
     perform credit_private.check_user_id(p_user_id);
+    -- the plan decides which plan alerts apply: the account's alert flag follows
+    perform credit_private.lock_alert_flags(p_user_id);
     -- null removes the assignment: the user falls back to the default plan
     if p_plan_id is null then
         delete from public.credit_user_plans where user_id = p_user_id;
+        perform credit_private.refresh_alert_flags(p_user_id, null);
         return public.credit_get_user_plan(p_user_id);
     end if;
     perform from public.credit_plans as p where p.id = p_plan_id;
@@ -327,6 +339,7 @@ begin
     values (p_user_id, p_plan_id, v_now)
     on conflict (user_id) do update set plan_id = excluded.plan_id, assigned_at = excluded.assigned_at
     where up.plan_id is distinct from excluded.plan_id;
+    perform credit_private.refresh_alert_flags(p_user_id, null);
     return public.credit_get_user_plan(p_user_id);
 end;
 $$;

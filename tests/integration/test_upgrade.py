@@ -128,10 +128,14 @@ def write_ledger(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
         ("credit_add_credits('bob', 40)", ()),
         ("credit_deduct_credits('bob', 40)", ()),
         ("credit_add_credits('bob', 10)", ()),
-        # erin: 100 bought through the checkout webhook of earlier releases
+        erin_purchase(),
+        # features an account uses, whose flags the upgrade to 20261205001300 sets: dave's
+        # balance alert, erin's auto top-up rule (disabled)
+        ("credit_set_alert('dave', p_threshold => 5)", ()),
         (
-            "credit_add_credits('erin', 100, 'purchase', 'paid', 50, null, %s::jsonb, 'cs_erin')",
-            (json.dumps(ERIN_CHECKOUT),),
+            "credit_set_auto_topup('erin', 10, 2, 'usd', 'cus_erin', 'pm_erin', p_amount => 100,"
+            " p_enabled => false)",
+            (),
         ),
         # a team pool charged by its member
         ("credit_upsert_team(%s::uuid, 'research')", (TEAM,)),
@@ -189,6 +193,19 @@ ERIN_CHECKOUT = {
 }
 
 
+def erin_purchase() -> tuple[str, tuple[object, ...]]:
+    """Erin's 100 credits bought through Stripe Checkout, as the previous release records
+    them: by the checkout webhook's credit_add_credits before 20261205000900_credit_stripe_money
+    (whose migration finds the purchase by its payment intent), by
+    credit_stripe_record_purchase from that schema on."""
+    if previous_schema() < "20261205000900":
+        return (
+            "credit_add_credits('erin', 100, 'purchase', 'paid', 50, null, %s::jsonb, 'cs_erin')",
+            (json.dumps(ERIN_CHECKOUT),),
+        )
+    return ("credit_stripe_record_purchase('erin', 100, 'cs_erin', 'pi_erin', 1000)", ())
+
+
 def test_this_release_keeps_a_ledger_in_use(new_database: Callable[..., str]) -> None:
     url = new_database()
     install_the_previous_release(url)
@@ -210,6 +227,11 @@ def test_this_release_keeps_a_ledger_in_use(new_database: Callable[..., str]) ->
         conn.execute("select set_config('ducto.now', %s, false)", (T_LATER,))
         assert {name: rows(conn, query) for name, query in SNAPSHOT.items()} == old
         assert rows(conn, "select * from credit_verify_ledger()") == []
+        # every account's feature flags, from its rows (20261205001300_credit_feature_flags)
+        assert rows(
+            conn,
+            "select user_id, features from credit_accounts where features <> 0 order by 1",
+        ) == [{"user_id": "dave", "features": 1}, {"user_id": "erin", "features": 8}]
         assert (
             one(
                 conn,
@@ -229,8 +251,9 @@ def test_this_release_keeps_a_ledger_in_use(new_database: Callable[..., str]) ->
             # alice's paid 1000 and expired 30, dave's 20, the team's 300, erin's 100
             {"spendable": True, "has_credits": True, "count": 5},
         ]
-        # erin's purchase before 20261205000900_credit_stripe_money is found by its payment
-        # intent: a refund of half its money claws back half its credits
+        # erin's purchase (made before 20261205000900_credit_stripe_money, or recorded as a
+        # Stripe payment after it) is found by its payment intent: a refund of half its
+        # money claws back half its credits
         assert rows(
             conn,
             "select known, change from credit_stripe_charge_refunded('pi_erin', 500)",

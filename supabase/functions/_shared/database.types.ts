@@ -43,6 +43,7 @@ export type Database = {
           version: number;
           created_at: string;
           updated_at: string;
+          features: number;
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
