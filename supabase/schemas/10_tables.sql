@@ -24,7 +24,7 @@
 -- that holds an account's state carries account_id, and every primary key, unique
 -- constraint and foreign key between such tables includes it. A uuid key leads with the
 -- id, which is time-ordered (uuid_v7), so lookups by id alone use it and appends land at
--- its right edge. tests/sql/32_distribution_keys.sql enforces the rule on the catalog.
+-- its right edge. tests/sql/34_distribution_keys.sql enforces the rule on the catalog.
 
 -- ---------------------------------------------------------------- ids
 
