@@ -44,10 +44,13 @@ drop constraint credit_stripe_payments_grant_id_fkey;
 
 -- ---------------------------------------------------------------- account_id, added
 
+-- draws are append-only: the trigger that refuses updates steps aside for the fill
 alter table public.credit_grant_draws add column account_id bigint;
+alter table public.credit_grant_draws disable trigger credit_grant_draws_append_only;
 update public.credit_grant_draws as d set account_id = t.account_id
 from public.credit_transactions as t
 where t.id = d.transaction_id;
+alter table public.credit_grant_draws enable trigger credit_grant_draws_append_only;
 alter table public.credit_grant_draws alter column account_id set not null;
 
 alter table public.credit_event_deliveries add column account_id bigint;

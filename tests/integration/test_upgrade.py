@@ -128,11 +128,12 @@ def write_ledger(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
         ("credit_add_credits('bob', 40)", ()),
         ("credit_deduct_credits('bob', 40)", ()),
         ("credit_add_credits('bob', 10)", ()),
-        # erin: 100 bought through the checkout webhook of earlier releases
+        # erin: 100 bought through the Stripe webhook, a fifth of the money refunded
         (
-            "credit_add_credits('erin', 100, 'purchase', 'paid', 50, null, %s::jsonb, 'cs_erin')",
+            "credit_stripe_record_purchase('erin', 100, 'cs_erin', 'pi_erin', 1000, %s::jsonb)",
             (json.dumps(ERIN_CHECKOUT),),
         ),
+        ("credit_stripe_charge_refunded('pi_erin', 200)", ()),
         # a team pool charged by its member
         ("credit_upsert_team(%s::uuid, 'research')", (TEAM,)),
         ("credit_set_team_member(%s::uuid, 'carol', 'member', 500, 'month')", (TEAM,)),
@@ -229,12 +230,12 @@ def test_this_release_keeps_a_ledger_in_use(new_database: Callable[..., str]) ->
             # alice's paid 1000 and expired 30, dave's 20, the team's 300, erin's 100
             {"spendable": True, "has_credits": True, "count": 5},
         ]
-        # erin's purchase before 20261205000900_credit_stripe_money is found by its payment
-        # intent: a refund of half its money claws back half its credits
+        # erin's purchase is found by its payment intent: a refund of half its money in all
+        # claws back half its credits in all
         assert rows(
             conn,
             "select known, change from credit_stripe_charge_refunded('pi_erin', 500)",
-        ) == [{"known": True, "change": 50}]
+        ) == [{"known": True, "change": 30}]
         assert one(conn, "select balance from credit_accounts where user_id = 'erin'") == 50
 
         # The ledger keeps working. Alice's next debit first journals the expiry of the
