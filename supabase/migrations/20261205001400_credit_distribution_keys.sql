@@ -9,11 +9,38 @@
 --     leads with the id, so a lookup by id alone still uses it.
 --   * New journal rows, grants, holds, top-up requests, alerts and endpoints get
 --     time-ordered ids (credit_private.uuid_v7, the events' ids until now), so appends land
---     at the right edge of their keys.
+--     at the right edge of their keys. A journal row's id carries its created_at, so the
+--     month of a row can be read from its id.
 --   * The functions that write the re-keyed tables name the account; the verification
 --     joins draws to their rows by account too.
 --
 -- Applying it rebuilds those keys and checks the new foreign keys once; every row is kept.
+
+-- ---------------------------------------------------------------- ids
+
+-- uuid_v7 takes the time the id carries: a journal row's is its created_at
+drop function credit_private.uuid_v7();
+create function credit_private.uuid_v7(p_at timestamptz default clock_timestamp())
+returns uuid
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    -- 15 hex digits of a sequence: ids of one millisecond sort in the order they were taken
+    v_seq text := lpad(to_hex(nextval('credit_private.event_seq')), 15, '0');
+begin
+    -- a UUIDv7: the Unix time in milliseconds (48 bits), version 7, the sequence around
+    -- the variant bits (10), 12 random bits; ids sort in the order they were made
+    return (
+        lpad(to_hex(floor(extract(epoch from p_at) * 1000)::bigint), 12, '0')
+        || '7' || substr(v_seq, 1, 3) || '8' || substr(v_seq, 4, 12)
+        || lpad(to_hex(floor(random() * 4096)::integer), 3, '0')
+    )::uuid;
+end;
+$$;
+revoke all on function credit_private.uuid_v7(timestamptz)
+from public, anon, authenticated, service_role;
 
 -- ---------------------------------------------------------------- foreign keys, dropped
 
@@ -225,7 +252,7 @@ begin
         usage, model, job_name, attributed_user_id, request_hash, available_after
     )
     select
-        credit_private.uuid_v7(), p_account_id, a.version, a.user_id, p_type, p_amount,
+        credit_private.uuid_v7(p_now), p_account_id, a.version, a.user_id, p_type, p_amount,
         a.balance, p_grant_id, p_reservation_id, p_refund_of, p_idempotency_key, p_metadata, p_now,
         p_pricing_version, p_usage, p_usage ->> 'model', p_job_name, p_attributed_user_id,
         p_request_hash, p_available_after

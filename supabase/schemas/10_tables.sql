@@ -32,7 +32,9 @@
 create sequence credit_private.event_seq;
 revoke all on sequence credit_private.event_seq from public, anon, authenticated, service_role;
 
-create function credit_private.uuid_v7()
+-- A journal row's id carries its created_at (append_transaction passes it), so the month
+-- of a row can be read from its id.
+create function credit_private.uuid_v7(p_at timestamptz default clock_timestamp())
 returns uuid
 language plpgsql
 volatile
@@ -43,15 +45,15 @@ declare
     v_seq text := lpad(to_hex(nextval('credit_private.event_seq')), 15, '0');
 begin
     -- a UUIDv7: the Unix time in milliseconds (48 bits), version 7, the sequence around
-    -- the variant bits (10), 12 random bits; ids sort in the order events were written
+    -- the variant bits (10), 12 random bits; ids sort in the order they were made
     return (
-        lpad(to_hex(floor(extract(epoch from clock_timestamp()) * 1000)::bigint), 12, '0')
+        lpad(to_hex(floor(extract(epoch from p_at) * 1000)::bigint), 12, '0')
         || '7' || substr(v_seq, 1, 3) || '8' || substr(v_seq, 4, 12)
         || lpad(to_hex(floor(random() * 4096)::integer), 3, '0')
     )::uuid;
 end;
 $$;
-revoke all on function credit_private.uuid_v7()
+revoke all on function credit_private.uuid_v7(timestamptz)
 from public, anon, authenticated, service_role;
 
 -- ---------------------------------------------------------------- row checks

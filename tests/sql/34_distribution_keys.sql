@@ -15,7 +15,7 @@
 -- Distributed, that uniqueness needs a table of users distributed by user_id; see
 -- docs/operations.md.
 begin;
-select plan(11);
+select plan(12);
 
 set local search_path to public, extensions;
 set local timezone to 'UTC';
@@ -165,6 +165,7 @@ select ok(
     'An id starts with the Unix time in milliseconds.'
 );
 
+set local ducto.now to '2031-03-04 05:06:07.089+00';
 create temp table added as
 select * from credit_add_credits('keys_user', 10);
 select is(
@@ -174,6 +175,12 @@ select is(
         join credit_grants as g on g.id = a.grant_id),
     '77',
     'The journal row and the grant a credit makes have version 7 ids.'
+);
+select is(
+    (select ('x' || substr(replace(t.id::text, '-', ''), 1, 12))::bit(48)::bigint
+        from added as a join credit_transactions as t on t.id = a.transaction_id),
+    (extract(epoch from timestamptz '2031-03-04 05:06:07.089+00') * 1000)::bigint,
+    'A journal row''s id carries its created_at, to the millisecond.'
 );
 select ok(
     (select t.id > all(select o.id from credit_transactions as o
