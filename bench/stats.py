@@ -128,8 +128,8 @@ STEPS = [
     (
         "draws",
         """
-        insert into credit_grant_draws (transaction_id, grant_id, amount)
-        select p.id, p.grant_id, -p.amount from plan as p order by p.i
+        insert into credit_grant_draws (account_id, transaction_id, grant_id, amount)
+        select p.account_id, p.id, p.grant_id, -p.amount from plan as p order by p.i
         """,
     ),
     (

@@ -19,6 +19,42 @@
 --   grant remaining = grant amount - sum(draws on that grant)
 --   debt = sum(draws without a grant) >= 0
 --   a scoped grant pays only for charges its scope matches (43_scopes.sql)
+--
+-- Keys, for a ledger distributed by account (docs/operations.md, "Scaling"): every table
+-- that holds an account's state carries account_id, and every primary key, unique
+-- constraint and foreign key between such tables includes it. A uuid key leads with the
+-- id, which is time-ordered (uuid_v7), so lookups by id alone use it and appends land at
+-- its right edge. tests/sql/36_distribution_keys.sql enforces the rule on the catalog.
+
+-- ---------------------------------------------------------------- ids
+
+-- Time-ordered ids for the ledger's uuid keys and the events' cursor.
+create sequence credit_private.event_seq;
+revoke all on sequence credit_private.event_seq from public, anon, authenticated, service_role;
+
+-- A journal row's id carries its created_at (append_transaction passes it), so the month
+-- of a row can be read from its id.
+create function credit_private.uuid_v7(p_at timestamptz default clock_timestamp())
+returns uuid
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    -- 15 hex digits of a sequence: ids of one millisecond sort in the order they were taken
+    v_seq text := lpad(to_hex(nextval('credit_private.event_seq')), 15, '0');
+begin
+    -- a UUIDv7: the Unix time in milliseconds (48 bits), version 7, the sequence around
+    -- the variant bits (10), 12 random bits; ids sort in the order they were made
+    return (
+        lpad(to_hex(floor(extract(epoch from p_at) * 1000)::bigint), 12, '0')
+        || '7' || substr(v_seq, 1, 3) || '8' || substr(v_seq, 4, 12)
+        || lpad(to_hex(floor(random() * 4096)::integer), 3, '0')
+    )::uuid;
+end;
+$$;
+revoke all on function credit_private.uuid_v7(timestamptz)
+from public, anon, authenticated, service_role;
 
 -- ---------------------------------------------------------------- row checks
 
@@ -147,7 +183,7 @@ comment on column public.credit_accounts.features is
 -- ---------------------------------------------------------------- the journal
 
 create table public.credit_transactions (
-    id uuid primary key default gen_random_uuid(),
+    id uuid not null default credit_private.uuid_v7(),
     account_id bigint not null references public.credit_accounts (id),
     seq bigint not null,
     user_id text not null,
@@ -156,7 +192,7 @@ create table public.credit_transactions (
     balance_after bigint not null,
     grant_id uuid,
     reservation_id uuid,
-    refund_of uuid references public.credit_transactions (id),
+    refund_of uuid,
     idempotency_key text,
     metadata jsonb not null default '{}',
     created_at timestamptz not null,
@@ -167,6 +203,9 @@ create table public.credit_transactions (
     attributed_user_id text,
     request_hash uuid,
     available_after bigint,
+    constraint credit_transactions_pkey primary key (id, account_id),
+    constraint credit_transactions_refund_of_fkey foreign key (account_id, refund_of)
+    references public.credit_transactions (account_id, id),
     unique (account_id, seq),
     -- seq > 0; credits (grant, purchase, adjustment, promotion, refund) carry a positive
     -- amount, debits (usage, fixed_job, capture, expiry) a negative one; a refund and only a
@@ -239,10 +278,10 @@ for each statement execute function credit_private.refuse_journal_change();
 -- The free space left on each page lets a debit write the grant's new version next to the
 -- old one (a HOT update: no new index entries).
 create table public.credit_grants (
-    id uuid primary key default gen_random_uuid(),
+    id uuid not null default credit_private.uuid_v7(),
     account_id bigint not null references public.credit_accounts (id),
     user_id text not null,
-    transaction_id uuid not null references public.credit_transactions (id),
+    transaction_id uuid not null,
     category text not null,
     priority integer not null,
     amount bigint not null,
@@ -252,6 +291,9 @@ create table public.credit_grants (
     spendable boolean not null generated always as (remaining > 0) stored,
     -- null: usable for any charge; else the charges it may pay (credit_private.check_scope)
     scope text[] check (scope is null or cardinality(scope) between 1 and 20),
+    constraint credit_grants_pkey primary key (id, account_id),
+    constraint credit_grants_transaction_id_fkey foreign key (account_id, transaction_id)
+    references public.credit_transactions (account_id, id),
     -- category paid or promotional; priority 0..100; amount > 0;
     -- 0 <= remaining <= amount; expires_at finite (null: never)
     constraint credit_grants_row_check check (
@@ -285,14 +327,20 @@ where spendable and scope is not null;
 
 -- A credit row is written before the grant it creates, so this check waits for commit.
 alter table public.credit_transactions
-add constraint credit_transactions_grant_fk foreign key (grant_id)
-references public.credit_grants (id) deferrable initially deferred;
+add constraint credit_transactions_grant_fk foreign key (account_id, grant_id)
+references public.credit_grants (account_id, id) deferrable initially deferred;
 
 create table public.credit_grant_draws (
-    id bigint generated always as identity primary key,
-    transaction_id uuid not null references public.credit_transactions (id),
-    grant_id uuid references public.credit_grants (id),
-    amount bigint not null check (amount <> 0)
+    id bigint generated always as identity,
+    transaction_id uuid not null,
+    grant_id uuid,
+    amount bigint not null check (amount <> 0),
+    account_id bigint not null,
+    constraint credit_grant_draws_pkey primary key (id, account_id),
+    constraint credit_grant_draws_transaction_id_fkey foreign key (account_id, transaction_id)
+    references public.credit_transactions (account_id, id),
+    constraint credit_grant_draws_grant_id_fkey foreign key (account_id, grant_id)
+    references public.credit_grants (account_id, id)
 );
 comment on table public.credit_grant_draws is
 'Allocation of journal rows to grants: positive = taken from the grant (or debt when grant_id'
@@ -313,7 +361,7 @@ for each statement execute function credit_private.refuse_journal_change();
 -- ---------------------------------------------------------------- holds
 
 create table public.credit_reservations (
-    id uuid primary key default gen_random_uuid(),
+    id uuid not null default credit_private.uuid_v7(),
     account_id bigint not null references public.credit_accounts (id),
     user_id text not null,
     amount bigint not null check (amount > 0),
@@ -325,9 +373,12 @@ create table public.credit_reservations (
     created_at timestamptz not null,
     resolved_at timestamptz,
     settled_amount bigint check (settled_amount >= 0),
-    transaction_id uuid references public.credit_transactions (id),
+    transaction_id uuid,
     result jsonb,
     usage jsonb,
+    constraint credit_reservations_pkey primary key (id, account_id),
+    constraint credit_reservations_transaction_id_fkey foreign key (account_id, transaction_id)
+    references public.credit_transactions (account_id, id),
     check ((status = 'active') = (resolved_at is null)),
     check ((status = 'settled') = (settled_amount is not null))
 );
@@ -340,8 +391,8 @@ comment on column public.credit_reservations.usage is
 'The usage a hold was settled with by credit_settle_usage (null when settled by amount).';
 
 alter table public.credit_transactions
-add constraint credit_transactions_reservation_fk foreign key (reservation_id)
-references public.credit_reservations (id);
+add constraint credit_transactions_reservation_fk foreign key (account_id, reservation_id)
+references public.credit_reservations (account_id, id);
 
 create index credit_reservations_active_idx
 on public.credit_reservations (account_id, expires_at) where status = 'active';
@@ -434,11 +485,14 @@ create table public.credit_allowance_grants (
     period text not null,
     period_start timestamptz not null,
     plan_id text not null,
-    grant_id uuid not null unique references public.credit_grants (id),
+    grant_id uuid not null,
     allowance bigint not null check (allowance > 0),
     rollover bigint not null check (rollover >= 0),
     created_at timestamptz not null,
-    primary key (account_id, period, period_start, plan_id)
+    primary key (account_id, period, period_start, plan_id),
+    constraint credit_allowance_grants_grant_id_key unique (grant_id, account_id),
+    constraint credit_allowance_grants_grant_id_fkey foreign key (account_id, grant_id)
+    references public.credit_grants (account_id, id)
 );
 comment on table public.credit_allowance_grants is
 'One row per account, period and plan an allowance was granted for; the grant expires at'
@@ -448,12 +502,13 @@ comment on table public.credit_allowance_grants is
 -- ---------------------------------------------------------------- teams
 
 create table public.credit_teams (
-    id uuid primary key,
+    id uuid not null,
     name text not null check (length(name) between 1 and 200),
     account_id bigint not null unique references public.credit_accounts (id),
     min_balance bigint not null default 0 check (min_balance between 0 and 9007199254740991),
     created_at timestamptz not null,
-    updated_at timestamptz not null
+    updated_at timestamptz not null,
+    constraint credit_teams_pkey primary key (id, account_id)
 );
 comment on table public.credit_teams is
 'Teams. Each has a credit pool: the account whose user_id is ''team:'' || id.';
@@ -461,14 +516,18 @@ comment on column public.credit_teams.min_balance is
 'The pool''s floor: a team debit is admitted only if available - cost >= min_balance.';
 
 create table public.credit_team_members (
-    team_id uuid not null references public.credit_teams (id),
+    team_id uuid not null,
     user_id text not null,
     role text not null check (role in ('owner', 'admin', 'member')),
     spend_limit bigint check (spend_limit between 0 and 9007199254740991),
     limit_period text check (limit_period in ('day', 'week', 'month')),
     joined_at timestamptz not null,
     updated_at timestamptz not null,
-    primary key (team_id, user_id),
+    -- the team's pool
+    account_id bigint not null,
+    constraint credit_team_members_pkey primary key (team_id, user_id, account_id),
+    constraint credit_team_members_team_id_fkey foreign key (account_id, team_id)
+    references public.credit_teams (account_id, id),
     check ((spend_limit is null) = (limit_period is null))
 );
 comment on table public.credit_team_members is

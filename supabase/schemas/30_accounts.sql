@@ -244,8 +244,8 @@ begin
         usage, model, job_name, attributed_user_id, request_hash, available_after
     )
     select
-        gen_random_uuid(), p_account_id, a.version, a.user_id, p_type, p_amount, a.balance,
-        p_grant_id, p_reservation_id, p_refund_of, p_idempotency_key, p_metadata, p_now,
+        credit_private.uuid_v7(p_now), p_account_id, a.version, a.user_id, p_type, p_amount,
+        a.balance, p_grant_id, p_reservation_id, p_refund_of, p_idempotency_key, p_metadata, p_now,
         p_pricing_version, p_usage, p_usage ->> 'model', p_job_name, p_attributed_user_id,
         p_request_hash, p_available_after
     from account as a

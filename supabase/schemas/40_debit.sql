@@ -101,8 +101,10 @@ begin
     from public.credit_accounts as a
     where a.id = p_account_id;
     if v_paid > 0 then
-        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-        values (p_transaction_id, p_grant_id, v_paid), (p_transaction_id, null, -v_paid);
+        insert into public.credit_grant_draws (account_id, transaction_id, grant_id, amount)
+        values
+            (p_account_id, p_transaction_id, p_grant_id, v_paid),
+            (p_account_id, p_transaction_id, null, -v_paid);
         update public.credit_grants set remaining = remaining - v_paid where id = p_grant_id;
         update public.credit_accounts set debt = debt - v_paid where id = p_account_id;
     end if;
@@ -138,8 +140,8 @@ begin
         v_transaction_id := (credit_private.append_transaction(
             p_account_id, 'expiry', -v_grant.remaining, p_now, p_grant_id => v_grant.id
         )).id;
-        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-        values (v_transaction_id, v_grant.id, v_grant.remaining);
+        insert into public.credit_grant_draws (account_id, transaction_id, grant_id, amount)
+        values (p_account_id, v_transaction_id, v_grant.id, v_grant.remaining);
         update public.credit_grants set remaining = 0 where id = v_grant.id;
         perform credit_private.emit_grant_expired(
             p_account_id, v_grant.id, v_grant.remaining, v_transaction_id
@@ -217,8 +219,8 @@ begin
     ),
 
     noted as (
-        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-        select p_transaction_id, t.id, t.amount
+        insert into public.credit_grant_draws (account_id, transaction_id, grant_id, amount)
+        select p_account_id, p_transaction_id, t.id, t.amount
         from taken as t
         order by t.drawn_before
     )
@@ -227,8 +229,8 @@ begin
 
     v_debt := p_amount - v_drawn;
     if v_debt > 0 then
-        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-        values (p_transaction_id, null, v_debt);
+        insert into public.credit_grant_draws (account_id, transaction_id, grant_id, amount)
+        values (p_account_id, p_transaction_id, null, v_debt);
         update public.credit_accounts set debt = debt + v_debt where id = p_account_id;
     end if;
 end;
@@ -355,8 +357,8 @@ begin
         returning g.id
     )
 
-    insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-    select v_row.id, t.id, p_amount
+    insert into public.credit_grant_draws (account_id, transaction_id, grant_id, amount)
+    select v_row.account_id, v_row.id, t.id, p_amount
     from taken as t
     returning grant_id into v_grant_id;
     if v_grant_id is not null then
@@ -474,7 +476,7 @@ declare
     v_now timestamptz := credit_private.clock();
     v_amount bigint := credit_private.whole(p_amount, 'amount', 1);
     v_metadata jsonb := credit_private.check_metadata(p_metadata);
-    v_grant_id uuid := gen_random_uuid();
+    v_grant_id uuid := credit_private.uuid_v7();
     v_scope text[] := credit_private.check_scope(p_scope);
     v_request jsonb;
     v_account public.credit_accounts;

@@ -28,31 +28,6 @@
 
 -- ---------------------------------------------------------------- tables
 
-create sequence credit_private.event_seq;
-revoke all on sequence credit_private.event_seq from public, anon, authenticated, service_role;
-
-create function credit_private.uuid_v7()
-returns uuid
-language plpgsql
-volatile
-set search_path = ''
-as $$
-declare
-    -- 15 hex digits of a sequence: ids of one millisecond sort in the order they were taken
-    v_seq text := lpad(to_hex(nextval('credit_private.event_seq')), 15, '0');
-begin
-    -- a UUIDv7: the Unix time in milliseconds (48 bits), version 7, the sequence around
-    -- the variant bits (10), 12 random bits; ids sort in the order events were written
-    return (
-        lpad(to_hex(floor(extract(epoch from clock_timestamp()) * 1000)::bigint), 12, '0')
-        || '7' || substr(v_seq, 1, 3) || '8' || substr(v_seq, 4, 12)
-        || lpad(to_hex(floor(random() * 4096)::integer), 3, '0')
-    )::uuid;
-end;
-$$;
-revoke all on function credit_private.uuid_v7()
-from public, anon, authenticated, service_role;
-
 create function credit_private.event_types()
 returns text[]
 language sql
@@ -69,14 +44,16 @@ revoke all on function credit_private.event_types()
 from public, anon, authenticated, service_role;
 
 create table public.credit_events (
-    id uuid primary key,
+    id uuid not null,
     account_id bigint not null references public.credit_accounts (id),
     user_id text not null,
     type text not null check (type = any(credit_private.event_types())),
     payload jsonb not null default '{}' check (jsonb_typeof(payload) = 'object'),
     created_at timestamptz not null,
     delivery text not null default 'none' check (delivery in ('none', 'pending', 'delivered')),
-    dedupe_key text unique
+    dedupe_key text,
+    constraint credit_events_pkey primary key (id, account_id),
+    constraint credit_events_dedupe_key_key unique (dedupe_key, account_id)
 );
 comment on table public.credit_events is
 'The outbox: events written in the transaction of the change they report. Rows never change'
@@ -93,7 +70,7 @@ create index credit_events_user_idx on public.credit_events (user_id, id);
 create index credit_events_account_idx on public.credit_events (account_id, id);
 
 create table public.credit_balance_alerts (
-    id uuid primary key default gen_random_uuid(),
+    id uuid primary key default credit_private.uuid_v7(),
     user_id text,
     plan_id text references public.credit_plans (id) on delete cascade,
     threshold bigint check (threshold between 1 and 9007199254740991),
@@ -123,7 +100,7 @@ comment on table public.credit_event_settings is
 'At most one row; without it grant.expiring fires 7 days before a grant expires.';
 
 create table public.credit_event_endpoints (
-    id uuid primary key default gen_random_uuid(),
+    id uuid primary key default credit_private.uuid_v7(),
     url text not null check (url ~ '^https?://' and length(url) <= 2000),
     secret text not null check (length(secret) between 16 and 200),
     event_types text[] check (event_types <@ credit_private.event_types()),
@@ -136,14 +113,18 @@ comment on table public.credit_event_endpoints is
 ' An endpoint gets the events written while it is enabled.';
 
 create table public.credit_event_deliveries (
-    event_id uuid not null references public.credit_events (id),
+    event_id uuid not null,
     endpoint_id uuid not null references public.credit_event_endpoints (id),
     attempts integer not null default 0 check (attempts >= 0),
     next_attempt_at timestamptz not null,
-    claim_id uuid unique,
+    claim_id uuid,
     last_error text,
     delivered_at timestamptz,
-    primary key (event_id, endpoint_id)
+    account_id bigint not null,
+    constraint credit_event_deliveries_pkey primary key (event_id, endpoint_id, account_id),
+    constraint credit_event_deliveries_claim_id_key unique (claim_id, account_id),
+    constraint credit_event_deliveries_event_id_fkey foreign key (account_id, event_id)
+    references public.credit_events (account_id, id)
 );
 comment on table public.credit_event_deliveries is
 'One event to one endpoint. A claim moves next_attempt_at to the end of its lease, so no'
@@ -250,11 +231,13 @@ begin
         ) then 'pending' else 'none' end,
         p_dedupe_key
     )
-    on conflict (dedupe_key) do nothing
+    on conflict (dedupe_key, account_id) do nothing
     returning id into v_id;
     if v_id is not null then
-        insert into public.credit_event_deliveries (event_id, endpoint_id, next_attempt_at)
-        select v_id, e.id, v_now
+        insert into public.credit_event_deliveries (
+            event_id, account_id, endpoint_id, next_attempt_at
+        )
+        select v_id, p_account_id, e.id, v_now
         from public.credit_event_endpoints as e
         where e.enabled and (e.event_types is null or p_type = any(e.event_types));
     end if;

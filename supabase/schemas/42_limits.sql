@@ -51,7 +51,7 @@ comment on column public.credit_account_limits.credit_line_grace_seconds is
 ' (null = no deadline).';
 
 create table public.credit_spend_windows (
-    id bigint generated always as identity primary key,
+    id bigint generated always as identity,
     account_id bigint not null references public.credit_account_limits (account_id),
     period text not null check (period in ('day', 'week', 'month', 'hours')),
     hours integer check (hours between 1 and 8784),
@@ -61,7 +61,8 @@ create table public.credit_spend_windows (
     ),
     spend_limit bigint not null check (spend_limit between 0 and 9007199254740991),
     -- hours only, and always, for a rolling window
-    check ((period = 'hours') = (hours is not null))
+    check ((period = 'hours') = (hours is not null)),
+    constraint credit_spend_windows_pkey primary key (id, account_id)
 );
 comment on table public.credit_spend_windows is
 'Spend windows: the net spend of the window + active holds + a new charge must stay within'

@@ -79,7 +79,7 @@ comment on column public.credit_auto_topups.disabled_reason is
 'Why the ledger disabled the rule (null when enabled or disabled by its owner).';
 
 create table public.credit_topup_requests (
-    id uuid primary key,
+    id uuid not null,
     account_id bigint not null references public.credit_accounts (id),
     user_id text not null,
     state text not null default 'pending' check (
@@ -93,14 +93,18 @@ create table public.credit_topup_requests (
     balance_at_request bigint not null,
     attempts integer not null default 0 check (attempts >= 0),
     next_attempt_at timestamptz not null,
-    payment_intent_id text unique check (payment_intent_id ~ '^[A-Za-z0-9_]{1,255}$'),
-    transaction_id uuid references public.credit_transactions (id),
+    payment_intent_id text check (payment_intent_id ~ '^[A-Za-z0-9_]{1,255}$'),
+    transaction_id uuid,
     last_error text check (length(last_error) <= 1000),
     created_at timestamptz not null,
     updated_at timestamptz not null,
     completed_at timestamptz,
     -- credits granted exactly when the payment succeeded
-    check ((state = 'succeeded') = (transaction_id is not null))
+    check ((state = 'succeeded') = (transaction_id is not null)),
+    constraint credit_topup_requests_pkey primary key (id, account_id),
+    constraint credit_topup_requests_payment_intent_id_key unique (payment_intent_id, account_id),
+    constraint credit_topup_requests_transaction_id_fkey foreign key (account_id, transaction_id)
+    references public.credit_transactions (account_id, id)
 );
 comment on table public.credit_topup_requests is
 'Auto top-up payments, one per attempt; id is the Stripe idempotency key and the'
@@ -229,7 +233,7 @@ begin
         or v_month_minor + v_minor > v_rule.monthly_cap_minor then
         return null;
     end if;
-    v_id := gen_random_uuid();
+    v_id := credit_private.uuid_v7();
     insert into public.credit_topup_requests (
         id, account_id, user_id, credits, amount_minor, currency, stripe_customer_id,
         stripe_payment_method_id, balance_at_request, next_attempt_at, created_at, updated_at

@@ -71,10 +71,10 @@ comment on type public.credit_stripe_subscription_result is
 -- ---------------------------------------------------------------- tables
 
 create table public.credit_stripe_payments (
-    payment_intent_id text primary key check (length(payment_intent_id) between 1 and 255),
+    payment_intent_id text not null check (length(payment_intent_id) between 1 and 255),
     account_id bigint not null references public.credit_accounts (id),
-    transaction_id uuid not null unique references public.credit_transactions (id),
-    grant_id uuid not null references public.credit_grants (id),
+    transaction_id uuid not null,
+    grant_id uuid not null,
     credits bigint not null check (credits > 0),
     amount bigint not null check (amount > 0),
     currency text,
@@ -83,7 +83,13 @@ create table public.credit_stripe_payments (
     clawed_back bigint not null default 0,
     created_at timestamptz not null,
     check (refunded between 0 and amount),
-    check (clawed_back between 0 and credits)
+    check (clawed_back between 0 and credits),
+    constraint credit_stripe_payments_pkey primary key (payment_intent_id, account_id),
+    constraint credit_stripe_payments_transaction_id_key unique (transaction_id, account_id),
+    constraint credit_stripe_payments_transaction_id_fkey foreign key (account_id, transaction_id)
+    references public.credit_transactions (account_id, id),
+    constraint credit_stripe_payments_grant_id_fkey foreign key (account_id, grant_id)
+    references public.credit_grants (account_id, id)
 );
 comment on table public.credit_stripe_payments is
 'A credit purchase paid through Stripe, by its payment intent (refunds and disputes name it).'
@@ -98,8 +104,15 @@ comment on column public.credit_stripe_payments.clawed_back is
 'Credits taken back: floor(credits * min(amount, refunded + withdrawn) / amount).';
 
 create table public.credit_stripe_clawbacks (
-    transaction_id uuid primary key references public.credit_transactions (id),
-    payment_intent_id text not null references public.credit_stripe_payments (payment_intent_id)
+    transaction_id uuid not null,
+    payment_intent_id text not null,
+    account_id bigint not null,
+    constraint credit_stripe_clawbacks_pkey primary key (transaction_id, account_id),
+    constraint credit_stripe_clawbacks_transaction_id_fkey foreign key (account_id, transaction_id)
+    references public.credit_transactions (account_id, id),
+    constraint credit_stripe_clawbacks_payment_intent_id_fkey
+    foreign key (account_id, payment_intent_id)
+    references public.credit_stripe_payments (account_id, payment_intent_id)
 );
 comment on table public.credit_stripe_clawbacks is
 'The void rows that clawed back a payment''s credits; a reinstatement refunds them.';
@@ -163,10 +176,14 @@ create index credit_stripe_subscriptions_user_idx
 on public.credit_stripe_subscriptions (user_id);
 
 create table public.credit_stripe_invoices (
-    invoice_id text primary key check (length(invoice_id) between 1 and 255),
+    invoice_id text not null check (length(invoice_id) between 1 and 255),
     user_id text not null,
-    transaction_id uuid not null references public.credit_transactions (id),
-    created_at timestamptz not null
+    transaction_id uuid not null,
+    created_at timestamptz not null,
+    account_id bigint not null,
+    constraint credit_stripe_invoices_pkey primary key (invoice_id, account_id),
+    constraint credit_stripe_invoices_transaction_id_fkey foreign key (account_id, transaction_id)
+    references public.credit_transactions (account_id, id)
 );
 comment on table public.credit_stripe_invoices is
 'Each paid invoice that granted an allowance: one grant per invoice.';
@@ -217,14 +234,14 @@ begin
         p_idempotency_key, p_grant_id => p_grant_id
     );
     if p_from_grant > 0 then
-        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-        values (v_row.id, p_grant_id, p_from_grant);
+        insert into public.credit_grant_draws (account_id, transaction_id, grant_id, amount)
+        values (p_account_id, v_row.id, p_grant_id, p_from_grant);
         update public.credit_grants set remaining = remaining - p_from_grant
         where id = p_grant_id;
     end if;
     if p_as_debt > 0 then
-        insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-        values (v_row.id, null, p_as_debt);
+        insert into public.credit_grant_draws (account_id, transaction_id, grant_id, amount)
+        values (p_account_id, v_row.id, null, p_as_debt);
         update public.credit_accounts set debt = debt + p_as_debt where id = p_account_id;
     end if;
     return v_row;
@@ -431,8 +448,8 @@ begin
             ),
             null
         );
-        insert into public.credit_stripe_clawbacks (transaction_id, payment_intent_id)
-        values (v_row.id, p_payment_intent_id);
+        insert into public.credit_stripe_clawbacks (transaction_id, account_id, payment_intent_id)
+        values (v_row.id, v_row.account_id, p_payment_intent_id);
     elsif v_change < 0 then
         v_left := -v_change;
         for v_void in
@@ -855,8 +872,12 @@ begin
         ),
         null
     );
-    insert into public.credit_stripe_invoices (invoice_id, user_id, transaction_id, created_at)
-    values (p_invoice_id, v_user_id, v_added.transaction_id, v_now);
+    insert into public.credit_stripe_invoices (
+        invoice_id, account_id, user_id, transaction_id, created_at
+    )
+    select p_invoice_id, a.id, v_user_id, v_added.transaction_id, v_now
+    from public.credit_accounts as a
+    where a.user_id = v_user_id;
     v_result.granted := v_added.amount;
     v_result.transaction_id := v_added.transaction_id;
     v_result.outcome := 'granted';

@@ -268,7 +268,7 @@ begin
     perform credit_private.check_limits(v_account.id, v_amount, null, true, v_now);
 
     v_result := row(
-        gen_random_uuid(), p_user_id, v_amount, p_operation_type,
+        credit_private.uuid_v7(), p_user_id, v_amount, p_operation_type,
         v_now + make_interval(secs => p_timeout_seconds), v_available - v_amount, v_now, false
     );
     insert into public.credit_reservations (

@@ -54,22 +54,22 @@ begin
             from public.credit_accounts as a
             where a.id = p_account_id;
             if v_debt > 0 then
-                insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-                values (p_refund_id, null, -v_debt);
+                insert into public.credit_grant_draws (account_id, transaction_id, grant_id, amount)
+                values (p_account_id, p_refund_id, null, -v_debt);
                 update public.credit_accounts set debt = debt - v_debt where id = p_account_id;
             end if;
             -- debt paid since by newer credits comes back as a new grant
             v_excess := v_excess + v_take - v_debt;
         else
-            insert into public.credit_grant_draws (transaction_id, grant_id, amount)
-            values (p_refund_id, v_source.grant_id, -v_take);
+            insert into public.credit_grant_draws (account_id, transaction_id, grant_id, amount)
+            values (p_account_id, p_refund_id, v_source.grant_id, -v_take);
             update public.credit_grants set remaining = remaining + v_take
             where id = v_source.grant_id;
         end if;
     end loop;
     if v_excess > 0 then
         perform credit_private.create_grant(
-            p_account_id, p_refund_id, gen_random_uuid(), 'paid', 50, v_excess, null, p_now
+            p_account_id, p_refund_id, credit_private.uuid_v7(), 'paid', 50, v_excess, null, p_now
         );
     end if;
 end;

@@ -54,7 +54,7 @@ declare
     v_previous_start timestamptz;
     v_account public.credit_accounts;
     v_live bigint;
-    v_grant_id uuid := gen_random_uuid();
+    v_grant_id uuid := credit_private.uuid_v7();
     v_transaction_id uuid;
 begin
     -- Grants the plan's allowance for the current period, once: granted (the allowance

@@ -134,7 +134,7 @@ begin
     end if;
     insert into public.credit_teams as t (id, name, account_id, min_balance, created_at, updated_at)
     values (p_team_id, p_name, v_account.id, v_min_balance, v_now, v_now)
-    on conflict (id) do update set
+    on conflict (id, account_id) do update set
         name = excluded.name, min_balance = excluded.min_balance, updated_at = excluded.updated_at
     returning * into v_team;
     return row(
@@ -182,9 +182,12 @@ begin
 
     v_team := credit_private.lock_team(p_team_id);
     insert into public.credit_team_members as m (
-        team_id, user_id, role, spend_limit, limit_period, joined_at, updated_at
-    ) values (p_team_id, p_user_id, p_role, v_spend_limit, p_limit_period, v_now, v_now)
-    on conflict (team_id, user_id) do update set
+        team_id, account_id, user_id, role, spend_limit, limit_period, joined_at, updated_at
+    ) values (
+        p_team_id, v_team.account_id, p_user_id, p_role, v_spend_limit, p_limit_period, v_now,
+        v_now
+    )
+    on conflict (team_id, user_id, account_id) do update set
         role = excluded.role,
         spend_limit = excluded.spend_limit,
         limit_period = excluded.limit_period,

@@ -156,17 +156,18 @@ as $$
     select g.account_id, g.user_id, 'grant ' || g.id || ' remaining = amount - draws',
         (g.amount - coalesce(sum(d.amount), 0))::text, g.remaining::text
     from public.credit_grants as g
-    left join public.credit_grant_draws as d on g.id = d.grant_id
-    group by g.id
+    left join public.credit_grant_draws as d on g.account_id = d.account_id and g.id = d.grant_id
+    group by g.id, g.account_id
     having g.remaining <> g.amount - coalesce(sum(d.amount), 0)
 
     union all
     select t.account_id, t.user_id, 'transaction ' || t.id || ' amount = its draws',
         (-t.amount)::text, coalesce(sum(d.amount), 0)::text
     from public.credit_transactions as t
-    left join public.credit_grant_draws as d on t.id = d.transaction_id
+    left join public.credit_grant_draws as d
+        on t.account_id = d.account_id and t.id = d.transaction_id
     where t.type in ('usage', 'fixed_job', 'capture', 'expiry', 'void')
-    group by t.id
+    group by t.id, t.account_id
     having -t.amount <> coalesce(sum(d.amount), 0)
 
     union all
@@ -185,15 +186,16 @@ as $$
         inner join public.credit_transactions as r on g.transaction_id = r.id
         where r.type = 'refund'
     ) as m on t.id = m.original
-    group by t.id, m.grant_id
+    group by t.id, t.account_id, m.grant_id
     having sum(m.amount) < 0
 
     union all
     select o.account_id, o.user_id, 'refunds of ' || o.id || ' <= charged',
         (-o.amount)::text, sum(r.amount)::text
     from public.credit_transactions as o
-    inner join public.credit_transactions as r on o.id = r.refund_of
-    group by o.id
+    inner join public.credit_transactions as r
+        on o.account_id = r.account_id and o.id = r.refund_of
+    group by o.id, o.account_id
     having sum(r.amount) > -o.amount
 
     union all

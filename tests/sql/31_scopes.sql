@@ -298,9 +298,12 @@ select is_empty(
 );
 -- break the invariant on purpose: a chat charge drawn from the image grant
 alter table credit_grant_draws disable trigger credit_grant_draws_append_only;
-insert into credit_grant_draws (transaction_id, grant_id, amount)
-values ((select transaction_id from chat_charge), (select grant_id from img_late), 1),
-       ((select transaction_id from chat_charge), (select grant_id from plain), -1);
+insert into credit_grant_draws (account_id, transaction_id, grant_id, amount)
+select t.account_id, t.id, d.grant_id, d.amount
+from credit_transactions as t,
+    (values ((select grant_id from img_late), 1), ((select grant_id from plain), -1))
+    as d (grant_id, amount)
+where t.id = (select transaction_id from chat_charge);
 update credit_grants set remaining = remaining - 1 where id = (select grant_id from img_late);
 update credit_grants set remaining = remaining + 1 where id = (select grant_id from plain);
 select results_eq(

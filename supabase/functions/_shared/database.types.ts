@@ -72,10 +72,10 @@ export type Database = {
           },
           {
             foreignKeyName: "credit_allowance_grants_grant_id_fkey";
-            columns: ["grant_id"];
+            columns: ["account_id", "grant_id"];
             isOneToOne: true;
             referencedRelation: "credit_grants";
-            referencedColumns: ["id"];
+            referencedColumns: ["account_id", "id"];
           },
         ];
       };
@@ -143,6 +143,7 @@ export type Database = {
           claim_id: string | null;
           last_error: string | null;
           delivered_at: string | null;
+          account_id: number;
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
@@ -156,10 +157,10 @@ export type Database = {
           },
           {
             foreignKeyName: "credit_event_deliveries_event_id_fkey";
-            columns: ["event_id"];
+            columns: ["account_id", "event_id"];
             isOneToOne: false;
             referencedRelation: "credit_events";
-            referencedColumns: ["id"];
+            referencedColumns: ["account_id", "id"];
           },
         ];
       };
@@ -216,23 +217,24 @@ export type Database = {
           transaction_id: string;
           grant_id: string | null;
           amount: number;
+          account_id: number;
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
         Relationships: [
           {
             foreignKeyName: "credit_grant_draws_grant_id_fkey";
-            columns: ["grant_id"];
+            columns: ["account_id", "grant_id"];
             isOneToOne: false;
             referencedRelation: "credit_grants";
-            referencedColumns: ["id"];
+            referencedColumns: ["account_id", "id"];
           },
           {
             foreignKeyName: "credit_grant_draws_transaction_id_fkey";
-            columns: ["transaction_id"];
+            columns: ["account_id", "transaction_id"];
             isOneToOne: false;
             referencedRelation: "credit_transactions";
-            referencedColumns: ["id"];
+            referencedColumns: ["account_id", "id"];
           },
         ];
       };
@@ -263,10 +265,10 @@ export type Database = {
           },
           {
             foreignKeyName: "credit_grants_transaction_id_fkey";
-            columns: ["transaction_id"];
+            columns: ["account_id", "transaction_id"];
             isOneToOne: false;
             referencedRelation: "credit_transactions";
-            referencedColumns: ["id"];
+            referencedColumns: ["account_id", "id"];
           },
         ];
       };
@@ -349,10 +351,10 @@ export type Database = {
           },
           {
             foreignKeyName: "credit_reservations_transaction_id_fkey";
-            columns: ["transaction_id"];
+            columns: ["account_id", "transaction_id"];
             isOneToOne: false;
             referencedRelation: "credit_transactions";
-            referencedColumns: ["id"];
+            referencedColumns: ["account_id", "id"];
           },
         ];
       };
@@ -381,23 +383,24 @@ export type Database = {
         Row: {
           transaction_id: string;
           payment_intent_id: string;
+          account_id: number;
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
         Relationships: [
           {
             foreignKeyName: "credit_stripe_clawbacks_payment_intent_id_fkey";
-            columns: ["payment_intent_id"];
+            columns: ["account_id", "payment_intent_id"];
             isOneToOne: false;
             referencedRelation: "credit_stripe_payments";
-            referencedColumns: ["payment_intent_id"];
+            referencedColumns: ["account_id", "payment_intent_id"];
           },
           {
             foreignKeyName: "credit_stripe_clawbacks_transaction_id_fkey";
-            columns: ["transaction_id"];
+            columns: ["account_id", "transaction_id"];
             isOneToOne: true;
             referencedRelation: "credit_transactions";
-            referencedColumns: ["id"];
+            referencedColumns: ["account_id", "id"];
           },
         ];
       };
@@ -439,16 +442,17 @@ export type Database = {
           user_id: string;
           transaction_id: string;
           created_at: string;
+          account_id: number;
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
         Relationships: [
           {
             foreignKeyName: "credit_stripe_invoices_transaction_id_fkey";
-            columns: ["transaction_id"];
+            columns: ["account_id", "transaction_id"];
             isOneToOne: false;
             referencedRelation: "credit_transactions";
-            referencedColumns: ["id"];
+            referencedColumns: ["account_id", "id"];
           },
         ];
       };
@@ -478,17 +482,17 @@ export type Database = {
           },
           {
             foreignKeyName: "credit_stripe_payments_grant_id_fkey";
-            columns: ["grant_id"];
+            columns: ["account_id", "grant_id"];
             isOneToOne: false;
             referencedRelation: "credit_grants";
-            referencedColumns: ["id"];
+            referencedColumns: ["account_id", "id"];
           },
           {
             foreignKeyName: "credit_stripe_payments_transaction_id_fkey";
-            columns: ["transaction_id"];
+            columns: ["account_id", "transaction_id"];
             isOneToOne: true;
             referencedRelation: "credit_transactions";
-            referencedColumns: ["id"];
+            referencedColumns: ["account_id", "id"];
           },
         ];
       };
@@ -534,16 +538,17 @@ export type Database = {
           limit_period: string | null;
           joined_at: string;
           updated_at: string;
+          account_id: number;
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
         Relationships: [
           {
             foreignKeyName: "credit_team_members_team_id_fkey";
-            columns: ["team_id"];
+            columns: ["account_id", "team_id"];
             isOneToOne: false;
             referencedRelation: "credit_teams";
-            referencedColumns: ["id"];
+            referencedColumns: ["account_id", "id"];
           },
         ];
       };
@@ -601,10 +606,10 @@ export type Database = {
           },
           {
             foreignKeyName: "credit_topup_requests_transaction_id_fkey";
-            columns: ["transaction_id"];
+            columns: ["account_id", "transaction_id"];
             isOneToOne: false;
             referencedRelation: "credit_transactions";
-            referencedColumns: ["id"];
+            referencedColumns: ["account_id", "id"];
           },
         ];
       };
@@ -643,24 +648,24 @@ export type Database = {
           },
           {
             foreignKeyName: "credit_transactions_grant_fk";
-            columns: ["grant_id"];
+            columns: ["account_id", "grant_id"];
             isOneToOne: false;
             referencedRelation: "credit_grants";
-            referencedColumns: ["id"];
+            referencedColumns: ["account_id", "id"];
           },
           {
             foreignKeyName: "credit_transactions_refund_of_fkey";
-            columns: ["refund_of"];
+            columns: ["account_id", "refund_of"];
             isOneToOne: false;
             referencedRelation: "credit_transactions";
-            referencedColumns: ["id"];
+            referencedColumns: ["account_id", "id"];
           },
           {
             foreignKeyName: "credit_transactions_reservation_fk";
-            columns: ["reservation_id"];
+            columns: ["account_id", "reservation_id"];
             isOneToOne: false;
             referencedRelation: "credit_reservations";
-            referencedColumns: ["id"];
+            referencedColumns: ["account_id", "id"];
           },
         ];
       };
