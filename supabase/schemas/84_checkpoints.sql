@@ -62,6 +62,9 @@ comment on table public.credit_checkpoint_grants is
 'What was left of each grant of the account after row last_seq of its checkpoint: the'
 ' grant''s amount less the draws of rows 1..last_seq. A grant not listed had nothing left.';
 
+-- is there a checkpoint at or before a time (credit_verify_ledger(p_since))
+create index credit_checkpoints_period_idx on public.credit_checkpoints (period_start);
+
 -- the foreign key to the grant, checked when a grant row is removed or re-keyed
 create index credit_checkpoint_grants_grant_idx
 on public.credit_checkpoint_grants (account_id, grant_id);
@@ -461,7 +464,7 @@ begin
     -- the previous checkpoints, in one snapshot)
     select count(*) over (), i.account_id, i.check_name
     into v_issues, v_account_id, v_check
-    from credit_private.verify_since(p_period_start - interval '1 microsecond') as i
+    from public.credit_verify_ledger(p_period_start - interval '1 microsecond') as i
     limit 1;
     if v_issues > 0 then
         perform credit_private.fail(
