@@ -246,34 +246,55 @@ as $$
         left join drawn as w on g.account_id = w.account_id and g.id = w.grant_id
     ),
 
-    -- the charges whose refunds a row since touches: refunded since, or charged since
-    originals as (
-        select distinct r.account_id, coalesce(r.refund_of, r.id) as id
+    -- the charges refunded since the checkpoint (a refund comes after its charge, so a
+    -- charge since the checkpoint has its refunds in the window too)
+    refunded as (
+        select distinct r.account_id, r.refund_of as id
         from recent as r
-        where r.type in ('usage', 'fixed_job', 'capture', 'void', 'refund')
+        where r.refund_of is not null
     ),
 
+    -- per charge and source: what it drew, less what its refunds gave back
     refund_moves as (
-        select o.account_id, o.id as original, d.grant_id, d.amount
-        from originals as o
+        select r.account_id, coalesce(r.refund_of, r.id) as original, d.grant_id, d.amount
+        from recent as r
+        inner join recent_draws as d on r.account_id = d.account_id and r.id = d.transaction_id
+        where r.type in ('usage', 'fixed_job', 'capture', 'void', 'refund')
+        union all
+        select r.account_id, r.refund_of, null, -g.amount
+        from recent as r
+        cross join lateral (
+            select x.amount from public.credit_grants as x
+            where x.transaction_id = r.id and x.account_id = r.account_id
+            offset 0
+        ) as g
+        where r.type = 'refund'
+        -- a charge from before the checkpoint refunded since: its own draws, and those of
+        -- its refunds before the checkpoint, read by their keys
+        union all
+        select o.account_id, o.id, d.grant_id, d.amount
+        from refunded as o
+        inner join start as s on o.account_id = s.account_id
         cross join lateral (
             select x.id from public.credit_transactions as x
             where
-                x.id = o.id and x.account_id = o.account_id
+                x.id = o.id and x.account_id = o.account_id and x.seq <= s.last_seq
                 and x.type in ('usage', 'fixed_job', 'capture', 'void')
             union all
             select x.id from public.credit_transactions as x
-            where x.refund_of = o.id and x.account_id = o.account_id
+            where x.refund_of = o.id and x.account_id = o.account_id and x.seq <= s.last_seq
         ) as m
         cross join lateral (
             select x.grant_id, x.amount from public.credit_grant_draws as x
             where x.transaction_id = m.id and x.account_id = o.account_id
+            offset 0
         ) as d
         union all
         select o.account_id, o.id, null, -g.amount
-        from originals as o
+        from refunded as o
+        inner join start as s on o.account_id = s.account_id
         inner join public.credit_transactions as r
-            on o.account_id = r.account_id and o.id = r.refund_of
+            on o.account_id = r.account_id and o.id = r.refund_of and r.seq <= s.last_seq
         inner join public.credit_grants as g
             on r.account_id = g.account_id and r.id = g.transaction_id
     )
@@ -344,17 +365,20 @@ as $$
     union all
     select t.account_id, t.user_id,
         'refunds of ' || t.id || ' gave back at most what it drew from each source',
-        '>= 0', sum(m.amount)::text
-    from refund_moves as m
+        '>= 0', m.amount::text
+    from (
+        select x.account_id, x.original, sum(x.amount) as amount
+        from refund_moves as x
+        group by x.account_id, x.original, x.grant_id
+        having sum(x.amount) < 0
+    ) as m
     inner join public.credit_transactions as t
         on m.account_id = t.account_id and m.original = t.id
-    group by t.id, t.account_id, m.grant_id
-    having sum(m.amount) < 0
 
     union all
     select o.account_id, o.user_id, 'refunds of ' || o.id || ' <= charged',
         (-o.amount)::text, sum(r.amount)::text
-    from originals as x
+    from refunded as x
     inner join public.credit_transactions as o on x.account_id = o.account_id and x.id = o.id
     inner join public.credit_transactions as r
         on o.account_id = r.account_id and o.id = r.refund_of

@@ -8,7 +8,7 @@
 -- (a plain account), test_late (an account whose first row is after the first boundary).
 begin;
 \ir helpers/tests_schema.psql
-select plan(32);
+select plan(34);
 
 set local timezone to 'UTC';
 
@@ -166,6 +166,9 @@ select credit_add_credits('test_member', 30);
 select credit_refund_transaction((select transaction_id from feb_charge), 20);
 set local ducto.now to '2025-03-02 09:00:00+00';
 select credit_deduct_credits('test_owner', 3);
+-- a refund after both checkpoints of a January charge refunded in February already
+create temp table mar_refund as
+select * from credit_refund_transaction((select transaction_id from jan_charge), 5);
 select credit_deduct_credits('test_late', 4);
 
 create temp table second_take as select * from credit_take_checkpoints('2025-03-01');
@@ -228,6 +231,28 @@ select set_eq(
     'From the first checkpoint too.'
 );
 rollback to savepoint after_checkpoint;
+
+-- ---------------------------------------------------------------- a refund of an older charge, broken
+
+savepoint older_refund;
+alter table credit_grant_draws disable trigger credit_grant_draws_append_only;
+-- March's refund of the January charge is said to have given 40 more back to the paid grant
+insert into credit_grant_draws (account_id, transaction_id, grant_id, amount)
+select t.account_id, t.id, (select grant_id from jan_paid), -40
+from credit_transactions as t
+where t.id = (select transaction_id from mar_refund);
+select isnt_empty(
+    $$select * from credit_verify_ledger('2025-03-05')
+      where check_name like 'refunds of % gave back at most%'$$,
+    'verify(since) finds a refund since the checkpoint giving back more than its older'
+    || ' charge drew, reading the charge and its earlier refund by their keys.'
+);
+select set_eq(
+    $$select * from credit_verify_ledger('2025-03-05')$$,
+    $$select * from credit_verify_ledger()$$,
+    'It reports exactly the issue rows the full verify reports.'
+);
+rollback to savepoint older_refund;
 
 -- ---------------------------------------------------------------- a broken balance_after after it
 
