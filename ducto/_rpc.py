@@ -477,9 +477,29 @@ def sweep_expired(dry_run: bool) -> RpcCall:
     return RpcCall("credit_sweep_expired", {"p_dry_run": bool(dry_run)}, retry_safe=True)
 
 
-def verify_ledger() -> RpcCall:
-    """``credit_verify_ledger``: every broken invariant, one row each."""
-    return RpcCall("credit_verify_ledger", retry_safe=True)
+def _aware(value: object, name: str) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidInputError(f"{name} must be a timezone-aware datetime", code="DC006")
+    return value
+
+
+def verify_ledger(since: datetime | None = None) -> RpcCall:
+    """``credit_verify_ledger``: every broken invariant, one row each; with ``since``, each
+    account checked from its newest checkpoint at or before it."""
+    if since is None:
+        # no argument at all: a schema from before checkpoints answers it too
+        return RpcCall("credit_verify_ledger", retry_safe=True)
+    return RpcCall("credit_verify_ledger", {"p_since": _aware(since, "since")}, retry_safe=True)
+
+
+def take_checkpoints(period_start: datetime) -> RpcCall:
+    """``credit_take_checkpoints``: every account's state at a month boundary (UTC)."""
+    # taking a boundary again records nothing more
+    return RpcCall(
+        "credit_take_checkpoints",
+        {"p_period_start": _aware(period_start, "period_start")},
+        retry_safe=True,
+    )
 
 
 def schema_version() -> RpcCall:

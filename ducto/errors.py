@@ -23,6 +23,7 @@ Hierarchy::
     ├── UnknownModelError             no pricing entry matches the model, and no default
     ├── UnknownJobError               the pricing has no such fixed-cost job
     ├── SchemaError                   the database's ledger schema is missing or outdated
+    ├── LedgerInconsistentError       a checkpoint was refused: the ledger breaks an invariant
     ├── WebhookSignatureError         an event delivery's signature does not verify
     └── StoreError                    the store failed in a way ducto did not expect
         └── StoreConnectionError      the store cannot reach the database or the API
@@ -191,6 +192,14 @@ class WebhookSignatureError(DuctoError):
     """An event delivery's ``ducto-signature`` is missing, malformed, stale or wrong."""
 
 
+class LedgerInconsistentError(DuctoError):
+    """Raised when a checkpoint is refused because the ledger breaks an invariant.
+
+    ``details`` names how many issues ``verify_ledger`` finds and the first of them; nothing
+    was recorded.
+    """
+
+
 class StoreError(DuctoError):
     """Raised when the store fails in a way ducto does not expect (the code says how)."""
 
@@ -246,6 +255,9 @@ SQLSTATE_ERRORS: Mapping[str, type[DuctoError]] = {
     # a Stripe customer no user is known for; or known as another user
     "DC122": NotFoundError,
     "DC123": InvalidInputError,
+    # checkpoints: a month not closed yet; a ledger with broken invariants
+    "DC130": InvalidInputError,
+    "DC131": LedgerInconsistentError,
     "42501": PermissionDeniedError,
     "42883": SchemaError,
     "PGRST202": SchemaError,

@@ -40,6 +40,7 @@ from ducto.models import (
     BalanceAtResult,
     BalanceResult,
     CheckFeatureResult,
+    CheckpointResult,
     CreditMetadata,
     DailySpendRow,
     DeductionResult,
@@ -848,9 +849,26 @@ class AsyncCreditManager:
         """Sweep expired credits and timed-out holds from all users' accounts."""
         return await self._one(SweepResult, _rpc.sweep_expired(dry_run))
 
-    async def verify_ledger(self) -> list[LedgerIssue]:
-        """Recompute every ledger invariant; an empty list means the ledger is consistent."""
-        return _rpc.many(LedgerIssue, await self.store.call(_rpc.verify_ledger()))
+    async def verify_ledger(self, since: datetime | None = None) -> list[LedgerIssue]:
+        """Recompute every ledger invariant; an empty list means the ledger is consistent.
+
+        With ``since``, each account is checked from its newest checkpoint at or before it
+        (``take_checkpoints``), reading only the journal rows after it; what a checkpoint
+        summarizes was verified when it was taken and is trusted. An account without one is
+        checked in full.
+        """
+        return _rpc.many(LedgerIssue, await self.store.call(_rpc.verify_ledger(since)))
+
+    async def take_checkpoints(self, period_start: datetime) -> CheckpointResult:
+        """Record every account's state at a month boundary (UTC), after verifying the rows
+        since the previous checkpoints.
+
+        The boundary must be a month start, an hour past, with no transaction begun before
+        it still running (``InvalidInputError``, DC006 or DC130); a ledger that breaks an
+        invariant is refused (``LedgerInconsistentError``, DC131). Taking a boundary again
+        records nothing more.
+        """
+        return await self._one(CheckpointResult, _rpc.take_checkpoints(period_start))
 
     async def schema_version(self) -> str | None:
         """The version of ducto's schema in the database (None when it is not installed).
@@ -1692,9 +1710,26 @@ class CreditManager:
         """Sweep expired credits and timed-out holds from all users' accounts."""
         return self._one(SweepResult, _rpc.sweep_expired(dry_run))
 
-    def verify_ledger(self) -> list[LedgerIssue]:
-        """Recompute every ledger invariant; an empty list means the ledger is consistent."""
-        return _rpc.many(LedgerIssue, self.store.call(_rpc.verify_ledger()))
+    def verify_ledger(self, since: datetime | None = None) -> list[LedgerIssue]:
+        """Recompute every ledger invariant; an empty list means the ledger is consistent.
+
+        With ``since``, each account is checked from its newest checkpoint at or before it
+        (``take_checkpoints``), reading only the journal rows after it; what a checkpoint
+        summarizes was verified when it was taken and is trusted. An account without one is
+        checked in full.
+        """
+        return _rpc.many(LedgerIssue, self.store.call(_rpc.verify_ledger(since)))
+
+    def take_checkpoints(self, period_start: datetime) -> CheckpointResult:
+        """Record every account's state at a month boundary (UTC), after verifying the rows
+        since the previous checkpoints.
+
+        The boundary must be a month start, an hour past, with no transaction begun before
+        it still running (``InvalidInputError``, DC006 or DC130); a ledger that breaks an
+        invariant is refused (``LedgerInconsistentError``, DC131). Taking a boundary again
+        records nothing more.
+        """
+        return self._one(CheckpointResult, _rpc.take_checkpoints(period_start))
 
     def schema_version(self) -> str | None:
         """The version of ducto's schema in the database (None when it is not installed).

@@ -163,6 +163,20 @@ class SweepResult:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckpointResult:
+    """What ``take_checkpoints`` recorded at a month boundary (``credit_take_checkpoints``).
+
+    ``recorded`` checkpoints were taken now, ``kept`` were already recorded and left as they
+    were, and ``grants`` grant balances were recorded with the new ones.
+    """
+
+    period_start: datetime
+    recorded: int
+    kept: int
+    grants: int
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerIssue:
     """One broken ledger invariant reported by ``verify_ledger()``."""
 

@@ -97,6 +97,7 @@ def root(
 app.command()(operate.setup)
 app.command()(operate.status)
 app.command()(operate.verify)
+app.command()(operate.checkpoint)
 app.command()(operate.sweep)
 app.add_typer(operate.sql, name="sql")
 app.add_typer(pricing.app, name="pricing")

@@ -107,6 +107,14 @@ def moment(value: str, option: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def month(value: str, option: str) -> datetime:
+    """A month, ``YYYY-MM``: its first instant in UTC."""
+    try:
+        return datetime.strptime(value, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r} is not a month (YYYY-MM)", param_hint=option) from exc
+
+
 def expiry(expires_at: str | None, expires_in: str | None, key: str | None) -> datetime | None:
     """``--expires-at`` or ``--expires-in`` (not both); None for credits that never expire."""
     if expires_at and expires_in:

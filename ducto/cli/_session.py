@@ -21,6 +21,7 @@ from rich.markup import escape
 from ducto.embedded import POSTGRES_MAJOR, EmbeddedPostgres, default_data_dir
 from ducto.errors import (
     DuctoError,
+    LedgerInconsistentError,
     PermissionDeniedError,
     PricingNotLoadedError,
     SchemaError,
@@ -45,7 +46,7 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 3
     #: ducto's schema (or an active pricing) is missing or older than this ducto needs
     NOT_READY = 4
-    #: ``ducto verify`` found broken invariants
+    #: ``ducto verify`` found broken invariants (or ``ducto checkpoint`` refused for them)
     INCONSISTENT = 5
     #: interrupted (Ctrl-C), as shells report SIGINT
     INTERRUPTED = 130
@@ -97,6 +98,8 @@ def exit_code(error: DuctoError) -> ExitCode:
         return ExitCode.NOT_READY
     if isinstance(error, PermissionDeniedError | StoreError):
         return ExitCode.UNAVAILABLE
+    if isinstance(error, LedgerInconsistentError):
+        return ExitCode.INCONSISTENT
     return ExitCode.REFUSED
 
 

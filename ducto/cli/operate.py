@@ -1,4 +1,5 @@
-"""Install, inspect and maintain the ledger: setup, status, verify, sweep, sql export."""
+"""Install, inspect and maintain the ledger: setup, status, verify, checkpoint, sweep, sql
+export."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ducto import __version__, _migrations
+from ducto.cli import _options
 from ducto.cli._options import JsonFlag
 from ducto.cli._output import count, credits, emit_json, show, stdout, table, text
 from ducto.cli._session import ExitCode, Target, fail, session, stderr
@@ -91,10 +93,21 @@ def _schema_state(installed: str | None, expected: str) -> tuple[str, str]:
     return "current", ""
 
 
-def verify(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+def verify(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Check each account from its newest checkpoint at or before this time"
+            " (ISO 8601, UTC by default), reading only the rows after it.",
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
     """Recompute every ledger invariant. Exits 5 when one is broken."""
+    after = _options.moment(since, "--since") if since else None
     with session(ctx.obj) as manager, stderr.status("Checking every account's invariants"):
-        issues = manager.verify_ledger()
+        issues = manager.verify_ledger(since=after)
     table(
         issues,
         ("check_name", "user_id", "account_id", "expected", "actual"),
@@ -104,6 +117,33 @@ def verify(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     )
     if issues:
         raise fail(f"{count(len(issues), 'broken ledger invariant')}", ExitCode.INCONSISTENT)
+
+
+def checkpoint(
+    ctx: typer.Context,
+    month: Annotated[
+        str,
+        typer.Option(
+            help="The month whose start is the boundary (YYYY-MM, UTC): the checkpoint closes"
+            " the month before it.",
+        ),
+    ],
+    as_json: JsonFlag = False,
+) -> None:
+    """Record every account's state at a month boundary, after verifying the month.
+
+    The boundary must be an hour past with no transaction begun before it still running.
+    Taking it again records nothing more.
+    """
+    period_start = _options.month(month, "--month")
+    with session(ctx.obj) as manager, stderr.status("Verifying the month and taking checkpoints"):
+        result = manager.take_checkpoints(period_start)
+    show(
+        result,
+        f"At {text(result.period_start)}: {count(result.recorded, 'checkpoint')} recorded,"
+        f" with {count(result.grants, 'grant balance')}; {result.kept:,} already there.",
+        as_json=as_json,
+    )
 
 
 def sweep(

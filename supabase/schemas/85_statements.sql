@@ -64,6 +64,9 @@ declare
     -- no user id: a signed-in user's own
     v_user_id text := credit_private.reader_id(p_user_id, 'statement');
     v_result public.credit_balance_at_result;
+    v_account_id bigint;
+    v_checkpoint public.credit_checkpoints;
+    v_until bigint;
 begin
     if p_at is null or not isfinite(p_at) then
         perform credit_private.fail(
@@ -72,12 +75,43 @@ begin
             jsonb_build_object('argument', 'at')
         );
     end if;
-    -- a sum, not the newest row's balance_after: rows of concurrent operations commit in
-    -- seq order but may carry created_at out of that order
-    select v_user_id, p_at, coalesce(sum(t.amount), 0)::bigint
+    select a.id into v_account_id from public.credit_accounts as a where a.user_id = v_user_id;
+    -- the newest checkpoint at or before p_at (84_checkpoints.sql), and the next one's seq
+    select k.* into v_checkpoint
+    from public.credit_checkpoints as k
+    where k.account_id = v_account_id and k.period_start <= p_at
+    order by k.period_start desc
+    limit 1;
+    if v_checkpoint.account_id is null then
+        -- a sum, not the newest row's balance_after: rows of concurrent operations commit in
+        -- seq order but may carry created_at out of that order
+        select v_user_id, p_at, coalesce(sum(t.amount), 0)::bigint
+        into v_result
+        from public.credit_transactions as t
+        where t.user_id = v_user_id and t.created_at <= p_at;
+        return v_result;
+    end if;
+    -- rows after the next checkpoint's last_seq were created after its boundary, so after p_at
+    select k.last_seq into v_until
+    from public.credit_checkpoints as k
+    where k.account_id = v_account_id and k.period_start > p_at
+    order by k.period_start
+    limit 1;
+    -- the checkpoint's balance, less its rows created after p_at (only straddlers can be),
+    -- plus the month's rows after it created at or before p_at
+    select v_user_id, p_at, (v_checkpoint.balance + coalesce(sum(
+        case when t.seq <= v_checkpoint.last_seq then -t.amount else t.amount end
+    ), 0))::bigint
     into v_result
     from public.credit_transactions as t
-    where t.user_id = v_user_id and t.created_at <= p_at;
+    where
+        t.account_id = v_account_id
+        and t.seq >= coalesce(v_checkpoint.straddle_seq, v_checkpoint.last_seq + 1)
+        and t.seq <= coalesce(v_until, 9223372036854775807)
+        and (
+            (t.seq <= v_checkpoint.last_seq and t.created_at > p_at)
+            or (t.seq > v_checkpoint.last_seq and t.created_at <= p_at)
+        );
     return v_result;
 end;
 $$;

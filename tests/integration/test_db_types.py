@@ -208,6 +208,7 @@ PYTHON_RESULTS: dict[str, type[object]] = {
     "credit_journal_row": models.JournalRow,
     "credit_deduct_result": models.DeductionResult,
     "credit_feature_result": models.CheckFeatureResult,
+    "credit_checkpoint_result": models.CheckpointResult,
     "credit_ledger_issue": models.LedgerIssue,
     "credit_model_spend_row": models.SpendByModelRow,
     "credit_plan_result": models.PlanResult,

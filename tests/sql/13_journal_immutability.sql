@@ -58,7 +58,8 @@ select throws_ok(
                credit_teams, credit_team_members, credit_events, credit_event_deliveries,
                credit_account_limits, credit_spend_windows, credit_stripe_payments,
                credit_stripe_clawbacks, credit_stripe_disputes, credit_stripe_invoices,
-               credit_auto_topups, credit_topup_requests$$,
+               credit_auto_topups, credit_topup_requests, credit_checkpoints,
+               credit_checkpoint_grants$$,
     'DC900', null,
     'TRUNCATE of every ledger table at once is DC900.'
 );

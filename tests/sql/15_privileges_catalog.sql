@@ -111,7 +111,8 @@ select set_eq(
         'public.credit_get_balance(text) | authenticated | EXECUTE',
         'public.credit_get_balance(text) | service_role | EXECUTE',
         'public.credit_sweep_expired(boolean) | service_role | EXECUTE',
-        'public.credit_verify_ledger() | service_role | EXECUTE',
+        'public.credit_verify_ledger(timestamp with time zone) | service_role | EXECUTE',
+        'public.credit_take_checkpoints(timestamp with time zone) | service_role | EXECUTE',
         'public.credit_schema_version() | service_role | EXECUTE',
         'public.credit_publish_pricing(jsonb, text) | service_role | EXECUTE',
         'public.credit_get_pricing(bigint) | service_role | EXECUTE',
@@ -197,6 +198,7 @@ select set_eq(
         || ' | EXECUTE',
         'credit_private.scope_covers(text[], jsonb, text, jsonb) | service_role | EXECUTE',
         'credit_private.verify_scopes() | service_role | EXECUTE',
+        'credit_private.verify_since(timestamp with time zone) | service_role | EXECUTE',
         'public.credit_void_grant(uuid, numeric, text, text) | service_role | EXECUTE',
         'public.credit_stripe_record_purchase(text, numeric, text, text, numeric, jsonb)'
         || ' | service_role | EXECUTE',
@@ -243,6 +245,9 @@ select set_eq(
         'public.credit_user_plans | authenticated | SELECT',
         'public.credit_user_plans | service_role | SELECT',
         'public.credit_allowance_grants | service_role | SELECT',
+        'public.credit_checkpoints | authenticated | SELECT',
+        'public.credit_checkpoints | service_role | SELECT',
+        'public.credit_checkpoint_grants | service_role | SELECT',
         'public.credit_teams | authenticated | SELECT',
         'public.credit_teams | service_role | SELECT',
         'public.credit_team_members | authenticated | SELECT',
@@ -354,7 +359,8 @@ select set_eq(
     array['public.credit_accounts', 'public.credit_transactions', 'public.credit_grants',
           'public.credit_reservations', 'public.credit_plans', 'public.credit_user_plans',
           'public.credit_teams', 'public.credit_team_members', 'public.credit_events',
-          'public.credit_account_limits', 'public.credit_spend_windows'],
+          'public.credit_account_limits', 'public.credit_spend_windows',
+          'public.credit_checkpoints'],
     'authenticated can SELECT exactly the tables that hold their own rows.'
 );
 select is_empty(
@@ -394,6 +400,7 @@ select set_eq(
           'credit_private.scope_breakdown(bigint, timestamp with time zone)',
           'credit_private.scope_covers(text[], jsonb, text, jsonb)',
           'credit_private.verify_scopes()',
+          'credit_private.verify_since(timestamp with time zone)',
           'credit_private.auto_topup_row(bigint, timestamp with time zone)'],
     'In credit_private, service_role can execute only the helpers its read RPCs call (none'
     || ' of them writes).'
@@ -441,6 +448,7 @@ select set_eq(
         'public.credit_release_reservation(uuid)',
         'public.credit_refund_transaction(uuid, numeric, text, jsonb, text)',
         'public.credit_sweep_expired(boolean)',
+        'public.credit_take_checkpoints(timestamp with time zone)',
         'public.credit_publish_pricing(jsonb, text)',
         'public.credit_deduct_usage(text, jsonb, jsonb, text)',
         'public.credit_deduct_fixed(text, text, jsonb, text)',

@@ -134,6 +134,54 @@ export type Database = {
           },
         ];
       };
+      credit_checkpoint_grants: {
+        Row: {
+          account_id: number;
+          period_start: string;
+          grant_id: string;
+          remaining: number;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_checkpoint_grants_checkpoint_fkey";
+            columns: ["account_id", "period_start"];
+            isOneToOne: false;
+            referencedRelation: "credit_checkpoints";
+            referencedColumns: ["account_id", "period_start"];
+          },
+          {
+            foreignKeyName: "credit_checkpoint_grants_grant_fkey";
+            columns: ["account_id", "grant_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_grants";
+            referencedColumns: ["account_id", "id"];
+          },
+        ];
+      };
+      credit_checkpoints: {
+        Row: {
+          account_id: number;
+          period_start: string;
+          last_seq: number;
+          balance: number;
+          debt: number;
+          straddle_seq: number | null;
+          taken_at: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_checkpoints_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
       credit_event_deliveries: {
         Row: {
           event_id: string;
@@ -1136,6 +1184,12 @@ export type Database = {
         };
         Returns: Database["public"]["CompositeTypes"]["credit_sweep_result"];
       };
+      credit_take_checkpoints: {
+        Args: {
+          p_period_start: string;
+        };
+        Returns: Database["public"]["CompositeTypes"]["credit_checkpoint_result"];
+      };
       credit_top_users: {
         Args: {
           p_limit: number;
@@ -1165,7 +1219,9 @@ export type Database = {
         Returns: Database["public"]["CompositeTypes"]["credit_team_result"];
       };
       credit_verify_ledger: {
-        Args: never;
+        Args: {
+          p_since?: string;
+        };
         Returns: Database["public"]["CompositeTypes"]["credit_ledger_issue"][];
       };
       credit_void_grant: {
@@ -1234,6 +1290,12 @@ export type Database = {
         held: number;
         available: number;
         scopes: Json;
+      };
+      credit_checkpoint_result: {
+        period_start: string;
+        recorded: number;
+        kept: number;
+        grants: number;
       };
       credit_cost_result: {
         pricing_version: number;

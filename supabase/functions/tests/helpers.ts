@@ -129,5 +129,5 @@ export async function ledgerRows(userId: string): Promise<Record<string, Json[]>
 
 /** credit_verify_ledger(): every broken invariant of the whole ledger (none, or a bug). */
 export function ledgerIssues(): Promise<RpcResult<"credit_verify_ledger">> {
-  return serviceRpc("credit_verify_ledger");
+  return serviceRpc("credit_verify_ledger", {});
 }
