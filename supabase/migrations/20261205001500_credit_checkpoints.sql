@@ -9,6 +9,7 @@
 --   * credit_verify_ledger gains p_since (last, default null: the full check as before):
 --     each account is checked from its newest checkpoint at or before it.
 --   * credit_balance_at reads from the newest checkpoint at or before the time asked.
+--   * Through PostgREST, DC130 and DC131 answer 409 Conflict (credit_private.fail).
 
 -- ---------------------------------------------------------------- tables
 
@@ -878,3 +879,64 @@ $$;
 revoke all on function public.credit_schema_version()
 from public, anon, authenticated, service_role;
 grant execute on function public.credit_schema_version() to service_role;
+
+-- ---------------------------------------------------------------- errors
+
+create or replace function credit_private.fail(
+    p_code text, p_message text, p_detail jsonb default null, p_hint text default null
+)
+returns void
+language plpgsql
+-- Functions that raise are volatile: the planner folds an immutable call with constant
+-- arguments while planning, which would raise where the call is never reached.
+volatile
+set search_path = ''
+as $$
+begin
+    -- detail is JSON so every client can read the numbers without parsing the message.
+    -- Through PostgREST (it sets request.method for each request) the answer's HTTP status
+    -- says what kind of refusal it is and the body keeps ducto's code (PostgREST 12 takes
+    -- the body from a PGRST error's message, and wants details as text). Elsewhere (psql,
+    -- psycopg, pgTAP) the SQLSTATE is ducto's code itself.
+    if coalesce(current_setting('request.method', true), '') <> '' then
+        raise sqlstate 'PGRST' using
+            message = jsonb_build_object(
+                'code', p_code,
+                'message', p_message,
+                'details', coalesce(p_detail, '{}')::text,
+                'hint', p_hint
+            )::text,
+            -- PostgREST wants both keys of the detail
+            detail = jsonb_build_object('status', case
+                -- the request is valid, the account cannot pay it
+                when p_code in ('DC010', 'DC083', 'DC084', 'DC085', 'DC087') then 402
+                -- too many holds at once: a rate of work, not a lack of credits
+                when p_code = 'DC086' then 429
+                when p_code = 'DC082' then 403
+                when p_code in (
+                    'DC030', 'DC031', 'DC064', 'DC080', 'DC081', 'DC110', 'DC120', 'DC122'
+                ) then 404
+                -- it conflicts with the ledger's state (a used key, a settled hold, a
+                -- checkpoint not yet possible, ...)
+                when p_code in (
+                    'DC020', 'DC040', 'DC041', 'DC050', 'DC051', 'DC063', 'DC111', 'DC121',
+                    'DC130', 'DC131'
+                ) then 409
+                -- an argument refused (DC001-DC008, DC042, DC06x): nothing was written
+                else 422
+            end, 'headers', '{}'::jsonb)::text;
+    end if;
+    if p_hint is null then
+        raise exception using
+            errcode = p_code, message = p_message, detail = coalesce(p_detail, '{}')::text;
+    end if;
+    raise exception using
+        errcode = p_code, message = p_message, detail = coalesce(p_detail, '{}')::text,
+        hint = p_hint;
+end;
+$$;
+revoke all on function credit_private.fail(text, text, jsonb, text)
+from public, anon, authenticated, service_role;
+grant execute on function credit_private.fail(
+    text, text, jsonb, text
+) to authenticated, service_role;

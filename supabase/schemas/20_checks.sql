@@ -57,9 +57,11 @@ begin
                 when p_code in (
                     'DC030', 'DC031', 'DC064', 'DC080', 'DC081', 'DC110', 'DC120', 'DC122'
                 ) then 404
-                -- it conflicts with the ledger's state (a used key, a settled hold, ...)
+                -- it conflicts with the ledger's state (a used key, a settled hold, a
+                -- checkpoint not yet possible, ...)
                 when p_code in (
-                    'DC020', 'DC040', 'DC041', 'DC050', 'DC051', 'DC063', 'DC111', 'DC121'
+                    'DC020', 'DC040', 'DC041', 'DC050', 'DC051', 'DC063', 'DC111', 'DC121',
+                    'DC130', 'DC131'
                 ) then 409
                 -- an argument refused (DC001-DC008, DC042, DC06x): nothing was written
                 else 422

@@ -39,7 +39,10 @@ LEDGER_STATUS = {
     **dict.fromkeys(("DC010", "DC083", "DC084", "DC085", "DC087"), 402),
     "DC082": 403,
     **dict.fromkeys(("DC030", "DC031", "DC064", "DC080", "DC081", "DC110", "DC120", "DC122"), 404),
-    **dict.fromkeys(("DC020", "DC040", "DC041", "DC050", "DC051", "DC063", "DC111", "DC121"), 409),
+    **dict.fromkeys(
+        ("DC020", "DC040", "DC041", "DC050", "DC051", "DC063", "DC111", "DC121", "DC130", "DC131"),
+        409,
+    ),
     "DC086": 429,
 }
 
