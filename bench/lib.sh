@@ -70,5 +70,6 @@ ledger_install() {
 # median: the median of the numbers on stdin (separated by blanks or newlines).
 median() {
     tr -s ' ' '\n' | grep . | sort -g |
-        awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+        awk '{ v[NR] = $1 }
+            END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
 }

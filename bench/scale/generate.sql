@@ -34,8 +34,8 @@
 -- joins draws, grants and the journal afterwards: a draw or grant naming a missing journal
 -- row would break its sums.
 --
--- Each table's column list is in the one INSERT that writes it ("write", below): a change
--- of a table's columns or keys is made there.
+-- Each table's columns are named in the one INSERT that writes it ("write", below), each
+-- value under the name of its column: a change of a table's columns or keys is made there.
 
 begin;
 
@@ -149,7 +149,8 @@ select
         when 'purchase' then 1000000000000
         when 'promotion' then 500
         -- half of the charge planned just before on this account, rounded up
-        when 'refund' then (pg_temp.scale_charge(k.i - s.users, pg_temp.scale_kind(k.k - 1)) + 1) / 2
+        when 'refund' then
+            (pg_temp.scale_charge(k.i - s.users, pg_temp.scale_kind(k.k - 1)) + 1) / 2
         else -pg_temp.scale_charge(k.i, k.kind)
     end as amount,
     case when k.kind = 'refund' then pg_temp.scale_id(s.salt, 't', k.i - s.users) end
@@ -168,7 +169,7 @@ where k.kind = 'promotion' and k.created_at + interval '30 days' < s.end_at;
 -- ---------------------------------------------------------------- write
 
 insert into public.credit_accounts (user_id, created_at, updated_at)
-select 'bench-' || slot, s.start_at, s.start_at
+select 'bench-' || slot as user_id, s.start_at as created_at, s.start_at as updated_at
 from scale_settings as s, generate_series(1, s.users) as slot
 order by slot;
 
@@ -180,28 +181,28 @@ insert into public.credit_transactions (
     available_after
 )
 select
-    pg_temp.scale_id(s.salt, 't', r.i),
-    a.id,
-    row_number() over w,
+    pg_temp.scale_id(s.salt, 't', r.i) as id,
+    a.id as account_id,
+    row_number() over w as seq,
     a.user_id,
     r.type,
     r.amount,
-    sum(r.amount) over w,
+    sum(r.amount) over w as balance_after,
     r.grant_id,
     r.refund_of,
-    case when r.kind in ('deduct', 'usage') then 'scale-' || r.i end,
-    '{}',
+    case when r.kind in ('deduct', 'usage') then 'scale-' || r.i end as idempotency_key,
+    '{}' as metadata,
     r.created_at,
-    case when r.kind = 'usage' then s.pricing_version end,
+    case when r.kind = 'usage' then s.pricing_version end as pricing_version,
     case when r.kind = 'usage' then jsonb_build_object(
         'model', m.model,
         'input_tokens', pg_temp.scale_input_tokens(r.i),
         'output_tokens', pg_temp.scale_output_tokens(r.i)
-    ) end,
-    case when r.kind = 'usage' then m.model end,
-    case when r.kind in ('deduct', 'usage') then md5('scale-' || r.i)::uuid end,
+    ) end as usage,
+    case when r.kind = 'usage' then m.model end as model,
+    case when r.kind in ('deduct', 'usage') then md5('scale-' || r.i)::uuid end as request_hash,
     -- no holds: what was available after a charge is its balance
-    case when r.kind in ('deduct', 'usage') then sum(r.amount) over w end
+    case when r.kind in ('deduct', 'usage') then sum(r.amount) over w end as available_after
 from scale_rows as r
 cross join scale_settings as s
 inner join public.credit_accounts as a on a.user_id = 'bench-' || r.slot
@@ -216,18 +217,18 @@ insert into public.credit_grants (
     expires_at, created_at
 )
 select
-    r.grant_id,
-    a.id,
+    r.grant_id as id,
+    a.id as account_id,
     a.user_id,
-    pg_temp.scale_id(s.salt, 't', r.i),
-    case r.kind when 'purchase' then 'paid' else 'promotional' end,
-    case r.kind when 'purchase' then 50 else 60 end,
+    pg_temp.scale_id(s.salt, 't', r.i) as transaction_id,
+    case r.kind when 'purchase' then 'paid' else 'promotional' end as category,
+    case r.kind when 'purchase' then 50 else 60 end as priority,
     r.amount,
     case
         when r.kind = 'purchase' then r.amount + coalesce(c.net, 0)
         when r.expires_at < s.end_at then 0
         else r.amount
-    end,
+    end as remaining,
     r.expires_at,
     r.created_at
 from scale_rows as r
@@ -246,9 +247,11 @@ order by r.created_at, r.i;
 -- refund gives its amount back there, an expiry takes what its promotion held
 insert into public.credit_grant_draws (transaction_id, grant_id, amount)
 select
-    pg_temp.scale_id(s.salt, 't', r.i),
-    case when r.kind = 'expiry' then r.grant_id else pg_temp.scale_id(s.salt, 'g', r.slot) end,
-    -r.amount
+    pg_temp.scale_id(s.salt, 't', r.i) as transaction_id,
+    case
+        when r.kind = 'expiry' then r.grant_id else pg_temp.scale_id(s.salt, 'g', r.slot)
+    end as grant_id,
+    -r.amount as amount
 from scale_rows as r, scale_settings as s
 where r.kind in ('deduct', 'usage', 'refund', 'expiry')
 order by r.created_at, r.i;
