@@ -131,7 +131,8 @@ with planned as (
         i,
         (i - 1) % s.users + 1 as slot,
         (i - 1) / s.users + 1 as k,
-        s.start_at + (i - 1) * (s.end_at - s.start_at) / s.rows as created_at
+        -- the step first: (i - 1) times the span would pass the range of an interval
+        s.start_at + (i - 1) * ((s.end_at - s.start_at) / s.rows) as created_at
     from scale_settings as s, generate_series(1, s.rows) as i
 ),
 
