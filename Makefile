@@ -102,7 +102,7 @@ bench: install
 	bench/postgrest
 
 # Not a test either: bench/scale/run says how to size and tune it (BENCH_SCALE_ROWS,
-# BENCH_SCALE_USERS, BENCH_SCALE_SECONDS, ...). The default 10 million rows take about 5 GB
-# of disk in a temp dir and tens of minutes.
+# BENCH_SCALE_USERS, BENCH_SCALE_SECONDS, ...). The default 10 million rows take up to 15 GB
+# of disk in a temp dir (deleted at the end) and about 15 minutes.
 bench-scale: install
 	bench/scale/run
