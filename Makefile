@@ -13,6 +13,9 @@
 #   make stack-down  stop it and delete its data
 #   make bench       the debits against TPC-B-like, a minimal ledger and pgledger; the same
 #                    call through PostgREST and over the driver (not a test)
+#   make bench-scale the ledger on a journal of 10 thousand and of 10 million rows over 24
+#                    months: the keyed usage charge, one-day analytics, verification (not a
+#                    test; a quick try: BENCH_SCALE_ROWS="10000 100000")
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -26,7 +29,7 @@ APT_PACKAGES := postgresql-15 postgresql-15-pgtap libtap-parser-sourcehandler-pg
 # Used by scripts/local-stack; present on most machines, installed if not.
 APT_TOOLS := curl openssl
 
-.PHONY: install apt test fuzz demo docs stack-up stack-down bench
+.PHONY: install apt test fuzz demo docs stack-up stack-down bench bench-scale
 
 install: apt $(VENV)/.installed node_modules/.installed
 
@@ -97,3 +100,9 @@ bench: install
 	@$(MAKE) --no-print-directory apt APT_TOOLS="$(APT_TOOLS) wrk"
 	bench/run
 	bench/postgrest
+
+# Not a test either: bench/scale/run says how to size and tune it (BENCH_SCALE_ROWS,
+# BENCH_SCALE_USERS, BENCH_SCALE_SECONDS, ...). The default 10 million rows take up to 15 GB
+# of disk in a temp dir (deleted at the end) and about 15 minutes.
+bench-scale: install
+	bench/scale/run

@@ -1,0 +1,168 @@
+"""bench/scale/run's measurements and its table (``make bench-scale``).
+
+    report.py measure URL RUNS      analytics on a one-day window and table sizes
+    report.py latency LOG...        p50/p99 of pgbench per-transaction logs (-l)
+    report.py table RESULT...       the table of the results of each size, smallest first
+
+``measure`` and ``latency`` print ``name value`` lines, which bench/scale/run collects in one
+result file per size; ``table`` reads them back.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+
+# each analytics function on the window [%(start)s, %(end)s)
+ANALYTICS = {
+    "aggregate_stats": "select * from public.credit_aggregate_stats(%(start)s, %(end)s)",
+    "daily_spend": "select * from public.credit_daily_spend(%(start)s, %(end)s)",
+    "spend_by_model": "select * from public.credit_spend_by_model(%(start)s, %(end)s)",
+    "spend_by_user": "select * from public.credit_spend_by_user(%(start)s, %(end)s)",
+    "top_users": "select * from public.credit_top_users(10, %(start)s, %(end)s)",
+}
+
+# the last whole UTC day: in the newest month of the generated journal (whose rows end now)
+DAY = """
+select d - interval '1 day', d
+from (select date_trunc('day', now() at time zone 'UTC') at time zone 'UTC' as d) as today
+"""
+
+# tables of the ledger and their sizes (heap, indexes, TOAST), largest first
+SIZES = """
+select c.relname, pg_total_relation_size(c.oid)
+from pg_class as c join pg_namespace as n on n.oid = c.relnamespace
+where c.relkind = 'r' and n.nspname in ('public', 'credit_private')
+order by 2 desc
+"""
+
+MB = 1024 * 1024
+
+
+def measure(url: str, runs: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        start, end = conn.execute(DAY).fetchone() or (None, None)
+        window = {"start": start, "end": end}
+        rows = conn.execute(
+            "select count(*) from public.credit_transactions"
+            " where created_at >= %(start)s and created_at < %(end)s",
+            window,
+        ).fetchone()
+        print(f"day_rows {rows[0] if rows else 0}")
+        for name, query in ANALYTICS.items():
+            conn.execute(query, window).fetchall()  # warm: plans and the window's blocks
+            times = []
+            for _ in range(runs):
+                began = time.perf_counter()
+                conn.execute(query, window).fetchall()
+                times.append(time.perf_counter() - began)
+            print(f"day_{name}_ms {statistics.median(times) * 1000:.2f}")
+        sizes = conn.execute(SIZES).fetchall()
+        for name, size in sizes:
+            if name in ("credit_transactions", "credit_grant_draws"):
+                print(f"size_{name}_mb {size / MB:.1f}")
+        print(f"size_all_mb {sum(size for _, size in sizes) / MB:.1f}")
+
+
+def latency(logs: list[str]) -> None:
+    """p50 and p99 (nearest rank) in ms of the latencies (us, 3rd field) of pgbench -l logs."""
+    values = sorted(
+        int(line.split()[2]) for log in logs for line in Path(log).read_text().splitlines()
+    )
+    if not values:
+        sys.exit("report.py latency: the logs hold no transaction")
+
+    def rank(p: float) -> float:
+        return values[max(math.ceil(p * len(values)), 1) - 1] / 1000
+
+    print(f"charges {len(values)}\np50_ms {rank(0.50):.2f}\np99_ms {rank(0.99):.2f}")
+
+
+def read_result(path: str) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in Path(path).read_text().splitlines() if line)
+
+
+def within(limit: float) -> Callable[[float], bool]:
+    """A ratio at most ``limit``: a cost grows by less than that."""
+    return lambda ratio: ratio <= limit
+
+
+def at_least(limit: float) -> Callable[[float], bool]:
+    return lambda ratio: ratio >= limit
+
+
+# label, result key, target on the ratio largest / smallest (None: no target)
+LINES: list[tuple[str, str, tuple[str, Callable[[float], bool]] | None]] = [
+    ("journal rows generated", "journal_rows", None),
+    ("generation s", "generation_s", None),
+    ("journal MB (heap + indexes)", "size_credit_transactions_mb", None),
+    ("grant draws MB", "size_credit_grant_draws_mb", None),
+    ("all ledger tables MB", "size_all_mb", None),
+    ("credit_verify_ledger() s", "verify_s", None),
+    ("verify, newest month s", "verify_month_s", None),
+    ("charge TPS", "tps", (">= 0.8", at_least(0.8))),
+    ("charge p50 ms", "p50_ms", None),
+    ("charge p99 ms", "p99_ms", ("<= 1.2", within(1.2))),
+    ("charges measured", "charges", None),
+    ("journal rows after the charges", "rows_after", None),
+    ("1 day: journal rows", "day_rows", None),
+    *((f"1 day: {name} ms", f"day_{name}_ms", ("<= 3", within(3.0))) for name in ANALYTICS),
+]
+
+
+# figures that are counts, printed whole
+COUNTS = {"rows", "journal_rows", "rows_after", "charges", "day_rows"}
+
+
+def number(key: str, text: str | None) -> str:
+    if text is None:
+        return "n/a"
+    value = float(text)
+    return f"{value:,.0f}" if value >= 100 or key in COUNTS else f"{value:.2f}"
+
+
+def table(paths: list[str]) -> None:
+    results = [read_result(path) for path in paths]
+    sizes = [f"{int(r['rows']):,} rows" for r in results]
+    width = 32
+    print(f"\n{'':<{width}}" + "".join(f"{s:>18}" for s in sizes) + f"{'ratio':>9}  target")
+    for label, key, target in LINES:
+        values = [r.get(key) for r in results]
+        line = f"{label:<{width}}" + "".join(f"{number(key, v):>18}" for v in values)
+        first, last = values[0], values[-1]
+        if len(values) > 1 and first is not None and last is not None and float(first) > 0:
+            ratio = float(last) / float(first)
+            line += f"{ratio:>9.2f}"
+            if target is not None:
+                line += f"  {target[0]:<7} {'met' if target[1](ratio) else 'NOT MET'}"
+        elif target is not None:
+            line += f"{'-':>9}  {target[0]}"
+        print(line)
+    print(
+        "\nratio: the largest size's figure over the smallest's. Targets: the charge's TPS and"
+        " p99 within 20%,\na one-day analytics window within 3x. The newest month's"
+        " verification needs a check of one month\n(per-account checkpoints), which the"
+        " ledger does not have yet: n/a."
+    )
+
+
+def main() -> None:
+    command, args = sys.argv[1], sys.argv[2:]
+    if command == "measure":
+        measure(args[0], int(args[1]))
+    elif command == "latency":
+        latency(args)
+    elif command == "table":
+        table(args)
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
