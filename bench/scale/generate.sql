@@ -4,7 +4,7 @@
 -- Settings (set them in the session first, e.g. `set ducto_scale.rows = 10000`):
 --   ducto_scale.rows     journal rows to plan (the expiry rows of lapsed promotions add ~1%)
 --   ducto_scale.users    accounts, the users bench-1 .. bench-N (bench/workloads' naming)
---   ducto_scale.months   months the journal spans, ending now
+--   ducto_scale.span     how long the journal spans, ending now (an interval: '24 months')
 -- Needs an empty ledger (a fresh database with the migrations) and a published pricing
 -- version (the priced usage rows name it).
 --
@@ -22,8 +22,9 @@
 -- Charges and refunds draw from the purchase (it comes first in burn-down order and never
 -- runs out), so each account's draws, grant remainders, seq and balance_after chain are
 -- those the ledger's own functions would have written, and credit_verify_ledger() finds
--- nothing. Ids are md5-derived uuids of the row numbers: a refund names its charge without
--- a lookup, and they are as scattered in the primary key as gen_random_uuid()'s.
+-- nothing. A journal row's id is time-ordered and carries its created_at, as the ledger's
+-- own (credit_private.uuid_v7), with md5 bits of its row number where the ledger has a
+-- sequence: a refund names its charge without a lookup. Grant ids are md5-derived uuids.
 --
 -- Every row is inserted right the first time: the journal's append-only triggers, which
 -- refuse UPDATE and DELETE, have nothing to refuse. The generation does run with
@@ -60,8 +61,12 @@ create temp table scale_settings on commit drop as
 select
     current_setting('ducto_scale.rows')::bigint as rows,
     current_setting('ducto_scale.users')::bigint as users,
-    now() - make_interval(months => current_setting('ducto_scale.months')::integer) as start_at,
+    now() - current_setting('ducto_scale.span')::interval as start_at,
     now() as end_at,
+    -- the time between two planned rows: (i - 1) times the span would pass the range of
+    -- an interval
+    current_setting('ducto_scale.span')::interval / current_setting('ducto_scale.rows')::bigint
+        as step,
     (select max(c.version) from public.credit_pricing_config as c) as pricing_version,
     -- ids of this generation
     md5(random()::text) as salt;
@@ -124,6 +129,19 @@ $$;
 create function pg_temp.scale_id(p_salt text, p_what text, p_i bigint)
 returns uuid language sql immutable as $$ select md5(p_salt || p_what || p_i)::uuid; $$;
 
+-- the id of journal row i, made at p_at: the layout of credit_private.uuid_v7
+create function pg_temp.scale_tx_id(p_salt text, p_i bigint, p_at timestamptz)
+returns uuid
+language sql
+immutable
+as $$
+    select (
+        lpad(to_hex(floor(extract(epoch from p_at) * 1000)::bigint), 12, '0')
+        || '7' || substr(h, 1, 3) || '8' || substr(h, 4, 15)
+    )::uuid
+    from md5(p_salt || 't' || p_i) as h;
+$$;
+
 -- every journal row: the planned rows, then an expiry row for each lapsed promotion
 create temp table scale_rows on commit drop as
 with planned as (
@@ -131,8 +149,7 @@ with planned as (
         i,
         (i - 1) % s.users + 1 as slot,
         (i - 1) / s.users + 1 as k,
-        -- the step first: (i - 1) times the span would pass the range of an interval
-        s.start_at + (i - 1) * ((s.end_at - s.start_at) / s.rows) as created_at
+        s.start_at + (i - 1) * s.step as created_at
     from scale_settings as s, generate_series(1, s.rows) as i
 ),
 
@@ -142,6 +159,7 @@ kinds as (
 
 select
     k.i,
+    pg_temp.scale_tx_id(s.salt, k.i, k.created_at) as id,
     k.slot,
     k.created_at,
     case k.kind when 'deduct' then 'usage' else k.kind end as type,
@@ -154,15 +172,17 @@ select
             (pg_temp.scale_charge(k.i - s.users, pg_temp.scale_kind(k.k - 1)) + 1) / 2
         else -pg_temp.scale_charge(k.i, k.kind)
     end as amount,
-    case when k.kind = 'refund' then pg_temp.scale_id(s.salt, 't', k.i - s.users) end
-        as refund_of,
+    case when k.kind = 'refund' then
+        pg_temp.scale_tx_id(s.salt, k.i - s.users, s.start_at + (k.i - s.users - 1) * s.step)
+    end as refund_of,
     case when k.kind in ('purchase', 'promotion') then pg_temp.scale_id(s.salt, 'g', k.i) end
         as grant_id,
     case when k.kind = 'promotion' then k.created_at + interval '30 days' end as expires_at
 from kinds as k, scale_settings as s
 union all
 select
-    -k.i, k.slot, k.created_at + interval '30 days', 'expiry', 'expiry', -500, null,
+    -k.i, pg_temp.scale_tx_id(s.salt, -k.i, k.created_at + interval '30 days'), k.slot,
+    k.created_at + interval '30 days', 'expiry', 'expiry', -500, null,
     pg_temp.scale_id(s.salt, 'g', k.i), null
 from kinds as k, scale_settings as s
 where k.kind = 'promotion' and k.created_at + interval '30 days' < s.end_at;
@@ -182,7 +202,7 @@ insert into public.credit_transactions (
     available_after
 )
 select
-    pg_temp.scale_id(s.salt, 't', r.i) as id,
+    r.id,
     a.id as account_id,
     row_number() over w as seq,
     a.user_id,
@@ -221,7 +241,7 @@ select
     r.grant_id as id,
     a.id as account_id,
     a.user_id,
-    pg_temp.scale_id(s.salt, 't', r.i) as transaction_id,
+    r.id as transaction_id,
     case r.kind when 'purchase' then 'paid' else 'promotional' end as category,
     case r.kind when 'purchase' then 50 else 60 end as priority,
     r.amount,
@@ -246,14 +266,17 @@ order by r.created_at, r.i;
 
 -- a charge draws its amount from the account's purchase (planned row k = 1, i = slot), a
 -- refund gives its amount back there, an expiry takes what its promotion held
-insert into public.credit_grant_draws (transaction_id, grant_id, amount)
+insert into public.credit_grant_draws (account_id, transaction_id, grant_id, amount)
 select
-    pg_temp.scale_id(s.salt, 't', r.i) as transaction_id,
+    a.id as account_id,
+    r.id as transaction_id,
     case
         when r.kind = 'expiry' then r.grant_id else pg_temp.scale_id(s.salt, 'g', r.slot)
     end as grant_id,
     -r.amount as amount
-from scale_rows as r, scale_settings as s
+from scale_rows as r
+cross join scale_settings as s
+inner join public.credit_accounts as a on a.user_id = 'bench-' || r.slot
 where r.kind in ('deduct', 'usage', 'refund', 'expiry')
 order by r.created_at, r.i;
 

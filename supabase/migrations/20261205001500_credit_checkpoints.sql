@@ -560,19 +560,27 @@ begin
         ) as d
     ),
 
+    -- each account's newest row of the month, and its debt draws (grouped once: a lookup
+    -- per account in the materialized month would read all of it per account)
+    last_row as (
+        select distinct on (m.account_id) m.account_id, m.balance_after
+        from month as m
+        order by m.account_id asc, m.seq desc
+    ),
+
+    debt_drawn as (
+        select d.account_id, sum(d.amount) as debt
+        from month_draws as d
+        where d.grant_id is null
+        group by d.account_id
+    ),
+
     state as (
         select
             c.account_id,
             c.last_seq,
-            coalesce(
-                (select m.balance_after from month as m
-                    where m.account_id = c.account_id and m.seq = c.last_seq),
-                c.previous_balance
-            ) as balance,
-            c.previous_debt + coalesce((
-                select sum(d.amount) from month_draws as d
-                where d.account_id = c.account_id and d.grant_id is null
-            ), 0) as debt,
+            coalesce(l.balance_after, c.previous_balance) as balance,
+            c.previous_debt + coalesce(b.debt, 0) as debt,
             -- the month's rows, and the previous checkpoint's straddlers, created at or
             -- after the boundary
             (
@@ -584,6 +592,8 @@ begin
                     and t.created_at >= p_period_start
             ) as straddle_seq
         from closing as c
+        left join last_row as l on c.account_id = l.account_id
+        left join debt_drawn as b on c.account_id = b.account_id
     ),
 
     -- each grant's remaining after last_seq: at the previous checkpoint (or its amount if

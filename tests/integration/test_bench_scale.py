@@ -24,7 +24,7 @@ PRICING = json.loads((ROOT / "examples" / "pricing.json").read_text())
 
 ROWS = 600
 USERS = 20
-MONTHS = 24
+SPAN = "24 months"
 WORKERS = 8
 CHARGES_EACH = 15
 
@@ -36,7 +36,7 @@ def generate(url: str) -> None:
         conn.execute("select credit_publish_pricing(%s, 'bench')", (Jsonb(PRICING),))
         conn.execute(f"set ducto_scale.rows = {ROWS}")
         conn.execute(f"set ducto_scale.users = {USERS}")
-        conn.execute(f"set ducto_scale.months = {MONTHS}")
+        conn.execute(f"set ducto_scale.span = '{SPAN}'")
         # the whole file, as psql -f runs it: no parameters, so one simple query
         conn.execute(GENERATOR.read_text().encode())
 
@@ -98,6 +98,13 @@ def test_the_generated_ledger_verifies_and_stays_valid(new_database: Callable[..
             " max(created_at) <= now() from credit_transactions"
         ).fetchone()
         assert span == (True, True)
+        # a journal row's id carries its created_at, as the ledger's own ids do
+        assert conn.execute(
+            "select count(*) from credit_transactions"
+            " where substr(id::text, 15, 1) <> '7'"
+            " or ('x' || substr(replace(id::text, '-', ''), 1, 12))::bit(48)::bigint"
+            " <> floor(extract(epoch from created_at) * 1000)::bigint"
+        ).fetchone() == (0,)
 
     # Concurrent keyed usage charges (the benchmark's) on the generated accounts, and
     # refunds of generated charges: the ledger's functions find the generated grants, keys
