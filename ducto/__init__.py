@@ -82,7 +82,7 @@ from ducto.pricing import (
 )
 from ducto.usage import UsageMetrics
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = [
     "AddCreditsResult",

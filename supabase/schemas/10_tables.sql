@@ -206,7 +206,6 @@ create table public.credit_transactions (
     constraint credit_transactions_pkey primary key (id, account_id),
     constraint credit_transactions_refund_of_fkey foreign key (account_id, refund_of)
     references public.credit_transactions (account_id, id),
-    unique (account_id, seq),
     -- seq > 0; credits (grant, purchase, adjustment, promotion, refund) carry a positive
     -- amount, debits (usage, fixed_job, capture, expiry) a negative one; a refund and only a
     -- refund names the row it refunds, a capture and only a capture its hold; metadata is a
@@ -219,11 +218,16 @@ create table public.credit_transactions (
             pricing_version, job_name, idempotency_key, request_hash, available_after
         )
     )
-);
+)
+-- one partition per month (UTC) of the time in the id, which is created_at
+-- (15_partitions.sql)
+partition by range (id);
 comment on table public.credit_transactions is
-'The journal. Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE.';
+'The journal. Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE. Partitioned by'
+' month of id (the time it carries is created_at).';
 comment on column public.credit_transactions.seq is
-'1..n per account, in commit order of the account (each operation holds the account lock).';
+'1..n per account, in commit order of the account (each operation holds the account lock,'
+' which keeps it unique: a partitioned table has no unique key without the partition key).';
 comment on column public.credit_transactions.grant_id is
 'For credits: the grant they created. For expiry: the grant that expired.';
 comment on column public.credit_transactions.pricing_version is
@@ -247,6 +251,8 @@ comment on column public.credit_transactions.available_after is
 -- (append-only), and a key check on every charge would lock the one active version row
 -- from every session.
 
+-- an account's rows by seq (unique by the account lock, and checked by verification)
+create index credit_transactions_seq_idx on public.credit_transactions (account_id, seq);
 create index credit_transactions_user_time_idx
 on public.credit_transactions (user_id, created_at);
 -- the journal is appended in time order: a BRIN index serves time windows for a fraction
@@ -257,8 +263,9 @@ create index credit_transactions_refund_of_idx
 on public.credit_transactions (refund_of) where refund_of is not null;
 create index credit_transactions_reservation_idx
 on public.credit_transactions (reservation_id) where reservation_id is not null;
--- the keys of one-call debits, which their journal rows record (credit_private.find_replay)
-create unique index credit_transactions_key_idx
+-- the keys of one-call debits, which their journal rows record (credit_private.find_replay;
+-- unique per account by the account lock the keyed debit holds while it looks)
+create index credit_transactions_key_idx
 on public.credit_transactions (account_id, idempotency_key) where request_hash is not null;
 -- a member's spend from a pool in a period, read by every team debit with a limit
 create index credit_transactions_attribution_idx
@@ -336,15 +343,17 @@ create table public.credit_grant_draws (
     grant_id uuid,
     amount bigint not null check (amount <> 0),
     account_id bigint not null,
-    constraint credit_grant_draws_pkey primary key (id, account_id),
+    constraint credit_grant_draws_pkey primary key (id, account_id, transaction_id),
     constraint credit_grant_draws_transaction_id_fkey foreign key (account_id, transaction_id)
     references public.credit_transactions (account_id, id),
     constraint credit_grant_draws_grant_id_fkey foreign key (account_id, grant_id)
     references public.credit_grants (account_id, id)
-);
+)
+-- by the month of its journal row, in step with the journal (15_partitions.sql)
+partition by range (transaction_id);
 comment on table public.credit_grant_draws is
 'Allocation of journal rows to grants: positive = taken from the grant (or debt when grant_id'
-' is null), negative = given back by a refund. Append-only.';
+' is null), negative = given back by a refund. Append-only. Partitioned with the journal.';
 
 create index credit_grant_draws_transaction_idx
 on public.credit_grant_draws (transaction_id);

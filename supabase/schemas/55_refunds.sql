@@ -119,6 +119,13 @@ begin
     from public.credit_transactions
     where id = p_transaction_id;
     if not found then
+        -- an id a row had before 0.7.0 gave it one that carries its month
+        select t.* into v_original
+        from credit_private.legacy_transaction_ids as m
+        inner join public.credit_transactions as t on m.id = t.id and m.account_id = t.account_id
+        where m.legacy_id = p_transaction_id;
+    end if;
+    if not found then
         perform credit_private.fail(
             'DC030', format('transaction %s does not exist', coalesce(p_transaction_id::text, 'null')),
             jsonb_build_object('transaction_id', p_transaction_id)
@@ -149,7 +156,7 @@ begin
     -- under the account lock, so concurrent refunds of one transaction see each other
     select coalesce(sum(t.amount), 0)::bigint into v_refunded
     from public.credit_transactions as t
-    where t.refund_of = p_transaction_id;
+    where t.refund_of = v_original.id;
     if v_refunded = -v_original.amount then
         perform credit_private.fail(
             'DC050',
@@ -184,12 +191,12 @@ begin
     v_transaction_id := (credit_private.append_transaction(
         v_account.id, 'refund', v_amount, v_now,
         v_metadata || jsonb_strip_nulls(jsonb_build_object('reason', p_reason)),
-        p_idempotency_key, p_refund_of => p_transaction_id,
+        p_idempotency_key, p_refund_of => v_original.id,
         -- a refund is attributed to whoever the refunded row was, so a member's net spend
         -- (their limit, spend_by_user) counts refunds of their debits
         p_attributed_user_id => v_original.attributed_user_id
     )).id;
-    perform credit_private.restore(v_account.id, v_transaction_id, p_transaction_id, v_amount, v_now);
+    perform credit_private.restore(v_account.id, v_transaction_id, v_original.id, v_amount, v_now);
     perform credit_private.emit(v_account.id, v_account.user_id, 'charge.refunded',
         jsonb_build_object('transaction_id', p_transaction_id,
             'refund_transaction_id', v_transaction_id, 'amount', v_amount, 'reason', p_reason));

@@ -52,6 +52,9 @@ begin
         return v_result;
     end if;
 
+    -- the journal's partitions of this month and the next three (15_partitions.sql), made
+    -- ahead of the charges that will need them
+    perform credit_private.create_partitions(v_now, v_now + interval '3 months');
     -- grant.expiring of the grants due soon (41_events.sql)
     perform credit_private.emit_expiring_grants(v_now);
     -- one account at a time, in id order: no deadlock with other sweeps or operations

@@ -68,6 +68,9 @@ select kind, name, detail from (
             (obj_description(co.oid, 'pg_constraint'))::text
         ], ' | ', '-')
     from pg_constraint as co join ns as n on n.oid = co.connamespace
+    -- not the copies a key to a partitioned table makes for each partition, numbered in the
+    -- order the partitions were made; their parent is compared
+    where co.conparentid = 0
     union all
     select 'policy', pol.polrelid::regclass::text || '.' || pol.polname,
         array_to_string(array[

@@ -1,0 +1,1043 @@
+-- ducto: the journal partitioned by month (docs/operations.md, "Partitions").
+--
+--   * credit_transactions is partitioned by range of id, one partition per month (UTC) of
+--     the time the id carries (its created_at); credit_grant_draws by its transaction_id,
+--     in step. The partitions live in credit_private; a default partition of each catches
+--     a row whose month has no partition yet.
+--   * A journal row whose id does not carry its month (a random id written before
+--     0.6.0) gets a new, time-ordered one; credit_private.legacy_transaction_ids keeps the
+--     old id, which credit_refund still accepts. The rows that point to it follow.
+--   * (account_id, seq) and the keys of one-call debits are no longer unique indexes (a
+--     partitioned table has none without the partition key): the account lock keeps them
+--     unique, and verification checks seq.
+--   * credit_private.create_partitions makes a month's partitions; the sweep makes those
+--     of the next three months. credit_partitions() lists them, with the rows of the
+--     default partitions.
+--   * credit_grant_draws' primary key gains transaction_id (its partition key).
+
+-- ---------------------------------------------------------------- ids and months
+
+create function credit_private.uuid_floor(p_at timestamptz)
+returns uuid
+language sql
+immutable
+strict
+set search_path = ''
+as $$
+    select (
+        lpad(to_hex(floor(extract(epoch from p_at) * 1000)::bigint), 12, '0') || '00000000000000000000'
+    )::uuid;
+$$;
+revoke all on function credit_private.uuid_floor(timestamptz)
+from public, anon, authenticated, service_role;
+
+-- The time a uuid_v7 carries (to the millisecond).
+
+create function credit_private.uuid_time(p_id uuid)
+returns timestamptz
+language sql
+immutable
+strict
+set search_path = ''
+as $$
+    select to_timestamp(
+        ('x' || lpad(replace(left(p_id::text, 13), '-', ''), 16, '0'))::bit(64)::bigint / 1000.0
+    );
+$$;
+revoke all on function credit_private.uuid_time(uuid)
+from public, anon, authenticated, service_role;
+
+create function credit_private.create_partitions(p_from timestamptz, p_to timestamptz)
+returns integer
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_month timestamptz := date_trunc('month', p_from, 'UTC');
+    v_table text;
+    v_name text;
+    v_low uuid;
+    v_high uuid;
+    v_stragglers boolean;
+    v_created integer := 0;
+begin
+    -- one creator at a time (two sweeps at once would race for the same names)
+    perform pg_advisory_xact_lock(hashtext('credit_private.create_partitions'));
+    while v_month <= p_to loop
+        v_low := credit_private.uuid_floor(v_month);
+        v_high := credit_private.uuid_floor(v_month + interval '1 month');
+        execute format(
+            'select exists (select 1 from credit_private.credit_transactions_default'
+            ' where id >= %L and id < %L)'
+            ' or exists (select 1 from credit_private.credit_grant_draws_default'
+            ' where transaction_id >= %L and transaction_id < %L)',
+            v_low, v_high, v_low, v_high
+        ) into v_stragglers;
+        foreach v_table in array array['credit_transactions', 'credit_grant_draws'] loop
+            v_name := format('%s_p%s', v_table, to_char(v_month at time zone 'UTC', 'YYYY_MM'));
+            continue when v_stragglers or to_regclass('credit_private.' || v_name) is not null;
+            execute format(
+                'create table credit_private.%I'
+                ' (like public.%I including defaults including constraints)',
+                v_name, v_table
+            );
+            execute format(
+                'revoke all on table credit_private.%I'
+                ' from public, anon, authenticated, service_role',
+                v_name
+            );
+            execute format(
+                'alter table public.%I attach partition credit_private.%I'
+                ' for values from (%L) to (%L)',
+                v_table, v_name, v_low, v_high
+            );
+            v_created := v_created + 1;
+        end loop;
+        v_month := v_month + interval '1 month';
+    end loop;
+    return v_created;
+end;
+$$;
+revoke all on function credit_private.create_partitions(timestamptz, timestamptz)
+from public, anon, authenticated, service_role;
+
+-- ---------------------------------------------------------------- ids that carry their month
+
+create table credit_private.legacy_transaction_ids (
+    legacy_id uuid not null,
+    account_id bigint not null,
+    id uuid not null,
+    primary key (legacy_id, account_id)
+);
+comment on table credit_private.legacy_transaction_ids is
+'The ids journal rows had before 0.7.0 gave them ids that carry their month: credit_refund'
+' accepts the old id.';
+revoke all on table credit_private.legacy_transaction_ids
+from public, anon, authenticated, service_role;
+
+insert into credit_private.legacy_transaction_ids (legacy_id, account_id, id)
+select t.id, t.account_id, credit_private.uuid_v7(t.created_at)
+from public.credit_transactions as t
+where
+    substr(t.id::text, 15, 1) <> '7'
+    or date_trunc('month', credit_private.uuid_time(t.id), 'UTC')
+    <> date_trunc('month', t.created_at, 'UTC')
+order by t.account_id, t.seq;
+
+-- ---------------------------------------------------------------- the old tables step aside
+
+alter table public.credit_grants drop constraint credit_grants_transaction_id_fkey;
+alter table public.credit_reservations drop constraint credit_reservations_transaction_id_fkey;
+alter table public.credit_topup_requests drop constraint credit_topup_requests_transaction_id_fkey;
+alter table public.credit_stripe_payments drop constraint credit_stripe_payments_transaction_id_fkey;
+alter table public.credit_stripe_clawbacks
+drop constraint credit_stripe_clawbacks_transaction_id_fkey;
+alter table public.credit_stripe_invoices drop constraint credit_stripe_invoices_transaction_id_fkey;
+
+-- the rows that point to a journal row by id follow it to its new id
+update public.credit_grants as g set transaction_id = m.id
+from credit_private.legacy_transaction_ids as m
+where g.transaction_id = m.legacy_id and g.account_id = m.account_id;
+update public.credit_reservations as r set transaction_id = m.id
+from credit_private.legacy_transaction_ids as m
+where r.transaction_id = m.legacy_id and r.account_id = m.account_id;
+update public.credit_topup_requests as r set transaction_id = m.id
+from credit_private.legacy_transaction_ids as m
+where r.transaction_id = m.legacy_id and r.account_id = m.account_id;
+update public.credit_stripe_payments as p set transaction_id = m.id
+from credit_private.legacy_transaction_ids as m
+where p.transaction_id = m.legacy_id and p.account_id = m.account_id;
+update public.credit_stripe_clawbacks as c set transaction_id = m.id
+from credit_private.legacy_transaction_ids as m
+where c.transaction_id = m.legacy_id and c.account_id = m.account_id;
+update public.credit_stripe_invoices as i set transaction_id = m.id
+from credit_private.legacy_transaction_ids as m
+where i.transaction_id = m.legacy_id and i.account_id = m.account_id;
+
+-- what depends on the old tables' row types is made again below
+drop view credit_private.journal_activity;
+drop function credit_private.balance_events(public.credit_transactions);
+drop function credit_private.append_transaction(
+    bigint, text, bigint, timestamptz, jsonb, text, uuid, uuid, uuid, bigint, jsonb, text, text,
+    uuid, bigint, smallint
+);
+drop function credit_private.debit(
+    bigint, text, uuid, text, bigint, bigint, timestamptz, jsonb, text, uuid, bigint, jsonb,
+    text, uuid
+);
+drop function credit_private.void(bigint, uuid, bigint, bigint, timestamptz, jsonb, text);
+
+alter table public.credit_grant_draws set schema credit_private;
+alter table credit_private.credit_grant_draws rename to credit_grant_draws_unpartitioned;
+alter table public.credit_transactions set schema credit_private;
+alter table credit_private.credit_transactions rename to credit_transactions_unpartitioned;
+
+-- ---------------------------------------------------------------- the journal
+
+create table public.credit_transactions (
+    id uuid not null default credit_private.uuid_v7(),
+    account_id bigint not null references public.credit_accounts (id),
+    seq bigint not null,
+    user_id text not null,
+    type text not null,
+    amount bigint not null,
+    balance_after bigint not null,
+    grant_id uuid,
+    reservation_id uuid,
+    refund_of uuid,
+    idempotency_key text,
+    metadata jsonb not null default '{}',
+    created_at timestamptz not null,
+    pricing_version bigint,
+    usage jsonb,
+    model text,
+    job_name text,
+    attributed_user_id text,
+    request_hash uuid,
+    available_after bigint,
+    constraint credit_transactions_pkey primary key (id, account_id),
+    constraint credit_transactions_refund_of_fkey foreign key (account_id, refund_of)
+    references public.credit_transactions (account_id, id),
+    -- seq > 0; credits (grant, purchase, adjustment, promotion, refund) carry a positive
+    -- amount, debits (usage, fixed_job, capture, expiry) a negative one; a refund and only a
+    -- refund names the row it refunds, a capture and only a capture its hold; metadata is a
+    -- JSON object; usage only on a priced usage or capture row, model = usage's model; a
+    -- job_name on a priced fixed_job row and nowhere else; available_after only on a usage
+    -- or fixed_job row; a key record (request_hash) only on a keyed one with available_after
+    constraint credit_transactions_row_check check (
+        credit_private.journal_row_ok(
+            type, amount, seq, refund_of, reservation_id, metadata, usage, model,
+            pricing_version, job_name, idempotency_key, request_hash, available_after
+        )
+    )
+)
+-- one partition per month (UTC) of the time in the id, which is created_at
+-- (15_partitions.sql)
+partition by range (id);
+comment on table public.credit_transactions is
+'The journal. Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE. Partitioned by'
+' month of id (the time it carries is created_at).';
+comment on column public.credit_transactions.seq is
+'1..n per account, in commit order of the account (each operation holds the account lock,'
+' which keeps it unique: a partitioned table has no unique key without the partition key).';
+comment on column public.credit_transactions.grant_id is
+'For credits: the grant they created. For expiry: the grant that expired.';
+comment on column public.credit_transactions.pricing_version is
+'The pricing version that priced this row (usage, fixed_job, or a capture settled by usage).';
+comment on column public.credit_transactions.usage is
+'The usage metrics priced, normalised by credit_private.check_usage (the model and every count'
+' not at its default of 0, or 1 request): credit_calculate_cost(usage, pricing_version)'
+' re-prices the row.';
+comment on column public.credit_transactions.model is 'usage->>''model'', for reports by model.';
+comment on column public.credit_transactions.job_name is 'The fixed-cost job of a fixed_job row.';
+comment on column public.credit_transactions.attributed_user_id is
+'The member a team pool''s debit is attributed to (a refund of it inherits it); null on'
+' rows of a user''s own account, which are that user''s.';
+comment on column public.credit_transactions.request_hash is
+'For a keyed one-call debit, which is its own key record: a fingerprint of the request the'
+' key names (credit_private.request_hash). A replay must match it.';
+comment on column public.credit_transactions.available_after is
+'For a one-call debit or a team charge: the credits available after it (a replay returns it'
+' again).';
+-- No foreign key from pricing_version to credit_pricing_config: versions are never deleted
+-- (append-only), and a key check on every charge would lock the one active version row
+-- from every session.
+
+-- an account's rows by seq (unique by the account lock, and checked by verification)
+create index credit_transactions_seq_idx on public.credit_transactions (account_id, seq);
+create index credit_transactions_user_time_idx
+on public.credit_transactions (user_id, created_at);
+-- the journal is appended in time order: a BRIN index serves time windows for a fraction
+-- of a B-tree's upkeep on every insert
+create index credit_transactions_time_idx on public.credit_transactions
+using brin (created_at);
+create index credit_transactions_refund_of_idx
+on public.credit_transactions (refund_of) where refund_of is not null;
+create index credit_transactions_reservation_idx
+on public.credit_transactions (reservation_id) where reservation_id is not null;
+-- the keys of one-call debits, which their journal rows record (credit_private.find_replay;
+-- unique per account by the account lock the keyed debit holds while it looks)
+create index credit_transactions_key_idx
+on public.credit_transactions (account_id, idempotency_key) where request_hash is not null;
+-- a member's spend from a pool in a period, read by every team debit with a limit
+create index credit_transactions_attribution_idx
+on public.credit_transactions (account_id, attributed_user_id, created_at) include (amount)
+where attributed_user_id is not null;
+
+create trigger credit_transactions_append_only
+before update or delete on public.credit_transactions
+for each row execute function credit_private.refuse_journal_change();
+
+create trigger credit_transactions_no_truncate
+before truncate on public.credit_transactions
+for each statement execute function credit_private.refuse_journal_change();
+
+alter table public.credit_transactions
+add constraint credit_transactions_grant_fk foreign key (account_id, grant_id)
+references public.credit_grants (account_id, id) deferrable initially deferred;
+
+alter table public.credit_transactions
+add constraint credit_transactions_reservation_fk foreign key (account_id, reservation_id)
+references public.credit_reservations (account_id, id);
+
+-- ---------------------------------------------------------------- draws
+
+create table public.credit_grant_draws (
+    id bigint generated always as identity,
+    transaction_id uuid not null,
+    grant_id uuid,
+    amount bigint not null check (amount <> 0),
+    account_id bigint not null,
+    constraint credit_grant_draws_pkey primary key (id, account_id, transaction_id),
+    constraint credit_grant_draws_transaction_id_fkey foreign key (account_id, transaction_id)
+    references public.credit_transactions (account_id, id),
+    constraint credit_grant_draws_grant_id_fkey foreign key (account_id, grant_id)
+    references public.credit_grants (account_id, id)
+)
+-- by the month of its journal row, in step with the journal (15_partitions.sql)
+partition by range (transaction_id);
+comment on table public.credit_grant_draws is
+'Allocation of journal rows to grants: positive = taken from the grant (or debt when grant_id'
+' is null), negative = given back by a refund. Append-only. Partitioned with the journal.';
+
+create index credit_grant_draws_transaction_idx
+on public.credit_grant_draws (transaction_id);
+create index credit_grant_draws_grant_idx on public.credit_grant_draws (grant_id);
+
+create trigger credit_grant_draws_append_only
+before update or delete on public.credit_grant_draws
+for each row execute function credit_private.refuse_journal_change();
+
+create trigger credit_grant_draws_no_truncate
+before truncate on public.credit_grant_draws
+for each statement execute function credit_private.refuse_journal_change();
+
+-- ---------------------------------------------------------------- row-level security, privileges
+
+alter table public.credit_transactions enable row level security;
+alter table public.credit_grant_draws enable row level security;
+
+create policy credit_transactions_read_own on public.credit_transactions
+for select to authenticated
+using (
+    user_id = (select auth.uid())::text
+    or account_id = any(array(
+        select t.account_id
+        from public.credit_teams as t
+        inner join public.credit_team_members as m on t.id = m.team_id
+        where m.user_id = (select auth.uid())::text
+    ))
+);
+
+revoke all on table public.credit_transactions, public.credit_grant_draws
+from public, anon, authenticated, service_role;
+revoke all on sequence public.credit_grant_draws_id_seq
+from public, anon, authenticated, service_role;
+grant select on table public.credit_transactions to authenticated, service_role;
+grant select on table public.credit_grant_draws to service_role;
+
+-- ---------------------------------------------------------------- partitions, and the rows
+
+create table credit_private.credit_transactions_default
+partition of public.credit_transactions default;
+create table credit_private.credit_grant_draws_default
+partition of public.credit_grant_draws default;
+revoke all on table credit_private.credit_transactions_default,
+credit_private.credit_grant_draws_default
+from public, anon, authenticated, service_role;
+
+-- a partition for every month with rows, and this month and the three after it
+select credit_private.create_partitions(m.month, m.month)
+from (
+    select distinct date_trunc('month', t.created_at, 'UTC') as month
+    from credit_private.credit_transactions_unpartitioned as t
+) as m;
+select credit_private.create_partitions(now(), now() + interval '3 months');
+
+insert into public.credit_transactions (
+    id, account_id, seq, user_id, type, amount, balance_after, grant_id, reservation_id,
+    refund_of, idempotency_key, metadata, created_at, pricing_version, usage, model, job_name,
+    attributed_user_id, request_hash, available_after
+)
+select
+    coalesce(m.id, t.id), t.account_id, t.seq, t.user_id, t.type, t.amount, t.balance_after,
+    t.grant_id, t.reservation_id, coalesce(r.id, t.refund_of), t.idempotency_key, t.metadata,
+    t.created_at, t.pricing_version, t.usage, t.model, t.job_name, t.attributed_user_id,
+    t.request_hash, t.available_after
+from credit_private.credit_transactions_unpartitioned as t
+left join credit_private.legacy_transaction_ids as m
+    on t.id = m.legacy_id and t.account_id = m.account_id
+left join credit_private.legacy_transaction_ids as r
+    on t.refund_of = r.legacy_id and t.account_id = r.account_id
+order by t.account_id, t.seq;
+
+insert into public.credit_grant_draws (id, transaction_id, grant_id, amount, account_id)
+overriding system value
+select d.id, coalesce(m.id, d.transaction_id), d.grant_id, d.amount, d.account_id
+from credit_private.credit_grant_draws_unpartitioned as d
+left join credit_private.legacy_transaction_ids as m
+    on d.transaction_id = m.legacy_id and d.account_id = m.account_id
+order by d.id;
+select setval(
+    'public.credit_grant_draws_id_seq',
+    coalesce((select max(d.id) from public.credit_grant_draws as d), 0) + 1,
+    false
+);
+
+drop table credit_private.credit_grant_draws_unpartitioned;
+drop table credit_private.credit_transactions_unpartitioned;
+
+-- ---------------------------------------------------------------- the keys that point to the journal
+
+alter table public.credit_grants
+add constraint credit_grants_transaction_id_fkey foreign key (account_id, transaction_id)
+references public.credit_transactions (account_id, id);
+alter table public.credit_reservations
+add constraint credit_reservations_transaction_id_fkey foreign key (account_id, transaction_id)
+references public.credit_transactions (account_id, id);
+alter table public.credit_topup_requests
+add constraint credit_topup_requests_transaction_id_fkey foreign key (account_id, transaction_id)
+references public.credit_transactions (account_id, id);
+alter table public.credit_stripe_payments
+add constraint credit_stripe_payments_transaction_id_fkey foreign key (account_id, transaction_id)
+references public.credit_transactions (account_id, id);
+alter table public.credit_stripe_clawbacks
+add constraint credit_stripe_clawbacks_transaction_id_fkey foreign key (account_id, transaction_id)
+references public.credit_transactions (account_id, id);
+alter table public.credit_stripe_invoices
+add constraint credit_stripe_invoices_transaction_id_fkey foreign key (account_id, transaction_id)
+references public.credit_transactions (account_id, id);
+
+-- ---------------------------------------------------------------- what depended on the old tables
+
+create view credit_private.journal_activity with (security_invoker = true) as
+select
+    t.created_at,
+    coalesce(t.attributed_user_id, t.user_id) as user_id,
+    -- only refunds need the original row; the join is dropped when model is not read
+    coalesce(t.model, o.model) as model,
+    case
+        when t.type in ('usage', 'fixed_job', 'capture') then 'charge'
+        when t.type = 'refund' then 'refund'
+        when t.type = 'expiry' then 'expiry'
+        -- credits taken back (docs/stripe.md) are none of the others
+        when t.type = 'void' then 'void'
+        else 'credit'
+    end as kind,
+    abs(t.amount) as amount
+from public.credit_transactions as t
+left join public.credit_transactions as o on t.refund_of = o.id;
+comment on view credit_private.journal_activity is
+'Each journal row as analytics sees it: its kind (charge, refund, credit, expiry, void), its'
+' positive amount, the user it is attributed to and the model it was for.';
+
+revoke all on table credit_private.journal_activity
+from public, anon, authenticated, service_role;
+grant select on table credit_private.journal_activity to service_role;
+
+create function credit_private.append_transaction(
+    p_account_id bigint,
+    p_type text,
+    p_amount bigint,
+    p_now timestamptz,
+    p_metadata jsonb default '{}',
+    p_idempotency_key text default null,
+    p_grant_id uuid default null,
+    p_reservation_id uuid default null,
+    p_refund_of uuid default null,
+    p_pricing_version bigint default null,
+    p_usage jsonb default null,
+    p_job_name text default null,
+    p_attributed_user_id text default null,
+    p_request_hash uuid default null,
+    p_available_after bigint default null,
+    p_features smallint default null
+)
+returns public.credit_transactions
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_row public.credit_transactions;
+    v_features smallint;
+begin
+    -- the balance and the journal change in one statement, under the account lock
+    with account as (
+        update public.credit_accounts
+        set balance = balance + p_amount, version = version + 1, updated_at = p_now
+        where id = p_account_id
+        returning balance, version, user_id
+    )
+
+    insert into public.credit_transactions (
+        id, account_id, seq, user_id, type, amount, balance_after, grant_id,
+        reservation_id, refund_of, idempotency_key, metadata, created_at, pricing_version,
+        usage, model, job_name, attributed_user_id, request_hash, available_after
+    )
+    select
+        credit_private.uuid_v7(p_now), p_account_id, a.version, a.user_id, p_type, p_amount,
+        a.balance, p_grant_id, p_reservation_id, p_refund_of, p_idempotency_key, p_metadata, p_now,
+        p_pricing_version, p_usage, p_usage ->> 'model', p_job_name, p_attributed_user_id,
+        p_request_hash, p_available_after
+    from account as a
+    returning * into v_row;
+    -- the largest balance is the largest amount: every balance stays exact in JavaScript
+    -- and a sum of balances far from bigint's end
+    if v_row.balance_after > 9007199254740991 then
+        perform credit_private.fail(
+            'DC008',
+            format('the balance of %s would be %s, above the largest balance 9007199254740991',
+                quote_literal(v_row.user_id), v_row.balance_after),
+            jsonb_build_object(
+                'user_id', v_row.user_id, 'amount', p_amount, 'maximum', 9007199254740991
+            )
+        );
+    end if;
+    if v_row.amount >= 0 then
+        return v_row;
+    end if;
+    -- a row that lowers the balance: the features of the account (p_features: the debit
+    -- read them with the locked row) tell which probes can find something
+    if p_features is null then
+        select a.features into v_features from public.credit_accounts as a
+        where a.id = p_account_id;
+    else
+        -- (apart: an expression with a query runs in the executor even when not needed)
+        v_features := p_features;
+    end if;
+    -- balance.low (41_events.sql) with an alert of the user or their plan; balance.depleted
+    -- for every account, on the crossing to zero or below
+    if v_features & 1 <> 0
+        or (v_row.balance_after <= 0 and v_row.balance_after - v_row.amount > 0) then
+        perform credit_private.balance_events(v_row);
+    end if;
+    -- auto top-up (46_auto_topup.sql): one primary-key probe of the account's rule
+    if v_features & 8 <> 0 then
+        if exists (
+            select 1 from public.credit_auto_topups as r
+            where
+                r.account_id = v_row.account_id and r.enabled
+                and v_row.balance_after < r.threshold
+        ) then
+            perform credit_private.request_topup(
+                v_row.account_id, v_row.balance_after, p_now, v_row.id
+            );
+        end if;
+    end if;
+    return v_row;
+end;
+$$;
+revoke all on function credit_private.append_transaction(
+    bigint, text, bigint, timestamptz, jsonb, text, uuid, uuid, uuid, bigint, jsonb, text, text,
+    uuid, bigint, smallint
+) from public, anon, authenticated, service_role;
+
+create function credit_private.balance_events(p_row public.credit_transactions)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_before bigint := p_row.balance_after - p_row.amount;
+    v_plan_id text;
+    v_alert public.credit_balance_alerts;
+    v_top_up bigint;
+    v_threshold bigint;
+begin
+    -- After a journal row that lowered the balance (the caller holds the account lock, so
+    -- writes of one account come here one at a time): a crossing is read from the balance
+    -- before and after this row, so each crossing fires once and nothing needs re-arming.
+    -- No threshold of this user and none of any plan: one probe, and no alert to check.
+    if exists (
+        select 1 from public.credit_balance_alerts as a
+        where a.user_id = p_row.user_id or a.plan_id is not null
+    ) then
+        v_plan_id := coalesce(
+            (select up.plan_id from public.credit_user_plans as up
+             where up.user_id = p_row.user_id),
+            (select p.id from public.credit_plans as p where p.is_default)
+        );
+        for v_alert in
+            select a.* from public.credit_balance_alerts as a
+            where a.user_id = p_row.user_id or a.plan_id = v_plan_id
+            order by a.threshold nulls last, a.percent, a.id
+        loop
+            if v_alert.percent is null then
+                v_threshold := v_alert.threshold;
+            else
+                v_top_up := coalesce(v_top_up, credit_private.last_top_up(p_row.account_id));
+                v_threshold := ceil(v_top_up * v_alert.percent / 100);
+            end if;
+            if v_threshold is not null and v_before >= v_threshold
+                and p_row.balance_after < v_threshold then
+                perform credit_private.emit(p_row.account_id, p_row.user_id, 'balance.low',
+                    jsonb_strip_nulls(jsonb_build_object(
+                        'alert_id', v_alert.id, 'threshold', v_threshold,
+                        'percent', v_alert.percent, 'plan_id', v_alert.plan_id,
+                        'balance', p_row.balance_after, 'balance_before', v_before,
+                        'transaction_id', p_row.id, 'transaction_type', p_row.type
+                    )));
+            end if;
+        end loop;
+    end if;
+    -- the crossing to zero or below, for every account (arithmetic only)
+    if v_before > 0 and p_row.balance_after <= 0 then
+        perform credit_private.emit(p_row.account_id, p_row.user_id, 'balance.depleted',
+            jsonb_build_object(
+                'balance', p_row.balance_after, 'balance_before', v_before,
+                'transaction_id', p_row.id, 'transaction_type', p_row.type
+            ));
+    end if;
+end;
+$$;
+revoke all on function credit_private.balance_events(public.credit_transactions)
+from public, anon, authenticated, service_role;
+
+create function credit_private.debit(
+    p_account_id bigint,
+    p_user_id text,
+    p_team_id uuid,
+    p_type text,
+    p_amount bigint,
+    p_floor bigint,
+    p_now timestamptz,
+    p_metadata jsonb,
+    p_idempotency_key text,
+    p_request_hash uuid,
+    p_pricing_version bigint,
+    p_usage jsonb,
+    p_job_name text,
+    p_reservation_id uuid
+)
+returns public.credit_transactions
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_available bigint;
+    v_admissible bigint;
+    v_row public.credit_transactions;
+    v_grant_id uuid;
+    v_scoped boolean := false;
+    v_features smallint;
+begin
+    -- The one debit of the ledger: a one-call deduct (by amount, usage or job), a team
+    -- charge (p_team_id: the pool's account, floor and refusal, attributed to the member
+    -- p_user_id) and a settled hold (p_reservation_id, no floor: usage that happened is
+    -- charged, what grants cannot pay becomes debt). The caller holds the account lock.
+    -- Expire what is due (rare), admit against the floor, journal, draw. A keyed one-call
+    -- debit's row is its key record (p_request_hash). The row returned has no id when
+    -- nothing was journaled (0 credits).
+    if exists (
+        select from public.credit_grants as g
+        where g.account_id = p_account_id and g.spendable and g.expires_at <= p_now
+    ) then
+        perform credit_private.expire_grants(p_account_id, p_now);
+    end if;
+    -- what is available (credit_private.available) and the account's features, read from
+    -- the row the caller locked: a probe runs only for a feature the account uses
+    select
+        a.balance - coalesce((
+            select sum(r.amount)
+            from public.credit_reservations as r
+            where r.account_id = a.id and r.status = 'active' and r.expires_at > p_now
+        ), 0)::bigint,
+        a.features
+    into v_available, v_features
+    from public.credit_accounts as a
+    where a.id = p_account_id;
+    v_available := coalesce(v_available, 0);
+    v_features := coalesce(v_features, 0);
+    -- scoped credits (43_scopes.sql): one index probe if the account has had any
+    if v_features & 4 <> 0 then
+        v_scoped := credit_private.has_scoped(p_account_id);
+    end if;
+    if p_floor is not null then
+        -- admitted against what the charge may draw (scoped credits outside its scope left
+        -- out), down to the floor a credit line lowers, then the account's limits
+        -- (42_limits.sql)
+        v_admissible := v_available - case when v_scoped then credit_private.out_of_scope(
+            p_account_id, p_now, p_usage, p_job_name, p_metadata
+        ) else 0 end;
+        perform credit_private.admit(
+            p_user_id, p_team_id, v_admissible, p_amount,
+            credit_private.credit_floor(p_account_id, p_floor, v_admissible - p_amount, p_now)
+        );
+        if v_features & 2 <> 0 then
+            perform credit_private.check_limits(
+                p_account_id, p_amount, p_usage ->> 'model', false, p_now
+            );
+        end if;
+    end if;
+    if p_amount = 0 then
+        -- usage priced at 0 credits: admitted, nothing to journal
+        select a.balance into v_row.balance_after
+        from public.credit_accounts as a
+        where a.id = p_account_id;
+        v_row.available_after := v_available;
+        return v_row;
+    end if;
+    v_row := credit_private.append_transaction(
+        p_account_id, p_type, -p_amount, p_now, p_metadata, p_idempotency_key,
+        p_reservation_id => p_reservation_id, p_pricing_version => p_pricing_version,
+        p_usage => p_usage, p_job_name => p_job_name,
+        p_attributed_user_id => case when p_team_id is not null then p_user_id end,
+        p_request_hash => p_request_hash,
+        -- a hold's capture leaves out what the settle reports: the hold is still active
+        p_available_after => case when p_reservation_id is null then v_available - p_amount end,
+        p_features => v_features
+    );
+
+    -- The draws: most debits fit in the first grant in burn-down order; take it there
+    -- directly, and note the draw in the same statement (an account with scoped credits
+    -- draws them first: credit_private.draw).
+    with taken as (
+        update public.credit_grants as g
+        set remaining = g.remaining - p_amount
+        where
+            g.id = (
+                select f.id
+                from public.credit_grants as f
+                where
+                    f.account_id = p_account_id
+                    and f.spendable
+                    and (f.expires_at is null or f.expires_at > p_now)
+                    and not v_scoped
+                order by f.priority, f.expires_at nulls last, f.created_at, f.id
+                limit 1
+            )
+            and g.remaining >= p_amount
+        returning g.id
+    )
+
+    insert into public.credit_grant_draws (account_id, transaction_id, grant_id, amount)
+    select v_row.account_id, v_row.id, t.id, p_amount
+    from taken as t
+    returning grant_id into v_grant_id;
+    if v_grant_id is not null then
+        return v_row;
+    end if;
+
+    -- Otherwise take p_amount across grants
+    perform credit_private.draw(
+        p_account_id, v_row.id, p_amount, p_now, p_usage, p_job_name, p_metadata
+    );
+    return v_row;
+end;
+$$;
+revoke all on function credit_private.debit(
+    bigint, text, uuid, text, bigint, bigint, timestamptz, jsonb, text, uuid, bigint, jsonb, text,
+    uuid
+) from public, anon, authenticated, service_role;
+
+create function credit_private.void(
+    p_account_id bigint,
+    p_grant_id uuid,
+    p_from_grant bigint,
+    p_as_debt bigint,
+    p_now timestamptz,
+    p_metadata jsonb,
+    p_idempotency_key text
+)
+returns public.credit_transactions
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_row public.credit_transactions;
+begin
+    -- Takes p_from_grant credits out of the grant and p_as_debt more as debt, in one
+    -- journal row. The caller holds the account lock and has checked the grant has them.
+    v_row := credit_private.append_transaction(
+        p_account_id, 'void', -(p_from_grant + p_as_debt), p_now, p_metadata,
+        p_idempotency_key, p_grant_id => p_grant_id
+    );
+    if p_from_grant > 0 then
+        insert into public.credit_grant_draws (account_id, transaction_id, grant_id, amount)
+        values (p_account_id, v_row.id, p_grant_id, p_from_grant);
+        update public.credit_grants set remaining = remaining - p_from_grant
+        where id = p_grant_id;
+    end if;
+    if p_as_debt > 0 then
+        insert into public.credit_grant_draws (account_id, transaction_id, grant_id, amount)
+        values (p_account_id, v_row.id, null, p_as_debt);
+        update public.credit_accounts set debt = debt + p_as_debt where id = p_account_id;
+    end if;
+    return v_row;
+end;
+$$;
+revoke all on function credit_private.void(
+    bigint, uuid, bigint, bigint, timestamptz, jsonb, text
+) from public, anon, authenticated, service_role;
+
+-- ---------------------------------------------------------------- report
+
+create type public.credit_partition as (
+    table_name text,
+    partition_name text,
+    month timestamptz,
+    row_count bigint
+);
+comment on type public.credit_partition is
+'credit_partitions: a partition of the journal or of the draws, its month (null: the default'
+' partition) and its rows: for a default partition the exact count, which should be 0 (its'
+' rows belong to a month without a partition); for a month the estimate of the statistics.
+@notNull table_name, partition_name, row_count';
+
+create function public.credit_partitions()
+returns setof public.credit_partition
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+    select
+        i.inhparent::regclass::text,
+        c.relname::text,
+        credit_private.uuid_time(substring(
+            pg_catalog.pg_get_expr(c.relpartbound, c.oid) from '\(''([0-9a-f-]+)''\)'
+        )::uuid),
+        case
+            when c.relname = 'credit_transactions_default'
+                then (select count(*) from credit_private.credit_transactions_default)
+            when c.relname = 'credit_grant_draws_default'
+                then (select count(*) from credit_private.credit_grant_draws_default)
+            else greatest(c.reltuples, 0)::bigint
+        end
+    from pg_catalog.pg_inherits as i
+    inner join pg_catalog.pg_class as c on i.inhrelid = c.oid
+    where i.inhparent in (
+        'public.credit_transactions'::regclass, 'public.credit_grant_draws'::regclass
+    )
+    order by 1, 3 nulls first;
+$$;
+revoke all on function public.credit_partitions()
+from public, anon, authenticated, service_role;
+grant execute on function public.credit_partitions() to service_role;
+
+-- ---------------------------------------------------------------- changed functions
+
+create or replace function public.credit_refund_transaction(
+    p_transaction_id uuid,
+    p_amount numeric default null,
+    p_reason text default null,
+    p_metadata jsonb default '{}',
+    p_idempotency_key text default null
+)
+returns public.credit_refund_result
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+    v_now timestamptz := credit_private.clock();
+    v_requested bigint;
+    v_metadata jsonb := credit_private.check_metadata(p_metadata);
+    v_original public.credit_transactions;
+    v_request jsonb;
+    v_account public.credit_accounts;
+    v_replay jsonb;
+    v_refunded bigint;
+    v_amount bigint;
+    v_transaction_id uuid;
+    v_balance_after bigint;
+    v_result public.credit_refund_result;
+begin
+    if p_amount is not null then
+        v_requested := credit_private.whole(p_amount, 'amount', 1);
+    end if;
+    perform credit_private.check_key(p_idempotency_key);
+    if length(p_reason) > 1000 then
+        perform credit_private.fail(
+            'DC006', 'reason must be at most 1000 characters',
+            jsonb_build_object('argument', 'reason')
+        );
+    end if;
+
+    select * into v_original
+    from public.credit_transactions
+    where id = p_transaction_id;
+    if not found then
+        -- an id a row had before 0.7.0 gave it one that carries its month
+        select t.* into v_original
+        from credit_private.legacy_transaction_ids as m
+        inner join public.credit_transactions as t on m.id = t.id and m.account_id = t.account_id
+        where m.legacy_id = p_transaction_id;
+    end if;
+    if not found then
+        perform credit_private.fail(
+            'DC030', format('transaction %s does not exist', coalesce(p_transaction_id::text, 'null')),
+            jsonb_build_object('transaction_id', p_transaction_id)
+        );
+    end if;
+    v_request := jsonb_build_object(
+        'transaction_id', p_transaction_id, 'amount', v_requested, 'reason', p_reason,
+        'metadata', v_metadata
+    );
+    v_account := credit_private.lock_account_by_id(v_original.account_id);
+    v_replay := credit_private.find_replay(
+        v_account.id, p_idempotency_key, 'refund_transaction', v_request
+    );
+    if v_replay is not null then
+        v_result := jsonb_populate_record(null::public.credit_refund_result, v_replay);
+        v_result.is_replay := true;
+        return v_result;
+    end if;
+
+    if v_original.type not in ('usage', 'fixed_job', 'capture') then
+        perform credit_private.fail(
+            'DC051',
+            format('transaction %s is of type %s; only usage, fixed_job and capture transactions'
+                || ' can be refunded', p_transaction_id, v_original.type),
+            jsonb_build_object('transaction_id', p_transaction_id, 'type', v_original.type)
+        );
+    end if;
+    -- under the account lock, so concurrent refunds of one transaction see each other
+    select coalesce(sum(t.amount), 0)::bigint into v_refunded
+    from public.credit_transactions as t
+    where t.refund_of = v_original.id;
+    if v_refunded = -v_original.amount then
+        perform credit_private.fail(
+            'DC050',
+            format('transaction %s is already fully refunded (charged %s, refunded %s)',
+                p_transaction_id, -v_original.amount, v_refunded),
+            jsonb_build_object(
+                'transaction_id', p_transaction_id,
+                'refundable', 0,
+                'charged', -v_original.amount,
+                'refunded', v_refunded
+            )
+        );
+    end if;
+    v_amount := coalesce(v_requested, -v_original.amount - v_refunded);
+    if v_amount > -v_original.amount - v_refunded then
+        perform credit_private.fail(
+            'DC050',
+            format('refund of %s exceeds what is refundable of transaction %s: %s'
+                || ' (charged %s, refunded %s)', v_amount, p_transaction_id,
+                -v_original.amount - v_refunded, -v_original.amount, v_refunded),
+            jsonb_build_object(
+                'transaction_id', p_transaction_id,
+                'requested', v_amount,
+                'refundable', -v_original.amount - v_refunded,
+                'charged', -v_original.amount,
+                'refunded', v_refunded
+            )
+        );
+    end if;
+
+    perform credit_private.expire_grants(v_account.id, v_now);
+    v_transaction_id := (credit_private.append_transaction(
+        v_account.id, 'refund', v_amount, v_now,
+        v_metadata || jsonb_strip_nulls(jsonb_build_object('reason', p_reason)),
+        p_idempotency_key, p_refund_of => v_original.id,
+        -- a refund is attributed to whoever the refunded row was, so a member's net spend
+        -- (their limit, spend_by_user) counts refunds of their debits
+        p_attributed_user_id => v_original.attributed_user_id
+    )).id;
+    perform credit_private.restore(v_account.id, v_transaction_id, v_original.id, v_amount, v_now);
+    perform credit_private.emit(v_account.id, v_account.user_id, 'charge.refunded',
+        jsonb_build_object('transaction_id', p_transaction_id,
+            'refund_transaction_id', v_transaction_id, 'amount', v_amount, 'reason', p_reason));
+    -- credits given back to a grant that has expired since expire at once
+    perform credit_private.expire_grants(v_account.id, v_now);
+    select a.balance into v_balance_after
+    from public.credit_accounts as a
+    where a.id = v_account.id;
+
+    v_result := row(
+        v_transaction_id, p_transaction_id, v_account.user_id, v_amount,
+        v_refunded + v_amount, -v_original.amount - v_refunded - v_amount, v_balance_after,
+        v_now, false
+    );
+    perform credit_private.remember(
+        v_account.id, p_idempotency_key, 'refund_transaction', v_request, to_jsonb(v_result),
+        v_now
+    );
+    return v_result;
+end;
+$$;
+revoke all on function public.credit_refund_transaction(uuid, numeric, text, jsonb, text)
+from public, anon, authenticated, service_role;
+grant execute on function public.credit_refund_transaction(
+    uuid, numeric, text, jsonb, text
+) to service_role;
+
+create or replace function public.credit_sweep_expired(p_dry_run boolean default false)
+returns public.credit_sweep_result
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+    v_now timestamptz := credit_private.clock();
+    v_account_id bigint;
+    v_expired record;
+    v_holds integer;
+    v_hold_amount bigint;
+    v_result public.credit_sweep_result := row(
+        coalesce(p_dry_run, false), 0, 0, 0::bigint, 0, 0::bigint
+    );
+begin
+    if v_result.dry_run then
+        select count(*)::integer, coalesce(sum(g.remaining), 0)::bigint
+        into v_result.expired_grants, v_result.expired_amount
+        from public.credit_grants as g
+        where g.spendable and g.expires_at <= v_now;
+        select count(*)::integer, coalesce(sum(r.amount), 0)::bigint
+        into v_result.expired_holds, v_result.expired_hold_amount
+        from public.credit_reservations as r
+        where r.status = 'active' and r.expires_at <= v_now;
+        select count(*)::integer into v_result.accounts
+        from credit_private.sweep_candidates(v_now);
+        return v_result;
+    end if;
+
+    -- the journal's partitions of this month and the next three (15_partitions.sql), made
+    -- ahead of the charges that will need them
+    perform credit_private.create_partitions(v_now, v_now + interval '3 months');
+    -- grant.expiring of the grants due soon (41_events.sql)
+    perform credit_private.emit_expiring_grants(v_now);
+    -- one account at a time, in id order: no deadlock with other sweeps or operations
+    for v_account_id in select c.account_id from credit_private.sweep_candidates(v_now) as c loop
+        perform credit_private.lock_account_by_id(v_account_id);
+        v_expired := credit_private.expire_grants(v_account_id, v_now);
+        with timed_out as (
+            update public.credit_reservations as r
+            set status = 'expired', resolved_at = v_now
+            where r.account_id = v_account_id and r.status = 'active' and r.expires_at <= v_now
+            returning r.amount
+        )
+        select count(*)::integer, coalesce(sum(t.amount), 0)::bigint into v_holds, v_hold_amount
+        from timed_out as t;
+        v_result.accounts := v_result.accounts + 1;
+        v_result.expired_grants := v_result.expired_grants + v_expired.grants;
+        v_result.expired_amount := v_result.expired_amount + v_expired.amount;
+        v_result.expired_holds := v_result.expired_holds + v_holds;
+        v_result.expired_hold_amount := v_result.expired_hold_amount + v_hold_amount;
+    end loop;
+    return v_result;
+end;
+$$;
+revoke all on function public.credit_sweep_expired(boolean)
+from public, anon, authenticated, service_role;
+grant execute on function public.credit_sweep_expired(boolean) to service_role;
+
+create or replace function public.credit_schema_version()
+returns text
+language sql
+immutable
+set search_path = ''
+as $$
+    select '20261205001600'::text;
+$$;
+revoke all on function public.credit_schema_version()
+from public, anon, authenticated, service_role;
+grant execute on function public.credit_schema_version() to service_role;
