@@ -189,6 +189,9 @@ where k.kind = 'promotion' and k.created_at + interval '30 days' < s.end_at;
 
 -- ---------------------------------------------------------------- write
 
+-- a partition for each month of the span (the sweep makes only the coming ones)
+select credit_private.create_partitions(s.start_at, s.end_at) from scale_settings as s;
+
 insert into public.credit_accounts (user_id, created_at, updated_at)
 select 'bench-' || slot as user_id, s.start_at as created_at, s.start_at as updated_at
 from scale_settings as s, generate_series(1, s.users) as slot

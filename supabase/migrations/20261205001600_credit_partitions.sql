@@ -7,9 +7,10 @@
 --   * A journal row whose id does not carry its month (a random id written before
 --     0.6.0) gets a new, time-ordered one; credit_private.legacy_transaction_ids keeps the
 --     old id, which credit_refund still accepts. The rows that point to it follow.
---   * (account_id, seq) and the keys of one-call debits are no longer unique indexes (a
---     partitioned table has none without the partition key): the account lock keeps them
---     unique, and verification checks seq.
+--   * (account_id, seq) is no longer a unique index (a partitioned table has none without
+--     the partition key): the account lock keeps it unique, and verification checks it.
+--   * The key of a one-call debit is found in credit_debit_keys, which points to its row:
+--     looked up in the journal, a key would be probed in every month's partition.
 --   * credit_private.create_partitions makes a month's partitions; the sweep makes those
 --     of the next three months. credit_partitions() lists them, with the rows of the
 --     default partitions.
@@ -82,11 +83,16 @@ begin
                 ' (like public.%I including defaults including constraints)',
                 v_name, v_table
             );
+            -- read through the parent, whose policies apply; alone, by the service role only
+            execute format(
+                'alter table credit_private.%I enable row level security', v_name
+            );
             execute format(
                 'revoke all on table credit_private.%I'
                 ' from public, anon, authenticated, service_role',
                 v_name
             );
+            execute format('grant select on table credit_private.%I to service_role', v_name);
             execute format(
                 'alter table public.%I attach partition credit_private.%I'
                 ' for values from (%L) to (%L)',
@@ -113,8 +119,10 @@ create table credit_private.legacy_transaction_ids (
 comment on table credit_private.legacy_transaction_ids is
 'The ids journal rows had before 0.7.0 gave them ids that carry their month: credit_refund'
 ' accepts the old id.';
+alter table credit_private.legacy_transaction_ids enable row level security;
 revoke all on table credit_private.legacy_transaction_ids
 from public, anon, authenticated, service_role;
+grant select on table credit_private.legacy_transaction_ids to service_role;
 
 insert into credit_private.legacy_transaction_ids (legacy_id, account_id, id)
 select t.id, t.account_id, credit_private.uuid_v7(t.created_at)
@@ -256,10 +264,6 @@ create index credit_transactions_refund_of_idx
 on public.credit_transactions (refund_of) where refund_of is not null;
 create index credit_transactions_reservation_idx
 on public.credit_transactions (reservation_id) where reservation_id is not null;
--- the keys of one-call debits, which their journal rows record (credit_private.find_replay;
--- unique per account by the account lock the keyed debit holds while it looks)
-create index credit_transactions_key_idx
-on public.credit_transactions (account_id, idempotency_key) where request_hash is not null;
 -- a member's spend from a pool in a period, read by every team debit with a limit
 create index credit_transactions_attribution_idx
 on public.credit_transactions (account_id, attributed_user_id, created_at) include (amount)
@@ -343,9 +347,13 @@ create table credit_private.credit_transactions_default
 partition of public.credit_transactions default;
 create table credit_private.credit_grant_draws_default
 partition of public.credit_grant_draws default;
+alter table credit_private.credit_transactions_default enable row level security;
+alter table credit_private.credit_grant_draws_default enable row level security;
 revoke all on table credit_private.credit_transactions_default,
 credit_private.credit_grant_draws_default
 from public, anon, authenticated, service_role;
+grant select on table credit_private.credit_transactions_default,
+credit_private.credit_grant_draws_default to service_role;
 
 -- a partition for every month with rows, and this month and the three after it
 select credit_private.create_partitions(m.month, m.month)
@@ -384,6 +392,30 @@ select setval(
     coalesce((select max(d.id) from public.credit_grant_draws as d), 0) + 1,
     false
 );
+
+-- ---------------------------------------------------------------- the keys of one-call debits
+
+-- Where the key of a one-call debit is: the journal is partitioned by month, and a key
+-- looked up in it would be probed in every month's partition (find_replay).
+create table public.credit_debit_keys (
+    account_id bigint not null references public.credit_accounts (id),
+    idempotency_key text not null,
+    transaction_id uuid not null,
+    primary key (account_id, idempotency_key)
+);
+comment on table public.credit_debit_keys is
+'The key of each keyed one-call debit and its journal row, which records the request''s'
+' fingerprint and what a replay returns. One probe finds a key of any month.';
+
+alter table public.credit_debit_keys enable row level security;
+revoke all on table public.credit_debit_keys from public, anon, authenticated, service_role;
+grant select on table public.credit_debit_keys to service_role;
+
+insert into public.credit_debit_keys (account_id, idempotency_key, transaction_id)
+select t.account_id, t.idempotency_key, t.id
+from public.credit_transactions as t
+where t.request_hash is not null
+order by t.account_id, t.idempotency_key;
 
 drop table credit_private.credit_grant_draws_unpartitioned;
 drop table credit_private.credit_transactions_unpartitioned;
@@ -483,6 +515,11 @@ begin
         p_request_hash, p_available_after
     from account as a
     returning * into v_row;
+    -- a keyed one-call debit: where its key is found (45_idempotency.sql)
+    if p_request_hash is not null then
+        insert into public.credit_debit_keys (account_id, idempotency_key, transaction_id)
+        values (p_account_id, p_idempotency_key, v_row.id);
+    end if;
     -- the largest balance is the largest amount: every balance stays exact in JavaScript
     -- and a sum of balances far from bigint's end
     if v_row.balance_after > 9007199254740991 then
@@ -793,7 +830,6 @@ create function public.credit_partitions()
 returns setof public.credit_partition
 language sql
 stable
-security definer
 set search_path = ''
 as $$
     select
@@ -821,6 +857,96 @@ from public, anon, authenticated, service_role;
 grant execute on function public.credit_partitions() to service_role;
 
 -- ---------------------------------------------------------------- changed functions
+
+create or replace function credit_private.refuse_journal_change()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    -- a partition's change names its table (the partitioned one)
+    raise exception 'the credit journal is append-only: % on % is not allowed',
+        tg_op, coalesce((
+            select c.relname from pg_catalog.pg_inherits as i
+            inner join pg_catalog.pg_class as c on i.inhparent = c.oid
+            where i.inhrelid = tg_relid
+        ), tg_table_name)
+        using errcode = 'DC900';
+end;
+$$;
+revoke all on function credit_private.refuse_journal_change()
+from public, anon, authenticated, service_role;
+
+create or replace function credit_private.find_replay(
+    p_account_id bigint, p_key text, p_operation text, p_request jsonb
+)
+returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+    v_transaction_id uuid;
+    v_operation text;
+    v_result jsonb;
+    v_same boolean;
+begin
+    if p_key is null or p_account_id is null then
+        return null;
+    end if;
+    -- one probe of each key table (a key is in at most one of them). The journal is read
+    -- only for a key found there: a statement that may read the partitioned journal locks
+    -- every partition (and index) of it, even when it reads none.
+    select k.transaction_id into v_transaction_id
+    from public.credit_debit_keys as k
+    where k.account_id = p_account_id and k.idempotency_key = p_key;
+    if found then
+        select
+            t.type,
+            t.request_hash = credit_private.request_hash(p_operation, p_request),
+            jsonb_build_object(
+                'transaction_id', t.id,
+                'user_id', t.user_id,
+                'amount', -t.amount,
+                'overage', 0,
+                'balance_after', t.balance_after,
+                'available_after', t.available_after,
+                'created_at', t.created_at,
+                'is_replay', false,
+                'pricing_version', t.pricing_version
+            )
+        into v_operation, v_same, v_result
+        from public.credit_transactions as t
+        where t.id = v_transaction_id and t.account_id = p_account_id;
+    else
+        select k.operation, k.operation = p_operation and k.request = p_request, k.result
+        into v_operation, v_same, v_result
+        from public.credit_idempotency_keys as k
+        where k.account_id = p_account_id and k.idempotency_key = p_key;
+    end if;
+    if v_operation is null then
+        return null;
+    end if;
+    if not v_same then
+        -- the detail names the caller's own request, never the first one: that may be
+        -- another caller's; and the caller's key as given, without a member's scope
+        perform credit_private.fail(
+            'DC020',
+            format('idempotency key %s was already used for %s with other parameters',
+                quote_literal(split_part(p_key, chr(31), -1)), v_operation),
+            jsonb_build_object(
+                'idempotency_key', split_part(p_key, chr(31), -1),
+                'operation', v_operation,
+                'request', p_request
+            ),
+            'use a new idempotency key for a different operation'
+        );
+    end if;
+    return v_result;
+end;
+$$;
+revoke all on function credit_private.find_replay(bigint, text, text, jsonb)
+from public, anon, authenticated, service_role;
 
 create or replace function public.credit_refund_transaction(
     p_transaction_id uuid,

@@ -146,8 +146,13 @@ language plpgsql
 set search_path = ''
 as $$
 begin
+    -- a partition's change names its table (the partitioned one)
     raise exception 'the credit journal is append-only: % on % is not allowed',
-        tg_op, tg_table_name
+        tg_op, coalesce((
+            select c.relname from pg_catalog.pg_inherits as i
+            inner join pg_catalog.pg_class as c on i.inhparent = c.oid
+            where i.inhrelid = tg_relid
+        ), tg_table_name)
         using errcode = 'DC900';
 end;
 $$;
@@ -263,10 +268,6 @@ create index credit_transactions_refund_of_idx
 on public.credit_transactions (refund_of) where refund_of is not null;
 create index credit_transactions_reservation_idx
 on public.credit_transactions (reservation_id) where reservation_id is not null;
--- the keys of one-call debits, which their journal rows record (credit_private.find_replay;
--- unique per account by the account lock the keyed debit holds while it looks)
-create index credit_transactions_key_idx
-on public.credit_transactions (account_id, idempotency_key) where request_hash is not null;
 -- a member's spend from a pool in a period, read by every team debit with a limit
 create index credit_transactions_attribution_idx
 on public.credit_transactions (account_id, attributed_user_id, created_at) include (amount)
@@ -423,6 +424,18 @@ comment on table public.credit_idempotency_keys is
 'The first result of each keyed operation but a one-call debit, whose journal row is its key'
 ' record. Keys are unique per account across both, and never expire.';
 
+-- Where the key of a one-call debit is: the journal is partitioned by month, and a key
+-- looked up in it would be probed in every month's partition (find_replay).
+create table public.credit_debit_keys (
+    account_id bigint not null references public.credit_accounts (id),
+    idempotency_key text not null,
+    transaction_id uuid not null,
+    primary key (account_id, idempotency_key)
+);
+comment on table public.credit_debit_keys is
+'The key of each keyed one-call debit and its journal row, which records the request''s'
+' fingerprint and what a replay returns. One probe finds a key of any month.';
+
 -- ---------------------------------------------------------------- pricing
 
 create table public.credit_pricing_config (
@@ -555,6 +568,7 @@ alter table public.credit_grants enable row level security;
 alter table public.credit_grant_draws enable row level security;
 alter table public.credit_reservations enable row level security;
 alter table public.credit_idempotency_keys enable row level security;
+alter table public.credit_debit_keys enable row level security;
 alter table public.credit_pricing_config enable row level security;
 alter table public.credit_plans enable row level security;
 alter table public.credit_user_plans enable row level security;
@@ -645,7 +659,8 @@ using (
 );
 
 -- No policy, so no API role but service_role (BYPASSRLS) reads them:
--- credit_grant_draws, credit_idempotency_keys, credit_pricing_config (the RPCs read it)
+-- credit_grant_draws, credit_idempotency_keys, credit_debit_keys, credit_pricing_config (the
+-- RPCs read it)
 -- and credit_allowance_grants (the grants and journal rows it points to are the user's view
 -- of an allowance).
 
@@ -658,6 +673,7 @@ public.credit_grants,
 public.credit_grant_draws,
 public.credit_reservations,
 public.credit_idempotency_keys,
+public.credit_debit_keys,
 public.credit_pricing_config,
 public.credit_plans,
 public.credit_user_plans,
@@ -686,6 +702,7 @@ to authenticated, service_role;
 grant select on table
 public.credit_grant_draws,
 public.credit_idempotency_keys,
+public.credit_debit_keys,
 public.credit_pricing_config,
 public.credit_allowance_grants
 to service_role;

@@ -57,8 +57,10 @@ create table credit_private.legacy_transaction_ids (
 comment on table credit_private.legacy_transaction_ids is
 'The ids journal rows had before 0.7.0 gave them ids that carry their month: credit_refund'
 ' accepts the old id.';
+alter table credit_private.legacy_transaction_ids enable row level security;
 revoke all on table credit_private.legacy_transaction_ids
 from public, anon, authenticated, service_role;
+grant select on table credit_private.legacy_transaction_ids to service_role;
 
 -- ---------------------------------------------------------------- creating partitions
 
@@ -102,11 +104,16 @@ begin
                 ' (like public.%I including defaults including constraints)',
                 v_name, v_table
             );
+            -- read through the parent, whose policies apply; alone, by the service role only
+            execute format(
+                'alter table credit_private.%I enable row level security', v_name
+            );
             execute format(
                 'revoke all on table credit_private.%I'
                 ' from public, anon, authenticated, service_role',
                 v_name
             );
+            execute format('grant select on table credit_private.%I to service_role', v_name);
             execute format(
                 'alter table public.%I attach partition credit_private.%I'
                 ' for values from (%L) to (%L)',
@@ -128,9 +135,13 @@ create table credit_private.credit_transactions_default
 partition of public.credit_transactions default;
 create table credit_private.credit_grant_draws_default
 partition of public.credit_grant_draws default;
+alter table credit_private.credit_transactions_default enable row level security;
+alter table credit_private.credit_grant_draws_default enable row level security;
 revoke all on table credit_private.credit_transactions_default,
 credit_private.credit_grant_draws_default
 from public, anon, authenticated, service_role;
+grant select on table credit_private.credit_transactions_default,
+credit_private.credit_grant_draws_default to service_role;
 
 -- the current month and the three after it
 select credit_private.create_partitions(now(), now() + interval '3 months');
@@ -153,7 +164,6 @@ create function public.credit_partitions()
 returns setof public.credit_partition
 language sql
 stable
-security definer
 set search_path = ''
 as $$
     select

@@ -250,6 +250,11 @@ begin
         p_request_hash, p_available_after
     from account as a
     returning * into v_row;
+    -- a keyed one-call debit: where its key is found (45_idempotency.sql)
+    if p_request_hash is not null then
+        insert into public.credit_debit_keys (account_id, idempotency_key, transaction_id)
+        values (p_account_id, p_idempotency_key, v_row.id);
+    end if;
     -- the largest balance is the largest amount: every balance stays exact in JavaScript
     -- and a sum of balances far from bigint's end
     if v_row.balance_after > 9007199254740991 then

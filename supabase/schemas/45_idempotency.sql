@@ -5,7 +5,8 @@
 -- Where a key is recorded:
 --   * a one-call debit (credit_deduct_credits, _usage, _fixed) that journals a row records
 --     its key on that row: idempotency_key, request_hash (a fingerprint of the request)
---     and available_after; its result is rebuilt from the row. No second row per charge.
+--     and available_after; its result is rebuilt from the row. credit_debit_keys points
+--     from the key to the row: the journal is partitioned by month, the key table is not.
 --   * every other keyed operation (and a debit priced at 0 credits, which journals
 --     nothing) records its request and result in credit_idempotency_keys.
 -- find_replay looks in both, so a key is unique per account across every operation.
@@ -35,6 +36,7 @@ stable
 set search_path = ''
 as $$
 declare
+    v_transaction_id uuid;
     v_operation text;
     v_result jsonb;
     v_same boolean;
@@ -42,12 +44,16 @@ begin
     if p_key is null or p_account_id is null then
         return null;
     end if;
-    -- one probe of each record (a key is in at most one of them)
-    select r.operation, r.same, r.result into v_operation, v_same, v_result
-    from (
+    -- one probe of each key table (a key is in at most one of them). The journal is read
+    -- only for a key found there: a statement that may read the partitioned journal locks
+    -- every partition (and index) of it, even when it reads none.
+    select k.transaction_id into v_transaction_id
+    from public.credit_debit_keys as k
+    where k.account_id = p_account_id and k.idempotency_key = p_key;
+    if found then
         select
-            t.type as operation,
-            t.request_hash = credit_private.request_hash(p_operation, p_request) as same,
+            t.type,
+            t.request_hash = credit_private.request_hash(p_operation, p_request),
             jsonb_build_object(
                 'transaction_id', t.id,
                 'user_id', t.user_id,
@@ -58,18 +64,17 @@ begin
                 'created_at', t.created_at,
                 'is_replay', false,
                 'pricing_version', t.pricing_version
-            ) as result
+            )
+        into v_operation, v_same, v_result
         from public.credit_transactions as t
-        where
-            t.account_id = p_account_id and t.idempotency_key = p_key
-            and t.request_hash is not null
-        union all
+        where t.id = v_transaction_id and t.account_id = p_account_id;
+    else
         select k.operation, k.operation = p_operation and k.request = p_request, k.result
+        into v_operation, v_same, v_result
         from public.credit_idempotency_keys as k
-        where k.account_id = p_account_id and k.idempotency_key = p_key
-    ) as r
-    limit 1;
-    if not found then
+        where k.account_id = p_account_id and k.idempotency_key = p_key;
+    end if;
+    if v_operation is null then
         return null;
     end if;
     if not v_same then

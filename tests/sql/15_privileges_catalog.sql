@@ -111,6 +111,7 @@ select set_eq(
         'public.credit_get_balance(text) | authenticated | EXECUTE',
         'public.credit_get_balance(text) | service_role | EXECUTE',
         'public.credit_sweep_expired(boolean) | service_role | EXECUTE',
+        'public.credit_partitions() | service_role | EXECUTE',
         'public.credit_verify_ledger(timestamp with time zone) | service_role | EXECUTE',
         'public.credit_take_checkpoints(timestamp with time zone) | service_role | EXECUTE',
         'public.credit_schema_version() | service_role | EXECUTE',
@@ -227,8 +228,15 @@ select set_eq(
     || ' call; nothing else.'
 );
 select set_eq(
-    $$select acl_row from ducto_acl where object not like '%(%'$$,
+    -- a month's partitions by one name: they are made every month, all alike
+    $$select regexp_replace(acl_row, '_p[0-9]{4}_[0-9]{2} ', '_pYYYY_MM ')
+      from ducto_acl where object not like '%(%'$$,
     array[
+        'credit_private.credit_transactions_pYYYY_MM | service_role | SELECT',
+        'credit_private.credit_grant_draws_pYYYY_MM | service_role | SELECT',
+        'credit_private.credit_transactions_default | service_role | SELECT',
+        'credit_private.credit_grant_draws_default | service_role | SELECT',
+        'credit_private.legacy_transaction_ids | service_role | SELECT',
         'public.credit_accounts | authenticated | SELECT',
         'public.credit_accounts | service_role | SELECT',
         'public.credit_transactions | authenticated | SELECT',
@@ -248,6 +256,7 @@ select set_eq(
         'public.credit_checkpoints | authenticated | SELECT',
         'public.credit_checkpoints | service_role | SELECT',
         'public.credit_checkpoint_grants | service_role | SELECT',
+        'public.credit_debit_keys | service_role | SELECT',
         'public.credit_teams | authenticated | SELECT',
         'public.credit_teams | service_role | SELECT',
         'public.credit_team_members | authenticated | SELECT',

@@ -123,14 +123,15 @@ create table credit_private.keys_probe_loose (
     id uuid primary key default gen_random_uuid(),
     account_id bigint not null,
     transaction_id uuid,
-    seq bigint,
+    other_account_id bigint,
+    period_start timestamptz,
     unique (id, account_id),
     foreign key (transaction_id, account_id) references public.credit_transactions (id, account_id)
 );
--- pairs the account with the journal's seq: a key of the journal, but not its account
+-- a checkpoint of another account: a key with an account, but not this row's
 alter table credit_private.keys_probe_loose
-add constraint keys_probe_loose_cross foreign key (account_id, seq)
-references public.credit_transactions (seq, account_id);
+add constraint keys_probe_loose_cross foreign key (other_account_id, period_start)
+references public.credit_checkpoints (account_id, period_start);
 select results_eq(
     $$select offence collate "default" from key_offence
       where relname = 'keys_probe_loose' order by 1$$,
