@@ -59,7 +59,7 @@ select throws_ok(
                credit_account_limits, credit_spend_windows, credit_stripe_payments,
                credit_stripe_clawbacks, credit_stripe_disputes, credit_stripe_invoices,
                credit_auto_topups, credit_topup_requests, credit_checkpoints,
-               credit_checkpoint_grants$$,
+               credit_checkpoint_grants, credit_debit_keys$$,
     'DC900', null,
     'TRUNCATE of every ledger table at once is DC900.'
 );
