@@ -183,8 +183,66 @@ alter table credit_private.credit_transactions rename to credit_transactions_unp
 
 -- ---------------------------------------------------------------- the journal
 
+-- its rows' rules gain one: the id carries created_at's millisecond
+create function credit_private.journal_row_ok(
+    p_type text,
+    p_amount bigint,
+    p_seq bigint,
+    p_refund_of uuid,
+    p_reservation_id uuid,
+    p_metadata jsonb,
+    p_usage jsonb,
+    p_model text,
+    p_pricing_version bigint,
+    p_job_name text,
+    p_idempotency_key text,
+    p_request_hash uuid,
+    p_available_after bigint,
+    p_id uuid,
+    p_created_at timestamptz
+)
+returns boolean
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+    -- the journal's row rules, one per line
+    return p_seq > 0
+        -- credits carry a positive amount, debits a negative one
+        and (
+            (p_type in ('grant', 'purchase', 'adjustment', 'promotion', 'refund') and p_amount > 0)
+            or (p_type in ('usage', 'fixed_job', 'capture', 'expiry', 'void') and p_amount < 0)
+        )
+        -- a refund, and only a refund, names the row it refunds
+        and (p_type = 'refund') = (p_refund_of is not null)
+        -- a capture, and only a capture, names its hold
+        and (p_type = 'capture') = (p_reservation_id is not null)
+        and jsonb_typeof(p_metadata) = 'object'
+        -- usage only on a priced usage or capture row, and model is the usage's model
+        and (p_usage is null or (p_type in ('usage', 'capture') and p_pricing_version is not null))
+        and (p_model is not distinct from p_usage ->> 'model')
+        -- a job name on a priced fixed-job row, and nowhere else
+        and ((p_job_name is not null) = (p_type = 'fixed_job' and p_pricing_version is not null))
+        -- what was available after a one-call debit or team charge
+        and (p_available_after is null or p_type in ('usage', 'fixed_job'))
+        -- a key record only on a keyed one-call debit, with what its replay returns
+        and (p_request_hash is null or (
+            p_idempotency_key is not null and p_available_after is not null
+        ))
+        -- the id carries the millisecond of created_at: a row is in the partition of its
+        -- month, and a window of time is a range of ids
+        and left(p_id::text, 8) || substr(p_id::text, 10, 4)
+        = lpad(to_hex(floor(extract(epoch from p_created_at) * 1000)::bigint), 12, '0');
+end;
+$$;
+revoke all on function credit_private.journal_row_ok(
+    text, bigint, bigint, uuid, uuid, jsonb, jsonb, text, bigint, text, text, uuid, bigint, uuid,
+    timestamptz
+) from public, anon, authenticated, service_role;
+
 create table public.credit_transactions (
-    id uuid not null default credit_private.uuid_v7(),
+    id uuid not null,
     account_id bigint not null references public.credit_accounts (id),
     seq bigint not null,
     user_id text not null,
@@ -212,11 +270,13 @@ create table public.credit_transactions (
     -- refund names the row it refunds, a capture and only a capture its hold; metadata is a
     -- JSON object; usage only on a priced usage or capture row, model = usage's model; a
     -- job_name on a priced fixed_job row and nowhere else; available_after only on a usage
-    -- or fixed_job row; a key record (request_hash) only on a keyed one with available_after
+    -- or fixed_job row; a key record (request_hash) only on a keyed one with available_after;
+    -- the id carries created_at's millisecond
     constraint credit_transactions_row_check check (
         credit_private.journal_row_ok(
             type, amount, seq, refund_of, reservation_id, metadata, usage, model,
-            pricing_version, job_name, idempotency_key, request_hash, available_after
+            pricing_version, job_name, idempotency_key, request_hash, available_after, id,
+            created_at
         )
     )
 )
@@ -419,6 +479,9 @@ order by t.account_id, t.idempotency_key;
 
 drop table credit_private.credit_grant_draws_unpartitioned;
 drop table credit_private.credit_transactions_unpartitioned;
+drop function credit_private.journal_row_ok(
+    text, bigint, bigint, uuid, uuid, jsonb, jsonb, text, bigint, text, text, uuid, bigint
+);
 
 -- ---------------------------------------------------------------- the keys that point to the journal
 
@@ -457,7 +520,8 @@ select
         when t.type = 'void' then 'void'
         else 'credit'
     end as kind,
-    abs(t.amount) as amount
+    abs(t.amount) as amount,
+    t.id
 from public.credit_transactions as t
 left join public.credit_transactions as o on t.refund_of = o.id;
 comment on view credit_private.journal_activity is
@@ -947,6 +1011,122 @@ end;
 $$;
 revoke all on function credit_private.find_replay(bigint, text, text, jsonb)
 from public, anon, authenticated, service_role;
+
+create or replace function credit_private.spend(p_start timestamptz, p_end timestamptz, p_by text)
+returns table (
+    key text,
+    spent numeric,
+    refunded numeric,
+    charges bigint,
+    refunds bigint,
+    users bigint,
+    credited numeric,
+    expired numeric
+)
+language plpgsql
+stable
+set search_path = ''
+set plan_cache_mode = force_custom_plan
+as $$
+begin
+    -- What counts in [p_start, p_end), one row per group of p_by: 'day' (UTC), 'model',
+    -- 'user', or null for the whole window (every kind of row; no row for an empty one).
+    -- Planned for each call, so p_by is a constant to the planner: the group key is one
+    -- column, and the join that finds a refund's model is planned only for 'model'.
+    return query
+    select
+        case p_by
+            when 'day' then ((a.created_at at time zone 'UTC')::date)::text
+            when 'model' then a.model
+            when 'user' then a.user_id
+        end,
+        coalesce(sum(a.amount) filter (where a.kind = 'charge'), 0),
+        coalesce(sum(a.amount) filter (where a.kind = 'refund'), 0),
+        count(*) filter (where a.kind = 'charge'),
+        count(*) filter (where a.kind = 'refund'),
+        count(distinct a.user_id) filter (where a.kind = 'charge'),
+        coalesce(sum(a.amount) filter (where a.kind = 'credit'), 0),
+        coalesce(sum(a.amount) filter (where a.kind = 'expiry'), 0)
+    from credit_private.journal_activity as a
+    where
+        a.created_at >= p_start and a.created_at < p_end
+        -- the same window in ids (each carries its created_at's millisecond): the planner
+        -- reads only the months' partitions it spans
+        and a.id >= credit_private.uuid_floor(p_start)
+        and a.id < credit_private.uuid_floor(p_end + interval '1 millisecond')
+        and (p_by is null or a.kind in ('charge', 'refund'))
+    group by 1;
+end;
+$$;
+revoke all on function credit_private.spend(timestamptz, timestamptz, text)
+from public, anon, authenticated, service_role;
+grant execute on function credit_private.spend(timestamptz, timestamptz, text)
+to service_role;
+
+create or replace function public.credit_export_journal(
+    p_start timestamptz,
+    p_end timestamptz,
+    p_user_id text default null,
+    p_after_account bigint default null,
+    p_after_seq bigint default null,
+    p_limit integer default 1000
+)
+returns setof public.credit_journal_row
+language plpgsql
+stable
+security invoker
+set search_path = ''
+set plan_cache_mode = force_custom_plan
+as $$
+begin
+    perform credit_private.check_window(p_start, p_end);
+    if p_limit is null or p_limit < 1 or p_limit > 10000 then
+        perform credit_private.fail(
+            'DC006',
+            format('limit must be from 1 to 10000, got %s', coalesce(p_limit::text, 'null')),
+            jsonb_build_object('argument', 'limit')
+        );
+    end if;
+    -- a cursor is both halves of the last row's key, or none (the first page)
+    if (p_after_account is null) <> (p_after_seq is null) then
+        perform credit_private.fail(
+            'DC006',
+            format('the cursor must be an account and a seq, or neither, got (%s, %s)',
+                coalesce(p_after_account::text, 'null'), coalesce(p_after_seq::text, 'null')),
+            jsonb_build_object('argument', 'cursor')
+        );
+    end if;
+    if p_user_id is not null then
+        perform credit_private.check_user_id(p_user_id);
+    end if;
+    -- the row comparison walks the (account_id, seq) index from the cursor, within the
+    -- user's account when one is named (planned per call, so the index range is exact);
+    -- the window filters the rows it meets
+    return query
+    select
+        t.id, t.account_id, t.seq, t.user_id, t.type, t.amount, t.balance_after, t.grant_id,
+        t.reservation_id, t.refund_of, t.idempotency_key, t.metadata, t.created_at,
+        t.pricing_version, t.usage, t.model, t.job_name, t.attributed_user_id
+    from public.credit_transactions as t
+    where
+        (p_after_account is null or (t.account_id, t.seq) > (p_after_account, p_after_seq))
+        and t.created_at >= p_start and t.created_at < p_end
+        -- the window in ids: only the partitions of its months are read
+        and t.id >= credit_private.uuid_floor(p_start)
+        and t.id < credit_private.uuid_floor(p_end + interval '1 millisecond')
+        and (p_user_id is null or t.account_id = (
+            select a.id from public.credit_accounts as a where a.user_id = p_user_id
+        ))
+    order by t.account_id, t.seq
+    limit p_limit;
+end;
+$$;
+revoke all on function public.credit_export_journal(
+    timestamptz, timestamptz, text, bigint, bigint, integer
+) from public, anon, authenticated, service_role;
+grant execute on function public.credit_export_journal(
+    timestamptz, timestamptz, text, bigint, bigint, integer
+) to service_role;
 
 create or replace function public.credit_refund_transaction(
     p_transaction_id uuid,

@@ -77,7 +77,9 @@ create function credit_private.journal_row_ok(
     p_job_name text,
     p_idempotency_key text,
     p_request_hash uuid,
-    p_available_after bigint
+    p_available_after bigint,
+    p_id uuid,
+    p_created_at timestamptz
 )
 returns boolean
 language plpgsql
@@ -107,11 +109,16 @@ begin
         -- a key record only on a keyed one-call debit, with what its replay returns
         and (p_request_hash is null or (
             p_idempotency_key is not null and p_available_after is not null
-        ));
+        ))
+        -- the id carries the millisecond of created_at: a row is in the partition of its
+        -- month, and a window of time is a range of ids
+        and left(p_id::text, 8) || substr(p_id::text, 10, 4)
+        = lpad(to_hex(floor(extract(epoch from p_created_at) * 1000)::bigint), 12, '0');
 end;
 $$;
 revoke all on function credit_private.journal_row_ok(
-    text, bigint, bigint, uuid, uuid, jsonb, jsonb, text, bigint, text, text, uuid, bigint
+    text, bigint, bigint, uuid, uuid, jsonb, jsonb, text, bigint, text, text, uuid, bigint, uuid,
+    timestamptz
 ) from public, anon, authenticated, service_role;
 
 create function credit_private.grant_row_ok(
@@ -188,7 +195,7 @@ comment on column public.credit_accounts.features is
 -- ---------------------------------------------------------------- the journal
 
 create table public.credit_transactions (
-    id uuid not null default credit_private.uuid_v7(),
+    id uuid not null,
     account_id bigint not null references public.credit_accounts (id),
     seq bigint not null,
     user_id text not null,
@@ -216,11 +223,13 @@ create table public.credit_transactions (
     -- refund names the row it refunds, a capture and only a capture its hold; metadata is a
     -- JSON object; usage only on a priced usage or capture row, model = usage's model; a
     -- job_name on a priced fixed_job row and nowhere else; available_after only on a usage
-    -- or fixed_job row; a key record (request_hash) only on a keyed one with available_after
+    -- or fixed_job row; a key record (request_hash) only on a keyed one with available_after;
+    -- the id carries created_at's millisecond
     constraint credit_transactions_row_check check (
         credit_private.journal_row_ok(
             type, amount, seq, refund_of, reservation_id, metadata, usage, model,
-            pricing_version, job_name, idempotency_key, request_hash, available_after
+            pricing_version, job_name, idempotency_key, request_hash, available_after, id,
+            created_at
         )
     )
 )

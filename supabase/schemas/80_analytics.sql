@@ -32,7 +32,8 @@ select
         when t.type = 'void' then 'void'
         else 'credit'
     end as kind,
-    abs(t.amount) as amount
+    abs(t.amount) as amount,
+    t.id
 from public.credit_transactions as t
 left join public.credit_transactions as o on t.refund_of = o.id;
 comment on view credit_private.journal_activity is
@@ -108,6 +109,10 @@ begin
     from credit_private.journal_activity as a
     where
         a.created_at >= p_start and a.created_at < p_end
+        -- the same window in ids (each carries its created_at's millisecond): the planner
+        -- reads only the months' partitions it spans
+        and a.id >= credit_private.uuid_floor(p_start)
+        and a.id < credit_private.uuid_floor(p_end + interval '1 millisecond')
         and (p_by is null or a.kind in ('charge', 'refund'))
     group by 1;
 end;

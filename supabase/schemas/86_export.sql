@@ -85,6 +85,9 @@ begin
     where
         (p_after_account is null or (t.account_id, t.seq) > (p_after_account, p_after_seq))
         and t.created_at >= p_start and t.created_at < p_end
+        -- the window in ids: only the partitions of its months are read
+        and t.id >= credit_private.uuid_floor(p_start)
+        and t.id < credit_private.uuid_floor(p_end + interval '1 millisecond')
         and (p_user_id is null or t.account_id = (
             select a.id from public.credit_accounts as a where a.user_id = p_user_id
         ))

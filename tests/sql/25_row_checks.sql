@@ -8,7 +8,7 @@
 -- written directly has priority 90, so deducts draw from the 100 first); the
 -- statements run as the superuser that owns the tables.
 begin;
-select plan(35);
+select plan(37);
 
 set local ducto.now to '2030-01-01 00:00:00+00';
 
@@ -25,7 +25,8 @@ begin
     select * from jsonb_populate_record(
         null::public.credit_transactions,
         jsonb_build_object(
-            'id', gen_random_uuid(),
+            -- an id that carries created_at, as every journal row's does
+            'id', credit_private.uuid_v7('2030-01-01 00:00:00+00'),
             'account_id', (select a.id from public.credit_accounts as a
                            where a.user_id = 'test_owner'),
             'seq', 1000,
@@ -138,6 +139,14 @@ from (values
         21, '{"request_hash": "00000000-0000-0000-0000-000000000001",'
         || ' "idempotency_key": "k"}',
         'a key record has what its replay returns'
+    ),
+    (
+        22, '{"id": "01234567-89ab-7def-8123-456789abcdef"}',
+        'the id carries the millisecond of created_at'
+    ),
+    (
+        23, '{"created_at": "2030-01-01 00:00:00.001+00"}',
+        'the id carries the millisecond of created_at, to the millisecond'
     )
 ) as c (n, change, rule)
 order by c.n;
