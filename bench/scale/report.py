@@ -31,11 +31,15 @@ ANALYTICS = {
 # the last 24 hours: the generated journal's rows end now, at one rate for every size
 DAY = "select now() - interval '1 day', now()"
 
-# tables of the ledger and their sizes (heap, indexes, TOAST), largest first
+# tables of the ledger and their sizes (heap, indexes, TOAST), largest first; a partitioned
+# table is the sum of its partitions
 SIZES = """
-select c.relname, pg_total_relation_size(c.oid)
+select coalesce(p.relname, c.relname), sum(pg_total_relation_size(c.oid))
 from pg_class as c join pg_namespace as n on n.oid = c.relnamespace
+left join pg_inherits as i on i.inhrelid = c.oid
+left join pg_class as p on p.oid = i.inhparent
 where c.relkind = 'r' and n.nspname in ('public', 'credit_private')
+group by 1
 order by 2 desc
 """
 
