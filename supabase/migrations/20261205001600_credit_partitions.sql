@@ -124,24 +124,30 @@ revoke all on table credit_private.legacy_transaction_ids
 from public, anon, authenticated, service_role;
 grant select on table credit_private.legacy_transaction_ids to service_role;
 
+-- every row whose id does not carry its created_at's millisecond
 insert into credit_private.legacy_transaction_ids (legacy_id, account_id, id)
-select t.id, t.account_id, credit_private.uuid_v7(t.created_at)
+select
+    t.id as legacy_id,
+    t.account_id,
+    credit_private.uuid_v7(t.created_at) as id
 from public.credit_transactions as t
 where
-    substr(t.id::text, 15, 1) <> '7'
-    or date_trunc('month', credit_private.uuid_time(t.id), 'UTC')
-    <> date_trunc('month', t.created_at, 'UTC')
+    t.id < credit_private.uuid_floor(t.created_at)
+    or t.id >= credit_private.uuid_floor(t.created_at + interval '1 millisecond')
 order by t.account_id, t.seq;
 
 -- ---------------------------------------------------------------- the old tables step aside
 
 alter table public.credit_grants drop constraint credit_grants_transaction_id_fkey;
 alter table public.credit_reservations drop constraint credit_reservations_transaction_id_fkey;
-alter table public.credit_topup_requests drop constraint credit_topup_requests_transaction_id_fkey;
-alter table public.credit_stripe_payments drop constraint credit_stripe_payments_transaction_id_fkey;
+alter table public.credit_topup_requests
+drop constraint credit_topup_requests_transaction_id_fkey;
+alter table public.credit_stripe_payments
+drop constraint credit_stripe_payments_transaction_id_fkey;
 alter table public.credit_stripe_clawbacks
 drop constraint credit_stripe_clawbacks_transaction_id_fkey;
-alter table public.credit_stripe_invoices drop constraint credit_stripe_invoices_transaction_id_fkey;
+alter table public.credit_stripe_invoices
+drop constraint credit_stripe_invoices_transaction_id_fkey;
 
 -- the rows that point to a journal row by id follow it to its new id
 update public.credit_grants as g set transaction_id = m.id
@@ -424,15 +430,31 @@ from (
 select credit_private.create_partitions(now(), now() + interval '3 months');
 
 insert into public.credit_transactions (
-    id, account_id, seq, user_id, type, amount, balance_after, grant_id, reservation_id,
-    refund_of, idempotency_key, metadata, created_at, pricing_version, usage, model, job_name,
-    attributed_user_id, request_hash, available_after
+    account_id, seq, user_id, type, amount, balance_after, grant_id, reservation_id,
+    idempotency_key, metadata, created_at, pricing_version, usage, model, job_name,
+    attributed_user_id, request_hash, available_after, id, refund_of
 )
 select
-    coalesce(m.id, t.id), t.account_id, t.seq, t.user_id, t.type, t.amount, t.balance_after,
-    t.grant_id, t.reservation_id, coalesce(r.id, t.refund_of), t.idempotency_key, t.metadata,
-    t.created_at, t.pricing_version, t.usage, t.model, t.job_name, t.attributed_user_id,
-    t.request_hash, t.available_after
+    t.account_id,
+    t.seq,
+    t.user_id,
+    t.type,
+    t.amount,
+    t.balance_after,
+    t.grant_id,
+    t.reservation_id,
+    t.idempotency_key,
+    t.metadata,
+    t.created_at,
+    t.pricing_version,
+    t.usage,
+    t.model,
+    t.job_name,
+    t.attributed_user_id,
+    t.request_hash,
+    t.available_after,
+    coalesce(m.id, t.id) as id,
+    coalesce(r.id, t.refund_of) as refund_of
 from credit_private.credit_transactions_unpartitioned as t
 left join credit_private.legacy_transaction_ids as m
     on t.id = m.legacy_id and t.account_id = m.account_id
@@ -440,9 +462,14 @@ left join credit_private.legacy_transaction_ids as r
     on t.refund_of = r.legacy_id and t.account_id = r.account_id
 order by t.account_id, t.seq;
 
-insert into public.credit_grant_draws (id, transaction_id, grant_id, amount, account_id)
+insert into public.credit_grant_draws (id, grant_id, amount, account_id, transaction_id)
 overriding system value
-select d.id, coalesce(m.id, d.transaction_id), d.grant_id, d.amount, d.account_id
+select
+    d.id,
+    d.grant_id,
+    d.amount,
+    d.account_id,
+    coalesce(m.id, d.transaction_id) as transaction_id
 from credit_private.credit_grant_draws_unpartitioned as d
 left join credit_private.legacy_transaction_ids as m
     on d.transaction_id = m.legacy_id and d.account_id = m.account_id
@@ -472,7 +499,10 @@ revoke all on table public.credit_debit_keys from public, anon, authenticated, s
 grant select on table public.credit_debit_keys to service_role;
 
 insert into public.credit_debit_keys (account_id, idempotency_key, transaction_id)
-select t.account_id, t.idempotency_key, t.id
+select
+    t.account_id,
+    t.idempotency_key,
+    t.id as transaction_id
 from public.credit_transactions as t
 where t.request_hash is not null
 order by t.account_id, t.idempotency_key;
@@ -509,6 +539,8 @@ references public.credit_transactions (account_id, id);
 create view credit_private.journal_activity with (security_invoker = true) as
 select
     t.created_at,
+    -- a window of time is a range of ids too (each carries its created_at's millisecond)
+    t.id,
     coalesce(t.attributed_user_id, t.user_id) as user_id,
     -- only refunds need the original row; the join is dropped when model is not read
     coalesce(t.model, o.model) as model,
@@ -520,8 +552,7 @@ select
         when t.type = 'void' then 'void'
         else 'credit'
     end as kind,
-    abs(t.amount) as amount,
-    t.id
+    abs(t.amount) as amount
 from public.credit_transactions as t
 left join public.credit_transactions as o on t.refund_of = o.id;
 comment on view credit_private.journal_activity is

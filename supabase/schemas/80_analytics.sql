@@ -21,6 +21,8 @@
 create view credit_private.journal_activity with (security_invoker = true) as
 select
     t.created_at,
+    -- a window of time is a range of ids too (each carries its created_at's millisecond)
+    t.id,
     coalesce(t.attributed_user_id, t.user_id) as user_id,
     -- only refunds need the original row; the join is dropped when model is not read
     coalesce(t.model, o.model) as model,
@@ -32,8 +34,7 @@ select
         when t.type = 'void' then 'void'
         else 'credit'
     end as kind,
-    abs(t.amount) as amount,
-    t.id
+    abs(t.amount) as amount
 from public.credit_transactions as t
 left join public.credit_transactions as o on t.refund_of = o.id;
 comment on view credit_private.journal_activity is
