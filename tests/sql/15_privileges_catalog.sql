@@ -99,6 +99,8 @@ select set_eq(
         'credit_private.fail(text, text, jsonb, text) | service_role | EXECUTE',
         'credit_private.reader_id(text, text) | authenticated | EXECUTE',
         'credit_private.reader_id(text, text) | service_role | EXECUTE',
+        'credit_private.uuid_floor(timestamp with time zone) | authenticated | EXECUTE',
+        'credit_private.uuid_floor(timestamp with time zone) | service_role | EXECUTE',
         'public.credit_add_credits(text, numeric, text, text, integer, timestamp with time zone,'
         || ' jsonb, text, text[]) | service_role | EXECUTE',
         'public.credit_deduct_credits(text, numeric, numeric, jsonb, text) | service_role | EXECUTE',
@@ -222,9 +224,9 @@ select set_eq(
     ],
     'Function privileges are exactly the allowlist: service_role executes every RPC and the'
     || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id,'
-    || ' reader_id, fail, and the pricing reads); authenticated only the readers of their own'
-    || ' balance, plan and statements (credit_get_balance, credit_get_user_plan,'
-    || ' credit_check_feature, credit_balance_at, credit_statement) and the six helpers they'
+    || ' reader_id, fail, uuid_floor, and the pricing reads); authenticated only the readers of'
+    || ' their own balance, plan and statements (credit_get_balance, credit_get_user_plan,'
+    || ' credit_check_feature, credit_balance_at, credit_statement) and the seven helpers they'
     || ' call; nothing else.'
 );
 select set_eq(
