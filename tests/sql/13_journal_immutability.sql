@@ -20,6 +20,20 @@ select * from credit_deduct_credits('test_owner', 30);
 -- pending, which would hide what the append-only triggers do
 set constraints all immediate;
 
+-- 'SQLSTATE: message' of the error a statement raises. A row is refused by the trigger of
+-- the partition it lies in (15_partitions.sql), which names that partition.
+create function pg_temp.error_line(p_sql text)
+returns text
+language plpgsql
+as $$
+begin
+    execute p_sql;
+    return 'no error';
+exception when others then
+    return sqlstate || ': ' || sqlerrm;
+end;
+$$;
+
 select ok(
     (select rolsuper from pg_roles where rolname = current_user)
     and (select pg_get_userbyid(relowner) = current_user from pg_class
@@ -29,10 +43,9 @@ select ok(
 
 -- ---------------------------------------------------------------- credit_transactions
 
-select throws_ok(
-    $$update credit_transactions set amount = -1 where id = (select transaction_id from spend)$$,
-    'DC900',
-    'the credit journal is append-only: UPDATE on credit_transactions is not allowed',
+select matches(
+    pg_temp.error_line($$update credit_transactions set amount = -1 where id = (select transaction_id from spend)$$),
+    '^DC900: the credit journal is append-only: UPDATE on credit_transactions(_p[0-9]{4}_[0-9]{2}|_default)? is not allowed$',
     'UPDATE of a journal row is DC900.'
 );
 select throws_ok(
@@ -40,10 +53,9 @@ select throws_ok(
     'DC900', null,
     'UPDATE of any column, on every row, is DC900.'
 );
-select throws_ok(
-    $$delete from credit_transactions where id = (select transaction_id from spend)$$,
-    'DC900',
-    'the credit journal is append-only: DELETE on credit_transactions is not allowed',
+select matches(
+    pg_temp.error_line($$delete from credit_transactions where id = (select transaction_id from spend)$$),
+    '^DC900: the credit journal is append-only: DELETE on credit_transactions(_p[0-9]{4}_[0-9]{2}|_default)? is not allowed$',
     'DELETE of a journal row is DC900.'
 );
 select throws_ok(
@@ -71,16 +83,14 @@ select throws_ok(
 
 -- ---------------------------------------------------------------- credit_grant_draws
 
-select throws_ok(
-    $$update credit_grant_draws set amount = amount + 1$$,
-    'DC900',
-    'the credit journal is append-only: UPDATE on credit_grant_draws is not allowed',
+select matches(
+    pg_temp.error_line($$update credit_grant_draws set amount = amount + 1$$),
+    '^DC900: the credit journal is append-only: UPDATE on credit_grant_draws(_p[0-9]{4}_[0-9]{2}|_default)? is not allowed$',
     'UPDATE of a draw is DC900.'
 );
-select throws_ok(
-    $$delete from credit_grant_draws$$,
-    'DC900',
-    'the credit journal is append-only: DELETE on credit_grant_draws is not allowed',
+select matches(
+    pg_temp.error_line($$delete from credit_grant_draws$$),
+    '^DC900: the credit journal is append-only: DELETE on credit_grant_draws(_p[0-9]{4}_[0-9]{2}|_default)? is not allowed$',
     'DELETE of a draw is DC900.'
 );
 select throws_ok(

@@ -13,7 +13,7 @@
 --     that service_role may execute every public credit_ function.
 -- The owner's own privileges are left out (the migration owner is not an API role).
 begin;
-select plan(25);
+select plan(26);
 
 -- the object names below are printed as in this search path
 set local search_path to public, extensions;
@@ -217,7 +217,8 @@ select set_eq(
         || ' | EXECUTE',
         'public.credit_claim_topup_requests(integer, integer) | service_role | EXECUTE',
         'public.credit_record_topup_payment(uuid, text) | service_role | EXECUTE',
-        'public.credit_complete_topup(uuid, text, text, text) | service_role | EXECUTE'
+        'public.credit_complete_topup(uuid, text, text, text) | service_role | EXECUTE',
+        'public.credit_partitions() | service_role | EXECUTE'
     ],
     'Function privileges are exactly the allowlist: service_role executes every RPC and the'
     || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id,'
@@ -405,10 +406,21 @@ select set_eq(
     'In credit_private, service_role can execute only the helpers its read RPCs call (none'
     || ' of them writes).'
 );
+-- (the tables in credit_private, the journal's partitions among them, are read only through
+-- the RPCs and the parent tables: the allowlist above grants nothing on them)
 select is_empty(
     $$select object from ducto_relation
-      where relkind in ('r', 'p') and not has_table_privilege('service_role', oid, 'SELECT')$$,
-    'service_role can SELECT every ducto table.'
+      where relkind in ('r', 'p') and nspname = 'public'
+        and not has_table_privilege('service_role', oid, 'SELECT')$$,
+    'service_role can SELECT every ducto table in public.'
+);
+select is_empty(
+    $$select object from ducto_relation
+      where nspname = 'credit_private' and relkind in ('r', 'p')
+        and exists (select from unnest(array['anon', 'authenticated', 'service_role']) as r (n)
+            where has_table_privilege(r.n, oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE'))$$,
+    'No API role has any privilege on a table in credit_private (the journal''s partitions,'
+    || ' the legacy ids).'
 );
 select is_empty(
     $$select object from ducto_relation
@@ -425,8 +437,10 @@ select is_empty(
 -- ---------------------------------------------------------------- row-level security
 
 select is_empty(
-    $$select object from ducto_relation where relkind in ('r', 'p') and not relrowsecurity$$,
-    'Every ducto table has row-level security enabled.'
+    $$select object from ducto_relation
+      where relkind in ('r', 'p') and nspname = 'public' and not relrowsecurity$$,
+    'Every ducto table in public has row-level security enabled (a partition is read through'
+    || ' its parent, whose policies apply).'
 );
 select is_empty(
     $$select object from ducto_relation
@@ -482,10 +496,12 @@ select set_eq(
         || ' bigint, bigint, integer, integer, boolean)',
         'public.credit_claim_topup_requests(integer, integer)',
         'public.credit_record_topup_payment(uuid, text)',
-        'public.credit_complete_topup(uuid, text, text, text)'
+        'public.credit_complete_topup(uuid, text, text, text)',
+        -- a read, of the default partitions that no API role may read
+        'public.credit_partitions()'
     ],
-    'Exactly the write RPCs are SECURITY DEFINER; the reads and every credit_private'
-    || ' helper run as the caller.'
+    'Exactly the write RPCs and credit_partitions are SECURITY DEFINER; the other reads and'
+    || ' every credit_private helper run as the caller.'
 );
 select is_empty(
     $$select object from ducto_function

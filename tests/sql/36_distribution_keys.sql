@@ -127,10 +127,17 @@ create table credit_private.keys_probe_loose (
     unique (id, account_id),
     foreign key (transaction_id, account_id) references public.credit_transactions (id, account_id)
 );
--- pairs the account with the journal's seq: a key of the journal, but not its account
+-- an account table with a key of a number and the account (as (account_id, seq) was of the
+-- journal before the journal was partitioned)
+create table credit_private.keys_probe_numbered (
+    account_id bigint not null,
+    n bigint not null,
+    unique (n, account_id)
+);
+-- pairs the account with the other table's number: a key of it, but not its account
 alter table credit_private.keys_probe_loose
 add constraint keys_probe_loose_cross foreign key (account_id, seq)
-references public.credit_transactions (seq, account_id);
+references credit_private.keys_probe_numbered (n, account_id);
 select results_eq(
     $$select offence collate "default" from key_offence
       where relname = 'keys_probe_loose' order by 1$$,
