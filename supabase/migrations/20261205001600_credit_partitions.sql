@@ -47,7 +47,9 @@ $$;
 revoke all on function credit_private.uuid_time(uuid)
 from public, anon, authenticated, service_role;
 
-create function credit_private.create_partitions(p_from timestamptz, p_to timestamptz)
+create function credit_private.create_partitions(
+    p_from timestamptz, p_to timestamptz, p_if_free boolean default false
+)
 returns integer
 language plpgsql
 volatile
@@ -61,7 +63,20 @@ declare
     v_high uuid;
     v_stragglers boolean;
     v_created integer := 0;
+    v_lock_timeout text;
 begin
+    if p_if_free then
+        v_lock_timeout := current_setting('lock_timeout');
+        perform set_config('lock_timeout', '20ms', true);
+        begin
+            v_created := credit_private.create_partitions(p_from, p_to);
+        exception when lock_not_available then
+            -- what it made is undone with the block
+            v_created := 0;
+        end;
+        perform set_config('lock_timeout', v_lock_timeout, true);
+        return v_created;
+    end if;
     -- one creator at a time (two sweeps at once would race for the same names)
     perform pg_advisory_xact_lock(hashtext('credit_private.create_partitions'));
     while v_month <= p_to loop
@@ -99,7 +114,7 @@ begin
     return v_created;
 end;
 $$;
-revoke all on function credit_private.create_partitions(timestamptz, timestamptz)
+revoke all on function credit_private.create_partitions(timestamptz, timestamptz, boolean)
 from public, anon, authenticated, service_role;
 
 -- ---------------------------------------------------------------- ids that carry their month
@@ -117,7 +132,10 @@ revoke all on table credit_private.legacy_transaction_ids
 from public, anon, authenticated, service_role;
 
 insert into credit_private.legacy_transaction_ids (legacy_id, account_id, id)
-select t.id, t.account_id, credit_private.uuid_v7(t.created_at)
+select
+    t.id as legacy_id,
+    t.account_id,
+    credit_private.uuid_v7(t.created_at) as id
 from public.credit_transactions as t
 where
     substr(t.id::text, 15, 1) <> '7'
@@ -129,11 +147,14 @@ order by t.account_id, t.seq;
 
 alter table public.credit_grants drop constraint credit_grants_transaction_id_fkey;
 alter table public.credit_reservations drop constraint credit_reservations_transaction_id_fkey;
-alter table public.credit_topup_requests drop constraint credit_topup_requests_transaction_id_fkey;
-alter table public.credit_stripe_payments drop constraint credit_stripe_payments_transaction_id_fkey;
+alter table public.credit_topup_requests
+drop constraint credit_topup_requests_transaction_id_fkey;
+alter table public.credit_stripe_payments
+drop constraint credit_stripe_payments_transaction_id_fkey;
 alter table public.credit_stripe_clawbacks
 drop constraint credit_stripe_clawbacks_transaction_id_fkey;
-alter table public.credit_stripe_invoices drop constraint credit_stripe_invoices_transaction_id_fkey;
+alter table public.credit_stripe_invoices
+drop constraint credit_stripe_invoices_transaction_id_fkey;
 
 -- the rows that point to a journal row by id follow it to its new id
 update public.credit_grants as g set transaction_id = m.id
@@ -361,10 +382,26 @@ insert into public.credit_transactions (
     attributed_user_id, request_hash, available_after
 )
 select
-    coalesce(m.id, t.id), t.account_id, t.seq, t.user_id, t.type, t.amount, t.balance_after,
-    t.grant_id, t.reservation_id, coalesce(r.id, t.refund_of), t.idempotency_key, t.metadata,
-    t.created_at, t.pricing_version, t.usage, t.model, t.job_name, t.attributed_user_id,
-    t.request_hash, t.available_after
+    coalesce(m.id, t.id) as id,
+    t.account_id,
+    t.seq,
+    t.user_id,
+    t.type,
+    t.amount,
+    t.balance_after,
+    t.grant_id,
+    t.reservation_id,
+    coalesce(r.id, t.refund_of) as refund_of,
+    t.idempotency_key,
+    t.metadata,
+    t.created_at,
+    t.pricing_version,
+    t.usage,
+    t.model,
+    t.job_name,
+    t.attributed_user_id,
+    t.request_hash,
+    t.available_after
 from credit_private.credit_transactions_unpartitioned as t
 left join credit_private.legacy_transaction_ids as m
     on t.id = m.legacy_id and t.account_id = m.account_id
@@ -374,7 +411,12 @@ order by t.account_id, t.seq;
 
 insert into public.credit_grant_draws (id, transaction_id, grant_id, amount, account_id)
 overriding system value
-select d.id, coalesce(m.id, d.transaction_id), d.grant_id, d.amount, d.account_id
+select
+    d.id,
+    coalesce(m.id, d.transaction_id) as transaction_id,
+    d.grant_id,
+    d.amount,
+    d.account_id
 from credit_private.credit_grant_draws_unpartitioned as d
 left join credit_private.legacy_transaction_ids as m
     on d.transaction_id = m.legacy_id and d.account_id = m.account_id
@@ -1000,9 +1042,6 @@ begin
         return v_result;
     end if;
 
-    -- the journal's partitions of this month and the next three (15_partitions.sql), made
-    -- ahead of the charges that will need them
-    perform credit_private.create_partitions(v_now, v_now + interval '3 months');
     -- grant.expiring of the grants due soon (41_events.sql)
     perform credit_private.emit_expiring_grants(v_now);
     -- one account at a time, in id order: no deadlock with other sweeps or operations
@@ -1023,6 +1062,12 @@ begin
         v_result.expired_holds := v_result.expired_holds + v_holds;
         v_result.expired_hold_amount := v_result.expired_hold_amount + v_hold_amount;
     end loop;
+    -- the journal's partitions of this month and the next three (15_partitions.sql), made
+    -- ahead of the charges that will need them. Last, and only when their locks are free:
+    -- attaching a partition makes the charges wait, and a charge waiting while it holds an
+    -- account this sweep has locked would be a deadlock. A busy moment leaves the months
+    -- to the next sweep, months ahead of the first charge that needs them.
+    perform credit_private.create_partitions(v_now, v_now + interval '3 months', true);
     return v_result;
 end;
 $$;
