@@ -220,6 +220,12 @@ select is(
 -- ---------------------------------------------------------------- the sweep
 
 set local ducto.now to '2037-07-15 00:00:00+00';
+-- the sweep makes partitions only when their locks are free at once: this transaction takes
+-- them first (waiting for any other session's charges), so the sweep finds them held
+lock table public.credit_accounts, public.credit_grants, public.credit_reservations,
+public.credit_topup_requests, public.credit_stripe_payments, public.credit_stripe_clawbacks,
+public.credit_stripe_invoices, public.credit_transactions, public.credit_grant_draws
+in access exclusive mode;
 create temp table swept as select * from credit_sweep_expired();
 select is(
     (select count(*) from pg_class
