@@ -11,6 +11,7 @@ move (``ducto.now``) to months that have no partition yet.
 from __future__ import annotations
 
 import random
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import psycopg
 import pytest
 from conftest import MakeUserToken
 from helpers_api import Api, expect_error, expect_rows, permission_denied
-from helpers_process import install_test_clock, run
+from helpers_process import ROOT, install_test_clock, run
 from psycopg import sql
 from test_cli import Cli
 from test_concurrency import Ledger, connect
@@ -173,6 +174,78 @@ def test_a_sweep_leaves_the_months_to_a_later_one_while_a_charge_runs(fresh: str
         assert "2033_09" in months(ledger)
         assert ledger.verify() == []
         assert ledger.rows(MISPLACED) == []
+
+
+# ---------------------------------------------------------------- moving rows out of the default
+
+
+def documented_move() -> str:
+    """The SQL of docs/operations.md that gives March 2040 its partitions."""
+    page = (ROOT / "docs" / "operations.md").read_text("utf-8")
+    section = page[page.index("### Partitions") :]
+    [block] = [
+        code
+        for code in re.findall(r"```postgresql\n(.*?)```", section, re.S)
+        if "session_replication_role" in code
+    ]
+    return str(block)
+
+
+def test_the_documented_move_gives_a_month_its_partitions(fresh: str) -> None:
+    with connect(fresh) as conn:
+        ledger = Ledger(conn)
+        # March 2040 and May 2040 have no partition: their rows land in the default ones
+        ledger.set_clock(datetime(2040, 3, 3, tzinfo=UTC))
+        ledger.add("mover", 1000)
+        hold = ledger.reserve("mover", 50)
+        ledger.settle(hold["reservation_id"], 40)
+        charge = ledger.deduct("mover", 100)
+        keyed = ledger.deduct("mover", 7, idempotency_key="mover-1")
+        ledger.set_clock(datetime(2040, 3, 20, tzinfo=UTC))
+        ledger.refund(charge["transaction_id"], 30)
+        ledger.set_clock(datetime(2040, 5, 5, tzinfo=UTC))
+        ledger.deduct("mover", 11)
+        stray = {
+            row["partition_name"]: row["row_count"]
+            for row in ledger.rows("select * from credit_partitions() where month is null")
+        }
+        assert stray == {"credit_transactions_default": 6, "credit_grant_draws_default": 5}
+        balance = ledger.balance("mover")
+
+        conn.execute(documented_move().encode())
+
+        # March's rows are in March's partitions, May's still in the default ones
+        assert {"2040_03"} <= months(ledger) and "2040_05" not in months(ledger)
+        assert ledger.rows(
+            "select to_char(created_at at time zone 'UTC', 'YYYY_MM') as month, count(*) as n,"
+            " tableoid::regclass::text as partition from credit_transactions"
+            " group by 1, 3 order by 1"
+        ) == [
+            {
+                "month": "2040_03",
+                "n": 5,
+                "partition": "credit_private.credit_transactions_p2040_03",
+            },
+            {"month": "2040_05", "n": 1, "partition": "credit_private.credit_transactions_default"},
+        ]
+        assert (
+            ledger.one(
+                "select count(*) as n from credit_grant_draws"
+                " where tableoid = 'credit_private.credit_grant_draws_p2040_03'::regclass"
+            )["n"]
+            == 4
+        )
+        assert ledger.verify() == []
+        assert ledger.balance("mover") == balance
+        # the rows kept their ids: the charge refunds, the key replays
+        ledger.set_clock(datetime(2040, 5, 6, tzinfo=UTC))
+        assert ledger.refund(charge["transaction_id"], 70)["amount"] == 70
+        with pytest.raises(psycopg.Error) as refunded:
+            ledger.refund(charge["transaction_id"], 1)
+        assert refunded.value.sqlstate == "DC050"
+        replay = ledger.deduct("mover", 7, idempotency_key="mover-1")
+        assert (replay["is_replay"], replay["transaction_id"]) == (True, keyed["transaction_id"])
+        assert ledger.verify() == []
 
 
 # ---------------------------------------------------------------- the CLI
