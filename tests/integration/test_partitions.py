@@ -28,6 +28,8 @@ from psycopg import sql
 from test_cli import Cli
 from test_concurrency import Ledger, connect
 
+from ducto import CreditManager, PartitionRow
+
 #: a secret the stack does not use: a token signed with it is forged
 OTHER_SECRET = "not-the-stack-secret-" + "0123456789abcdef" * 4
 
@@ -96,6 +98,20 @@ def test_the_service_role_lists_the_partitions(service: Api) -> None:
         if row["month"] is not None:
             month = datetime.fromisoformat(row["month"]).astimezone(UTC)
             assert row["partition_name"].endswith(month.strftime("_p%Y_%m")), row
+
+
+def test_every_client_lists_them_typed(manager: CreditManager) -> None:
+    rows = manager.partitions()
+    assert rows and all(isinstance(row, PartitionRow) for row in rows)
+    assert sorted(row.partition_name for row in rows if row.month is None) == [
+        "credit_grant_draws_default",
+        "credit_transactions_default",
+    ]
+    for row in rows:
+        assert row.row_count >= 0
+        if row.month is not None:
+            assert row.month.tzinfo is not None
+            assert row.partition_name.endswith(row.month.astimezone(UTC).strftime("_p%Y_%m"))
 
 
 def test_no_one_else_lists_them(
