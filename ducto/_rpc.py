@@ -502,6 +502,12 @@ def take_checkpoints(period_start: datetime) -> RpcCall:
     )
 
 
+def partitions() -> RpcCall:
+    """``credit_partitions``: the journal's and the draws' partitions, with the rows of the
+    default partitions."""
+    return RpcCall("credit_partitions", retry_safe=True)
+
+
 def schema_version() -> RpcCall:
     """``credit_schema_version``: the version of ducto's schema in the database."""
     return RpcCall("credit_schema_version", retry_safe=True, returns_scalar=True)

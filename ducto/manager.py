@@ -52,6 +52,7 @@ from ducto.models import (
     LedgerEvent,
     LedgerIssue,
     LimitsResult,
+    PartitionRow,
     PlanResult,
     PricePlan,
     RefundResult,
@@ -869,6 +870,15 @@ class AsyncCreditManager:
         records nothing more.
         """
         return await self._one(CheckpointResult, _rpc.take_checkpoints(period_start))
+
+    async def partitions(self) -> list[PartitionRow]:
+        """The partitions of the journal and of its draws, one per month and a default one
+        each (service role).
+
+        A default partition holds the rows of months without a partition: its ``row_count``
+        should be 0 (docs/operations.md, "Partitions").
+        """
+        return _rpc.many(PartitionRow, await self.store.call(_rpc.partitions()))
 
     async def schema_version(self) -> str | None:
         """The version of ducto's schema in the database (None when it is not installed).
@@ -1730,6 +1740,15 @@ class CreditManager:
         records nothing more.
         """
         return self._one(CheckpointResult, _rpc.take_checkpoints(period_start))
+
+    def partitions(self) -> list[PartitionRow]:
+        """The partitions of the journal and of its draws, one per month and a default one
+        each (service role).
+
+        A default partition holds the rows of months without a partition: its ``row_count``
+        should be 0 (docs/operations.md, "Partitions").
+        """
+        return _rpc.many(PartitionRow, self.store.call(_rpc.partitions()))
 
     def schema_version(self) -> str | None:
         """The version of ducto's schema in the database (None when it is not installed).

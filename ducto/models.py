@@ -177,6 +177,21 @@ class CheckpointResult:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionRow:
+    """A partition of the journal or of the draws (``credit_partitions``).
+
+    ``month`` is the first instant (UTC) of the month it holds; None for the default
+    partition, which catches the rows of a month without a partition. Its ``row_count`` is
+    exact and should be 0; a month's is the estimate of the table statistics.
+    """
+
+    table_name: str
+    partition_name: str
+    month: datetime | None
+    row_count: int
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerIssue:
     """One broken ledger invariant reported by ``verify_ledger()``."""
 

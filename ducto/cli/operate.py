@@ -1,5 +1,5 @@
-"""Install, inspect and maintain the ledger: setup, status, verify, checkpoint, sweep, sql
-export."""
+"""Install, inspect and maintain the ledger: setup, status, verify, checkpoint, partitions,
+sweep, sql export."""
 
 from __future__ import annotations
 
@@ -144,6 +144,32 @@ def checkpoint(
         f" with {count(result.grants, 'grant balance')}; {result.kept:,} already there.",
         as_json=as_json,
     )
+
+
+def partitions(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """List the journal's partitions: a month each, and a default one per table.
+
+    Exits 1 when a default partition holds rows (their months have no partition), so a
+    monitor can run it.
+    """
+    with session(ctx.obj) as manager:
+        rows = manager.partitions()
+    stray = sum(row.row_count for row in rows if row.month is None)
+    table(
+        rows,
+        ("partition_name", "month", "row_count"),
+        title=f"{count(len(rows), 'partition')}",
+        as_json=as_json,
+        empty="No partitions: the journal is not partitioned (a schema before 0.7.0).",
+        caption="A month's row count is the statistics' estimate; a default partition's is"
+        " exact, and should be 0.",
+    )
+    if stray:
+        raise fail(
+            f"{count(stray, 'row')} in a default partition: a month without a partition"
+            ' (docs/operations.md, "Partitions")',
+            ExitCode.REFUSED,
+        )
 
 
 def sweep(

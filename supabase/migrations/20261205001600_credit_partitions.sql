@@ -50,7 +50,9 @@ $$;
 revoke all on function credit_private.uuid_time(uuid)
 from public, anon, authenticated, service_role;
 
-create function credit_private.create_partitions(p_from timestamptz, p_to timestamptz)
+create function credit_private.create_partitions(
+    p_from timestamptz, p_to timestamptz, p_if_free boolean default false
+)
 returns integer
 language plpgsql
 volatile
@@ -64,7 +66,20 @@ declare
     v_high uuid;
     v_stragglers boolean;
     v_created integer := 0;
+    v_lock_timeout text;
 begin
+    if p_if_free then
+        v_lock_timeout := current_setting('lock_timeout');
+        perform set_config('lock_timeout', '20ms', true);
+        begin
+            v_created := credit_private.create_partitions(p_from, p_to);
+        exception when lock_not_available then
+            -- what it made is undone with the block
+            v_created := 0;
+        end;
+        perform set_config('lock_timeout', v_lock_timeout, true);
+        return v_created;
+    end if;
     -- one creator at a time (two sweeps at once would race for the same names)
     perform pg_advisory_xact_lock(hashtext('credit_private.create_partitions'));
     while v_month <= p_to loop
@@ -107,7 +122,7 @@ begin
     return v_created;
 end;
 $$;
-revoke all on function credit_private.create_partitions(timestamptz, timestamptz)
+revoke all on function credit_private.create_partitions(timestamptz, timestamptz, boolean)
 from public, anon, authenticated, service_role;
 
 -- ---------------------------------------------------------------- ids that carry their month
@@ -1411,9 +1426,6 @@ begin
         return v_result;
     end if;
 
-    -- the journal's partitions of this month and the next three (15_partitions.sql), made
-    -- ahead of the charges that will need them
-    perform credit_private.create_partitions(v_now, v_now + interval '3 months');
     -- grant.expiring of the grants due soon (41_events.sql)
     perform credit_private.emit_expiring_grants(v_now);
     -- one account at a time, in id order: no deadlock with other sweeps or operations
@@ -1434,6 +1446,12 @@ begin
         v_result.expired_holds := v_result.expired_holds + v_holds;
         v_result.expired_hold_amount := v_result.expired_hold_amount + v_hold_amount;
     end loop;
+    -- the journal's partitions of this month and the next three (15_partitions.sql), made
+    -- ahead of the charges that will need them. Last, and only when their locks are free:
+    -- attaching a partition makes the charges wait, and a charge waiting while it holds an
+    -- account this sweep has locked would be a deadlock. A busy moment leaves the months
+    -- to the next sweep, months ahead of the first charge that needs them.
+    perform credit_private.create_partitions(v_now, v_now + interval '3 months', true);
     return v_result;
 end;
 $$;

@@ -70,8 +70,15 @@ grant select on table credit_private.legacy_transaction_ids to service_role;
 -- month of p_from to the month of p_to (UTC). Returns how many it created. A month that
 -- already has its partitions is left as it is; a month with rows in a default partition
 -- is skipped (credit_partitions() reports them). Each partition is created alone and then
--- attached, which locks the parent only against other schema changes: charges go on.
-create function credit_private.create_partitions(p_from timestamptz, p_to timestamptz)
+-- attached. Attaching locks, until the transaction ends, the default partition and the
+-- tables the journal's foreign keys join (credit_accounts among them) against every
+-- writer: it waits for the charges in flight, and the charges after it wait for its
+-- transaction. p_if_free (the sweep's): wait at most 20 ms for each lock, and when one is
+-- not free make nothing (0) and leave the months to a later call; a caller that holds
+-- account locks never waits for a charge that waits for it.
+create function credit_private.create_partitions(
+    p_from timestamptz, p_to timestamptz, p_if_free boolean default false
+)
 returns integer
 language plpgsql
 volatile
@@ -85,7 +92,20 @@ declare
     v_high uuid;
     v_stragglers boolean;
     v_created integer := 0;
+    v_lock_timeout text;
 begin
+    if p_if_free then
+        v_lock_timeout := current_setting('lock_timeout');
+        perform set_config('lock_timeout', '20ms', true);
+        begin
+            v_created := credit_private.create_partitions(p_from, p_to);
+        exception when lock_not_available then
+            -- what it made is undone with the block
+            v_created := 0;
+        end;
+        perform set_config('lock_timeout', v_lock_timeout, true);
+        return v_created;
+    end if;
     -- one creator at a time (two sweeps at once would race for the same names)
     perform pg_advisory_xact_lock(hashtext('credit_private.create_partitions'));
     while v_month <= p_to loop
@@ -128,7 +148,7 @@ begin
     return v_created;
 end;
 $$;
-revoke all on function credit_private.create_partitions(timestamptz, timestamptz)
+revoke all on function credit_private.create_partitions(timestamptz, timestamptz, boolean)
 from public, anon, authenticated, service_role;
 
 -- ---------------------------------------------------------------- the default partitions

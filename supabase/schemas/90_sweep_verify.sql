@@ -52,9 +52,6 @@ begin
         return v_result;
     end if;
 
-    -- the journal's partitions of this month and the next three (15_partitions.sql), made
-    -- ahead of the charges that will need them
-    perform credit_private.create_partitions(v_now, v_now + interval '3 months');
     -- grant.expiring of the grants due soon (41_events.sql)
     perform credit_private.emit_expiring_grants(v_now);
     -- one account at a time, in id order: no deadlock with other sweeps or operations
@@ -75,6 +72,12 @@ begin
         v_result.expired_holds := v_result.expired_holds + v_holds;
         v_result.expired_hold_amount := v_result.expired_hold_amount + v_hold_amount;
     end loop;
+    -- the journal's partitions of this month and the next three (15_partitions.sql), made
+    -- ahead of the charges that will need them. Last, and only when their locks are free:
+    -- attaching a partition makes the charges wait, and a charge waiting while it holds an
+    -- account this sweep has locked would be a deadlock. A busy moment leaves the months
+    -- to the next sweep, months ahead of the first charge that needs them.
+    perform credit_private.create_partitions(v_now, v_now + interval '3 months', true);
     return v_result;
 end;
 $$;

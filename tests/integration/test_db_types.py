@@ -210,6 +210,7 @@ PYTHON_RESULTS: dict[str, type[object]] = {
     "credit_feature_result": models.CheckFeatureResult,
     "credit_checkpoint_result": models.CheckpointResult,
     "credit_ledger_issue": models.LedgerIssue,
+    "credit_partition": models.PartitionRow,
     "credit_model_spend_row": models.SpendByModelRow,
     "credit_plan_result": models.PlanResult,
     "credit_pricing_version": pricing.PricingVersion,

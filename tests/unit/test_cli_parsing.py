@@ -236,3 +236,44 @@ def test_limits_set_without_options_sets_no_limits(store: Store) -> None:
 
 def test_version() -> None:
     assert ducto("--version") == f"ducto {__version__}\n"
+
+
+def partition(name: str, month: datetime | None, rows: int) -> dict[str, Any]:
+    table = name.rsplit("_p", 1)[0].removesuffix("_default")
+    return {
+        "table_name": f"public.{table}",
+        "partition_name": name,
+        "month": month,
+        "row_count": rows,
+    }
+
+
+def test_partitions_exits_1_when_a_default_partition_has_rows(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clean = [
+        partition("credit_transactions_default", None, 0),
+        partition("credit_transactions_p2026_01", NOW, 120),
+        partition("credit_grant_draws_default", None, 0),
+        partition("credit_grant_draws_p2026_01", NOW, 80),
+    ]
+    monkeypatch.setitem(ANSWERS, "credit_partitions", clean)
+    out = ducto("--db-url", "postgresql://h/db", "partitions")
+    assert "4 partitions" in out and "credit_transactions_p2026_01" in out
+    [call] = store.calls
+    assert (call.function, dict(call.args)) == ("credit_partitions", {})
+    listed = json.loads(ducto("--db-url", "postgresql://h/db", "partitions", "--json"))
+    assert [row["partition_name"] for row in listed] == [row["partition_name"] for row in clean]
+
+    stray = [partition("credit_transactions_default", None, 3), *clean[1:]]
+    monkeypatch.setitem(ANSWERS, "credit_partitions", stray)
+    said = ducto("--db-url", "postgresql://h/db", "partitions", code=1)
+    assert said.startswith("error: 3 rows in a default partition")
+    # the JSON listing is printed before the exit code says so
+    result = CliRunner().invoke(
+        app,
+        ["--db-url", "postgresql://h/db", "partitions", "--json"],
+        env=dict.fromkeys(CONNECTION),
+    )
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)[0]["row_count"] == 3

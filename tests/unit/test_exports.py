@@ -50,6 +50,7 @@ def test_package_exports() -> None:
         "NotFoundError",
         "NotTeamMemberError",
         "OverageLimitError",
+        "PartitionRow",
         "PermissionDeniedError",
         "PlanResult",
         "PricePlan",

@@ -949,6 +949,10 @@ export type Database = {
         Args: never;
         Returns: Database["public"]["CompositeTypes"]["credit_pricing_version"][];
       };
+      credit_partitions: {
+        Args: never;
+        Returns: Database["public"]["CompositeTypes"]["credit_partition"][];
+      };
       credit_poll_events: {
         Args: {
           p_after?: string;
@@ -1395,6 +1399,12 @@ export type Database = {
         net_spent: number;
         charges: number;
         users: number;
+      };
+      credit_partition: {
+        table_name: string;
+        partition_name: string;
+        month: string | null;
+        row_count: number;
       };
       credit_plan_result: {
         plan_id: string;
