@@ -49,6 +49,8 @@ as $$
 $$;
 revoke all on function credit_private.uuid_time(uuid)
 from public, anon, authenticated, service_role;
+-- credit_partitions (the service role's, as its caller) reads the months of the bounds
+grant execute on function credit_private.uuid_time(uuid) to service_role;
 
 create function credit_private.create_partitions(
     p_from timestamptz, p_to timestamptz, p_if_free boolean default false

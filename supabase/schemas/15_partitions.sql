@@ -44,6 +44,8 @@ as $$
 $$;
 revoke all on function credit_private.uuid_time(uuid)
 from public, anon, authenticated, service_role;
+-- credit_partitions (the service role's, as its caller) reads the months of the bounds
+grant execute on function credit_private.uuid_time(uuid) to service_role;
 
 -- ---------------------------------------------------------------- ids from before 0.7.0
 

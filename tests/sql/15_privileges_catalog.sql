@@ -101,6 +101,7 @@ select set_eq(
         'credit_private.reader_id(text, text) | service_role | EXECUTE',
         'credit_private.uuid_floor(timestamp with time zone) | authenticated | EXECUTE',
         'credit_private.uuid_floor(timestamp with time zone) | service_role | EXECUTE',
+        'credit_private.uuid_time(uuid) | service_role | EXECUTE',
         'public.credit_add_credits(text, numeric, text, text, integer, timestamp with time zone,'
         || ' jsonb, text, text[]) | service_role | EXECUTE',
         'public.credit_deduct_credits(text, numeric, numeric, jsonb, text) | service_role | EXECUTE',
@@ -399,6 +400,7 @@ select set_eq(
     array['credit_private.clock()', 'credit_private.check_user_id(text)',
           'credit_private.reader_id(text, text)',
           'credit_private.uuid_floor(timestamp with time zone)',
+          'credit_private.uuid_time(uuid)',
           'credit_private.fail(text, text, jsonb, text)', 'credit_private.check_usage(jsonb)',
           'credit_private.pricing(bigint)', 'credit_private.price(jsonb, bigint)',
           'credit_private.cost(jsonb, jsonb)',
