@@ -8,7 +8,8 @@
 --     and available_after; its result is rebuilt from the row. No second row per charge.
 --   * every other keyed operation (and a debit priced at 0 credits, which journals
 --     nothing) records its request and result in credit_idempotency_keys.
--- find_replay looks in both, so a key is unique per account across every operation.
+-- find_replay looks in both, so a key is unique per account across every operation; on a
+-- miss it looks in the keys of the archived months (88_archive.sql), which refuse a replay.
 -- Callers hold the account lock, so a concurrent first use of the key has committed.
 
 create function credit_private.request_hash(p_operation text, p_request jsonb)
@@ -38,6 +39,7 @@ declare
     v_operation text;
     v_result jsonb;
     v_same boolean;
+    v_archived jsonb;
 begin
     if p_key is null or p_account_id is null then
         return null;
@@ -70,7 +72,27 @@ begin
     ) as r
     limit 1;
     if not found then
-        return null;
+        -- a one-call debit of an archived month (88_archive.sql): its row, which would
+        -- rebuild the result, has left the database
+        select k.operation, k.request_hash = credit_private.request_hash(p_operation, p_request),
+            jsonb_build_object('transaction_id', k.transaction_id, 'month', k.month)
+        into v_operation, v_same, v_archived
+        from credit_private.archived_keys as k
+        where k.account_id = p_account_id and k.idempotency_key = p_key;
+        if not found then
+            return null;
+        end if;
+        if v_same then
+            perform credit_private.fail_archived(
+                format('the result of idempotency key %s',
+                    quote_literal(split_part(p_key, chr(31), -1))),
+                (v_archived ->> 'month')::timestamptz,
+                jsonb_build_object(
+                    'idempotency_key', split_part(p_key, chr(31), -1),
+                    'transaction_id', v_archived -> 'transaction_id'
+                )
+            );
+        end if;
     end if;
     if not v_same then
         -- the detail names the caller's own request, never the first one: that may be

@@ -67,12 +67,21 @@ declare
     v_account_id bigint;
     v_checkpoint public.credit_checkpoints;
     v_until bigint;
+    v_horizon timestamptz;
 begin
     if p_at is null or not isfinite(p_at) then
         perform credit_private.fail(
             'DC006',
             format('at must be a finite time, got %s', coalesce(p_at::text, 'null')),
             jsonb_build_object('argument', 'at')
+        );
+    end if;
+    -- before the archive horizon the journal no longer holds every row (88_archive.sql)
+    v_horizon := credit_private.archive_horizon();
+    if p_at < v_horizon then
+        perform credit_private.fail_archived(
+            format('the balance at %s', p_at), v_horizon - interval '1 month',
+            jsonb_build_object('at', p_at, 'horizon', v_horizon)
         );
     end if;
     select a.id into v_account_id from public.credit_accounts as a where a.user_id = v_user_id;

@@ -259,33 +259,6 @@ export type Database = {
           },
         ];
       };
-      credit_grant_draws: {
-        Row: {
-          id: number;
-          transaction_id: string;
-          grant_id: string | null;
-          amount: number;
-          account_id: number;
-        };
-        Insert: { [_ in never]: never };
-        Update: { [_ in never]: never };
-        Relationships: [
-          {
-            foreignKeyName: "credit_grant_draws_grant_id_fkey";
-            columns: ["account_id", "grant_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_grants";
-            referencedColumns: ["account_id", "id"];
-          },
-          {
-            foreignKeyName: "credit_grant_draws_transaction_id_fkey";
-            columns: ["account_id", "transaction_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_transactions";
-            referencedColumns: ["account_id", "id"];
-          },
-        ];
-      };
       credit_grants: {
         Row: {
           id: string;
@@ -310,13 +283,6 @@ export type Database = {
             isOneToOne: false;
             referencedRelation: "credit_accounts";
             referencedColumns: ["id"];
-          },
-          {
-            foreignKeyName: "credit_grants_transaction_id_fkey";
-            columns: ["account_id", "transaction_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_transactions";
-            referencedColumns: ["account_id", "id"];
           },
         ];
       };
@@ -397,13 +363,6 @@ export type Database = {
             referencedRelation: "credit_accounts";
             referencedColumns: ["id"];
           },
-          {
-            foreignKeyName: "credit_reservations_transaction_id_fkey";
-            columns: ["account_id", "transaction_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_transactions";
-            referencedColumns: ["account_id", "id"];
-          },
         ];
       };
       credit_spend_windows: {
@@ -442,13 +401,6 @@ export type Database = {
             isOneToOne: false;
             referencedRelation: "credit_stripe_payments";
             referencedColumns: ["account_id", "payment_intent_id"];
-          },
-          {
-            foreignKeyName: "credit_stripe_clawbacks_transaction_id_fkey";
-            columns: ["account_id", "transaction_id"];
-            isOneToOne: true;
-            referencedRelation: "credit_transactions";
-            referencedColumns: ["account_id", "id"];
           },
         ];
       };
@@ -494,15 +446,7 @@ export type Database = {
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
-        Relationships: [
-          {
-            foreignKeyName: "credit_stripe_invoices_transaction_id_fkey";
-            columns: ["account_id", "transaction_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_transactions";
-            referencedColumns: ["account_id", "id"];
-          },
-        ];
+        Relationships: [];
       };
       credit_stripe_payments: {
         Row: {
@@ -533,13 +477,6 @@ export type Database = {
             columns: ["account_id", "grant_id"];
             isOneToOne: false;
             referencedRelation: "credit_grants";
-            referencedColumns: ["account_id", "id"];
-          },
-          {
-            foreignKeyName: "credit_stripe_payments_transaction_id_fkey";
-            columns: ["account_id", "transaction_id"];
-            isOneToOne: true;
-            referencedRelation: "credit_transactions";
             referencedColumns: ["account_id", "id"];
           },
         ];
@@ -651,69 +588,6 @@ export type Database = {
             isOneToOne: false;
             referencedRelation: "credit_accounts";
             referencedColumns: ["id"];
-          },
-          {
-            foreignKeyName: "credit_topup_requests_transaction_id_fkey";
-            columns: ["account_id", "transaction_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_transactions";
-            referencedColumns: ["account_id", "id"];
-          },
-        ];
-      };
-      credit_transactions: {
-        Row: {
-          id: string;
-          account_id: number;
-          seq: number;
-          user_id: string;
-          type: string;
-          amount: number;
-          balance_after: number;
-          grant_id: string | null;
-          reservation_id: string | null;
-          refund_of: string | null;
-          idempotency_key: string | null;
-          metadata: Json;
-          created_at: string;
-          pricing_version: number | null;
-          usage: Json | null;
-          model: string | null;
-          job_name: string | null;
-          attributed_user_id: string | null;
-          request_hash: string | null;
-          available_after: number | null;
-        };
-        Insert: { [_ in never]: never };
-        Update: { [_ in never]: never };
-        Relationships: [
-          {
-            foreignKeyName: "credit_transactions_account_id_fkey";
-            columns: ["account_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_accounts";
-            referencedColumns: ["id"];
-          },
-          {
-            foreignKeyName: "credit_transactions_grant_fk";
-            columns: ["account_id", "grant_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_grants";
-            referencedColumns: ["account_id", "id"];
-          },
-          {
-            foreignKeyName: "credit_transactions_refund_of_fkey";
-            columns: ["account_id", "refund_of"];
-            isOneToOne: false;
-            referencedRelation: "credit_transactions";
-            referencedColumns: ["account_id", "id"];
-          },
-          {
-            foreignKeyName: "credit_transactions_reservation_fk";
-            columns: ["account_id", "reservation_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_reservations";
-            referencedColumns: ["account_id", "id"];
           },
         ];
       };
@@ -948,6 +822,10 @@ export type Database = {
       credit_list_pricing_versions: {
         Args: never;
         Returns: Database["public"]["CompositeTypes"]["credit_pricing_version"][];
+      };
+      credit_partitions: {
+        Args: never;
+        Returns: Database["public"]["CompositeTypes"]["credit_partition"][];
       };
       credit_poll_events: {
         Args: {
@@ -1395,6 +1273,12 @@ export type Database = {
         net_spent: number;
         charges: number;
         users: number;
+      };
+      credit_partition: {
+        table_name: string;
+        partition_name: string;
+        month: string | null;
+        row_count: number;
       };
       credit_plan_result: {
         plan_id: string;

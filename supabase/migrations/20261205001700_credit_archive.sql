@@ -1,0 +1,997 @@
+-- ducto: archiving closed months (docs/operations.md, "Archive").
+--
+--   * The foreign keys into the journal from tables that outlive a month go: refund_of
+--     (the journal's own), and transaction_id of credit_grants, credit_reservations,
+--     credit_topup_requests, credit_stripe_payments, credit_stripe_clawbacks and
+--     credit_stripe_invoices. The RPCs write each in the same transaction as its row; a
+--     partition still referenced could never be detached. The draws keep theirs: they
+--     leave with their month.
+--   * credit_private.archived_months and archived_keys; archive_expectation (a month's rows
+--     per account, from the checkpoints) and archive_month (checks, records, detaches),
+--     for the owner only (`ducto archive`).
+--   * DC132 (HTTP 410): a refund of an archived row, a replay of an archived one-call
+--     debit's key, a balance before the archive horizon. DC133-DC135: an archive refused.
+--   * credit_verify_ledger checks from the checkpoints at the horizon once months are
+--     archived (a p_since before it counts as the horizon).
+
+-- ---------------------------------------------------------------- foreign keys into the journal
+
+alter table public.credit_transactions drop constraint credit_transactions_refund_of_fkey;
+alter table public.credit_grants drop constraint credit_grants_transaction_id_fkey;
+alter table public.credit_reservations drop constraint credit_reservations_transaction_id_fkey;
+alter table public.credit_topup_requests drop constraint credit_topup_requests_transaction_id_fkey;
+alter table public.credit_stripe_payments
+drop constraint credit_stripe_payments_transaction_id_fkey;
+alter table public.credit_stripe_clawbacks
+drop constraint credit_stripe_clawbacks_transaction_id_fkey;
+alter table public.credit_stripe_invoices
+drop constraint credit_stripe_invoices_transaction_id_fkey;
+
+comment on table public.credit_transactions is
+'The journal. Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE. Partitioned by'
+' month of id (the time it carries is created_at). refund_of names a row written before it'
+' by credit_refund_transaction, which reads it under the account lock; no foreign key, so'
+' a closed month can leave the database (ducto archive).';
+
+comment on table public.credit_grants is
+'Buckets of credits. Spending draws by priority (lower first), then soonest expiry, then oldest.'
+' A grant is never spent at or after expires_at. transaction_id is its journal row, written'
+' in the same transaction; no foreign key, so an archived month''s rows can leave.';
+
+comment on table public.credit_reservations is
+'Holds. An active hold counts against available credits until expires_at; the sweep marks'
+' timed-out holds expired. transaction_id is the capture row, written in the same'
+' transaction as the settle; no foreign key, so an archived month''s rows can leave.';
+
+comment on table public.credit_topup_requests is
+'Auto top-up payments, one per attempt; id is the Stripe idempotency key and the'
+' PaymentIntent''s metadata.ducto_topup_request_id. transaction_id is the purchase row,'
+' written in the same transaction; no foreign key, so an archived month''s rows can leave.';
+
+comment on table public.credit_stripe_payments is
+'A credit purchase paid through Stripe, by its payment intent (refunds and disputes name it).'
+' Its credits are clawed back in proportion to the money refunded or withdrawn.'
+' transaction_id is the purchase row, written in the same transaction; no foreign key, so an'
+' archived month''s rows can leave.';
+
+comment on table public.credit_stripe_clawbacks is
+'The void rows that clawed back a payment''s credits; a reinstatement refunds them. Each'
+' is written in the same transaction as its row; no foreign key to the journal, so an'
+' archived month''s rows can leave.';
+
+comment on table public.credit_stripe_invoices is
+'Each paid invoice that granted an allowance: one grant per invoice. transaction_id is its'
+' grant''s row, written in the same transaction; no foreign key, so an archived month''s'
+' rows can leave.';
+
+
+-- ---------------------------------------------------------------- tables
+
+create table credit_private.archived_months (
+    month timestamptz primary key,
+    transactions bigint not null check (transactions >= 0),
+    amount bigint not null,
+    draws bigint not null check (draws >= 0),
+    archived_at timestamptz not null,
+    check (month = date_trunc('month', month, 'UTC'))
+);
+comment on table credit_private.archived_months is
+'The months (UTC) whose journal and draws partitions were detached: their rows, the sum of'
+' their amounts and their draws. The horizon is the end of the newest one.';
+alter table credit_private.archived_months enable row level security;
+-- the horizon is no one's secret: credit_balance_at, which a signed-in user calls as
+-- themselves, reads it (credit_private is not exposed through the API)
+create policy archived_months_read on credit_private.archived_months
+for select to authenticated
+using (true);
+revoke all on table credit_private.archived_months
+from public, anon, authenticated, service_role;
+grant select on table credit_private.archived_months to authenticated, service_role;
+
+create table credit_private.archived_keys (
+    account_id bigint not null,
+    idempotency_key text not null,
+    month timestamptz not null references credit_private.archived_months (month),
+    transaction_id uuid not null,
+    operation text not null,
+    request_hash uuid not null,
+    primary key (account_id, idempotency_key)
+);
+comment on table credit_private.archived_keys is
+'The keys of the one-call debits of archived months (their journal rows held them):'
+' credit_private.find_replay refuses a replay of one with DC132, and another request under'
+' it with DC020.';
+alter table credit_private.archived_keys enable row level security;
+revoke all on table credit_private.archived_keys
+from public, anon, authenticated, service_role;
+grant select on table credit_private.archived_keys to service_role;
+
+create index archived_keys_month_idx on credit_private.archived_keys (month);
+
+-- ---------------------------------------------------------------- the horizon
+
+-- The end of the newest archived month: the journal holds every row created from it on
+-- (null: nothing archived). The API roles' readers ask it, as themselves.
+create function credit_private.archive_horizon()
+returns timestamptz
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+    return (select max(m.month) + interval '1 month' from credit_private.archived_months as m);
+end;
+$$;
+revoke all on function credit_private.archive_horizon()
+from public, anon, authenticated, service_role;
+grant execute on function credit_private.archive_horizon() to authenticated, service_role;
+
+-- The archived month a journal row's id falls in, or null. Only a uuid_v7 carries its
+-- month (every journal id since 0.7.0; an older random id was given a new one).
+create function credit_private.archived_month_of(p_id uuid)
+returns timestamptz
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+    if p_id is null or substring(p_id::text from 15 for 1) <> '7' then
+        return null;
+    end if;
+    return (
+        select m.month from credit_private.archived_months as m
+        where m.month = date_trunc('month', credit_private.uuid_time(p_id), 'UTC')
+    );
+end;
+$$;
+revoke all on function credit_private.archived_month_of(uuid)
+from public, anon, authenticated, service_role;
+
+-- The refusal of what needs an archived row.
+create function credit_private.fail_archived(p_what text, p_month timestamptz, p_detail jsonb)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+    perform credit_private.fail(
+        'DC132',
+        format('%s is archived: the month of %s left the database', p_what,
+            to_char(p_month at time zone 'UTC', 'YYYY-MM')),
+        p_detail || jsonb_build_object('archived_month', p_month),
+        'the archive export (ducto archive) holds it'
+    );
+end;
+$$;
+revoke all on function credit_private.fail_archived(text, timestamptz, jsonb)
+from public, anon, authenticated, service_role;
+
+-- ---------------------------------------------------------------- what a month must hold
+
+create type credit_private.archive_account as (
+    account_id bigint,
+    transactions bigint,
+    amount bigint
+);
+
+-- Per account, the journal rows of a month (UTC) and the sum of their amounts, from the
+-- checkpoints at its start and end (84_checkpoints.sql), not from the month's partition.
+-- A checkpoint is a prefix of seq: the month holds rows opening.last_seq + 1 ..
+-- closing.last_seq (closing.balance - opening.balance in amounts), less those created at or
+-- after its end (the closing checkpoint's straddlers, in a later partition), plus the
+-- opening checkpoint's straddlers (created in the month with a seq before the boundary's).
+-- A month without an opening checkpoint starts at seq 0 and balance 0. An account without
+-- a closing checkpoint is not listed: archive_month refuses a month with rows of one.
+create function credit_private.archive_expectation(p_month timestamptz)
+returns setof credit_private.archive_account
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+    v_start timestamptz := date_trunc('month', p_month, 'UTC');
+    v_end timestamptz := date_trunc('month', p_month, 'UTC') + interval '1 month';
+begin
+    return query
+    select
+        c.account_id,
+        (c.last_seq - coalesce(o.last_seq, 0) - coalesce(late.n, 0) + coalesce(early.n, 0))
+        ::bigint,
+        (c.balance - coalesce(o.balance, 0) - coalesce(late.amount, 0)
+        + coalesce(early.amount, 0))::bigint
+    from public.credit_checkpoints as c
+    left join public.credit_checkpoints as o
+        on c.account_id = o.account_id and o.period_start = v_start
+    -- the closing checkpoint's straddlers of the month's seqs: created at or after its end
+    left join lateral (
+        select count(*) as n, sum(t.amount) as amount
+        from public.credit_transactions as t
+        where
+            t.account_id = c.account_id
+            and t.seq > coalesce(o.last_seq, 0) and t.seq >= c.straddle_seq
+            and t.seq <= c.last_seq
+            and t.id >= credit_private.uuid_floor(v_end)
+    ) as late on c.straddle_seq is not null
+    -- the opening checkpoint's straddlers: created in the month
+    left join lateral (
+        select count(*) as n, sum(t.amount) as amount
+        from public.credit_transactions as t
+        where
+            t.account_id = c.account_id
+            and t.seq >= o.straddle_seq and t.seq <= o.last_seq
+            and t.id >= credit_private.uuid_floor(v_start)
+            and t.id < credit_private.uuid_floor(v_end)
+    ) as early on o.straddle_seq is not null
+    where c.period_start = v_end
+    order by c.account_id;
+end;
+$$;
+revoke all on function credit_private.archive_expectation(timestamptz)
+from public, anon, authenticated, service_role;
+
+-- ---------------------------------------------------------------- archiving a month
+
+-- The foreign keys of a detached partition (a table of credit_private), dropped.
+create function credit_private.drop_foreign_keys(p_table text)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_name text;
+begin
+    -- a foreign key to a partitioned table has one child per partition it references,
+    -- which goes with it
+    for v_name in
+        select c.conname from pg_catalog.pg_constraint as c
+        where
+            c.contype = 'f' and c.conparentid = 0
+            and c.conrelid = ('credit_private.' || quote_ident(p_table))::regclass
+    loop
+        execute format('alter table credit_private.%I drop constraint %I', p_table, v_name);
+    end loop;
+end;
+$$;
+revoke all on function credit_private.drop_foreign_keys(text)
+from public, anon, authenticated, service_role;
+
+-- Detach a closed month's partitions, after checking them: the month (UTC) must be the
+-- oldest with an attached partition and no row of it in a default partition (DC133); the
+-- checkpoints at its end must be taken for every account that has rows in it or an older
+-- checkpoint (DC134); its journal partition must hold, per account, what
+-- archive_expectation says, and in all p_transactions rows with amounts summing to
+-- p_amount, and its draws partition p_draws rows when given (DC135): the caller's totals
+-- are those of its export. Records the month and the keys of its one-call debits, then
+-- detaches the draws partition and the journal's, and drops the detached tables' foreign
+-- keys. The detached tables stay in credit_private for the operator to drop once the
+-- export is stored.
+create function credit_private.archive_month(
+    p_month timestamptz, p_transactions bigint, p_amount bigint, p_draws bigint default null
+)
+returns credit_private.archived_months
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_start timestamptz;
+    v_journal text;
+    v_draws text;
+    v_oldest timestamptz;
+    v_missing bigint;
+    v_account_id bigint;
+    v_mismatches bigint;
+    v_result credit_private.archived_months;
+    v_attempt integer := 0;
+begin
+    if p_month is null or not isfinite(p_month)
+        or p_month <> date_trunc('month', p_month, 'UTC') then
+        perform credit_private.fail(
+            'DC006',
+            format('month must be the start of a month in UTC, got %s',
+                coalesce(p_month::text, 'null')),
+            jsonb_build_object('argument', 'month')
+        );
+    end if;
+    v_start := p_month;
+    v_journal := format('credit_transactions_p%s', to_char(v_start at time zone 'UTC', 'YYYY_MM'));
+    v_draws := format('credit_grant_draws_p%s', to_char(v_start at time zone 'UTC', 'YYYY_MM'));
+
+    -- No writer waits on the archive for long, and none deadlocks with it: each try waits
+    -- at most 100 ms for each lock (less than the writers' deadlock_timeout, so in a lock
+    -- cycle the archive gives way), then lets them go on before the next.
+    loop
+        begin
+            perform set_config('lock_timeout', '100ms', true);
+            lock table public.credit_transactions, public.credit_grant_draws
+            in access exclusive mode;
+            -- detaching the draws makes foreign key triggers on the grants
+            lock table public.credit_grants in share row exclusive mode;
+            exit;
+        exception when lock_not_available then
+            v_attempt := v_attempt + 1;
+            if v_attempt >= 50 then
+                raise;
+            end if;
+            perform pg_catalog.pg_sleep(0.05 + random() * 0.1);
+        end;
+    end loop;
+    perform set_config('lock_timeout', '0', true);
+
+    -- the oldest month with an attached journal partition
+    select min(credit_private.uuid_time(substring(
+        pg_catalog.pg_get_expr(c.relpartbound, c.oid) from '\(''([0-9a-f-]+)''\)'
+    )::uuid))
+    into v_oldest
+    from pg_catalog.pg_inherits as i
+    inner join pg_catalog.pg_class as c on i.inhrelid = c.oid
+    where
+        i.inhparent = 'public.credit_transactions'::regclass
+        and c.relname <> 'credit_transactions_default';
+    if v_oldest is distinct from v_start
+        or to_regclass('credit_private.' || v_journal) is null
+        or to_regclass('credit_private.' || v_draws) is null then
+        perform credit_private.fail(
+            'DC133',
+            format('%s is not the oldest month with attached partitions (that is %s)',
+                to_char(v_start at time zone 'UTC', 'YYYY-MM'),
+                coalesce(to_char(v_oldest at time zone 'UTC', 'YYYY-MM'), 'none')),
+            jsonb_build_object('month', v_start, 'oldest', v_oldest),
+            'archive the months in order, oldest first'
+        );
+    end if;
+    if exists (
+        select from credit_private.credit_transactions_default as t
+        where t.id < credit_private.uuid_floor(v_start + interval '1 month')
+    ) or exists (
+        select from credit_private.credit_grant_draws_default as d
+        where d.transaction_id < credit_private.uuid_floor(v_start + interval '1 month')
+    ) then
+        perform credit_private.fail(
+            'DC133',
+            format('the default partition holds rows of %s or before: move them into their'
+                || ' month''s partition first', to_char(v_start at time zone 'UTC', 'YYYY-MM')),
+            jsonb_build_object('month', v_start),
+            'see docs/operations.md, "Partitions"'
+        );
+    end if;
+
+    -- the checkpoints at the month's end: every account with rows in it, or with an older
+    -- checkpoint, has one (credit_take_checkpoints records exactly those)
+    execute format(
+        'select count(*), min(u.account_id) from ('
+        ' select distinct t.account_id from credit_private.%I as t'
+        ' union'
+        ' select k.account_id from public.credit_checkpoints as k where k.period_start < $1'
+        ') as u'
+        ' where not exists (select from public.credit_checkpoints as c'
+        ' where c.account_id = u.account_id and c.period_start = $1)',
+        v_journal
+    ) into v_missing, v_account_id using v_start + interval '1 month';
+    if v_missing > 0 then
+        perform credit_private.fail(
+            'DC134',
+            format('the checkpoints at the end of %s are not taken (%s accounts lack one,'
+                || ' first %s)', to_char(v_start at time zone 'UTC', 'YYYY-MM'), v_missing,
+                v_account_id),
+            jsonb_build_object(
+                'month', v_start, 'period_start', v_start + interval '1 month',
+                'accounts', v_missing, 'account_id', v_account_id
+            ),
+            'take them first: ducto checkpoint --month '
+            || to_char((v_start + interval '1 month') at time zone 'UTC', 'YYYY-MM')
+        );
+    end if;
+
+    -- the partitions against the checkpoints, and against the caller's export
+    execute format(
+        'with held as ('
+        ' select t.account_id, count(*) as transactions, sum(t.amount) as amount'
+        ' from credit_private.%I as t group by t.account_id'
+        '), expected as ('
+        ' select e.account_id, e.transactions, e.amount'
+        ' from credit_private.archive_expectation($1) as e'
+        ' where e.transactions <> 0 or e.amount <> 0'
+        ')'
+        ' select count(*), min(coalesce(h.account_id, e.account_id))'
+        ' from held as h full join expected as e on h.account_id = e.account_id'
+        ' where h.transactions is distinct from e.transactions'
+        ' or h.amount is distinct from e.amount',
+        v_journal
+    ) into v_mismatches, v_account_id using v_start;
+    execute format(
+        'select count(*), coalesce(sum(t.amount), 0), (select count(*) from credit_private.%I)'
+        ' from credit_private.%I as t',
+        v_draws, v_journal
+    ) into v_result.transactions, v_result.amount, v_result.draws;
+    if v_mismatches > 0
+        or v_result.transactions is distinct from p_transactions
+        or v_result.amount is distinct from p_amount
+        or v_result.draws is distinct from coalesce(p_draws, v_result.draws) then
+        perform credit_private.fail(
+            'DC135',
+            format('%s does not add up: its partitions hold %s rows summing to %s and %s'
+                || ' draws, the export %s rows summing to %s and %s draws; %s accounts differ'
+                || ' from their checkpoints', to_char(v_start at time zone 'UTC', 'YYYY-MM'),
+                v_result.transactions, v_result.amount, v_result.draws, p_transactions,
+                p_amount, coalesce(p_draws::text, '?'), v_mismatches),
+            jsonb_build_object(
+                'month', v_start,
+                'transactions', v_result.transactions, 'amount', v_result.amount,
+                'draws', v_result.draws, 'export_transactions', p_transactions,
+                'export_amount', p_amount, 'export_draws', p_draws,
+                'accounts', v_mismatches, 'account_id', v_account_id
+            ),
+            'nothing was detached; export the month again'
+        );
+    end if;
+
+    insert into credit_private.archived_months (month, transactions, amount, draws, archived_at)
+    values (
+        v_start, v_result.transactions, v_result.amount, v_result.draws,
+        pg_catalog.clock_timestamp()
+    )
+    returning * into v_result;
+    execute format(
+        'insert into credit_private.archived_keys'
+        ' (account_id, idempotency_key, month, transaction_id, operation, request_hash)'
+        ' select t.account_id, t.idempotency_key, $1, t.id, t.type, t.request_hash'
+        ' from credit_private.%I as t where t.request_hash is not null',
+        v_journal
+    ) using v_start;
+
+    -- the draws first: the journal partition leaves once no row refers to it. A detached
+    -- table keeps copies of its foreign keys: dropped, so it can be dropped on its own.
+    execute format(
+        'alter table public.credit_grant_draws detach partition credit_private.%I', v_draws
+    );
+    perform credit_private.drop_foreign_keys(v_draws);
+    execute format(
+        'alter table public.credit_transactions detach partition credit_private.%I', v_journal
+    );
+    perform credit_private.drop_foreign_keys(v_journal);
+    return v_result;
+end;
+$$;
+revoke all on function credit_private.archive_month(timestamptz, bigint, bigint, bigint)
+from public, anon, authenticated, service_role;
+
+
+-- ---------------------------------------------------------------- the ledger around the archive
+
+
+create or replace function credit_private.fail(
+    p_code text, p_message text, p_detail jsonb default null, p_hint text default null
+)
+returns void
+language plpgsql
+-- Functions that raise are volatile: the planner folds an immutable call with constant
+-- arguments while planning, which would raise where the call is never reached.
+volatile
+set search_path = ''
+as $$
+begin
+    -- detail is JSON so every client can read the numbers without parsing the message.
+    -- Through PostgREST (it sets request.method for each request) the answer's HTTP status
+    -- says what kind of refusal it is and the body keeps ducto's code (PostgREST 12 takes
+    -- the body from a PGRST error's message, and wants details as text). Elsewhere (psql,
+    -- psycopg, pgTAP) the SQLSTATE is ducto's code itself.
+    if coalesce(current_setting('request.method', true), '') <> '' then
+        raise sqlstate 'PGRST' using
+            message = jsonb_build_object(
+                'code', p_code,
+                'message', p_message,
+                'details', coalesce(p_detail, '{}')::text,
+                'hint', p_hint
+            )::text,
+            -- PostgREST wants both keys of the detail
+            detail = jsonb_build_object('status', case
+                -- the request is valid, the account cannot pay it
+                when p_code in ('DC010', 'DC083', 'DC084', 'DC085', 'DC087') then 402
+                -- too many holds at once: a rate of work, not a lack of credits
+                when p_code = 'DC086' then 429
+                when p_code = 'DC082' then 403
+                when p_code in (
+                    'DC030', 'DC031', 'DC064', 'DC080', 'DC081', 'DC110', 'DC120', 'DC122'
+                ) then 404
+                -- it conflicts with the ledger's state (a used key, a settled hold, a
+                -- checkpoint not yet possible, ...)
+                when p_code in (
+                    'DC020', 'DC040', 'DC041', 'DC050', 'DC051', 'DC063', 'DC111', 'DC121',
+                    'DC130', 'DC131', 'DC133', 'DC134', 'DC135'
+                ) then 409
+                -- the row it needs was archived: gone from the database, for good
+                when p_code = 'DC132' then 410
+                -- an argument refused (DC001-DC008, DC042, DC06x): nothing was written
+                else 422
+            end, 'headers', '{}'::jsonb)::text;
+    end if;
+    if p_hint is null then
+        raise exception using
+            errcode = p_code, message = p_message, detail = coalesce(p_detail, '{}')::text;
+    end if;
+    raise exception using
+        errcode = p_code, message = p_message, detail = coalesce(p_detail, '{}')::text,
+        hint = p_hint;
+end;
+$$;
+
+
+create or replace function credit_private.find_replay(
+    p_account_id bigint, p_key text, p_operation text, p_request jsonb
+)
+returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+    v_operation text;
+    v_result jsonb;
+    v_same boolean;
+    v_archived jsonb;
+begin
+    if p_key is null or p_account_id is null then
+        return null;
+    end if;
+    -- one probe of each record (a key is in at most one of them)
+    select r.operation, r.same, r.result into v_operation, v_same, v_result
+    from (
+        select
+            t.type as operation,
+            t.request_hash = credit_private.request_hash(p_operation, p_request) as same,
+            jsonb_build_object(
+                'transaction_id', t.id,
+                'user_id', t.user_id,
+                'amount', -t.amount,
+                'overage', 0,
+                'balance_after', t.balance_after,
+                'available_after', t.available_after,
+                'created_at', t.created_at,
+                'is_replay', false,
+                'pricing_version', t.pricing_version
+            ) as result
+        from public.credit_transactions as t
+        where
+            t.account_id = p_account_id and t.idempotency_key = p_key
+            and t.request_hash is not null
+        union all
+        select k.operation, k.operation = p_operation and k.request = p_request, k.result
+        from public.credit_idempotency_keys as k
+        where k.account_id = p_account_id and k.idempotency_key = p_key
+    ) as r
+    limit 1;
+    if not found then
+        -- a one-call debit of an archived month (88_archive.sql): its row, which would
+        -- rebuild the result, has left the database
+        select k.operation, k.request_hash = credit_private.request_hash(p_operation, p_request),
+            jsonb_build_object('transaction_id', k.transaction_id, 'month', k.month)
+        into v_operation, v_same, v_archived
+        from credit_private.archived_keys as k
+        where k.account_id = p_account_id and k.idempotency_key = p_key;
+        if not found then
+            return null;
+        end if;
+        if v_same then
+            perform credit_private.fail_archived(
+                format('the result of idempotency key %s',
+                    quote_literal(split_part(p_key, chr(31), -1))),
+                (v_archived ->> 'month')::timestamptz,
+                jsonb_build_object(
+                    'idempotency_key', split_part(p_key, chr(31), -1),
+                    'transaction_id', v_archived -> 'transaction_id'
+                )
+            );
+        end if;
+    end if;
+    if not v_same then
+        -- the detail names the caller's own request, never the first one: that may be
+        -- another caller's; and the caller's key as given, without a member's scope
+        perform credit_private.fail(
+            'DC020',
+            format('idempotency key %s was already used for %s with other parameters',
+                quote_literal(split_part(p_key, chr(31), -1)), v_operation),
+            jsonb_build_object(
+                'idempotency_key', split_part(p_key, chr(31), -1),
+                'operation', v_operation,
+                'request', p_request
+            ),
+            'use a new idempotency key for a different operation'
+        );
+    end if;
+    return v_result;
+end;
+$$;
+
+
+create or replace function public.credit_refund_transaction(
+    p_transaction_id uuid,
+    p_amount numeric default null,
+    p_reason text default null,
+    p_metadata jsonb default '{}',
+    p_idempotency_key text default null
+)
+returns public.credit_refund_result
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+    v_now timestamptz := credit_private.clock();
+    v_requested bigint;
+    v_metadata jsonb := credit_private.check_metadata(p_metadata);
+    v_original public.credit_transactions;
+    v_archived timestamptz;
+    v_request jsonb;
+    v_account public.credit_accounts;
+    v_replay jsonb;
+    v_refunded bigint;
+    v_amount bigint;
+    v_transaction_id uuid;
+    v_balance_after bigint;
+    v_result public.credit_refund_result;
+begin
+    if p_amount is not null then
+        v_requested := credit_private.whole(p_amount, 'amount', 1);
+    end if;
+    perform credit_private.check_key(p_idempotency_key);
+    if length(p_reason) > 1000 then
+        perform credit_private.fail(
+            'DC006', 'reason must be at most 1000 characters',
+            jsonb_build_object('argument', 'reason')
+        );
+    end if;
+
+    select * into v_original
+    from public.credit_transactions
+    where id = p_transaction_id;
+    if not found then
+        -- an id a row had before 0.7.0 gave it one that carries its month
+        select t.* into v_original
+        from credit_private.legacy_transaction_ids as m
+        inner join public.credit_transactions as t on m.id = t.id and m.account_id = t.account_id
+        where m.legacy_id = p_transaction_id;
+    end if;
+    if not found then
+        -- a row of an archived month (88_archive.sql), or an old id of one
+        v_archived := credit_private.archived_month_of(coalesce(
+            (select m.id from credit_private.legacy_transaction_ids as m
+            where m.legacy_id = p_transaction_id limit 1),
+            p_transaction_id
+        ));
+        if v_archived is not null then
+            perform credit_private.fail_archived(
+                format('transaction %s', p_transaction_id), v_archived,
+                jsonb_build_object('transaction_id', p_transaction_id)
+            );
+        end if;
+        perform credit_private.fail(
+            'DC030', format('transaction %s does not exist', coalesce(p_transaction_id::text, 'null')),
+            jsonb_build_object('transaction_id', p_transaction_id)
+        );
+    end if;
+    v_request := jsonb_build_object(
+        'transaction_id', p_transaction_id, 'amount', v_requested, 'reason', p_reason,
+        'metadata', v_metadata
+    );
+    v_account := credit_private.lock_account_by_id(v_original.account_id);
+    v_replay := credit_private.find_replay(
+        v_account.id, p_idempotency_key, 'refund_transaction', v_request
+    );
+    if v_replay is not null then
+        v_result := jsonb_populate_record(null::public.credit_refund_result, v_replay);
+        v_result.is_replay := true;
+        return v_result;
+    end if;
+
+    if v_original.type not in ('usage', 'fixed_job', 'capture') then
+        perform credit_private.fail(
+            'DC051',
+            format('transaction %s is of type %s; only usage, fixed_job and capture transactions'
+                || ' can be refunded', p_transaction_id, v_original.type),
+            jsonb_build_object('transaction_id', p_transaction_id, 'type', v_original.type)
+        );
+    end if;
+    -- under the account lock, so concurrent refunds of one transaction see each other
+    select coalesce(sum(t.amount), 0)::bigint into v_refunded
+    from public.credit_transactions as t
+    where t.refund_of = v_original.id;
+    if v_refunded = -v_original.amount then
+        perform credit_private.fail(
+            'DC050',
+            format('transaction %s is already fully refunded (charged %s, refunded %s)',
+                p_transaction_id, -v_original.amount, v_refunded),
+            jsonb_build_object(
+                'transaction_id', p_transaction_id,
+                'refundable', 0,
+                'charged', -v_original.amount,
+                'refunded', v_refunded
+            )
+        );
+    end if;
+    v_amount := coalesce(v_requested, -v_original.amount - v_refunded);
+    if v_amount > -v_original.amount - v_refunded then
+        perform credit_private.fail(
+            'DC050',
+            format('refund of %s exceeds what is refundable of transaction %s: %s'
+                || ' (charged %s, refunded %s)', v_amount, p_transaction_id,
+                -v_original.amount - v_refunded, -v_original.amount, v_refunded),
+            jsonb_build_object(
+                'transaction_id', p_transaction_id,
+                'requested', v_amount,
+                'refundable', -v_original.amount - v_refunded,
+                'charged', -v_original.amount,
+                'refunded', v_refunded
+            )
+        );
+    end if;
+
+    perform credit_private.expire_grants(v_account.id, v_now);
+    v_transaction_id := (credit_private.append_transaction(
+        v_account.id, 'refund', v_amount, v_now,
+        v_metadata || jsonb_strip_nulls(jsonb_build_object('reason', p_reason)),
+        p_idempotency_key, p_refund_of => v_original.id,
+        -- a refund is attributed to whoever the refunded row was, so a member's net spend
+        -- (their limit, spend_by_user) counts refunds of their debits
+        p_attributed_user_id => v_original.attributed_user_id
+    )).id;
+    perform credit_private.restore(v_account.id, v_transaction_id, v_original.id, v_amount, v_now);
+    perform credit_private.emit(v_account.id, v_account.user_id, 'charge.refunded',
+        jsonb_build_object('transaction_id', p_transaction_id,
+            'refund_transaction_id', v_transaction_id, 'amount', v_amount, 'reason', p_reason));
+    -- credits given back to a grant that has expired since expire at once
+    perform credit_private.expire_grants(v_account.id, v_now);
+    select a.balance into v_balance_after
+    from public.credit_accounts as a
+    where a.id = v_account.id;
+
+    v_result := row(
+        v_transaction_id, p_transaction_id, v_account.user_id, v_amount,
+        v_refunded + v_amount, -v_original.amount - v_refunded - v_amount, v_balance_after,
+        v_now, false
+    );
+    perform credit_private.remember(
+        v_account.id, p_idempotency_key, 'refund_transaction', v_request, to_jsonb(v_result),
+        v_now
+    );
+    return v_result;
+end;
+$$;
+
+
+create or replace function public.credit_balance_at(
+    p_user_id text default null, p_at timestamptz default null
+)
+returns public.credit_balance_at_result
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $$
+declare
+    -- no user id: a signed-in user's own
+    v_user_id text := credit_private.reader_id(p_user_id, 'statement');
+    v_result public.credit_balance_at_result;
+    v_account_id bigint;
+    v_checkpoint public.credit_checkpoints;
+    v_until bigint;
+    v_horizon timestamptz;
+begin
+    if p_at is null or not isfinite(p_at) then
+        perform credit_private.fail(
+            'DC006',
+            format('at must be a finite time, got %s', coalesce(p_at::text, 'null')),
+            jsonb_build_object('argument', 'at')
+        );
+    end if;
+    -- before the archive horizon the journal no longer holds every row (88_archive.sql)
+    v_horizon := credit_private.archive_horizon();
+    if p_at < v_horizon then
+        perform credit_private.fail_archived(
+            format('the balance at %s', p_at), v_horizon - interval '1 month',
+            jsonb_build_object('at', p_at, 'horizon', v_horizon)
+        );
+    end if;
+    select a.id into v_account_id from public.credit_accounts as a where a.user_id = v_user_id;
+    -- the newest checkpoint at or before p_at (84_checkpoints.sql), and the next one's seq
+    select k.* into v_checkpoint
+    from public.credit_checkpoints as k
+    where k.account_id = v_account_id and k.period_start <= p_at
+    order by k.period_start desc
+    limit 1;
+    if v_checkpoint.account_id is null then
+        -- a sum, not the newest row's balance_after: rows of concurrent operations commit in
+        -- seq order but may carry created_at out of that order
+        select v_user_id, p_at, coalesce(sum(t.amount), 0)::bigint
+        into v_result
+        from public.credit_transactions as t
+        where t.user_id = v_user_id and t.created_at <= p_at;
+        return v_result;
+    end if;
+    -- rows after the next checkpoint's last_seq were created after its boundary, so after p_at
+    select k.last_seq into v_until
+    from public.credit_checkpoints as k
+    where k.account_id = v_account_id and k.period_start > p_at
+    order by k.period_start
+    limit 1;
+    -- the checkpoint's balance, less its rows created after p_at (only straddlers can be),
+    -- plus the month's rows after it created at or before p_at
+    select v_user_id, p_at, (v_checkpoint.balance + coalesce(sum(
+        case when t.seq <= v_checkpoint.last_seq then -t.amount else t.amount end
+    ), 0))::bigint
+    into v_result
+    from public.credit_transactions as t
+    where
+        t.account_id = v_account_id
+        and t.seq >= coalesce(v_checkpoint.straddle_seq, v_checkpoint.last_seq + 1)
+        and t.seq <= coalesce(v_until, 9223372036854775807)
+        and (
+            (t.seq <= v_checkpoint.last_seq and t.created_at > p_at)
+            or (t.seq > v_checkpoint.last_seq and t.created_at <= p_at)
+        );
+    return v_result;
+end;
+$$;
+
+
+create or replace function public.credit_verify_ledger(p_since timestamptz default null)
+returns setof public.credit_ledger_issue
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $$
+declare
+    v_horizon timestamptz := credit_private.archive_horizon();
+begin
+    -- every row is a broken invariant; an empty answer means the ledger is consistent.
+    -- p_since: each account from its newest checkpoint at or before it (84_checkpoints.sql);
+    -- with no checkpoint that old, the full check reads every row in fewer steps. Once
+    -- months are archived (88_archive.sql) the journal starts at the horizon: the full
+    -- check, and a p_since before it, check from the checkpoints at the horizon
+    if v_horizon is not null and (p_since is null or p_since < v_horizon) then
+        return query select * from credit_private.verify_since(v_horizon);
+        return;
+    end if;
+    if p_since is not null
+        and exists (select from public.credit_checkpoints as k where k.period_start <= p_since) then
+        return query select * from credit_private.verify_since(p_since);
+        return;
+    end if;
+    return query
+    with journal as (
+        select
+            t.account_id,
+            sum(t.amount) as total,
+            count(*) as n,
+            max(t.seq) as last_seq
+        from public.credit_transactions as t
+        group by t.account_id
+    ),
+
+    grants as (
+        select g.account_id, sum(g.remaining) as remaining
+        from public.credit_grants as g
+        group by g.account_id
+    ),
+
+    debt_draws as (
+        select t.account_id, sum(d.amount) as debt
+        from public.credit_grant_draws as d
+        inner join public.credit_transactions as t on d.transaction_id = t.id
+        where d.grant_id is null
+        group by t.account_id
+    ),
+
+    chain as (
+        select
+            t.account_id,
+            t.seq,
+            t.balance_after,
+            coalesce(lag(t.balance_after) over w, 0) + t.amount as expected
+        from public.credit_transactions as t
+        window w as (partition by t.account_id order by t.seq)
+    )
+
+    select a.id, a.user_id, 'balance = sum of journal', coalesce(j.total, 0)::text, a.balance::text
+    from public.credit_accounts as a
+    left join journal as j on a.id = j.account_id
+    where a.balance <> coalesce(j.total, 0)
+
+    union all
+    select a.id, a.user_id, 'journal seq is 1..version', a.version::text,
+        format('%s rows, last seq %s', coalesce(j.n, 0), j.last_seq)
+    from public.credit_accounts as a
+    left join journal as j on a.id = j.account_id
+    where coalesce(j.n, 0) <> a.version or coalesce(j.last_seq, 0) <> a.version
+
+    union all
+    select c.account_id, null, 'balance_after chain at seq ' || c.seq, c.expected::text,
+        c.balance_after::text
+    from chain as c
+    where c.balance_after <> c.expected
+
+    union all
+    select a.id, a.user_id, 'balance = grants remaining - debt',
+        (coalesce(g.remaining, 0) - a.debt)::text, a.balance::text
+    from public.credit_accounts as a
+    left join grants as g on a.id = g.account_id
+    where a.balance <> coalesce(g.remaining, 0) - a.debt
+
+    union all
+    select a.id, a.user_id, 'debt = sum of debt draws', coalesce(d.debt, 0)::text, a.debt::text
+    from public.credit_accounts as a
+    left join debt_draws as d on a.id = d.account_id
+    where a.debt <> coalesce(d.debt, 0)
+
+    union all
+    select g.account_id, g.user_id, 'grant ' || g.id || ' remaining = amount - draws',
+        (g.amount - coalesce(sum(d.amount), 0))::text, g.remaining::text
+    from public.credit_grants as g
+    left join public.credit_grant_draws as d on g.account_id = d.account_id and g.id = d.grant_id
+    group by g.id, g.account_id
+    having g.remaining <> g.amount - coalesce(sum(d.amount), 0)
+
+    union all
+    select t.account_id, t.user_id, 'transaction ' || t.id || ' amount = its draws',
+        (-t.amount)::text, coalesce(sum(d.amount), 0)::text
+    from public.credit_transactions as t
+    left join public.credit_grant_draws as d
+        on t.account_id = d.account_id and t.id = d.transaction_id
+    where t.type in ('usage', 'fixed_job', 'capture', 'expiry', 'void')
+    group by t.id, t.account_id
+    having -t.amount <> coalesce(sum(d.amount), 0)
+
+    union all
+    select t.account_id, t.user_id,
+        'refunds of ' || t.id || ' gave back at most what it drew from each source',
+        '>= 0', sum(m.amount)::text
+    from public.credit_transactions as t
+    inner join (
+        select coalesce(r.refund_of, r.id) as original, d.grant_id, d.amount
+        from public.credit_grant_draws as d
+        inner join public.credit_transactions as r on d.transaction_id = r.id
+        where r.type in ('usage', 'fixed_job', 'capture', 'void', 'refund')
+        union all
+        select r.refund_of, null, -g.amount
+        from public.credit_grants as g
+        inner join public.credit_transactions as r on g.transaction_id = r.id
+        where r.type = 'refund'
+    ) as m on t.id = m.original
+    group by t.id, t.account_id, m.grant_id
+    having sum(m.amount) < 0
+
+    union all
+    select o.account_id, o.user_id, 'refunds of ' || o.id || ' <= charged',
+        (-o.amount)::text, sum(r.amount)::text
+    from public.credit_transactions as o
+    inner join public.credit_transactions as r
+        on o.account_id = r.account_id and o.id = r.refund_of
+    group by o.id, o.account_id
+    having sum(r.amount) > -o.amount
+
+    union all
+    select r.account_id, r.user_id, 'reservation ' || r.id || ' settled = its capture',
+        r.settled_amount::text, coalesce(-t.amount, 0)::text
+    from public.credit_reservations as r
+    left join public.credit_transactions as t on r.transaction_id = t.id
+    where r.status = 'settled' and r.settled_amount <> coalesce(-t.amount, 0)
+
+    union all
+    select s.account_id, s.user_id, s.check_name, s.expected, s.actual
+    from credit_private.verify_scopes() as s;
+end;
+$$;
+
+
+create or replace function public.credit_schema_version()
+returns text
+language sql
+immutable
+set search_path = ''
+as $$
+    select '20261205001700'::text;
+$$;
