@@ -83,7 +83,7 @@ select c.relname, a.attname, a.atttypid, a.attnotnull
 from pg_catalog.pg_class as c
 join pg_catalog.pg_namespace as n on n.oid = c.relnamespace
 join pg_catalog.pg_attribute as a on a.attrelid = c.oid
-where {OBJECTS.format(name="c.relname")} and c.relkind = %s
+where {OBJECTS.format(name="c.relname")} and c.relkind = any(%s)
   and a.attnum > 0 and not a.attisdropped
 order by c.relname, a.attnum
 """
@@ -116,6 +116,8 @@ join pg_catalog.pg_class as c on c.oid = k.conrelid
 join pg_catalog.pg_namespace as n on n.oid = c.relnamespace
 join pg_catalog.pg_class as r on r.oid = k.confrelid
 where {OBJECTS.format(name="c.relname")} and k.contype = 'f'
+  -- a foreign key to a partitioned table, not its copy for each partition
+  and k.conparentid = 0
 order by c.relname, k.conname
 """
 
@@ -160,7 +162,7 @@ class Catalog:
             return f"{self.ts(pg.element)}[]"
         if pg.kind == "c" and pg.schema == "public" and pg.relkind == "c":
             return f'Database["public"]["CompositeTypes"]["{pg.name}"]'
-        if pg.kind == "c" and pg.schema == "public" and pg.relkind == "r":
+        if pg.kind == "c" and pg.schema == "public" and pg.relkind in ("r", "p"):
             return f'Database["public"]["Tables"]["{pg.name}"]["Row"]'  # a table's row type
         if pg.kind == "p" and pg.name == "void":
             return "undefined"
@@ -200,7 +202,9 @@ def columns(conn: psycopg.Connection[Any], catalog: Catalog, relkind: str) -> di
     found: dict[str, list[tuple[str, str]]] = defaultdict(list)
     # a composite type's attributes cannot be NOT NULL: its comment says
     not_null = not_null_fields(conn) if relkind == "c" else {}
-    for relation, column, oid, notnull in conn.execute(COLUMNS_SQL, (relkind,)):
+    # a table: plain or partitioned (the journal and the draws)
+    kinds = ["r", "p"] if relkind == "r" else [relkind]
+    for relation, column, oid, notnull in conn.execute(COLUMNS_SQL, (kinds,)):
         if relkind == "c":
             notnull = column in not_null.get(relation, ())
         nullable = "" if notnull else " | null"

@@ -203,22 +203,14 @@ $$;
 revoke all on function credit_private.drop_foreign_keys(text)
 from public, anon, authenticated, service_role;
 
--- Detach a closed month's partitions, after checking them: the month (UTC) must be the
--- oldest with an attached partition and no row of it in a default partition (DC133); the
+-- Whether a month (UTC) can be archived, or the refusal: the month must be the oldest with
+-- an attached partition and have no row in a default partition (DC133), and the
 -- checkpoints at its end must be taken for every account that has rows in it or an older
--- checkpoint (DC134); its journal partition must hold, per account, what
--- archive_expectation says, and in all p_transactions rows with amounts summing to
--- p_amount, and its draws partition p_draws rows when given (DC135): the caller's totals
--- are those of its export. Records the month and the keys of its one-call debits, then
--- detaches the draws partition and the journal's, and drops the detached tables' foreign
--- keys. The detached tables stay in credit_private for the operator to drop once the
--- export is stored.
-create function credit_private.archive_month(
-    p_month timestamptz, p_transactions bigint, p_amount bigint, p_draws bigint default null
-)
-returns credit_private.archived_months
+-- checkpoint (DC134). `ducto archive` asks before it exports; archive_month under its locks.
+create function credit_private.check_archivable(p_month timestamptz)
+returns void
 language plpgsql
-volatile
+stable
 set search_path = ''
 as $$
 declare
@@ -228,9 +220,6 @@ declare
     v_oldest timestamptz;
     v_missing bigint;
     v_account_id bigint;
-    v_mismatches bigint;
-    v_result credit_private.archived_months;
-    v_attempt integer := 0;
 begin
     if p_month is null or not isfinite(p_month)
         or p_month <> date_trunc('month', p_month, 'UTC') then
@@ -244,27 +233,6 @@ begin
     v_start := p_month;
     v_journal := format('credit_transactions_p%s', to_char(v_start at time zone 'UTC', 'YYYY_MM'));
     v_draws := format('credit_grant_draws_p%s', to_char(v_start at time zone 'UTC', 'YYYY_MM'));
-
-    -- No writer waits on the archive for long, and none deadlocks with it: each try waits
-    -- at most 100 ms for each lock (less than the writers' deadlock_timeout, so in a lock
-    -- cycle the archive gives way), then lets them go on before the next.
-    loop
-        begin
-            perform set_config('lock_timeout', '100ms', true);
-            lock table public.credit_transactions, public.credit_grant_draws
-            in access exclusive mode;
-            -- detaching the draws makes foreign key triggers on the grants
-            lock table public.credit_grants in share row exclusive mode;
-            exit;
-        exception when lock_not_available then
-            v_attempt := v_attempt + 1;
-            if v_attempt >= 50 then
-                raise;
-            end if;
-            perform pg_catalog.pg_sleep(0.05 + random() * 0.1);
-        end;
-    end loop;
-    perform set_config('lock_timeout', '0', true);
 
     -- the oldest month with an attached journal partition
     select min(credit_private.uuid_time(substring(
@@ -320,16 +288,73 @@ begin
         perform credit_private.fail(
             'DC134',
             format('the checkpoints at the end of %s are not taken (%s accounts lack one,'
-                || ' first %s)', to_char(v_start at time zone 'UTC', 'YYYY-MM'), v_missing,
-                v_account_id),
+                || ' first %s): take them first, ducto checkpoint --month %s',
+                to_char(v_start at time zone 'UTC', 'YYYY-MM'), v_missing, v_account_id,
+                to_char((v_start + interval '1 month') at time zone 'UTC', 'YYYY-MM')),
             jsonb_build_object(
                 'month', v_start, 'period_start', v_start + interval '1 month',
                 'accounts', v_missing, 'account_id', v_account_id
             ),
-            'take them first: ducto checkpoint --month '
-            || to_char((v_start + interval '1 month') at time zone 'UTC', 'YYYY-MM')
+            'see docs/operations.md, "Archive"'
         );
     end if;
+end;
+$$;
+revoke all on function credit_private.check_archivable(timestamptz)
+from public, anon, authenticated, service_role;
+
+-- Detach a closed month's partitions, after checking them: check_archivable (DC006,
+-- DC133, DC134), then its journal partition must hold, per account, what
+-- archive_expectation says, and in all p_transactions rows with amounts summing to
+-- p_amount, and its draws partition p_draws rows when given (DC135): the caller's totals
+-- are those of its export. Records the month and the keys of its one-call debits, then
+-- detaches the draws partition and the journal's, and drops the detached tables' foreign
+-- keys. The detached tables stay in credit_private for the operator to drop once the
+-- export is stored.
+create function credit_private.archive_month(
+    p_month timestamptz, p_transactions bigint, p_amount bigint, p_draws bigint default null
+)
+returns credit_private.archived_months
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_start timestamptz := p_month;
+    v_journal text;
+    v_draws text;
+    v_account_id bigint;
+    v_mismatches bigint;
+    v_result credit_private.archived_months;
+    v_attempt integer := 0;
+begin
+    -- Every lock the archive needs, taken first: the partitions to detach (through their
+    -- parents), and the tables their foreign keys point to, whose triggers the detaches
+    -- make and the drops of the detached tables' keys remove. No writer waits on the
+    -- archive for long, and none deadlocks with it: each try waits at most 100 ms for each
+    -- lock (less than the writers' deadlock_timeout, so in a lock cycle the archive gives
+    -- way), then lets them go on before the next.
+    loop
+        begin
+            perform set_config('lock_timeout', '100ms', true);
+            lock table
+            public.credit_accounts, public.credit_transactions, public.credit_grant_draws,
+            public.credit_grants, public.credit_reservations
+            in access exclusive mode;
+            exit;
+        exception when lock_not_available then
+            v_attempt := v_attempt + 1;
+            if v_attempt >= 50 then
+                raise;
+            end if;
+            perform pg_catalog.pg_sleep(0.05 + random() * 0.1);
+        end;
+    end loop;
+    perform set_config('lock_timeout', '0', true);
+
+    perform credit_private.check_archivable(p_month);
+    v_journal := format('credit_transactions_p%s', to_char(v_start at time zone 'UTC', 'YYYY_MM'));
+    v_draws := format('credit_grant_draws_p%s', to_char(v_start at time zone 'UTC', 'YYYY_MM'));
 
     -- the partitions against the checkpoints, and against the caller's export
     execute format(

@@ -259,6 +259,33 @@ export type Database = {
           },
         ];
       };
+      credit_grant_draws: {
+        Row: {
+          id: number;
+          transaction_id: string;
+          grant_id: string | null;
+          amount: number;
+          account_id: number;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_grant_draws_grant_id_fkey";
+            columns: ["account_id", "grant_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_grants";
+            referencedColumns: ["account_id", "id"];
+          },
+          {
+            foreignKeyName: "credit_grant_draws_transaction_id_fkey";
+            columns: ["account_id", "transaction_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_transactions";
+            referencedColumns: ["account_id", "id"];
+          },
+        ];
+      };
       credit_grants: {
         Row: {
           id: string;
@@ -588,6 +615,55 @@ export type Database = {
             isOneToOne: false;
             referencedRelation: "credit_accounts";
             referencedColumns: ["id"];
+          },
+        ];
+      };
+      credit_transactions: {
+        Row: {
+          id: string;
+          account_id: number;
+          seq: number;
+          user_id: string;
+          type: string;
+          amount: number;
+          balance_after: number;
+          grant_id: string | null;
+          reservation_id: string | null;
+          refund_of: string | null;
+          idempotency_key: string | null;
+          metadata: Json;
+          created_at: string;
+          pricing_version: number | null;
+          usage: Json | null;
+          model: string | null;
+          job_name: string | null;
+          attributed_user_id: string | null;
+          request_hash: string | null;
+          available_after: number | null;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_transactions_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+          {
+            foreignKeyName: "credit_transactions_grant_fk";
+            columns: ["account_id", "grant_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_grants";
+            referencedColumns: ["account_id", "id"];
+          },
+          {
+            foreignKeyName: "credit_transactions_reservation_fk";
+            columns: ["account_id", "reservation_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_reservations";
+            referencedColumns: ["account_id", "id"];
           },
         ];
       };
