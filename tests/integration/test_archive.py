@@ -170,6 +170,7 @@ def test_archive_exports_checks_and_detaches_closed_months(fresh: str, tmp_path:
         }
         accounts, grants = ledger.rows(ACCOUNTS), ledger.rows(GRANTS)
         balances_at = ledger.rows(BALANCES_AT)
+        statements = {u: manager.statement(u, MAR, APR) for u in ("alice", "bob", "carol")}
         assert all(rows and draws for rows, draws in months.values())
 
         done = Cli(DATABASE_URL=fresh).json("archive", "--before", "2025-03", "-o", str(out))
@@ -222,6 +223,10 @@ def test_archive_exports_checks_and_detaches_closed_months(fresh: str, tmp_path:
         for row in balances_at:
             assert manager.balance_at(row["user_id"], row["at"]).balance == row["balance"]
         assert manager.get_balance("alice").balance == accounts[0]["balance"]
+        for user, statement in statements.items():
+            assert manager.statement(user, MAR, APR) == statement
+        with pytest.raises(ArchivedError):
+            manager.statement("alice", FEB, APR)
 
         # a recent charge refunds; an archived one is ArchivedError
         ledger.set_clock(None)

@@ -112,6 +112,8 @@ select set_eq(
         'credit_private.reader_id(text, text) | service_role | EXECUTE',
         'credit_private.archive_horizon() | authenticated | EXECUTE',
         'credit_private.archive_horizon() | service_role | EXECUTE',
+        'credit_private.balance_before(text, timestamp with time zone) | authenticated | EXECUTE',
+        'credit_private.balance_before(text, timestamp with time zone) | service_role | EXECUTE',
         'public.credit_partitions() | service_role | EXECUTE',
         'public.credit_add_credits(text, numeric, text, text, integer, timestamp with time zone,'
         || ' jsonb, text, text[]) | service_role | EXECUTE',
@@ -368,7 +370,8 @@ select set_eq(
           'credit_private.credit_line(bigint, text)',
           'credit_private.limits_result(text, timestamp with time zone)',
           'credit_private.scope_breakdown(bigint, timestamp with time zone)',
-          'credit_private.archive_horizon()'],
+          'credit_private.archive_horizon()',
+          'credit_private.balance_before(text, timestamp with time zone)'],
     'authenticated can execute the readers of their own balance, plan, statements, events'
     || ' and limits and the helpers they call, nothing else.'
 );
@@ -421,7 +424,8 @@ select set_eq(
           'credit_private.verify_scopes()',
           'credit_private.verify_since(timestamp with time zone)',
           'credit_private.auto_topup_row(bigint, timestamp with time zone)',
-          'credit_private.archive_horizon()'],
+          'credit_private.archive_horizon()',
+          'credit_private.balance_before(text, timestamp with time zone)'],
     'In credit_private, service_role can execute only the helpers its read RPCs call (none'
     || ' of them writes).'
 );

@@ -10,7 +10,7 @@
 -- partition of the database while this file's transaction lasts.
 begin;
 \ir helpers/tests_schema.psql
-select plan(30);
+select plan(32);
 
 set local timezone to 'UTC';
 select credit_private.create_partitions('2003-01-01', '2003-03-01');
@@ -220,6 +220,21 @@ select is(
     (select balance from credit_balance_at('pgtap_archive_a', '2003-02-06')),
     (select balance from credit_accounts where user_id = 'pgtap_archive_a'),
     'A balance after the horizon is exact, from the checkpoint.'
+);
+select is(
+    (select (opening_balance, closing_balance)
+        from credit_statement('pgtap_archive_a', '2003-02-01', '2003-02-06')),
+    (select (b.balance, a.balance)
+        from credit_balance_at('pgtap_archive_a', '2003-02-01') as b,
+            credit_accounts as a where a.user_id = 'pgtap_archive_a'),
+    'A statement from the horizon opens and closes at the balances of the checkpoints.'
+);
+select is(
+    tests.error_of(
+        $$select credit_statement('pgtap_archive_a', '2003-01-15', '2003-02-06')$$
+    )->>'code',
+    'DC132',
+    'A statement that starts before the horizon is DC132.'
 );
 select is_empty(
     $$select * from credit_verify_ledger() where account_id in (
