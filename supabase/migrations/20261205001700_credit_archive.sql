@@ -146,6 +146,8 @@ end;
 $$;
 revoke all on function credit_private.archived_month_of(uuid)
 from public, anon, authenticated, service_role;
+-- credit_verify_ledger (security invoker) asks it of the rows it checks
+grant execute on function credit_private.archived_month_of(uuid) to service_role;
 
 -- The refusal of what needs an archived row.
 create function credit_private.fail_archived(p_what text, p_month timestamptz, p_detail jsonb)
@@ -999,6 +1001,346 @@ begin
 end;
 $$;
 
+create or replace function credit_private.verify_since(p_since timestamptz)
+returns setof public.credit_ledger_issue
+language sql
+stable
+set search_path = ''
+-- the planner cannot know how few rows follow each checkpoint; compiling the one query
+-- (JIT) would cost more than running it
+set jit = off
+as $$
+    -- credit_verify_ledger's invariants, each account from its newest checkpoint at or
+    -- before p_since (an account without one from its first row, which is the full check):
+    -- the same issue rows, read from the rows after the checkpoint and what they point to
+    with start as (
+        select
+            a.id as account_id,
+            a.user_id,
+            a.balance,
+            a.debt,
+            a.version,
+            c.period_start as checkpoint,
+            coalesce(c.last_seq, 0) as last_seq,
+            coalesce(c.balance, 0) as opening,
+            coalesce(c.debt, 0) as opening_debt
+        from public.credit_accounts as a
+        left join lateral (
+            select k.period_start, k.last_seq, k.balance, k.debt
+            from public.credit_checkpoints as k
+            where k.account_id = a.id and k.period_start <= p_since
+            order by k.period_start desc
+            limit 1
+        ) as c on true
+    ),
+
+    -- the rows after each checkpoint: one range of the (account_id, seq) key per account
+    recent as materialized (
+        select
+            t.id, t.account_id, t.user_id, t.seq, t.type, t.amount, t.balance_after,
+            t.refund_of, t.reservation_id, t.usage, t.job_name, t.metadata
+        from start as s
+        cross join lateral (
+            select
+                x.id, x.account_id, x.user_id, x.seq, x.type, x.amount, x.balance_after,
+                x.refund_of, x.reservation_id, x.usage, x.job_name, x.metadata
+            from public.credit_transactions as x
+            where x.account_id = s.account_id and x.seq > s.last_seq
+            -- offset 0: kept a subquery, so each account reads its range of the key
+            offset 0
+        ) as t
+    ),
+
+    recent_draws as materialized (
+        select d.account_id, d.transaction_id, d.grant_id, d.amount
+        from recent as r
+        cross join lateral (
+            select x.account_id, x.transaction_id, x.grant_id, x.amount
+            from public.credit_grant_draws as x
+            where x.transaction_id = r.id and x.account_id = r.account_id
+            offset 0
+        ) as d
+    ),
+
+    -- what each grant gave since the checkpoint
+    drawn as (
+        select d.account_id, d.grant_id, sum(d.amount) as amount
+        from recent_draws as d
+        where d.grant_id is not null
+        group by d.account_id, d.grant_id
+    ),
+
+    journal as (
+        select
+            s.account_id,
+            s.opening + coalesce(sum(r.amount), 0) as total,
+            s.last_seq + count(r.id) as n,
+            coalesce(max(r.seq), nullif(s.last_seq, 0)) as last_seq
+        from start as s
+        left join recent as r on s.account_id = r.account_id
+        group by s.account_id, s.opening, s.last_seq
+    ),
+
+    -- the grants whose remaining the window can tell: listed at the checkpoint, created or
+    -- drawn on since, or with credits now (a grant in none of these had nothing left then
+    -- and has nothing now)
+    touched as (
+        select k.account_id, k.grant_id
+        from start as s
+        inner join public.credit_checkpoint_grants as k
+            on s.account_id = k.account_id and s.checkpoint = k.period_start
+        union
+        select d.account_id, d.grant_id
+        from recent_draws as d
+        where d.grant_id is not null
+        union
+        select g.account_id, g.id
+        from recent as r
+        cross join lateral (
+            select x.account_id, x.id from public.credit_grants as x
+            where x.transaction_id = r.id and x.account_id = r.account_id
+            offset 0
+        ) as g
+        union
+        select g.account_id, g.id
+        from start as s
+        cross join lateral (
+            select x.account_id, x.id from public.credit_grants as x
+            where x.account_id = s.account_id and x.spendable
+            offset 0
+        ) as g
+    ),
+
+    grant_check as materialized (
+        select
+            g.account_id,
+            g.user_id,
+            g.id,
+            g.remaining,
+            g.scope,
+            -- at the checkpoint: what it listed, the whole amount for a grant created
+            -- since, else nothing
+            case
+                when k.grant_id is not null then k.remaining
+                when o.seq > s.last_seq then g.amount
+                else 0
+            end - coalesce(w.amount, 0) as expected
+        from touched as u
+        inner join start as s on u.account_id = s.account_id
+        inner join public.credit_grants as g on u.account_id = g.account_id and u.grant_id = g.id
+        left join public.credit_checkpoint_grants as k
+            on
+                s.account_id = k.account_id and s.checkpoint = k.period_start
+                and g.id = k.grant_id
+        left join public.credit_transactions as o
+            on g.account_id = o.account_id and g.transaction_id = o.id
+        left join drawn as w on g.account_id = w.account_id and g.id = w.grant_id
+    ),
+
+    -- the charges refunded since the checkpoint (a refund comes after its charge, so a
+    -- charge since the checkpoint has its refunds in the window too)
+    refunded as (
+        select distinct r.account_id, r.refund_of as id
+        from recent as r
+        where r.refund_of is not null
+    ),
+
+    -- per charge and source: what it drew, less what its refunds gave back
+    refund_moves as (
+        select r.account_id, coalesce(r.refund_of, r.id) as original, d.grant_id, d.amount
+        from recent as r
+        inner join recent_draws as d on r.account_id = d.account_id and r.id = d.transaction_id
+        where r.type in ('usage', 'fixed_job', 'capture', 'void', 'refund')
+        union all
+        select r.account_id, r.refund_of, null, -g.amount
+        from recent as r
+        cross join lateral (
+            select x.amount from public.credit_grants as x
+            where x.transaction_id = r.id and x.account_id = r.account_id
+            offset 0
+        ) as g
+        where r.type = 'refund'
+        -- a charge from before the checkpoint refunded since: its own draws, and those of
+        -- its refunds before the checkpoint, read by their keys
+        union all
+        select o.account_id, o.id, d.grant_id, d.amount
+        from refunded as o
+        inner join start as s on o.account_id = s.account_id
+        cross join lateral (
+            select x.id from public.credit_transactions as x
+            where
+                x.id = o.id and x.account_id = o.account_id and x.seq <= s.last_seq
+                and x.type in ('usage', 'fixed_job', 'capture', 'void')
+            union all
+            select x.id from public.credit_transactions as x
+            where x.refund_of = o.id and x.account_id = o.account_id and x.seq <= s.last_seq
+        ) as m
+        cross join lateral (
+            select x.grant_id, x.amount from public.credit_grant_draws as x
+            where x.transaction_id = m.id and x.account_id = o.account_id
+            offset 0
+        ) as d
+        union all
+        select o.account_id, o.id, null, -g.amount
+        from refunded as o
+        inner join start as s on o.account_id = s.account_id
+        inner join public.credit_transactions as r
+            on o.account_id = r.account_id and o.id = r.refund_of and r.seq <= s.last_seq
+        inner join public.credit_grants as g
+            on r.account_id = g.account_id and r.id = g.transaction_id
+    )
+
+    select s.account_id, s.user_id, 'balance = sum of journal', j.total::text, s.balance::text
+    from start as s
+    inner join journal as j on s.account_id = j.account_id
+    where s.balance <> j.total
+
+    union all
+    select s.account_id, s.user_id, 'journal seq is 1..version', s.version::text,
+        format('%s rows, last seq %s', j.n, j.last_seq)
+    from start as s
+    inner join journal as j on s.account_id = j.account_id
+    where j.n <> s.version or coalesce(j.last_seq, 0) <> s.version
+
+    union all
+    select c.account_id, null, 'balance_after chain at seq ' || c.seq, c.expected::text,
+        c.balance_after::text
+    from (
+        select
+            r.account_id,
+            r.seq,
+            r.balance_after,
+            coalesce(lag(r.balance_after) over w, s.opening) + r.amount as expected
+        from recent as r
+        inner join start as s on r.account_id = s.account_id
+        window w as (partition by r.account_id order by r.seq)
+    ) as c
+    where c.balance_after <> c.expected
+
+    union all
+    select s.account_id, s.user_id, 'balance = grants remaining - debt',
+        (coalesce(g.remaining, 0) - s.debt)::text, s.balance::text
+    from start as s
+    left join lateral (
+        select sum(x.remaining) as remaining from public.credit_grants as x
+        where x.account_id = s.account_id and x.spendable
+    ) as g on true
+    where s.balance <> coalesce(g.remaining, 0) - s.debt
+
+    union all
+    select s.account_id, s.user_id, 'debt = sum of debt draws',
+        (s.opening_debt + coalesce(d.debt, 0))::text, s.debt::text
+    from start as s
+    left join (
+        select x.account_id, sum(x.amount) as debt from recent_draws as x
+        where x.grant_id is null
+        group by x.account_id
+    ) as d on s.account_id = d.account_id
+    where s.debt <> s.opening_debt + coalesce(d.debt, 0)
+
+    union all
+    select g.account_id, g.user_id, 'grant ' || g.id || ' remaining = amount - draws',
+        g.expected::text, g.remaining::text
+    from grant_check as g
+    where g.remaining <> g.expected
+
+    union all
+    select r.account_id, r.user_id, 'transaction ' || r.id || ' amount = its draws',
+        (-r.amount)::text, coalesce(sum(d.amount), 0)::text
+    from recent as r
+    left join recent_draws as d on r.account_id = d.account_id and r.id = d.transaction_id
+    where r.type in ('usage', 'fixed_job', 'capture', 'expiry', 'void')
+    group by r.id, r.account_id, r.user_id, r.amount
+    having -r.amount <> coalesce(sum(d.amount), 0)
+
+    union all
+    select t.account_id, t.user_id,
+        'refunds of ' || t.id || ' gave back at most what it drew from each source',
+        '>= 0', m.amount::text
+    from (
+        select x.account_id, x.original, sum(x.amount) as amount
+        from refund_moves as x
+        group by x.account_id, x.original, x.grant_id
+        having sum(x.amount) < 0
+    ) as m
+    inner join public.credit_transactions as t
+        on m.account_id = t.account_id and m.original = t.id
+
+    union all
+    select o.account_id, o.user_id, 'refunds of ' || o.id || ' <= charged',
+        (-o.amount)::text, sum(r.amount)::text
+    from refunded as x
+    inner join public.credit_transactions as o on x.account_id = o.account_id and x.id = o.id
+    inner join public.credit_transactions as r
+        on o.account_id = r.account_id and o.id = r.refund_of
+    group by o.id, o.account_id
+    having sum(r.amount) > -o.amount
+
+    union all
+    select v.account_id, v.user_id, 'reservation ' || v.id || ' settled = its capture',
+        v.settled_amount::text, coalesce(-t.amount, 0)::text
+    from recent as c
+    inner join public.credit_reservations as v
+        on c.account_id = v.account_id and c.reservation_id = v.id
+    left join public.credit_transactions as t
+        on v.account_id = t.account_id and v.transaction_id = t.id
+    where v.status = 'settled' and v.settled_amount <> coalesce(-t.amount, 0)
+
+    union all
+    select g.account_id, g.user_id, 'grant ' || g.id || ' scope sorted and distinct',
+        (select array_agg(distinct s order by s) from unnest(g.scope) as s)::text,
+        g.scope::text
+    from grant_check as g
+    where
+        g.scope is not null
+        and g.scope is distinct from (
+            select array_agg(distinct s order by s) from unnest(g.scope) as s
+        )
+
+    union all
+    select r.account_id, r.user_id,
+        'grant ' || g.id || ' paid only within its scope', g.scope::text,
+        format('transaction %s (%s)', r.id, r.type)
+    from recent_draws as d
+    inner join recent as r on d.account_id = r.account_id and d.transaction_id = r.id
+    -- every grant drawn on since is in grant_check
+    inner join grant_check as g on d.account_id = g.account_id and d.grant_id = g.id
+    where
+        g.scope is not null
+        and d.amount > 0
+        and r.type <> 'expiry'
+        and not (
+            r.type in ('usage', 'fixed_job', 'capture')
+            and credit_private.scope_covers(g.scope, r.usage, r.job_name, r.metadata)
+        )
+
+    -- a refund's charge and a grant's row exist, attached or in an archived month (no
+    -- foreign key says so: 88_archive.sql)
+    union all
+    select r.account_id, r.user_id, 'refund ' || r.id || ' names a journal row',
+        r.refund_of::text, 'none'
+    from recent as r
+    where
+        r.refund_of is not null
+        and not exists (
+            select from public.credit_transactions as o
+            where o.account_id = r.account_id and o.id = r.refund_of
+        )
+        and credit_private.archived_month_of(r.refund_of) is null
+
+    union all
+    select g.account_id, g.user_id, 'grant ' || g.id || ' has its journal row',
+        g.transaction_id::text, 'none'
+    from grant_check as c
+    inner join public.credit_grants as g on c.account_id = g.account_id and c.id = g.id
+    where
+        not exists (
+            select from public.credit_transactions as o
+            where o.account_id = g.account_id and o.id = g.transaction_id
+        )
+        and credit_private.archived_month_of(g.transaction_id) is null;
+$$;
+
 create or replace function public.credit_verify_ledger(p_since timestamptz default null)
 returns setof public.credit_ledger_issue
 language plpgsql
@@ -1141,6 +1483,29 @@ begin
     from public.credit_reservations as r
     left join public.credit_transactions as t on r.transaction_id = t.id
     where r.status = 'settled' and r.settled_amount <> coalesce(-t.amount, 0)
+
+    -- what the journal's foreign keys checked before rows could be archived: a refund's
+    -- charge and a grant's row exist (nothing is archived here: the full check runs only
+    -- while every row is attached)
+    union all
+    select r.account_id, r.user_id, 'refund ' || r.id || ' names a journal row',
+        r.refund_of::text, 'none'
+    from public.credit_transactions as r
+    where
+        r.refund_of is not null
+        and not exists (
+            select from public.credit_transactions as o
+            where o.account_id = r.account_id and o.id = r.refund_of
+        )
+
+    union all
+    select g.account_id, g.user_id, 'grant ' || g.id || ' has its journal row',
+        g.transaction_id::text, 'none'
+    from public.credit_grants as g
+    where not exists (
+        select from public.credit_transactions as o
+        where o.account_id = g.account_id and o.id = g.transaction_id
+    )
 
     union all
     select s.account_id, s.user_id, s.check_name, s.expected, s.actual

@@ -225,6 +225,29 @@ begin
     left join public.credit_transactions as t on r.transaction_id = t.id
     where r.status = 'settled' and r.settled_amount <> coalesce(-t.amount, 0)
 
+    -- what the journal's foreign keys checked before rows could be archived: a refund's
+    -- charge and a grant's row exist (nothing is archived here: the full check runs only
+    -- while every row is attached)
+    union all
+    select r.account_id, r.user_id, 'refund ' || r.id || ' names a journal row',
+        r.refund_of::text, 'none'
+    from public.credit_transactions as r
+    where
+        r.refund_of is not null
+        and not exists (
+            select from public.credit_transactions as o
+            where o.account_id = r.account_id and o.id = r.refund_of
+        )
+
+    union all
+    select g.account_id, g.user_id, 'grant ' || g.id || ' has its journal row',
+        g.transaction_id::text, 'none'
+    from public.credit_grants as g
+    where not exists (
+        select from public.credit_transactions as o
+        where o.account_id = g.account_id and o.id = g.transaction_id
+    )
+
     union all
     select s.account_id, s.user_id, s.check_name, s.expected, s.actual
     from credit_private.verify_scopes() as s;

@@ -112,6 +112,7 @@ select set_eq(
         'credit_private.reader_id(text, text) | service_role | EXECUTE',
         'credit_private.archive_horizon() | authenticated | EXECUTE',
         'credit_private.archive_horizon() | service_role | EXECUTE',
+        'credit_private.archived_month_of(uuid) | service_role | EXECUTE',
         'credit_private.balance_before(text, timestamp with time zone) | authenticated | EXECUTE',
         'credit_private.balance_before(text, timestamp with time zone) | service_role | EXECUTE',
         'public.credit_partitions() | service_role | EXECUTE',
@@ -425,7 +426,8 @@ select set_eq(
           'credit_private.verify_since(timestamp with time zone)',
           'credit_private.auto_topup_row(bigint, timestamp with time zone)',
           'credit_private.archive_horizon()',
-          'credit_private.balance_before(text, timestamp with time zone)'],
+          'credit_private.balance_before(text, timestamp with time zone)',
+          'credit_private.archived_month_of(uuid)'],
     'In credit_private, service_role can execute only the helpers its read RPCs call (none'
     || ' of them writes).'
 );

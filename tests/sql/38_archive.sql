@@ -10,7 +10,7 @@
 -- partition of the database while this file's transaction lasts.
 begin;
 \ir helpers/tests_schema.psql
-select plan(32);
+select plan(34);
 
 set local timezone to 'UTC';
 select credit_private.create_partitions('2003-01-01', '2003-03-01');
@@ -245,6 +245,26 @@ select is_empty(
     $$select * from credit_verify_ledger('2003-01-15') where account_id in (
         select id from credit_accounts where user_id like 'pgtap_archive_%')$$,
     'A p_since before the horizon verifies from the horizon.'
+);
+-- no foreign key keeps a refund's charge or a grant's row: verification does
+select is_empty(
+    $$select * from credit_verify_ledger() where check_name like '%journal row%'$$,
+    'A February refund of an archived January charge names a row verification accepts.'
+);
+set constraints all immediate;
+alter table public.credit_transactions disable trigger credit_transactions_append_only;
+update credit_transactions set refund_of = '3b1f0c57-1e4a-4c8e-9f27-0a1b2c3d4e5f'
+where refund_of = (select transaction_id from jan_charge) and created_at >= '2003-02-01';
+alter table public.credit_transactions enable trigger credit_transactions_append_only;
+update credit_grants set transaction_id = '3b1f0c57-1e4a-4c8e-9f27-0a1b2c3d4e5f'
+where user_id = 'pgtap_archive_b' and created_at >= '2003-02-01';
+select set_eq(
+    $$select split_part(check_name, ' ', 1) || ' ' || split_part(check_name, ' ', 3)
+        || ' ' || split_part(check_name, ' ', 4)
+      from credit_verify_ledger() where check_name like '%journal row%'$$,
+    array['refund names a', 'grant has its'],
+    'A refund whose charge is neither attached nor archived, and a grant without its row,'
+    || ' are broken invariants.'
 );
 select throws_ok(
     $$select credit_private.archive_month('2003-01-01', 0, 0)$$, 'DC133', null,
