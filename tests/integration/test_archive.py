@@ -426,4 +426,18 @@ def test_archive_while_clients_charge_and_refund(fresh: str, tmp_path: Path) -> 
         )
         assert sorted(r["idempotency_key"] for r in charged) == sorted(keys)
         assert all(r["n"] == 1 for r in charged)
+        # January's keys: charged once each, in the export, never again since
+        archived_keys = sorted(
+            row["idempotency_key"]
+            for row in read_jsonl(out / "credit_transactions_2025_01.jsonl")
+            if row["request_hash"] is not None
+        )
+        assert archived_keys == sorted(old["key"] for old in january)
+        assert (
+            ledger.rows(
+                "select id from public.credit_transactions where idempotency_key like 'jan-%%'"
+                " and request_hash is not null"
+            )
+            == []
+        )
         assert "credit_transactions_p2025_01" not in attached(ledger)
