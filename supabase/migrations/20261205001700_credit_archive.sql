@@ -487,6 +487,11 @@ from public, anon, authenticated, service_role;
 
 -- ---------------------------------------------------------------- the ledger around the archive
 
+-- a refund's key by itself: its replay when the refunded charge was archived, whose row
+-- no longer says the account (55_refunds.sql)
+create index credit_idempotency_keys_refund_idx
+on public.credit_idempotency_keys (idempotency_key) where operation = 'refund_transaction';
+
 
 create or replace function credit_private.fail(
     p_code text, p_message text, p_detail jsonb default null, p_hint text default null
@@ -688,6 +693,23 @@ begin
             where m.legacy_id = p_transaction_id limit 1),
             p_transaction_id
         ));
+        if v_archived is not null and p_idempotency_key is not null then
+            -- a refund's key replays forever: its result is stored whole, and its request
+            -- names the charge (the account is not known without the charge's row)
+            select k.request, k.result into v_request, v_replay
+            from public.credit_idempotency_keys as k
+            where
+                k.operation = 'refund_transaction' and k.idempotency_key = p_idempotency_key
+                and k.request ->> 'transaction_id' = p_transaction_id::text;
+            if found and v_request = jsonb_build_object(
+                'transaction_id', p_transaction_id, 'amount', v_requested, 'reason', p_reason,
+                'metadata', v_metadata
+            ) then
+                v_result := jsonb_populate_record(null::public.credit_refund_result, v_replay);
+                v_result.is_replay := true;
+                return v_result;
+            end if;
+        end if;
         if v_archived is not null then
             perform credit_private.fail_archived(
                 format('transaction %s', p_transaction_id), v_archived,

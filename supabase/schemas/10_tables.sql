@@ -420,6 +420,10 @@ create table public.credit_idempotency_keys (
 comment on table public.credit_idempotency_keys is
 'The first result of each keyed operation but a one-call debit, whose journal row is its key'
 ' record. Keys are unique per account across both, and never expire.';
+-- a refund's key by itself: its replay when the refunded charge was archived, whose row
+-- no longer says the account (55_refunds.sql)
+create index credit_idempotency_keys_refund_idx
+on public.credit_idempotency_keys (idempotency_key) where operation = 'refund_transaction';
 
 -- ---------------------------------------------------------------- pricing
 

@@ -102,7 +102,10 @@ def three_months(ledger: Ledger, checkpoints: tuple[datetime, ...] = (FEB, MAR))
     ledger.settle(hold["reservation_id"], 30)
     ledger.set_clock(datetime(2025, 2, 5, 9, tzinfo=UTC))
     made["feb_keyed"] = ledger.deduct("bob", 20, idempotency_key="feb-key")
-    ledger.refund(made["jan_charge"]["transaction_id"], 5)  # of a January charge
+    # a keyed refund of a January charge
+    made["feb_refund"] = ledger.refund(
+        made["jan_charge"]["transaction_id"], 5, idempotency_key="feb-refund"
+    )
     ledger.add("carol", 70)  # an account whose rows start in February
     ledger.set_clock(datetime(2025, 3, 7, 9, tzinfo=UTC))
     made["mar_keyed"] = ledger.deduct("alice", 15, idempotency_key="mar-key")
@@ -234,6 +237,12 @@ def test_archive_exports_checks_and_detaches_closed_months(fresh: str, tmp_path:
         with pytest.raises(ArchivedError) as archived:
             manager.refund_credits(made["jan_charge"]["transaction_id"], 1)
         assert archived.value.code == "DC132"
+        # a refund's key replays forever, its charge archived or not
+        replayed = manager.refund_credits(
+            made["jan_charge"]["transaction_id"], 5, idempotency_key="feb-refund"
+        )
+        assert replayed.is_replay
+        assert replayed.transaction_id == str(made["feb_refund"]["transaction_id"])
         assert archived.value.archived_month is not None
         assert archived.value.archived_month.startswith("2025-01")
         with pytest.raises(ArchivedError):

@@ -10,7 +10,7 @@
 -- partition of the database while this file's transaction lasts.
 begin;
 \ir helpers/tests_schema.psql
-select plan(34);
+select plan(36);
 
 set local timezone to 'UTC';
 select credit_private.create_partitions('2003-01-01', '2003-03-01');
@@ -36,8 +36,12 @@ create temp table jan_hold as select * from credit_reserve_credits('pgtap_archiv
 select credit_settle_reservation((select reservation_id from jan_hold), 60);
 
 set local ducto.now to '2003-02-03 09:00:00+00';
--- a refund in February of a January charge, before January is archived
+-- refunds in February of a January charge, before January is archived
 select credit_refund_transaction((select transaction_id from jan_charge), 2);
+create temp table feb_refund as
+select * from credit_refund_transaction(
+    (select transaction_id from jan_charge), 1, p_idempotency_key => 'arch-refund'
+);
 create temp table feb_keyed as
 select * from credit_deduct_credits('pgtap_archive_a', 7, p_idempotency_key => 'arch-feb');
 select credit_add_credits('pgtap_archive_b', 25);
@@ -200,6 +204,21 @@ select throws_ok(
     format('select credit_refund_transaction(%L)', (select transaction_id from jan_charge)),
     'DC132', null,
     'A refund of an archived row is DC132.'
+);
+select is(
+    (select (transaction_id, is_replay) from credit_refund_transaction(
+        (select transaction_id from jan_charge), 1, p_idempotency_key => 'arch-refund'
+    )),
+    (select (transaction_id, true) from feb_refund),
+    'A refund''s key replays though the charge it refunded is archived.'
+);
+select is(
+    tests.error_of(format(
+        'select credit_refund_transaction(%L, 2, p_idempotency_key => %L)',
+        (select transaction_id from jan_charge), 'arch-refund'
+    ))->>'code',
+    'DC132',
+    'Another refund of the archived charge under that key is DC132.'
 );
 select throws_ok(
     $$select credit_refund_transaction('3b1f0c57-1e4a-4c8e-9f27-0a1b2c3d4e5f')$$,
