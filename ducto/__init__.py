@@ -1,6 +1,7 @@
 """ducto: a credit ledger for AI products, native to Supabase."""
 
 from ducto.errors import (
+    ArchivedError,
     CreditLineOverdueError,
     DuctoError,
     IdempotencyConflictError,
@@ -89,6 +90,7 @@ __all__ = [
     "AddCreditsResult",
     "AggregateStatsRow",
     "AllowanceResult",
+    "ArchivedError",
     "AsyncCreditManager",
     "AutoTopupRule",
     "BalanceAlert",

@@ -15,6 +15,7 @@ Hierarchy::
     ├── IdempotencyConflictError      an idempotency key was reused with other parameters
     ├── TopupConflictError            a top-up request already has another payment intent
     ├── NotFoundError                 a transaction, reservation, plan or team does not exist
+    │   └── ArchivedError             the row it needs was archived (ducto archive)
     ├── ReservationStateError         a reservation is released, or settled otherwise
     ├── RefundError                   a refund or void exceeds what is left, or is not allowed
     ├── PermissionDeniedError         the caller's role may not do this
@@ -23,7 +24,8 @@ Hierarchy::
     ├── UnknownModelError             no pricing entry matches the model, and no default
     ├── UnknownJobError               the pricing has no such fixed-cost job
     ├── SchemaError                   the database's ledger schema is missing or outdated
-    ├── LedgerInconsistentError       a checkpoint was refused: the ledger breaks an invariant
+    ├── LedgerInconsistentError       a checkpoint or an archive was refused: the ledger, or
+    │                                 a month's export, breaks an invariant
     ├── WebhookSignatureError         an event delivery's signature does not verify
     └── StoreError                    the store failed in a way ducto did not expect
         └── StoreConnectionError      the store cannot reach the database or the API
@@ -156,6 +158,21 @@ class NotFoundError(DuctoError, LookupError):
     """Raised when a transaction, reservation, plan or team does not exist."""
 
 
+class ArchivedError(NotFoundError):
+    """Raised when what a call needs left the database with an archived month (HTTP 410).
+
+    A refund of an archived row, a replay of an archived one-call debit's idempotency key,
+    a balance before the archive horizon. ``details`` names ``archived_month`` (and the
+    ``transaction_id`` or ``idempotency_key``); the month's export holds the row.
+    """
+
+    @property
+    def archived_month(self) -> str | None:
+        """The archived month (its start, ISO 8601) the row was in."""
+        value = self.details.get("archived_month")
+        return value if isinstance(value, str) else None
+
+
 class ReservationStateError(DuctoError):
     """Raised when a reservation cannot be settled or released in its current state."""
 
@@ -196,7 +213,8 @@ class LedgerInconsistentError(DuctoError):
     """Raised when a checkpoint is refused because the ledger breaks an invariant.
 
     ``details`` names how many issues ``verify_ledger`` finds and the first of them; nothing
-    was recorded.
+    was recorded. Also raised (DC135) when an archive is refused because a month's
+    partitions, its checkpoints and its export do not agree; nothing was detached.
     """
 
 
@@ -258,6 +276,12 @@ SQLSTATE_ERRORS: Mapping[str, type[DuctoError]] = {
     # checkpoints: a month not closed yet; a ledger with broken invariants
     "DC130": InvalidInputError,
     "DC131": LedgerInconsistentError,
+    # archive: a row, a key or a balance of an archived month; a month not the oldest, or
+    # without its closing checkpoints; a month whose partitions and export disagree
+    "DC132": ArchivedError,
+    "DC133": InvalidInputError,
+    "DC134": InvalidInputError,
+    "DC135": LedgerInconsistentError,
     "42501": PermissionDeniedError,
     "42883": SchemaError,
     "PGRST202": SchemaError,

@@ -1,19 +1,21 @@
 """Install, inspect and maintain the ledger: setup, status, verify, checkpoint, partitions,
-sweep, sql export."""
+archive, sweep, sql export."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
 
+import psycopg
 import typer
 
 from ducto import __version__, _migrations
+from ducto import archive as archiving
 from ducto.cli import _options
 from ducto.cli._options import JsonFlag
 from ducto.cli._output import count, credits, emit_json, show, stdout, table, text
-from ducto.cli._session import ExitCode, Target, fail, session, stderr
-from ducto.errors import PricingNotLoadedError, SchemaError
+from ducto.cli._session import ExitCode, Target, _message, exit_code, fail, session, stderr
+from ducto.errors import DuctoError, PricingNotLoadedError, SchemaError
 from ducto.manager import CreditManager
 from ducto.pricing import PricingVersion
 
@@ -170,6 +172,85 @@ def partitions(ctx: typer.Context, as_json: JsonFlag = False) -> None:
             ' (docs/operations.md, "Partitions")',
             ExitCode.REFUSED,
         )
+
+
+def archive(
+    ctx: typer.Context,
+    before: Annotated[
+        str,
+        typer.Option(
+            help="Archive every month before this one (YYYY-MM, UTC) whose partitions are"
+            " still attached, oldest first.",
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            file_okay=False,
+            help="The export's folder: a JSONL file of each month's journal rows and of its"
+            " draws, and manifest.json.",
+        ),
+    ] = Path("archive"),
+    export_only: Annotated[
+        bool,
+        typer.Option(
+            "--export-only",
+            help="Export and check the months; detach nothing (store the"
+            " export, then run again without it: the export is checked, not rewritten).",
+        ),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Export closed months, check the export against the checkpoints, then detach them.
+
+    Needs a direct connection as the database owner (--db-url / DATABASE_URL). A month must
+    be the oldest attached one, with the checkpoints at its end taken (ducto checkpoint).
+    Exits 5, detaching nothing, when an export, a partition and the checkpoints disagree.
+    The detached tables stay in credit_private until dropped (docs/operations.md, "Archive").
+    """
+    target: Target = ctx.obj
+    if not target.db_url:
+        raise fail(
+            "ducto archive needs a direct PostgreSQL connection as the database owner:"
+            " --db-url or DATABASE_URL",
+            ExitCode.USAGE,
+        )
+    first = _options.month(before, "--before")
+    try:
+        with (
+            psycopg.connect(
+                target.db_url, autocommit=True, application_name="ducto archive"
+            ) as conn,
+            stderr.status("Archiving") as status,
+        ):
+            done = archiving.archive(
+                conn, first, output, export_only=export_only, progress=status.update
+            )
+    except psycopg.OperationalError as exc:
+        raise fail(f"cannot connect: {exc}", ExitCode.UNAVAILABLE) from exc
+    except DuctoError as error:
+        raise fail(_message(error), exit_code(error)) from error
+    if as_json:
+        emit_json(done)
+        return
+    if not done:
+        stdout.print(f"No attached month before {before} to archive.")
+    for item in done:
+        if isinstance(item, archiving.ArchivedMonth):
+            stdout.print(
+                f"{item.month:%Y-%m}: archived {count(item.transactions, 'journal row')}"
+                f" ({credits(item.amount)}) and {count(item.draws, 'draw')}; export in"
+                f" {output}, detached tables credit_private.credit_transactions_p"
+                f"{archiving.month_name(item.month)} and credit_grant_draws_p"
+                f"{archiving.month_name(item.month)} to drop once it is stored."
+            )
+        else:
+            stdout.print(
+                f"{item.month:%Y-%m}: exported {count(item.transactions.rows, 'journal row')}"
+                f" and {count(item.draws.rows, 'draw')} to {output}, checked; nothing detached."
+            )
 
 
 def sweep(

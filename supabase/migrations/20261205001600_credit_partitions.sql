@@ -288,8 +288,6 @@ create table public.credit_transactions (
     request_hash uuid,
     available_after bigint,
     constraint credit_transactions_pkey primary key (id, account_id),
-    constraint credit_transactions_refund_of_fkey foreign key (account_id, refund_of)
-    references public.credit_transactions (account_id, id),
     -- seq > 0; credits (grant, purchase, adjustment, promotion, refund) carry a positive
     -- amount, debits (usage, fixed_job, capture, expiry) a negative one; a refund and only a
     -- refund names the row it refunds, a capture and only a capture its hold; metadata is a
@@ -310,7 +308,9 @@ create table public.credit_transactions (
 partition by range (id);
 comment on table public.credit_transactions is
 'The journal. Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE. Partitioned by'
-' month of id (the time it carries is created_at).';
+' month of id (the time it carries is created_at). refund_of names a row written before it'
+' by credit_refund_transaction, which reads it under the account lock; no foreign key, so'
+' a closed month can leave the database (ducto archive).';
 comment on column public.credit_transactions.seq is
 '1..n per account, in commit order of the account (each operation holds the account lock,'
 ' which keeps it unique: a partitioned table has no unique key without the partition key).';
@@ -507,21 +507,28 @@ create table public.credit_debit_keys (
     account_id bigint not null references public.credit_accounts (id),
     idempotency_key text not null,
     transaction_id uuid not null,
+    operation text not null,
+    request_hash uuid not null,
     primary key (account_id, idempotency_key)
 );
 comment on table public.credit_debit_keys is
-'The key of each keyed one-call debit and its journal row, which records the request''s'
-' fingerprint and what a replay returns. One probe finds a key of any month.';
+'The key of each keyed one-call debit: its journal row (which a replay''s result is rebuilt'
+' from), its type and the request''s fingerprint. One probe finds a key of any month, and'
+' the key stays when its month is archived. Never changed.';
 
 alter table public.credit_debit_keys enable row level security;
 revoke all on table public.credit_debit_keys from public, anon, authenticated, service_role;
 grant select on table public.credit_debit_keys to service_role;
 
-insert into public.credit_debit_keys (account_id, idempotency_key, transaction_id)
+insert into public.credit_debit_keys (
+    account_id, idempotency_key, request_hash, transaction_id, operation
+)
 select
     t.account_id,
     t.idempotency_key,
-    t.id as transaction_id
+    t.request_hash,
+    t.id as transaction_id,
+    t.type as operation
 from public.credit_transactions as t
 where t.request_hash is not null
 order by t.account_id, t.idempotency_key;
@@ -532,26 +539,8 @@ drop function credit_private.journal_row_ok(
     text, bigint, bigint, uuid, uuid, jsonb, jsonb, text, bigint, text, text, uuid, bigint
 );
 
--- ---------------------------------------------------------------- the keys that point to the journal
-
-alter table public.credit_grants
-add constraint credit_grants_transaction_id_fkey foreign key (account_id, transaction_id)
-references public.credit_transactions (account_id, id);
-alter table public.credit_reservations
-add constraint credit_reservations_transaction_id_fkey foreign key (account_id, transaction_id)
-references public.credit_transactions (account_id, id);
-alter table public.credit_topup_requests
-add constraint credit_topup_requests_transaction_id_fkey foreign key (account_id, transaction_id)
-references public.credit_transactions (account_id, id);
-alter table public.credit_stripe_payments
-add constraint credit_stripe_payments_transaction_id_fkey foreign key (account_id, transaction_id)
-references public.credit_transactions (account_id, id);
-alter table public.credit_stripe_clawbacks
-add constraint credit_stripe_clawbacks_transaction_id_fkey foreign key (account_id, transaction_id)
-references public.credit_transactions (account_id, id);
-alter table public.credit_stripe_invoices
-add constraint credit_stripe_invoices_transaction_id_fkey foreign key (account_id, transaction_id)
-references public.credit_transactions (account_id, id);
+-- No foreign key points to the journal any more from tables that outlive a month (their
+-- rows are written with it; 20261205001700_credit_archive.sql lets a closed month leave).
 
 -- ---------------------------------------------------------------- what depended on the old tables
 
@@ -631,8 +620,9 @@ begin
     returning * into v_row;
     -- a keyed one-call debit: where its key is found (45_idempotency.sql)
     if p_request_hash is not null then
-        insert into public.credit_debit_keys (account_id, idempotency_key, transaction_id)
-        values (p_account_id, p_idempotency_key, v_row.id);
+        insert into public.credit_debit_keys (
+            account_id, idempotency_key, transaction_id, operation, request_hash
+        ) values (p_account_id, p_idempotency_key, v_row.id, p_type, p_request_hash);
     end if;
     -- the largest balance is the largest amount: every balance stays exact in JavaScript
     -- and a sum of balances far from bigint's end
@@ -1011,27 +1001,40 @@ begin
     -- one probe of each key table (a key is in at most one of them). The journal is read
     -- only for a key found there: a statement that may read the partitioned journal locks
     -- every partition (and index) of it, even when it reads none.
-    select k.transaction_id into v_transaction_id
+    select
+        k.transaction_id,
+        k.operation,
+        k.request_hash = credit_private.request_hash(p_operation, p_request)
+    into v_transaction_id, v_operation, v_same
     from public.credit_debit_keys as k
     where k.account_id = p_account_id and k.idempotency_key = p_key;
     if found then
-        select
-            t.type,
-            t.request_hash = credit_private.request_hash(p_operation, p_request),
-            jsonb_build_object(
-                'transaction_id', t.id,
-                'user_id', t.user_id,
-                'amount', -t.amount,
-                'overage', 0,
-                'balance_after', t.balance_after,
-                'available_after', t.available_after,
-                'created_at', t.created_at,
-                'is_replay', false,
-                'pricing_version', t.pricing_version
-            )
-        into v_operation, v_same, v_result
+        select jsonb_build_object(
+            'transaction_id', t.id,
+            'user_id', t.user_id,
+            'amount', -t.amount,
+            'overage', 0,
+            'balance_after', t.balance_after,
+            'available_after', t.available_after,
+            'created_at', t.created_at,
+            'is_replay', false,
+            'pricing_version', t.pricing_version
+        )
+        into v_result
         from public.credit_transactions as t
         where t.id = v_transaction_id and t.account_id = p_account_id;
+        if v_result is null and v_same then
+            -- the row that would rebuild the result is in an archived month (88_archive.sql)
+            perform credit_private.fail_archived(
+                format('the result of idempotency key %s',
+                    quote_literal(split_part(p_key, chr(31), -1))),
+                date_trunc('month', credit_private.uuid_time(v_transaction_id), 'UTC'),
+                jsonb_build_object(
+                    'idempotency_key', split_part(p_key, chr(31), -1),
+                    'transaction_id', v_transaction_id
+                )
+            );
+        end if;
     else
         select k.operation, k.operation = p_operation and k.request = p_request, k.result
         into v_operation, v_same, v_result
@@ -1194,12 +1197,21 @@ declare
     v_account_id bigint;
     v_checkpoint public.credit_checkpoints;
     v_until bigint;
+    v_horizon timestamptz;
 begin
     if p_at is null or not isfinite(p_at) then
         perform credit_private.fail(
             'DC006',
             format('at must be a finite time, got %s', coalesce(p_at::text, 'null')),
             jsonb_build_object('argument', 'at')
+        );
+    end if;
+    -- before the archive horizon the journal no longer holds every row (88_archive.sql)
+    v_horizon := credit_private.archive_horizon();
+    if p_at < v_horizon then
+        perform credit_private.fail_archived(
+            format('the balance at %s', p_at), v_horizon - interval '1 month',
+            jsonb_build_object('at', p_at, 'horizon', v_horizon)
         );
     end if;
     select a.id into v_account_id from public.credit_accounts as a where a.user_id = v_user_id;
@@ -1250,6 +1262,11 @@ from public, anon, authenticated, service_role;
 grant execute on function public.credit_balance_at(text, timestamptz)
 to authenticated, service_role;
 
+-- The sum of a user's journal rows created before p_at, from the newest checkpoint at or
+-- before it (84_checkpoints.sql): its balance, less its rows created at or after p_at (only
+-- straddlers can be), plus the later rows created before p_at. Once months are archived,
+-- for p_at at or after the horizon, every row it reads is attached.
+
 create or replace function public.credit_refund_transaction(
     p_transaction_id uuid,
     p_amount numeric default null,
@@ -1268,6 +1285,7 @@ declare
     v_requested bigint;
     v_metadata jsonb := credit_private.check_metadata(p_metadata);
     v_original public.credit_transactions;
+    v_archived timestamptz;
     v_request jsonb;
     v_account public.credit_accounts;
     v_replay jsonb;
@@ -1299,6 +1317,35 @@ begin
         where m.legacy_id = p_transaction_id;
     end if;
     if not found then
+        -- a row of an archived month (88_archive.sql), or an old id of one
+        v_archived := credit_private.archived_month_of(coalesce(
+            (select m.id from credit_private.legacy_transaction_ids as m
+            where m.legacy_id = p_transaction_id limit 1),
+            p_transaction_id
+        ));
+        if v_archived is not null and p_idempotency_key is not null then
+            -- a refund's key replays forever: its result is stored whole, and its request
+            -- names the charge (the account is not known without the charge's row)
+            select k.request, k.result into v_request, v_replay
+            from public.credit_idempotency_keys as k
+            where
+                k.operation = 'refund_transaction' and k.idempotency_key = p_idempotency_key
+                and k.request ->> 'transaction_id' = p_transaction_id::text;
+            if found and v_request = jsonb_build_object(
+                'transaction_id', p_transaction_id, 'amount', v_requested, 'reason', p_reason,
+                'metadata', v_metadata
+            ) then
+                v_result := jsonb_populate_record(null::public.credit_refund_result, v_replay);
+                v_result.is_replay := true;
+                return v_result;
+            end if;
+        end if;
+        if v_archived is not null then
+            perform credit_private.fail_archived(
+                format('transaction %s', p_transaction_id), v_archived,
+                jsonb_build_object('transaction_id', p_transaction_id)
+            );
+        end if;
         perform credit_private.fail(
             'DC030', format('transaction %s does not exist', coalesce(p_transaction_id::text, 'null')),
             jsonb_build_object('transaction_id', p_transaction_id)

@@ -216,8 +216,6 @@ create table public.credit_transactions (
     request_hash uuid,
     available_after bigint,
     constraint credit_transactions_pkey primary key (id, account_id),
-    constraint credit_transactions_refund_of_fkey foreign key (account_id, refund_of)
-    references public.credit_transactions (account_id, id),
     -- seq > 0; credits (grant, purchase, adjustment, promotion, refund) carry a positive
     -- amount, debits (usage, fixed_job, capture, expiry) a negative one; a refund and only a
     -- refund names the row it refunds, a capture and only a capture its hold; metadata is a
@@ -238,7 +236,9 @@ create table public.credit_transactions (
 partition by range (id);
 comment on table public.credit_transactions is
 'The journal. Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE. Partitioned by'
-' month of id (the time it carries is created_at).';
+' month of id (the time it carries is created_at). refund_of names a row written before it'
+' by credit_refund_transaction, which reads it under the account lock; no foreign key, so'
+' a closed month can leave the database (ducto archive).';
 comment on column public.credit_transactions.seq is
 '1..n per account, in commit order of the account (each operation holds the account lock,'
 ' which keeps it unique: a partitioned table has no unique key without the partition key).';
@@ -309,8 +309,6 @@ create table public.credit_grants (
     -- null: usable for any charge; else the charges it may pay (credit_private.check_scope)
     scope text[] check (scope is null or cardinality(scope) between 1 and 20),
     constraint credit_grants_pkey primary key (id, account_id),
-    constraint credit_grants_transaction_id_fkey foreign key (account_id, transaction_id)
-    references public.credit_transactions (account_id, id),
     -- category paid or promotional; priority 0..100; amount > 0;
     -- 0 <= remaining <= amount; expires_at finite (null: never)
     constraint credit_grants_row_check check (
@@ -320,7 +318,8 @@ create table public.credit_grants (
 with (fillfactor = 70);
 comment on table public.credit_grants is
 'Buckets of credits. Spending draws by priority (lower first), then soonest expiry, then oldest.'
-' A grant is never spent at or after expires_at.';
+' A grant is never spent at or after expires_at. transaction_id is its journal row, written'
+' in the same transaction; no foreign key, so an archived month''s rows can leave.';
 comment on column public.credit_grants.scope is
 'Null: pays for any charge. Else the sorted, distinct entries model:<glob>, job:<name>,'
 ' feature:<name>; the grant pays only for charges one entry matches (docs/scopes.md).';
@@ -396,14 +395,13 @@ create table public.credit_reservations (
     result jsonb,
     usage jsonb,
     constraint credit_reservations_pkey primary key (id, account_id),
-    constraint credit_reservations_transaction_id_fkey foreign key (account_id, transaction_id)
-    references public.credit_transactions (account_id, id),
     check ((status = 'active') = (resolved_at is null)),
     check ((status = 'settled') = (settled_amount is not null))
 );
 comment on table public.credit_reservations is
 'Holds. An active hold counts against available credits until expires_at; the sweep marks'
-' timed-out holds expired.';
+' timed-out holds expired. transaction_id is the capture row, written in the same'
+' transaction as the settle; no foreign key, so an archived month''s rows can leave.';
 comment on column public.credit_reservations.result is
 'The result returned when the hold was settled or released, returned again on a replay.';
 comment on column public.credit_reservations.usage is
@@ -432,6 +430,10 @@ create table public.credit_idempotency_keys (
 comment on table public.credit_idempotency_keys is
 'The first result of each keyed operation but a one-call debit, whose journal row is its key'
 ' record. Keys are unique per account across both, and never expire.';
+-- a refund's key by itself: its replay when the refunded charge was archived, whose row
+-- no longer says the account (55_refunds.sql)
+create index credit_idempotency_keys_refund_idx
+on public.credit_idempotency_keys (idempotency_key) where operation = 'refund_transaction';
 
 -- Where the key of a one-call debit is: the journal is partitioned by month, and a key
 -- looked up in it would be probed in every month's partition (find_replay).
@@ -439,11 +441,14 @@ create table public.credit_debit_keys (
     account_id bigint not null references public.credit_accounts (id),
     idempotency_key text not null,
     transaction_id uuid not null,
+    operation text not null,
+    request_hash uuid not null,
     primary key (account_id, idempotency_key)
 );
 comment on table public.credit_debit_keys is
-'The key of each keyed one-call debit and its journal row, which records the request''s'
-' fingerprint and what a replay returns. One probe finds a key of any month.';
+'The key of each keyed one-call debit: its journal row (which a replay''s result is rebuilt'
+' from), its type and the request''s fingerprint. One probe finds a key of any month, and'
+' the key stays when its month is archived. Never changed.';
 
 -- ---------------------------------------------------------------- pricing
 

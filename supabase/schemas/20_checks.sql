@@ -61,8 +61,10 @@ begin
                 -- checkpoint not yet possible, ...)
                 when p_code in (
                     'DC020', 'DC040', 'DC041', 'DC050', 'DC051', 'DC063', 'DC111', 'DC121',
-                    'DC130', 'DC131'
+                    'DC130', 'DC131', 'DC133', 'DC134', 'DC135'
                 ) then 409
+                -- the row it needs was archived: gone from the database, for good
+                when p_code = 'DC132' then 410
                 -- an argument refused (DC001-DC008, DC042, DC06x): nothing was written
                 else 422
             end, 'headers', '{}'::jsonb)::text;

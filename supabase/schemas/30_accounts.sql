@@ -252,8 +252,9 @@ begin
     returning * into v_row;
     -- a keyed one-call debit: where its key is found (45_idempotency.sql)
     if p_request_hash is not null then
-        insert into public.credit_debit_keys (account_id, idempotency_key, transaction_id)
-        values (p_account_id, p_idempotency_key, v_row.id);
+        insert into public.credit_debit_keys (
+            account_id, idempotency_key, transaction_id, operation, request_hash
+        ) values (p_account_id, p_idempotency_key, v_row.id, p_type, p_request_hash);
     end if;
     -- the largest balance is the largest amount: every balance stays exact in JavaScript
     -- and a sum of balances far from bigint's end

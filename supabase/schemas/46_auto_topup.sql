@@ -102,13 +102,12 @@ create table public.credit_topup_requests (
     -- credits granted exactly when the payment succeeded
     check ((state = 'succeeded') = (transaction_id is not null)),
     constraint credit_topup_requests_pkey primary key (id, account_id),
-    constraint credit_topup_requests_payment_intent_id_key unique (payment_intent_id, account_id),
-    constraint credit_topup_requests_transaction_id_fkey foreign key (account_id, transaction_id)
-    references public.credit_transactions (account_id, id)
+    constraint credit_topup_requests_payment_intent_id_key unique (payment_intent_id, account_id)
 );
 comment on table public.credit_topup_requests is
 'Auto top-up payments, one per attempt; id is the Stripe idempotency key and the'
-' PaymentIntent''s metadata.ducto_topup_request_id.';
+' PaymentIntent''s metadata.ducto_topup_request_id. transaction_id is the purchase row,'
+' written in the same transaction; no foreign key, so an archived month''s rows can leave.';
 comment on column public.credit_topup_requests.next_attempt_at is
 'pending: when the worker may take it; processing: the end of the current claim''s lease.';
 comment on column public.credit_topup_requests.transaction_id is

@@ -86,14 +86,14 @@ create table public.credit_stripe_payments (
     check (clawed_back between 0 and credits),
     constraint credit_stripe_payments_pkey primary key (payment_intent_id, account_id),
     constraint credit_stripe_payments_transaction_id_key unique (transaction_id, account_id),
-    constraint credit_stripe_payments_transaction_id_fkey foreign key (account_id, transaction_id)
-    references public.credit_transactions (account_id, id),
     constraint credit_stripe_payments_grant_id_fkey foreign key (account_id, grant_id)
     references public.credit_grants (account_id, id)
 );
 comment on table public.credit_stripe_payments is
 'A credit purchase paid through Stripe, by its payment intent (refunds and disputes name it).'
-' Its credits are clawed back in proportion to the money refunded or withdrawn.';
+' Its credits are clawed back in proportion to the money refunded or withdrawn.'
+' transaction_id is the purchase row, written in the same transaction; no foreign key, so an'
+' archived month''s rows can leave.';
 comment on column public.credit_stripe_payments.amount is
 'The money paid, in the currency''s smallest unit (Stripe''s amount_total).';
 comment on column public.credit_stripe_payments.refunded is
@@ -108,14 +108,14 @@ create table public.credit_stripe_clawbacks (
     payment_intent_id text not null,
     account_id bigint not null,
     constraint credit_stripe_clawbacks_pkey primary key (transaction_id, account_id),
-    constraint credit_stripe_clawbacks_transaction_id_fkey foreign key (account_id, transaction_id)
-    references public.credit_transactions (account_id, id),
     constraint credit_stripe_clawbacks_payment_intent_id_fkey
     foreign key (account_id, payment_intent_id)
     references public.credit_stripe_payments (account_id, payment_intent_id)
 );
 comment on table public.credit_stripe_clawbacks is
-'The void rows that clawed back a payment''s credits; a reinstatement refunds them.';
+'The void rows that clawed back a payment''s credits; a reinstatement refunds them. Each'
+' is written in the same transaction as its row; no foreign key to the journal, so an'
+' archived month''s rows can leave.';
 create index credit_stripe_clawbacks_payment_idx
 on public.credit_stripe_clawbacks (payment_intent_id);
 
@@ -181,12 +181,12 @@ create table public.credit_stripe_invoices (
     transaction_id uuid not null,
     created_at timestamptz not null,
     account_id bigint not null,
-    constraint credit_stripe_invoices_pkey primary key (invoice_id, account_id),
-    constraint credit_stripe_invoices_transaction_id_fkey foreign key (account_id, transaction_id)
-    references public.credit_transactions (account_id, id)
+    constraint credit_stripe_invoices_pkey primary key (invoice_id, account_id)
 );
 comment on table public.credit_stripe_invoices is
-'Each paid invoice that granted an allowance: one grant per invoice.';
+'Each paid invoice that granted an allowance: one grant per invoice. transaction_id is its'
+' grant''s row, written in the same transaction; no foreign key, so an archived month''s'
+' rows can leave.';
 
 alter table public.credit_stripe_payments enable row level security;
 alter table public.credit_stripe_clawbacks enable row level security;

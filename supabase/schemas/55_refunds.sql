@@ -95,6 +95,7 @@ declare
     v_requested bigint;
     v_metadata jsonb := credit_private.check_metadata(p_metadata);
     v_original public.credit_transactions;
+    v_archived timestamptz;
     v_request jsonb;
     v_account public.credit_accounts;
     v_replay jsonb;
@@ -126,6 +127,35 @@ begin
         where m.legacy_id = p_transaction_id;
     end if;
     if not found then
+        -- a row of an archived month (88_archive.sql), or an old id of one
+        v_archived := credit_private.archived_month_of(coalesce(
+            (select m.id from credit_private.legacy_transaction_ids as m
+            where m.legacy_id = p_transaction_id limit 1),
+            p_transaction_id
+        ));
+        if v_archived is not null and p_idempotency_key is not null then
+            -- a refund's key replays forever: its result is stored whole, and its request
+            -- names the charge (the account is not known without the charge's row)
+            select k.request, k.result into v_request, v_replay
+            from public.credit_idempotency_keys as k
+            where
+                k.operation = 'refund_transaction' and k.idempotency_key = p_idempotency_key
+                and k.request ->> 'transaction_id' = p_transaction_id::text;
+            if found and v_request = jsonb_build_object(
+                'transaction_id', p_transaction_id, 'amount', v_requested, 'reason', p_reason,
+                'metadata', v_metadata
+            ) then
+                v_result := jsonb_populate_record(null::public.credit_refund_result, v_replay);
+                v_result.is_replay := true;
+                return v_result;
+            end if;
+        end if;
+        if v_archived is not null then
+            perform credit_private.fail_archived(
+                format('transaction %s', p_transaction_id), v_archived,
+                jsonb_build_object('transaction_id', p_transaction_id)
+            );
+        end if;
         perform credit_private.fail(
             'DC030', format('transaction %s does not exist', coalesce(p_transaction_id::text, 'null')),
             jsonb_build_object('transaction_id', p_transaction_id)

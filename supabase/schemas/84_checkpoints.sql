@@ -428,7 +428,33 @@ as $$
         and not (
             r.type in ('usage', 'fixed_job', 'capture')
             and credit_private.scope_covers(g.scope, r.usage, r.job_name, r.metadata)
-        );
+        )
+
+    -- a refund's charge and a grant's row exist, attached or in an archived month (no
+    -- foreign key says so: 88_archive.sql)
+    union all
+    select r.account_id, r.user_id, 'refund ' || r.id || ' names a journal row',
+        r.refund_of::text, 'none'
+    from recent as r
+    where
+        r.refund_of is not null
+        and not exists (
+            select from public.credit_transactions as o
+            where o.account_id = r.account_id and o.id = r.refund_of
+        )
+        and credit_private.archived_month_of(r.refund_of) is null
+
+    union all
+    select g.account_id, g.user_id, 'grant ' || g.id || ' has its journal row',
+        g.transaction_id::text, 'none'
+    from grant_check as c
+    inner join public.credit_grants as g on c.account_id = g.account_id and c.id = g.id
+    where
+        not exists (
+            select from public.credit_transactions as o
+            where o.account_id = g.account_id and o.id = g.transaction_id
+        )
+        and credit_private.archived_month_of(g.transaction_id) is null;
 $$;
 revoke all on function credit_private.verify_since(timestamptz)
 from public, anon, authenticated, service_role;

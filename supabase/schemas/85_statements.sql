@@ -67,12 +67,21 @@ declare
     v_account_id bigint;
     v_checkpoint public.credit_checkpoints;
     v_until bigint;
+    v_horizon timestamptz;
 begin
     if p_at is null or not isfinite(p_at) then
         perform credit_private.fail(
             'DC006',
             format('at must be a finite time, got %s', coalesce(p_at::text, 'null')),
             jsonb_build_object('argument', 'at')
+        );
+    end if;
+    -- before the archive horizon the journal no longer holds every row (88_archive.sql)
+    v_horizon := credit_private.archive_horizon();
+    if p_at < v_horizon then
+        perform credit_private.fail_archived(
+            format('the balance at %s', p_at), v_horizon - interval '1 month',
+            jsonb_build_object('at', p_at, 'horizon', v_horizon)
         );
     end if;
     select a.id into v_account_id from public.credit_accounts as a where a.user_id = v_user_id;
@@ -123,6 +132,46 @@ from public, anon, authenticated, service_role;
 grant execute on function public.credit_balance_at(text, timestamptz)
 to authenticated, service_role;
 
+-- The sum of a user's journal rows created before p_at, from the newest checkpoint at or
+-- before it (84_checkpoints.sql): its balance, less its rows created at or after p_at (only
+-- straddlers can be), plus the later rows created before p_at. Once months are archived,
+-- for p_at at or after the horizon, every row it reads is attached.
+create function credit_private.balance_before(p_user_id text, p_at timestamptz)
+returns bigint
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+    v_account_id bigint;
+    v_checkpoint public.credit_checkpoints;
+begin
+    select a.id into v_account_id from public.credit_accounts as a where a.user_id = p_user_id;
+    select k.* into v_checkpoint
+    from public.credit_checkpoints as k
+    where k.account_id = v_account_id and k.period_start <= p_at
+    order by k.period_start desc
+    limit 1;
+    return (
+        select (coalesce(v_checkpoint.balance, 0) + coalesce(sum(
+            case when t.seq <= v_checkpoint.last_seq then -t.amount else t.amount end
+        ), 0))::bigint
+        from public.credit_transactions as t
+        where
+            t.account_id = v_account_id
+            and t.seq >= coalesce(v_checkpoint.straddle_seq, v_checkpoint.last_seq + 1, 1)
+            and (
+                (t.seq <= v_checkpoint.last_seq and t.created_at >= p_at)
+                or (t.seq > coalesce(v_checkpoint.last_seq, 0) and t.created_at < p_at)
+            )
+    );
+end;
+$$;
+revoke all on function credit_private.balance_before(text, timestamptz)
+from public, anon, authenticated, service_role;
+grant execute on function credit_private.balance_before(text, timestamptz)
+to authenticated, service_role;
+
 create function public.credit_statement(
     p_user_id text default null, p_start timestamptz default null, p_end timestamptz default null
 )
@@ -136,19 +185,34 @@ declare
     -- no user id: a signed-in user's own
     v_user_id text := credit_private.reader_id(p_user_id, 'statement');
     v_result public.credit_statement_result;
+    v_horizon timestamptz;
 begin
     perform credit_private.check_window(p_start, p_end);
     v_result.user_id := v_user_id;
     v_result.period_start := p_start;
     v_result.period_end := p_end;
 
-    -- both balances in one pass over the account's journal before p_end
-    select
-        coalesce(sum(t.amount) filter (where t.created_at < p_start), 0)::bigint,
-        coalesce(sum(t.amount), 0)::bigint
-    into v_result.opening_balance, v_result.closing_balance
-    from public.credit_transactions as t
-    where t.user_id = v_user_id and t.created_at < p_end;
+    v_horizon := credit_private.archive_horizon();
+    if v_horizon is null then
+        -- both balances in one pass over the account's journal before p_end
+        select
+            coalesce(sum(t.amount) filter (where t.created_at < p_start), 0)::bigint,
+            coalesce(sum(t.amount), 0)::bigint
+        into v_result.opening_balance, v_result.closing_balance
+        from public.credit_transactions as t
+        where t.user_id = v_user_id and t.created_at < p_end;
+    else
+        -- months are archived (88_archive.sql): the balances from the checkpoints, and no
+        -- window that starts before the horizon
+        if p_start < v_horizon then
+            perform credit_private.fail_archived(
+                format('the statement from %s', p_start), v_horizon - interval '1 month',
+                jsonb_build_object('start', p_start, 'horizon', v_horizon)
+            );
+        end if;
+        v_result.opening_balance := credit_private.balance_before(v_user_id, p_start);
+        v_result.closing_balance := credit_private.balance_before(v_user_id, p_end);
+    end if;
 
     select coalesce(jsonb_agg(jsonb_build_object(
         'type', s.type, 'count', s.n, 'amount', s.amount

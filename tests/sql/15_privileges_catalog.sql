@@ -53,6 +53,17 @@ where
     c.relkind in ('r', 'p', 'v', 'm', 'f', 'S')
     and ((n.nspname = 'public' and c.relname like 'credit\_%') or n.nspname = 'credit_private');
 
+-- the tables no API role reads: the journal's and the draws' partitions (and month tables
+-- detached by an archive), read through their parent, and the old journal ids
+create temp view owner_only as
+select object from ducto_relation
+where
+    nspname = 'credit_private'
+    and (
+        relname ~ '^credit_(transactions|grant_draws)_(p[0-9]{4}_[0-9]{2}|default)$'
+        or relname = 'legacy_transaction_ids'
+    );
+
 -- (object, grantee, privilege) for everyone but the owner; grantee 0 is PUBLIC
 create temp view ducto_acl as
 select
@@ -102,6 +113,11 @@ select set_eq(
         'credit_private.uuid_floor(timestamp with time zone) | authenticated | EXECUTE',
         'credit_private.uuid_floor(timestamp with time zone) | service_role | EXECUTE',
         'credit_private.uuid_time(uuid) | service_role | EXECUTE',
+        'credit_private.archive_horizon() | authenticated | EXECUTE',
+        'credit_private.archive_horizon() | service_role | EXECUTE',
+        'credit_private.archived_month_of(uuid) | service_role | EXECUTE',
+        'credit_private.balance_before(text, timestamp with time zone) | authenticated | EXECUTE',
+        'credit_private.balance_before(text, timestamp with time zone) | service_role | EXECUTE',
         'public.credit_add_credits(text, numeric, text, text, integer, timestamp with time zone,'
         || ' jsonb, text, text[]) | service_role | EXECUTE',
         'public.credit_deduct_credits(text, numeric, numeric, jsonb, text) | service_role | EXECUTE',
@@ -265,6 +281,8 @@ select set_eq(
         'public.credit_team_members | authenticated | SELECT',
         'public.credit_team_members | service_role | SELECT',
         'credit_private.journal_activity | service_role | SELECT',
+        'credit_private.archived_months | authenticated | SELECT',
+        'credit_private.archived_months | service_role | SELECT',
         'public.credit_events | authenticated | SELECT',
         'public.credit_events | service_role | SELECT',
         'public.credit_balance_alerts | service_role | SELECT',
@@ -363,7 +381,9 @@ select set_eq(
           'credit_private.below_zero_since(bigint)',
           'credit_private.credit_line(bigint, text)',
           'credit_private.limits_result(text, timestamp with time zone)',
-          'credit_private.scope_breakdown(bigint, timestamp with time zone)'],
+          'credit_private.scope_breakdown(bigint, timestamp with time zone)',
+          'credit_private.archive_horizon()',
+          'credit_private.balance_before(text, timestamp with time zone)'],
     'authenticated can execute the readers of their own balance, plan, statements, events'
     || ' and limits and the helpers they call, nothing else.'
 );
@@ -373,8 +393,9 @@ select set_eq(
           'public.credit_reservations', 'public.credit_plans', 'public.credit_user_plans',
           'public.credit_teams', 'public.credit_team_members', 'public.credit_events',
           'public.credit_account_limits', 'public.credit_spend_windows',
-          'public.credit_checkpoints'],
-    'authenticated can SELECT exactly the tables that hold their own rows.'
+          'public.credit_checkpoints', 'credit_private.archived_months'],
+    'authenticated can SELECT exactly the tables that hold their own rows, and the archived'
+    || ' months (the horizon of credit_balance_at).'
 );
 select is_empty(
     $$select object from ducto_relation
@@ -416,14 +437,19 @@ select set_eq(
           'credit_private.scope_covers(text[], jsonb, text, jsonb)',
           'credit_private.verify_scopes()',
           'credit_private.verify_since(timestamp with time zone)',
-          'credit_private.auto_topup_row(bigint, timestamp with time zone)'],
+          'credit_private.auto_topup_row(bigint, timestamp with time zone)',
+          'credit_private.archive_horizon()',
+          'credit_private.balance_before(text, timestamp with time zone)',
+          'credit_private.archived_month_of(uuid)'],
     'In credit_private, service_role can execute only the helpers its read RPCs call (none'
     || ' of them writes).'
 );
 select is_empty(
     $$select object from ducto_relation
-      where relkind in ('r', 'p') and not has_table_privilege('service_role', oid, 'SELECT')$$,
-    'service_role can SELECT every ducto table.'
+      where relkind in ('r', 'p') and not has_table_privilege('service_role', oid, 'SELECT')
+        and object not in (select object from owner_only)$$,
+    'service_role can SELECT every ducto table (but the partitions, read through their'
+    || ' parent, and the owner''s own tables).'
 );
 select is_empty(
     $$select object from ducto_relation
@@ -440,8 +466,10 @@ select is_empty(
 -- ---------------------------------------------------------------- row-level security
 
 select is_empty(
-    $$select object from ducto_relation where relkind in ('r', 'p') and not relrowsecurity$$,
-    'Every ducto table has row-level security enabled.'
+    $$select object from ducto_relation where relkind in ('r', 'p') and not relrowsecurity
+        and object not in (select object from owner_only)$$,
+    'Every ducto table has row-level security enabled (a partition is read through its'
+    || ' parent, whose policies apply).'
 );
 select is_empty(
     $$select object from ducto_relation
@@ -464,6 +492,7 @@ select set_eq(
         'public.credit_refund_transaction(uuid, numeric, text, jsonb, text)',
         'public.credit_sweep_expired(boolean)',
         'public.credit_take_checkpoints(timestamp with time zone)',
+        'public.credit_partitions()',
         'public.credit_publish_pricing(jsonb, text)',
         'public.credit_deduct_usage(text, jsonb, jsonb, text)',
         'public.credit_deduct_fixed(text, text, jsonb, text)',

@@ -35,7 +35,9 @@ insert into reference_table values
 ('credit_plans'), ('credit_user_plans'), ('credit_pricing_config'),
 ('credit_event_settings'), ('credit_event_endpoints'), ('credit_balance_alerts'),
 ('credit_stripe_prices'), ('credit_stripe_customers'), ('credit_stripe_subscriptions'),
-('credit_stripe_disputes'), ('credit_stripe_early_refunds');
+('credit_stripe_disputes'), ('credit_stripe_early_refunds'),
+-- the archived months (88_archive.sql): one row a month, for the whole ledger
+('archived_months');
 
 -- account tables, with the number of their account column
 create temp view account_table as

@@ -14,6 +14,7 @@ def test_package_exports() -> None:
         "AddCreditsResult",
         "AggregateStatsRow",
         "AllowanceResult",
+        "ArchivedError",
         "AsyncCreditManager",
         "AutoTopupRule",
         "BalanceAlert",

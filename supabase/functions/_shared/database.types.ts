@@ -311,13 +311,6 @@ export type Database = {
             referencedRelation: "credit_accounts";
             referencedColumns: ["id"];
           },
-          {
-            foreignKeyName: "credit_grants_transaction_id_fkey";
-            columns: ["account_id", "transaction_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_transactions";
-            referencedColumns: ["account_id", "id"];
-          },
         ];
       };
       credit_idempotency_keys: {
@@ -397,13 +390,6 @@ export type Database = {
             referencedRelation: "credit_accounts";
             referencedColumns: ["id"];
           },
-          {
-            foreignKeyName: "credit_reservations_transaction_id_fkey";
-            columns: ["account_id", "transaction_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_transactions";
-            referencedColumns: ["account_id", "id"];
-          },
         ];
       };
       credit_spend_windows: {
@@ -442,13 +428,6 @@ export type Database = {
             isOneToOne: false;
             referencedRelation: "credit_stripe_payments";
             referencedColumns: ["account_id", "payment_intent_id"];
-          },
-          {
-            foreignKeyName: "credit_stripe_clawbacks_transaction_id_fkey";
-            columns: ["account_id", "transaction_id"];
-            isOneToOne: true;
-            referencedRelation: "credit_transactions";
-            referencedColumns: ["account_id", "id"];
           },
         ];
       };
@@ -494,15 +473,7 @@ export type Database = {
         };
         Insert: { [_ in never]: never };
         Update: { [_ in never]: never };
-        Relationships: [
-          {
-            foreignKeyName: "credit_stripe_invoices_transaction_id_fkey";
-            columns: ["account_id", "transaction_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_transactions";
-            referencedColumns: ["account_id", "id"];
-          },
-        ];
+        Relationships: [];
       };
       credit_stripe_payments: {
         Row: {
@@ -533,13 +504,6 @@ export type Database = {
             columns: ["account_id", "grant_id"];
             isOneToOne: false;
             referencedRelation: "credit_grants";
-            referencedColumns: ["account_id", "id"];
-          },
-          {
-            foreignKeyName: "credit_stripe_payments_transaction_id_fkey";
-            columns: ["account_id", "transaction_id"];
-            isOneToOne: true;
-            referencedRelation: "credit_transactions";
             referencedColumns: ["account_id", "id"];
           },
         ];
@@ -652,13 +616,6 @@ export type Database = {
             referencedRelation: "credit_accounts";
             referencedColumns: ["id"];
           },
-          {
-            foreignKeyName: "credit_topup_requests_transaction_id_fkey";
-            columns: ["account_id", "transaction_id"];
-            isOneToOne: false;
-            referencedRelation: "credit_transactions";
-            referencedColumns: ["account_id", "id"];
-          },
         ];
       };
       credit_transactions: {
@@ -699,13 +656,6 @@ export type Database = {
             columns: ["account_id", "grant_id"];
             isOneToOne: false;
             referencedRelation: "credit_grants";
-            referencedColumns: ["account_id", "id"];
-          },
-          {
-            foreignKeyName: "credit_transactions_refund_of_fkey";
-            columns: ["account_id", "refund_of"];
-            isOneToOne: false;
-            referencedRelation: "credit_transactions";
             referencedColumns: ["account_id", "id"];
           },
           {
