@@ -492,7 +492,6 @@ select set_eq(
         'public.credit_refund_transaction(uuid, numeric, text, jsonb, text)',
         'public.credit_sweep_expired(boolean)',
         'public.credit_take_checkpoints(timestamp with time zone)',
-        'public.credit_partitions()',
         'public.credit_publish_pricing(jsonb, text)',
         'public.credit_deduct_usage(text, jsonb, jsonb, text)',
         'public.credit_deduct_fixed(text, text, jsonb, text)',
