@@ -182,6 +182,26 @@ export type Database = {
           },
         ];
       };
+      credit_debit_keys: {
+        Row: {
+          account_id: number;
+          idempotency_key: string;
+          transaction_id: string;
+          operation: string;
+          request_hash: string;
+        };
+        Insert: { [_ in never]: never };
+        Update: { [_ in never]: never };
+        Relationships: [
+          {
+            foreignKeyName: "credit_debit_keys_account_id_fkey";
+            columns: ["account_id"];
+            isOneToOne: false;
+            referencedRelation: "credit_accounts";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
       credit_event_deliveries: {
         Row: {
           event_id: string;
