@@ -1080,6 +1080,9 @@ language plpgsql
 stable
 set search_path = ''
 set plan_cache_mode = force_custom_plan
+-- a plan over every month's partition of the journal is long: compiling it (JIT)
+-- would cost more than running it
+set jit = off
 as $$
 begin
     -- What counts in [p_start, p_end), one row per group of p_by: 'day' (UTC), 'model',
@@ -1116,6 +1119,270 @@ from public, anon, authenticated, service_role;
 grant execute on function credit_private.spend(timestamptz, timestamptz, text)
 to service_role;
 
+create or replace function public.credit_top_users(
+    p_limit integer, p_start timestamptz, p_end timestamptz
+)
+returns setof public.credit_top_user_row
+language plpgsql
+stable
+set search_path = ''
+set plan_cache_mode = force_custom_plan
+-- a plan over every month's partition of the journal is long: compiling it (JIT)
+-- would cost more than running it
+set jit = off
+as $$
+begin
+    if p_limit is null or p_limit not between 1 and 1000 then
+        perform credit_private.fail(
+            'DC006', format('limit must be from 1 to 1000, got %s', coalesce(p_limit::text, 'null')),
+            jsonb_build_object('argument', 'limit')
+        );
+    end if;
+    -- ranked by net spend, then user id; the first p_limit
+    return query
+    select row_number() over (order by u.net_spent desc, u.user_id), u.user_id, u.net_spent,
+        u.spent, u.refunded, u.charges
+    from public.credit_spend_by_user(p_start, p_end) as u
+    order by 1
+    limit p_limit;
+end;
+$$;
+revoke all on function public.credit_top_users(
+    integer, timestamptz, timestamptz
+) from public, anon, authenticated, service_role;
+grant execute on function public.credit_top_users(
+    integer, timestamptz, timestamptz
+) to service_role;
+
+create or replace function public.credit_take_checkpoints(p_period_start timestamptz)
+returns public.credit_checkpoint_result
+language plpgsql
+volatile
+-- security definer: it writes the checkpoint tables, which no API role may write, and reads
+-- every session's transaction start in pg_stat_activity
+security definer
+set search_path = ''
+-- a plan over every month's partition of the journal is long: compiling it (JIT)
+-- would cost more than running it
+set jit = off
+as $$
+declare
+    v_now timestamptz := credit_private.clock();
+    v_oldest timestamptz;
+    v_issues bigint;
+    v_account_id bigint;
+    v_check text;
+    v_result public.credit_checkpoint_result := row(p_period_start, 0, 0, 0);
+begin
+    if p_period_start is null or not isfinite(p_period_start)
+        or p_period_start <> date_trunc('month', p_period_start, 'UTC') then
+        perform credit_private.fail(
+            'DC006',
+            format('period_start must be the start of a month in UTC, got %s',
+                coalesce(p_period_start::text, 'null')),
+            jsonb_build_object('argument', 'period_start')
+        );
+    end if;
+    -- closed: an hour past, and no transaction that began before it still running (its
+    -- rows carry a created_at before the boundary and could commit after the checkpoint)
+    select min(a.xact_start) into v_oldest
+    from pg_catalog.pg_stat_activity as a
+    where
+        a.pid <> pg_catalog.pg_backend_pid()
+        and a.datname = pg_catalog.current_database()
+        and a.backend_type = 'client backend'
+        and a.xact_start is not null;
+    if p_period_start > v_now - interval '1 hour' or v_oldest < p_period_start then
+        perform credit_private.fail(
+            'DC130',
+            format('the month before %s is not closed yet: a boundary must be an hour past,'
+                || ' with no transaction begun before it still running', p_period_start),
+            jsonb_build_object(
+                'period_start', p_period_start, 'now', v_now, 'oldest_transaction', v_oldest
+            ),
+            'take it later, e.g. monthly from pg_cron a few hours into the month'
+        );
+    end if;
+
+    -- a checkpoint is trusted once taken: verify what it summarizes first (the rows after
+    -- the previous checkpoints, in one snapshot)
+    select count(*) over (), i.account_id, i.check_name
+    into v_issues, v_account_id, v_check
+    from public.credit_verify_ledger(p_period_start - interval '1 microsecond') as i
+    limit 1;
+    if v_issues > 0 then
+        perform credit_private.fail(
+            'DC131',
+            format('the ledger has %s broken invariants (first: %s, account %s): no checkpoint'
+                || ' is taken on it', v_issues, v_check, v_account_id),
+            jsonb_build_object(
+                'issues', v_issues, 'account_id', v_account_id, 'check_name', v_check
+            ),
+            'see ducto verify'
+        );
+    end if;
+
+    -- every account with rows before the boundary, from its previous checkpoint and the
+    -- rows after it: month after month, each account's rows of one month are read
+    with previous as (
+        select
+            a.id as account_id,
+            p.period_start,
+            coalesce(p.last_seq, 0) as last_seq,
+            coalesce(p.balance, 0) as balance,
+            coalesce(p.debt, 0) as debt,
+            p.straddle_seq,
+            (
+                select max(t.seq) from public.credit_transactions as t
+                where
+                    t.account_id = a.id and t.seq > coalesce(p.last_seq, 0)
+                    and t.created_at < p_period_start
+            ) as new_seq
+        from public.credit_accounts as a
+        left join lateral (
+            select k.period_start, k.last_seq, k.balance, k.debt, k.straddle_seq
+            from public.credit_checkpoints as k
+            where k.account_id = a.id and k.period_start < p_period_start
+            order by k.period_start desc
+            limit 1
+        ) as p on true
+    ),
+
+    closing as (
+        select
+            p.account_id,
+            p.period_start as previous_start,
+            p.last_seq as previous_seq,
+            coalesce(p.new_seq, p.last_seq) as last_seq,
+            p.balance as previous_balance,
+            p.debt as previous_debt,
+            p.straddle_seq as previous_straddle
+        from previous as p
+        where p.new_seq is not null or p.period_start is not null
+    ),
+
+    -- the rows of the month: after the previous checkpoint, up to the new one
+    month as materialized (
+        select c.account_id, t.id, t.seq, t.balance_after
+        from closing as c
+        cross join lateral (
+            select x.id, x.seq, x.balance_after
+            from public.credit_transactions as x
+            where
+                x.account_id = c.account_id
+                and x.seq > c.previous_seq and x.seq <= c.last_seq
+            -- offset 0: kept a subquery, so each account reads its range of the key
+            offset 0
+        ) as t
+    ),
+
+    month_draws as materialized (
+        select d.account_id, d.grant_id, d.amount
+        from month as m
+        cross join lateral (
+            select x.account_id, x.grant_id, x.amount from public.credit_grant_draws as x
+            where x.transaction_id = m.id and x.account_id = m.account_id
+            offset 0
+        ) as d
+    ),
+
+    -- each account's newest row of the month, and its debt draws (grouped once: a lookup
+    -- per account in the materialized month would read all of it per account)
+    last_row as (
+        select distinct on (m.account_id) m.account_id, m.balance_after
+        from month as m
+        order by m.account_id asc, m.seq desc
+    ),
+
+    debt_drawn as (
+        select d.account_id, sum(d.amount) as debt
+        from month_draws as d
+        where d.grant_id is null
+        group by d.account_id
+    ),
+
+    state as (
+        select
+            c.account_id,
+            c.last_seq,
+            coalesce(l.balance_after, c.previous_balance) as balance,
+            c.previous_debt + coalesce(b.debt, 0) as debt,
+            -- the month's rows, and the previous checkpoint's straddlers, created at or
+            -- after the boundary
+            (
+                select min(t.seq) from public.credit_transactions as t
+                where
+                    t.account_id = c.account_id
+                    and t.seq >= coalesce(c.previous_straddle, c.previous_seq + 1)
+                    and t.seq <= c.last_seq
+                    and t.created_at >= p_period_start
+            ) as straddle_seq
+        from closing as c
+        left join last_row as l on c.account_id = l.account_id
+        left join debt_drawn as b on c.account_id = b.account_id
+    ),
+
+    -- each grant's remaining after last_seq: at the previous checkpoint (or its amount if
+    -- created in the month) less the month's draws
+    grant_state as (
+        select u.account_id, u.grant_id, sum(u.amount) as remaining
+        from (
+            select k.account_id, k.grant_id, k.remaining as amount
+            from closing as c
+            inner join public.credit_checkpoint_grants as k
+                on c.account_id = k.account_id and c.previous_start = k.period_start
+            union all
+            select g.account_id, g.id, g.amount
+            from month as m
+            cross join lateral (
+                select x.account_id, x.id, x.amount from public.credit_grants as x
+                where x.account_id = m.account_id and x.transaction_id = m.id
+                offset 0
+            ) as g
+            union all
+            select d.account_id, d.grant_id, -d.amount
+            from month_draws as d
+            where d.grant_id is not null
+        ) as u
+        group by u.account_id, u.grant_id
+        having sum(u.amount) <> 0
+    ),
+
+    recorded as (
+        insert into public.credit_checkpoints (
+            account_id, period_start, last_seq, balance, debt, straddle_seq, taken_at
+        )
+        select
+            s.account_id, p_period_start, s.last_seq, s.balance, s.debt, s.straddle_seq,
+            pg_catalog.clock_timestamp()
+        from state as s
+        order by s.account_id
+        on conflict (account_id, period_start) do nothing
+        returning account_id
+    ),
+
+    recorded_grants as (
+        insert into public.credit_checkpoint_grants (
+            account_id, period_start, grant_id, remaining
+        )
+        select g.account_id, p_period_start, g.grant_id, g.remaining
+        from grant_state as g
+        inner join recorded as r on g.account_id = r.account_id
+        returning 1
+    )
+
+    select
+        (select count(*) from recorded)::integer,
+        (select count(*) from state)::integer - (select count(*) from recorded)::integer,
+        (select count(*) from recorded_grants)::integer
+    into v_result.recorded, v_result.kept, v_result.grants;
+    return v_result;
+end;
+$$;
+revoke all on function public.credit_take_checkpoints(timestamptz)
+from public, anon, authenticated, service_role;
+grant execute on function public.credit_take_checkpoints(timestamptz) to service_role;
+
 create or replace function public.credit_export_journal(
     p_start timestamptz,
     p_end timestamptz,
@@ -1130,6 +1397,9 @@ stable
 security invoker
 set search_path = ''
 set plan_cache_mode = force_custom_plan
+-- a plan over every month's partition of the journal is long: compiling it (JIT)
+-- would cost more than running it
+set jit = off
 as $$
 begin
     perform credit_private.check_window(p_start, p_end);

@@ -87,6 +87,9 @@ language plpgsql
 stable
 set search_path = ''
 set plan_cache_mode = force_custom_plan
+-- a plan over every month's partition of the journal is long: compiling it (JIT)
+-- would cost more than running it
+set jit = off
 as $$
 begin
     -- What counts in [p_start, p_end), one row per group of p_by: 'day' (UTC), 'model',
@@ -229,6 +232,9 @@ language plpgsql
 stable
 set search_path = ''
 set plan_cache_mode = force_custom_plan
+-- a plan over every month's partition of the journal is long: compiling it (JIT)
+-- would cost more than running it
+set jit = off
 as $$
 begin
     if p_limit is null or p_limit not between 1 and 1000 then

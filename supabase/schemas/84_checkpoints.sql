@@ -471,6 +471,9 @@ volatile
 -- every session's transaction start in pg_stat_activity
 security definer
 set search_path = ''
+-- a plan over every month's partition of the journal is long: compiling it (JIT)
+-- would cost more than running it
+set jit = off
 as $$
 declare
     v_now timestamptz := credit_private.clock();

@@ -180,6 +180,9 @@ language plpgsql
 stable
 security invoker
 set search_path = ''
+-- a plan over every month's partition of the journal is long: compiling it (JIT)
+-- would cost more than running it
+set jit = off
 as $$
 declare
     -- no user id: a signed-in user's own

@@ -91,6 +91,9 @@ language plpgsql
 stable
 security invoker
 set search_path = ''
+-- a plan over every month's partition of the journal is long: compiling it (JIT)
+-- would cost more than running it
+set jit = off
 as $$
 declare
     v_horizon timestamptz := credit_private.archive_horizon();

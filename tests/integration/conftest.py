@@ -26,7 +26,7 @@ import psycopg
 import pytest
 from helpers_api import Api
 from helpers_crash import COUNTS
-from helpers_process import run
+from helpers_process import install_test_clock, run
 from psycopg import sql
 from supabase import acreate_client, create_client
 
@@ -291,3 +291,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("crashes and faults: what the clients saw and the journal holds")
         for line in COUNTS:
             terminalreporter.line(line)
+
+
+@pytest.fixture
+def fresh(database_url: str) -> Iterator[str]:
+    """A fresh database with ducto's migrations and the test clock; dropped afterwards."""
+    name = f"ducto_test_{uuid.uuid4().hex[:10]}"
+    url = run(["scripts/local-stack", "db-create", name, "--test-clock"]).strip()
+    install_test_clock(url)
+    yield url
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )

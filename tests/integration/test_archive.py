@@ -18,7 +18,6 @@ import random
 import re
 import subprocess
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -29,7 +28,6 @@ import httpx
 import psycopg
 import pytest
 from conftest import stack_env
-from helpers_process import install_test_clock, run
 from helpers_replica import POSTGREST_BIN, _free_port, wait_until
 from psycopg import sql
 from test_cli import Cli
@@ -71,19 +69,12 @@ order by 1, 2
 
 
 @pytest.fixture
-def fresh(database_url: str) -> Iterator[str]:
-    """A fresh database with the test clock and the partitions of January to April 2025;
-    dropped afterwards."""
-    name = f"ducto_test_{uuid.uuid4().hex[:10]}"
-    url = run(["scripts/local-stack", "db-create", name, "--test-clock"]).strip()
-    install_test_clock(url)
-    with psycopg.connect(url, autocommit=True) as conn:
+def fresh(fresh: str) -> str:
+    """conftest's fresh database with the test clock, with the partitions of January to
+    April 2025."""
+    with psycopg.connect(fresh, autocommit=True) as conn:
         conn.execute("select credit_private.create_partitions(%s, %s)", (JAN, APR))
-    yield url
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
+    return fresh
 
 
 def three_months(ledger: Ledger, checkpoints: tuple[datetime, ...] = (FEB, MAR)) -> dict[str, Any]:

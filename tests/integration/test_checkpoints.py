@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import random
 import threading
-import uuid
-from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
-from helpers_process import install_test_clock, run
-from psycopg import sql
 from test_cli import Cli
 from test_concurrency import Ledger, connect
 
@@ -102,19 +98,6 @@ where (public.credit_balance_at(a.user_id, w.at)).balance
     <> coalesce((select sum(t.amount) from public.credit_transactions as t
         where t.account_id = a.id and t.created_at <= w.at), 0)
 """
-
-
-@pytest.fixture
-def fresh(database_url: str) -> Iterator[str]:
-    """A fresh database with ducto's migrations and the test clock; dropped afterwards."""
-    name = f"ducto_test_{uuid.uuid4().hex[:10]}"
-    url = run(["scripts/local-stack", "db-create", name, "--test-clock"]).strip()
-    install_test_clock(url)
-    yield url
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
 
 
 def history(ledger: Ledger) -> dict[str, Any]:

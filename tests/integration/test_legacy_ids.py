@@ -11,14 +11,12 @@ it; a keyed one-call debit's key replays; the ledger verifies.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import psycopg
 import pytest
 from helpers_process import install_test_clock
-from psycopg.rows import dict_row
 from test_partitions import MISPLACED
-from test_upgrade import setup
+from test_upgrade import one, rows, setup
 
 from ducto._migrations import PREPARE_RECORD, RECORD, bundled
 
@@ -38,17 +36,6 @@ def install_up_to(url: str, version: str) -> None:
             with conn.transaction():
                 conn.execute(migration.sql.encode())
                 conn.execute(RECORD, (migration.version, migration.name))
-
-
-def rows(conn: psycopg.Connection[Any], query: str, *params: object) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query, params).fetchall()
-
-
-def one(conn: psycopg.Connection[Any], query: str, *params: object) -> Any:
-    row = conn.execute(query, params).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def test_ids_from_before_the_partitions_follow_their_rows(new_database: Callable[..., str]) -> None:

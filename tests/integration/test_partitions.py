@@ -14,7 +14,6 @@ import random
 import re
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,8 +22,7 @@ import psycopg
 import pytest
 from conftest import MakeUserToken
 from helpers_api import Api, expect_error, expect_rows, permission_denied
-from helpers_process import ROOT, install_test_clock, run
-from psycopg import sql
+from helpers_process import ROOT
 from test_cli import Cli
 from test_concurrency import Ledger, connect
 
@@ -46,19 +44,6 @@ join public.credit_transactions as t on t.account_id = d.account_id and t.id = d
 where d.tableoid::regclass::text
     <> 'credit_private.credit_grant_draws_p' || to_char(t.created_at at time zone 'UTC', 'YYYY_MM')
 """
-
-
-@pytest.fixture
-def fresh(database_url: str) -> Iterator[str]:
-    """A fresh database with ducto's migrations and the test clock; dropped afterwards."""
-    name = f"ducto_test_{uuid.uuid4().hex[:10]}"
-    url = run(["scripts/local-stack", "db-create", name, "--test-clock"]).strip()
-    install_test_clock(url)
-    yield url
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
 
 
 def months(ledger: Ledger) -> set[str]:
