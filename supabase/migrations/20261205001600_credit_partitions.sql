@@ -31,8 +31,8 @@ as $$
 $$;
 revoke all on function credit_private.uuid_floor(timestamptz)
 from public, anon, authenticated, service_role;
--- the read RPCs that run as their caller bound their windows with it
-grant execute on function credit_private.uuid_floor(timestamptz) to authenticated, service_role;
+-- the analytics and the export, which run as their caller, bound their windows with it
+grant execute on function credit_private.uuid_floor(timestamptz) to service_role;
 
 -- The time a uuid_v7 carries (to the millisecond).
 
@@ -1450,92 +1450,6 @@ revoke all on function public.credit_export_journal(
 grant execute on function public.credit_export_journal(
     timestamptz, timestamptz, text, bigint, bigint, integer
 ) to service_role;
-
-create or replace function public.credit_balance_at(
-    p_user_id text default null, p_at timestamptz default null
-)
-returns public.credit_balance_at_result
-language plpgsql
-stable
-security invoker
-set search_path = ''
-as $$
-declare
-    -- no user id: a signed-in user's own
-    v_user_id text := credit_private.reader_id(p_user_id, 'statement');
-    v_result public.credit_balance_at_result;
-    v_account_id bigint;
-    v_checkpoint public.credit_checkpoints;
-    v_until bigint;
-    v_horizon timestamptz;
-begin
-    if p_at is null or not isfinite(p_at) then
-        perform credit_private.fail(
-            'DC006',
-            format('at must be a finite time, got %s', coalesce(p_at::text, 'null')),
-            jsonb_build_object('argument', 'at')
-        );
-    end if;
-    -- before the archive horizon the journal no longer holds every row (88_archive.sql)
-    v_horizon := credit_private.archive_horizon();
-    if p_at < v_horizon then
-        perform credit_private.fail_archived(
-            format('the balance at %s', p_at), v_horizon - interval '1 month',
-            jsonb_build_object('at', p_at, 'horizon', v_horizon)
-        );
-    end if;
-    select a.id into v_account_id from public.credit_accounts as a where a.user_id = v_user_id;
-    -- the newest checkpoint at or before p_at (84_checkpoints.sql), and the next one's seq
-    select k.* into v_checkpoint
-    from public.credit_checkpoints as k
-    where k.account_id = v_account_id and k.period_start <= p_at
-    order by k.period_start desc
-    limit 1;
-    if v_checkpoint.account_id is null then
-        -- a sum, not the newest row's balance_after: rows of concurrent operations commit in
-        -- seq order but may carry created_at out of that order
-        select v_user_id, p_at, coalesce(sum(t.amount), 0)::bigint
-        into v_result
-        from public.credit_transactions as t
-        where t.user_id = v_user_id and t.created_at <= p_at;
-        return v_result;
-    end if;
-    -- rows after the next checkpoint's last_seq were created after its boundary, so after p_at
-    select k.last_seq into v_until
-    from public.credit_checkpoints as k
-    where k.account_id = v_account_id and k.period_start > p_at
-    order by k.period_start
-    limit 1;
-    -- the checkpoint's balance, less its rows created after p_at (only straddlers can be),
-    -- plus the month's rows after it created at or before p_at
-    select v_user_id, p_at, (v_checkpoint.balance + coalesce(sum(
-        case when t.seq <= v_checkpoint.last_seq then -t.amount else t.amount end
-    ), 0))::bigint
-    into v_result
-    from public.credit_transactions as t
-    where
-        t.account_id = v_account_id
-        -- every one of them was created at or after the checkpoint's boundary: the months
-        -- before it are not read
-        and t.id >= credit_private.uuid_floor(v_checkpoint.period_start)
-        and t.seq >= coalesce(v_checkpoint.straddle_seq, v_checkpoint.last_seq + 1)
-        and t.seq <= coalesce(v_until, 9223372036854775807)
-        and (
-            (t.seq <= v_checkpoint.last_seq and t.created_at > p_at)
-            or (t.seq > v_checkpoint.last_seq and t.created_at <= p_at)
-        );
-    return v_result;
-end;
-$$;
-revoke all on function public.credit_balance_at(text, timestamptz)
-from public, anon, authenticated, service_role;
-grant execute on function public.credit_balance_at(text, timestamptz)
-to authenticated, service_role;
-
--- The sum of a user's journal rows created before p_at, from the newest checkpoint at or
--- before it (84_checkpoints.sql): its balance, less its rows created at or after p_at (only
--- straddlers can be), plus the later rows created before p_at. Once months are archived,
--- for p_at at or after the horizon, every row it reads is attached.
 
 create or replace function public.credit_refund_transaction(
     p_transaction_id uuid,

@@ -844,9 +844,6 @@ begin
     from public.credit_transactions as t
     where
         t.account_id = v_account_id
-        -- every one of them was created at or after the checkpoint's boundary: the months
-        -- before it are not read
-        and t.id >= credit_private.uuid_floor(v_checkpoint.period_start)
         and t.seq >= coalesce(v_checkpoint.straddle_seq, v_checkpoint.last_seq + 1)
         and t.seq <= coalesce(v_until, 9223372036854775807)
         and (

@@ -27,8 +27,8 @@ as $$
 $$;
 revoke all on function credit_private.uuid_floor(timestamptz)
 from public, anon, authenticated, service_role;
--- the read RPCs that run as their caller bound their windows with it
-grant execute on function credit_private.uuid_floor(timestamptz) to authenticated, service_role;
+-- the analytics and the export, which run as their caller, bound their windows with it
+grant execute on function credit_private.uuid_floor(timestamptz) to service_role;
 
 -- The time a uuid_v7 carries (to the millisecond).
 create function credit_private.uuid_time(p_id uuid)

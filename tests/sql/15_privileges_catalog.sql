@@ -110,7 +110,6 @@ select set_eq(
         'credit_private.fail(text, text, jsonb, text) | service_role | EXECUTE',
         'credit_private.reader_id(text, text) | authenticated | EXECUTE',
         'credit_private.reader_id(text, text) | service_role | EXECUTE',
-        'credit_private.uuid_floor(timestamp with time zone) | authenticated | EXECUTE',
         'credit_private.uuid_floor(timestamp with time zone) | service_role | EXECUTE',
         'credit_private.uuid_time(uuid) | service_role | EXECUTE',
         'credit_private.archive_horizon() | authenticated | EXECUTE',
@@ -243,7 +242,7 @@ select set_eq(
     || ' credit_private helpers its read RPCs call as the caller (clock, check_user_id,'
     || ' reader_id, fail, uuid_floor, and the pricing reads); authenticated only the readers of'
     || ' their own balance, plan and statements (credit_get_balance, credit_get_user_plan,'
-    || ' credit_check_feature, credit_balance_at, credit_statement) and the seven helpers they'
+    || ' credit_check_feature, credit_balance_at, credit_statement) and the six helpers they'
     || ' call; nothing else.'
 );
 select set_eq(
@@ -369,7 +368,6 @@ select set_eq(
           'public.credit_check_feature(text, text)', 'credit_private.clock()',
           'credit_private.check_user_id(text)', 'credit_private.fail(text, text, jsonb, text)',
           'credit_private.reader_id(text, text)',
-          'credit_private.uuid_floor(timestamp with time zone)',
           'public.credit_balance_at(text, timestamp with time zone)',
           'public.credit_statement(text, timestamp with time zone, timestamp with time zone)',
           'credit_private.check_window(timestamp with time zone, timestamp with time zone)',
