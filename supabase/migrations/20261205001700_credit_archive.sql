@@ -14,6 +14,8 @@
 --     debit's key, a balance before the archive horizon. DC133-DC135: an archive refused.
 --   * credit_verify_ledger checks from the checkpoints at the horizon once months are
 --     archived (a p_since before it counts as the horizon).
+--   * credit_private.emit_expiring_grants writes one sweep at a time (two at once could
+--     deadlock with the charges between them).
 
 -- ---------------------------------------------------------------- foreign keys into the journal
 
@@ -1537,3 +1539,55 @@ $$;
 revoke all on function public.credit_schema_version()
 from public, anon, authenticated, service_role;
 grant execute on function public.credit_schema_version() to service_role;
+
+create or replace function credit_private.emit_expiring_grants(p_now timestamptz)
+returns integer
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_days integer := coalesce(
+        (select s.grant_expiring_days from public.credit_event_settings as s), 7
+    );
+    v_grant record;
+    v_count integer := 0;
+begin
+    -- one writer at a time: two sweeps writing the same grant's event (its dedupe key) wait
+    -- for each other, each holding key locks on the accounts of the events it wrote, which
+    -- the charges waiting between them need (a deadlock)
+    perform pg_advisory_xact_lock(hashtext('credit_private.emit_expiring_grants'));
+    -- grant.expiring, once per grant (its dedupe key), for grants with credits left that
+    -- expire within the next v_days days; the sweep's expiry index finds them
+    for v_grant in
+        select g.id, g.account_id, g.user_id, g.remaining, g.amount, g.category, g.expires_at
+        from public.credit_grants as g
+        where
+            g.spendable and g.expires_at > p_now
+            and g.expires_at <= p_now + make_interval(days => v_days)
+            and not exists (
+                select 1 from public.credit_events as e
+                where e.dedupe_key = 'grant.expiring:' || g.id
+            )
+        order by g.expires_at, g.id
+    loop
+        if credit_private.emit_event(
+            v_grant.account_id, v_grant.user_id, 'grant.expiring',
+            jsonb_build_object(
+                'grant_id', v_grant.id, 'remaining', v_grant.remaining,
+                'granted', v_grant.amount, 'category', v_grant.category,
+                'expires_at', v_grant.expires_at, 'days_before', v_days
+            ),
+            'grant.expiring:' || v_grant.id
+        ) is not null then
+            v_count := v_count + 1;
+        end if;
+    end loop;
+    return v_count;
+end;
+$$;
+revoke all on function credit_private.emit_expiring_grants(timestamptz)
+from public, anon, authenticated, service_role;
+
+-- Writes events: runs as its owner (no API role writes the outbox). Service role only; a
+-- pg_cron job runs it as its owner.

@@ -376,6 +376,10 @@ declare
     v_grant record;
     v_count integer := 0;
 begin
+    -- one writer at a time: two sweeps writing the same grant's event (its dedupe key) wait
+    -- for each other, each holding key locks on the accounts of the events it wrote, which
+    -- the charges waiting between them need (a deadlock)
+    perform pg_advisory_xact_lock(hashtext('credit_private.emit_expiring_grants'));
     -- grant.expiring, once per grant (its dedupe key), for grants with credits left that
     -- expire within the next v_days days; the sweep's expiry index finds them
     for v_grant in
