@@ -376,12 +376,12 @@ def test_charges_refunds_and_keys_across_a_boundary_while_sweeps_make_partitions
             sweeper.set_clock(at)
             sweeper.sweep()
             swept += 1
-            ahead = sweeper.rows(
+            next_month = sweeper.one(
                 "select count(*) as n from credit_partitions()"
                 " where month = date_trunc('month', %s::timestamptz + interval '1 month', 'UTC')",
                 (at,),
             )
-            if ahead[0]["n"] == 2:
+            if next_month["n"] == 2:
                 month += 1
         for thread in threads:
             thread.join()
