@@ -84,7 +84,7 @@ from ducto.pricing import (
 )
 from ducto.usage import UsageMetrics
 
-__version__ = "0.7.0"
+__version__ = "0.7.1"
 
 __all__ = [
     "AddCreditsResult",

@@ -234,6 +234,15 @@ left join scale_models as m on m.model_no = r.i % 5
 window w as (partition by r.slot order by r.created_at, r.i)
 order by r.created_at, r.i;
 
+-- each keyed charge's key record, where a retry finds it (credit_private.find_replay)
+insert into public.credit_debit_keys (
+    account_id, idempotency_key, transaction_id, operation, request_hash
+)
+select t.account_id, t.idempotency_key, t.id as transaction_id, t.type as operation, t.request_hash
+from public.credit_transactions as t
+where t.request_hash is not null
+order by t.account_id, t.idempotency_key;
+
 -- the purchases' grants hold 10^12 less what was charged plus what was refunded; a
 -- promotion's holds its 500 until it lapses
 insert into public.credit_grants (

@@ -162,7 +162,8 @@ begin
     return coalesce((
         select -sum(t.amount)
         from public.credit_transactions as t
-        left join public.credit_transactions as o on t.refund_of = o.id
+        left join public.credit_transactions as o
+            on t.refund_of = o.id and t.account_id = o.account_id
         where
             t.user_id = p_user_id
             and t.created_at >= p_start

@@ -24,8 +24,12 @@ select
     -- a window of time is a range of ids too (each carries its created_at's millisecond)
     t.id,
     coalesce(t.attributed_user_id, t.user_id) as user_id,
-    -- only refunds need the original row; the join is dropped when model is not read
-    coalesce(t.model, o.model) as model,
+    -- a refund counts for the model of the row it refunds: one probe of the original's
+    -- key (its month's partition only) per refund, and none when model is not read
+    coalesce(t.model, case when t.refund_of is not null then (
+        select o.model from public.credit_transactions as o
+        where o.id = t.refund_of and o.account_id = t.account_id
+    ) end) as model,
     case
         when t.type in ('usage', 'fixed_job', 'capture') then 'charge'
         when t.type = 'refund' then 'refund'
@@ -35,8 +39,7 @@ select
         else 'credit'
     end as kind,
     abs(t.amount) as amount
-from public.credit_transactions as t
-left join public.credit_transactions as o on t.refund_of = o.id;
+from public.credit_transactions as t;
 comment on view credit_private.journal_activity is
 'Each journal row as analytics sees it: its kind (charge, refund, credit, expiry, void), its'
 ' positive amount, the user it is attributed to and the model it was for.';
@@ -91,6 +94,12 @@ set plan_cache_mode = force_custom_plan
 -- would cost more than running it
 set jit = off
 as $$
+declare
+    -- the window in ids (each carries its created_at's millisecond), as constants of the
+    -- plan: the planner keeps only the partitions of the window's months, and no row is
+    -- compared with a function of the window
+    v_first_id uuid := credit_private.uuid_floor(p_start);
+    v_end_id uuid := credit_private.uuid_floor(p_end + interval '1 millisecond');
 begin
     -- What counts in [p_start, p_end), one row per group of p_by: 'day' (UTC), 'model',
     -- 'user', or null for the whole window (every kind of row; no row for an empty one).
@@ -113,10 +122,7 @@ begin
     from credit_private.journal_activity as a
     where
         a.created_at >= p_start and a.created_at < p_end
-        -- the same window in ids (each carries its created_at's millisecond): the planner
-        -- reads only the months' partitions it spans
-        and a.id >= credit_private.uuid_floor(p_start)
-        and a.id < credit_private.uuid_floor(p_end + interval '1 millisecond')
+        and a.id >= v_first_id and a.id < v_end_id
         and (p_by is null or a.kind in ('charge', 'refund'))
     group by 1;
 end;

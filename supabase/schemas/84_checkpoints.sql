@@ -154,12 +154,14 @@ as $$
     recent as materialized (
         select
             t.id, t.account_id, t.user_id, t.seq, t.type, t.amount, t.balance_after,
-            t.refund_of, t.reservation_id, t.usage, t.job_name, t.metadata
+            t.refund_of, t.reservation_id, t.usage, t.job_name, t.metadata, t.idempotency_key,
+            t.request_hash
         from start as s
         cross join lateral (
             select
                 x.id, x.account_id, x.user_id, x.seq, x.type, x.amount, x.balance_after,
-                x.refund_of, x.reservation_id, x.usage, x.job_name, x.metadata
+                x.refund_of, x.reservation_id, x.usage, x.job_name, x.metadata,
+                x.idempotency_key, x.request_hash
             from public.credit_transactions as x
             where x.account_id = s.account_id and x.seq > s.last_seq
             -- offset 0: kept a subquery, so each account reads its range of the key
@@ -443,6 +445,21 @@ as $$
             where o.account_id = r.account_id and o.id = r.refund_of
         )
         and credit_private.archived_month_of(r.refund_of) is null
+
+    -- a keyed one-call debit is found by its key; its record stays when its month is
+    -- archived
+    union all
+    select r.account_id, r.user_id, 'keyed debit ' || r.id || ' has its key record',
+        r.idempotency_key, 'none'
+    from recent as r
+    where
+        r.request_hash is not null
+        and not exists (
+            select from public.credit_debit_keys as k
+            where
+                k.account_id = r.account_id and k.idempotency_key = r.idempotency_key
+                and k.transaction_id = r.id
+        )
 
     union all
     select g.account_id, g.user_id, 'grant ' || g.id || ' has its journal row',

@@ -233,7 +233,8 @@ begin
     from (
         select coalesce(t.model, o.model) as model, count(*) as n, sum(t.amount) as amount
         from public.credit_transactions as t
-        left join public.credit_transactions as o on t.refund_of = o.id
+        left join public.credit_transactions as o
+            on t.refund_of = o.id and t.account_id = o.account_id
         where
             t.user_id = v_user_id and t.created_at >= p_start and t.created_at < p_end
             and coalesce(t.model, o.model) is not null

@@ -55,6 +55,9 @@ set plan_cache_mode = force_custom_plan
 -- would cost more than running it
 set jit = off
 as $$
+declare
+    v_first_id uuid;
+    v_end_id uuid;
 begin
     perform credit_private.check_window(p_start, p_end);
     if p_limit is null or p_limit < 1 or p_limit > 10000 then
@@ -76,6 +79,10 @@ begin
     if p_user_id is not null then
         perform credit_private.check_user_id(p_user_id);
     end if;
+    -- the window in ids (each carries its created_at's millisecond), as constants of the
+    -- plan: only the partitions of its months are read
+    v_first_id := credit_private.uuid_floor(p_start);
+    v_end_id := credit_private.uuid_floor(p_end + interval '1 millisecond');
     -- the row comparison walks the (account_id, seq) index from the cursor, within the
     -- user's account when one is named (planned per call, so the index range is exact);
     -- the window filters the rows it meets
@@ -88,9 +95,7 @@ begin
     where
         (p_after_account is null or (t.account_id, t.seq) > (p_after_account, p_after_seq))
         and t.created_at >= p_start and t.created_at < p_end
-        -- the window in ids: only the partitions of its months are read
-        and t.id >= credit_private.uuid_floor(p_start)
-        and t.id < credit_private.uuid_floor(p_end + interval '1 millisecond')
+        and t.id >= v_first_id and t.id < v_end_id
         and (p_user_id is null or t.account_id = (
             select a.id from public.credit_accounts as a where a.user_id = p_user_id
         ))

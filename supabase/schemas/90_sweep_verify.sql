@@ -254,6 +254,21 @@ begin
         where o.account_id = g.account_id and o.id = g.transaction_id
     )
 
+    -- a keyed one-call debit is found by its key (find_replay reads credit_debit_keys
+    -- alone): without its record, a retry would charge again
+    union all
+    select t.account_id, t.user_id, 'keyed debit ' || t.id || ' has its key record',
+        t.idempotency_key, 'none'
+    from public.credit_transactions as t
+    where
+        t.request_hash is not null
+        and not exists (
+            select from public.credit_debit_keys as k
+            where
+                k.account_id = t.account_id and k.idempotency_key = t.idempotency_key
+                and k.transaction_id = t.id
+        )
+
     union all
     select s.account_id, s.user_id, s.check_name, s.expected, s.actual
     from credit_private.verify_scopes() as s;

@@ -6,7 +6,7 @@ language sql
 immutable
 set search_path = ''
 as $$
-    select '20261205001700'::text;
+    select '20261205001800'::text;
 $$;
 revoke all on function public.credit_schema_version()
 from public, anon, authenticated, service_role;

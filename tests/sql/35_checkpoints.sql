@@ -8,7 +8,7 @@
 -- (a plain account), test_late (an account whose first row is after the first boundary).
 begin;
 \ir helpers/tests_schema.psql
-select plan(34);
+select plan(36);
 
 set local timezone to 'UTC';
 
@@ -165,7 +165,8 @@ select credit_sweep_expired();
 select credit_add_credits('test_member', 30);
 select credit_refund_transaction((select transaction_id from feb_charge), 20);
 set local ducto.now to '2025-03-02 09:00:00+00';
-select credit_deduct_credits('test_owner', 3);
+create temp table mar_keyed as
+select * from credit_deduct_credits('test_owner', 3, p_idempotency_key => 'mar-3');
 -- a refund after both checkpoints of a January charge refunded in February already
 create temp table mar_refund as
 select * from credit_refund_transaction((select transaction_id from jan_charge), 5);
@@ -273,6 +274,23 @@ select is(
     'The chain breaks at the changed row, the account''s newest.'
 );
 rollback to savepoint chain;
+
+-- ---------------------------------------------------------------- a lost key record after it
+
+savepoint lost_key;
+delete from credit_debit_keys where idempotency_key = 'mar-3';
+select results_eq(
+    $$select check_name, expected, actual from credit_verify_ledger('2025-03-05')$$,
+    format($$values (%L, 'mar-3', 'none')$$,
+        'keyed debit ' || (select transaction_id from mar_keyed) || ' has its key record'),
+    'verify(since) finds a keyed debit since the checkpoint that its key no longer finds.'
+);
+select set_eq(
+    $$select * from credit_verify_ledger('2025-03-05')$$,
+    $$select * from credit_verify_ledger()$$,
+    'It reports exactly the issue rows the full verify reports.'
+);
+rollback to savepoint lost_key;
 
 -- ---------------------------------------------------------------- a corruption before it
 

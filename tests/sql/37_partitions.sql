@@ -10,7 +10,7 @@
 -- The months used are far from now (2035 on), where no partition exists yet.
 begin;
 \ir helpers/tests_schema.psql
-select plan(32);
+select plan(35);
 
 set local timezone to 'UTC';
 
@@ -157,6 +157,55 @@ select is_empty(
          or replace(d.tableoid::regclass::text, 'credit_grant_draws', '')
             <> replace(t.tableoid::regclass::text, 'credit_transactions', '')$$,
     'Every draw lies in the month partition of its journal row, which is its created_at''s.'
+);
+
+-- ---------------------------------------------------------------- a window reads its months
+
+-- the journal's partitions scanned by the statements run since the last call (counted in
+-- this transaction by the statistics)
+create temp table scans_seen (partition text, scans bigint);
+create function pg_temp.partitions_scanned()
+returns text[]
+language plpgsql
+as $$
+declare
+    v_changed text[];
+begin
+    create temp table now_seen on commit drop as
+    select s.relname::text as partition, s.seq_scan + coalesce(s.idx_scan, 0) as scans
+    from pg_stat_xact_user_tables as s
+    where s.schemaname = 'credit_private' and s.relname like 'credit\_transactions\_%';
+    select coalesce(array_agg(n.partition order by n.partition), '{}') into v_changed
+    from now_seen as n left join scans_seen as o using (partition)
+    where n.scans > coalesce(o.scans, 0);
+    delete from scans_seen;
+    insert into scans_seen select * from now_seen;
+    drop table now_seen;
+    return v_changed;
+end;
+$$;
+select pg_temp.partitions_scanned();
+
+select credit_aggregate_stats('2035-03-03', '2035-03-04');
+select credit_daily_spend('2035-03-03', '2035-03-04');
+select credit_spend_by_user('2035-03-03', '2035-03-04');
+select credit_top_users(10, '2035-03-03', '2035-03-04');
+select credit_export_journal('2035-03-03', '2035-03-04');
+select is(
+    pg_temp.partitions_scanned(),
+    array['credit_transactions_p2035_03'],
+    'The analytics and the export of a day in March read March''s partition of the journal alone.'
+);
+select is(
+    (select refunded from credit_aggregate_stats('2035-03-03', '2035-03-04')),
+    10::numeric,
+    '(the day holds the refund)'
+);
+select credit_spend_by_model('2035-03-03', '2035-03-04');
+select is(
+    pg_temp.partitions_scanned(),
+    array['credit_transactions_p2035_02', 'credit_transactions_p2035_03'],
+    'By model, they read February''s too, for the model of the charge March''s refund refunds.'
 );
 
 -- ---------------------------------------------------------------- a month without partition
