@@ -1,11 +1,15 @@
 """bench/scale/run's measurements and its table (``make bench-scale``).
 
-    report.py measure URL RUNS      analytics on a one-day window and table sizes
-    report.py latency LOG...        p50/p99 of pgbench per-transaction logs (-l)
-    report.py table RESULT...       the table of the results of each size, smallest first
+    report.py sizes URL                 the one-day window's rows and the table sizes
+    report.py analytics URL SECONDS     each analytics function on the one-day window, in
+                                        turn, for SECONDS: one line per run
+    report.py medians FILE              the median of each figure of the lines of FILE
+    report.py latency LOG...            p50/p99 of pgbench per-transaction logs (-l)
+    report.py table RESULT...           the table of the results of each size, smallest first
 
-``measure`` and ``latency`` print ``name value`` lines, which bench/scale/run collects in one
-result file per size; ``table`` reads them back.
+Each prints ``name value`` lines, which bench/scale/run collects in one result file per
+size (the runs of ``analytics`` in a file of their own, which ``medians`` sums up); ``table``
+reads them back.
 """
 
 from __future__ import annotations
@@ -46,29 +50,49 @@ order by 2 desc
 MB = 1024 * 1024
 
 
-def measure(url: str, runs: int) -> None:
+def window(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, object]:
+    start, end = conn.execute(DAY).fetchone() or (None, None)
+    return {"start": start, "end": end}
+
+
+def sizes(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        start, end = conn.execute(DAY).fetchone() or (None, None)
-        window = {"start": start, "end": end}
         rows = conn.execute(
             "select count(*) from public.credit_transactions"
             " where created_at >= %(start)s and created_at < %(end)s",
-            window,
+            window(conn),
         ).fetchone()
         print(f"day_rows {rows[0] if rows else 0}")
-        for name, query in ANALYTICS.items():
-            conn.execute(query, window).fetchall()  # warm: plans and the window's blocks
-            times = []
-            for _ in range(runs):
-                began = time.perf_counter()
-                conn.execute(query, window).fetchall()
-                times.append(time.perf_counter() - began)
-            print(f"day_{name}_ms {statistics.median(times) * 1000:.2f}")
-        sizes = conn.execute(SIZES).fetchall()
-        for name, size in sizes:
+        tables = conn.execute(SIZES).fetchall()
+        for name, size in tables:
             if name in ("credit_transactions", "credit_grant_draws"):
                 print(f"size_{name}_mb {size / MB:.1f}")
-        print(f"size_all_mb {sum(size for _, size in sizes) / MB:.1f}")
+        print(f"size_all_mb {sum(size for _, size in tables) / MB:.1f}")
+
+
+def analytics(url: str, seconds: float) -> None:
+    """Each function once to warm (plans and the window's blocks), then in turn until
+    ``seconds`` have passed: ``day_<name>_ms`` for each run."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        days = window(conn)
+        for query in ANALYTICS.values():
+            conn.execute(query, days).fetchall()
+        until = time.perf_counter() + seconds
+        while time.perf_counter() < until:
+            for name, query in ANALYTICS.items():
+                began = time.perf_counter()
+                conn.execute(query, days).fetchall()
+                print(f"day_{name}_ms {(time.perf_counter() - began) * 1000:.2f}")
+
+
+def medians(path: str) -> None:
+    runs: dict[str, list[float]] = {}
+    for line in Path(path).read_text().splitlines():
+        name, value = line.split()
+        runs.setdefault(name, []).append(float(value))
+    for name, values in runs.items():
+        print(f"{name} {statistics.median(values):.2f}")
+        print(f"{name.removesuffix('_ms')}_runs {len(values)}")
 
 
 def latency(logs: list[str]) -> None:
@@ -114,12 +138,13 @@ LINES: list[tuple[str, str, tuple[str, Callable[[float], bool]] | None]] = [
     ("charges measured", "charges", None),
     ("journal rows after the charges", "rows_after", None),
     ("1 day: journal rows", "day_rows", None),
+    ("1 day: runs of each function", "day_aggregate_stats_runs", None),
     *((f"1 day: {name} ms", f"day_{name}_ms", ("<= 3", within(3.0))) for name in ANALYTICS),
 ]
 
 
 # figures that are counts, printed whole
-COUNTS = {"rows", "journal_rows", "rows_after", "charges", "day_rows"}
+COUNTS = {"rows", "journal_rows", "rows_after", "charges", "day_rows", "day_aggregate_stats_runs"}
 
 
 def number(key: str, text: str | None) -> str:
@@ -156,8 +181,12 @@ def table(paths: list[str]) -> None:
 
 def main() -> None:
     command, args = sys.argv[1], sys.argv[2:]
-    if command == "measure":
-        measure(args[0], int(args[1]))
+    if command == "sizes":
+        sizes(args[0])
+    elif command == "analytics":
+        analytics(args[0], float(args[1]))
+    elif command == "medians":
+        medians(args[0])
     elif command == "latency":
         latency(args)
     elif command == "table":
