@@ -1,4 +1,5 @@
--- ducto: windows of time read only their months' partitions, row by row at no extra cost.
+-- ducto: a window of time reads only its months' partitions; the check from the checkpoints
+-- reads only what follows them; verification finds a keyed debit without its key record.
 --
 --   * credit_private.journal_activity finds a refund's model by the original's whole key
 --     (id, account_id), in a subquery run for refund rows only: the analytics read no
